@@ -1,0 +1,147 @@
+"""Fan-out of a thread's events to any number of subscribers, lossy by policy.
+
+The actor never waits for a subscriber. Each subscription has a bounded buffer; when it is full
+the subscription is *lagging*: further events are dropped and counted until the subscriber has
+read everything buffered before the gap, at which point `receive()` raises `Lagged(missed=n)` once
+and delivery resumes. A slow subscriber therefore loses events, never slows the actor or the other
+subscribers (the policy of tractor's broadcast receiver).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+SUBSCRIBER_BUFFER = 1024
+"""Events buffered per subscriber before it counts as lagging."""
+
+
+class Lagged(Exception):
+    """The subscriber fell behind and `missed` events were dropped for it."""
+
+    def __init__(self, missed: int) -> None:
+        super().__init__(f"subscriber lagged: {missed} events dropped")
+        self.missed = missed
+
+
+class _Gap:
+    __slots__ = ("missed",)
+
+    def __init__(self) -> None:
+        self.missed = 1
+
+
+class Subscription(Generic[T]):
+    """The receiving side of one subscriber. Async-iterable; `close()` (or `with`) detaches it."""
+
+    def __init__(self, capacity: int, on_close: Callable[[Subscription[T]], None]) -> None:
+        self._buf: deque[T | _Gap] = deque()
+        self._capacity = capacity
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._on_close = on_close
+        self.dropped = 0
+
+    # producer side (called by the broadcaster, never blocks)
+    def _offer(self, item: T) -> None:
+        buf = self._buf
+        if buf and type(buf[-1]) is _Gap:
+            buf[-1].missed += 1  # type: ignore[union-attr]
+        elif len(buf) >= self._capacity:
+            buf.append(_Gap())
+        else:
+            buf.append(item)
+            self._lot.unpark()
+            return
+        self.dropped += 1
+        self._lot.unpark()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+    # consumer side
+    def receive_nowait(self) -> T:
+        if not self._buf:
+            if self._closed:
+                raise trio.EndOfChannel
+            raise trio.WouldBlock
+        item = self._buf.popleft()
+        if type(item) is _Gap:
+            raise Lagged(item.missed)
+        return item  # type: ignore[return-value]
+
+    async def receive(self) -> T:
+        """The next event; `Lagged` after a gap; `trio.EndOfChannel` once the source has ended."""
+        while not self._buf and not self._closed:
+            await self._lot.park()
+        await trio.lowlevel.checkpoint()
+        return self.receive_nowait()
+
+    def __aiter__(self) -> Subscription[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Detach from the source; buffered events stay readable."""
+        if not self._closed:
+            self._end()
+            self._on_close(self)
+
+    def __enter__(self) -> Subscription[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def statistics(self) -> tuple[int, int]:
+        """(buffered, dropped so far)."""
+        return len(self._buf), self.dropped
+
+
+class Broadcaster(Generic[T]):
+    """Delivers each published item to every live subscription, without ever blocking."""
+
+    def __init__(self, capacity: int = SUBSCRIBER_BUFFER) -> None:
+        self._subs: list[Subscription[T]] = []
+        self._capacity = capacity
+        self._closed = False
+
+    def subscribe(self, capacity: int | None = None) -> Subscription[T]:
+        sub: Subscription[T] = Subscription(capacity or self._capacity, self._detach)
+        if self._closed:
+            sub._end()
+        else:
+            self._subs.append(sub)
+        return sub
+
+    def _detach(self, sub: Subscription[T]) -> None:
+        try:
+            self._subs.remove(sub)
+        except ValueError:
+            pass
+
+    def publish(self, item: T) -> None:
+        for sub in self._subs:
+            sub._offer(item)
+
+    def close(self) -> None:
+        """End every subscription after what it has buffered."""
+        self._closed = True
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            sub._end()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,374 @@
+"""The thread actor: one Trio task per conversation, taking `Submission`s strictly in order.
+
+Twin of codex-rs `submission_loop`. Ops arrive on a bounded memory channel; events go to every
+subscriber through a lossy `Broadcaster`. A turn runs in its own cancel scope inside the actor's
+nursery, so an interrupt (or shutdown) cancels it, and the turn always ends with `turn_aborted`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, replace
+
+import structlog
+import trio
+
+from protocol.events import (
+    ErrorEvent,
+    Event,
+    EventMsg,
+    ItemCompletedEvent,
+    ItemStartedEvent,
+    SessionConfiguredEvent,
+    ShutdownCompleteEvent,
+    TaskCompleteEvent,
+    TaskStartedEvent,
+    TokenUsage,
+    TokenUsageInfo,
+    TurnAbortedEvent,
+)
+from protocol.ids import new_id
+from protocol.items import (
+    ResponseItem,
+    TextInput,
+    UserInput,
+    UserMessageItem,
+    close_dangling_calls,
+    turn_aborted_marker,
+    user_message,
+)
+from protocol.ops import (
+    ApprovalPolicy,
+    InterruptOp,
+    Op,
+    OverrideTurnContextOp,
+    SandboxMode,
+    ShutdownOp,
+    Submission,
+    ThreadRollbackOp,
+    TurnSettings as SettingsUpdate,
+    UserInputOp,
+    UserTurnOp,
+)
+
+from .model_client import ModelClient
+from .services import Services
+from .subscriptions import Broadcaster, Subscription
+from .turn import Turn, TurnFailed, TurnSettings, run_turn
+
+log = structlog.get_logger(__name__)
+
+SUBMISSION_CAPACITY = 64
+"""Submissions queued per thread before `submit` waits."""
+
+INITIAL_SUB_ID = ""
+DEFAULT_INSTRUCTIONS = (
+    "You are a coding agent running in Spindle. Be precise, safe and helpful. Use the shell tool "
+    "to inspect and change the workspace when the task needs it."
+)
+
+
+class ThreadClosedError(Exception):
+    """The thread has shut down and takes no more submissions."""
+
+
+class TurnError(Exception):
+    """A turn ended with an error event."""
+
+
+class TurnAbortedError(Exception):
+    """A turn was interrupted before it finished."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreadSettings:
+    """A thread's current settings; `override_turn_context` and `user_turn` change them."""
+
+    model: str
+    provider_id: str
+    cwd: str
+    approval_policy: ApprovalPolicy
+    sandbox_policy: SandboxMode
+    instructions: str = DEFAULT_INSTRUCTIONS
+    effort: str | None = None
+    summary: str | None = None
+    model_context_window: int | None = None
+
+    def updated(self, update: SettingsUpdate) -> ThreadSettings:
+        """These settings with `update` applied; ValueError names a field that cannot be used."""
+        if update.cwd is not None and not os.path.isdir(update.cwd):
+            raise ValueError(f"cwd {update.cwd!r} is not a directory")
+        changes = {k: v for k, v in (
+            ("cwd", update.cwd),
+            ("approval_policy", update.approval_policy),
+            ("sandbox_policy", update.sandbox_policy),
+            ("model", update.model),
+            ("effort", update.effort),
+            ("summary", update.summary),
+        ) if v is not None}
+        return replace(self, **changes) if changes else self
+
+    def for_turn(self) -> TurnSettings:
+        return TurnSettings(
+            model=self.model,
+            provider_id=self.provider_id,
+            cwd=self.cwd,
+            approval_policy=self.approval_policy,
+            sandbox_policy=self.sandbox_policy,
+            instructions=self.instructions,
+            effort=self.effort,
+            summary=self.summary,
+            model_context_window=self.model_context_window,
+        )
+
+
+class ThreadActor:
+    """The task behind one thread. Construct through `ThreadManager.start_thread`."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: str,
+        settings: ThreadSettings,
+        services: Services,
+        receive: trio.MemoryReceiveChannel[Submission],
+        events: Broadcaster[Event],
+        history: list[ResponseItem] | None = None,
+    ) -> None:
+        self.thread_id = thread_id
+        self.settings = settings
+        self.services = services
+        self.tools = services.tools
+        self.history: list[ResponseItem] = history if history is not None else []
+        self._receive = receive
+        self._events = events
+        self._active: Turn | None = None
+        self._nursery: trio.Nursery | None = None
+        self._usage_total = TokenUsage()
+        self.closed = trio.Event()
+
+    # --- TurnHost -------------------------------------------------------
+    def client(self, provider_id: str) -> ModelClient:
+        return self.services.client(provider_id)
+
+    def emit(self, sub_id: str, msg: EventMsg) -> None:
+        self._events.publish(Event(id=sub_id, msg=msg))
+
+    async def commit_input(self, turn: Turn, sub_id: str, items: list[UserInput]) -> None:
+        self.history.append(user_message(items))
+        item = UserMessageItem(id=new_id(), content=items)
+        self.emit(sub_id, ItemStartedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
+        self.emit(sub_id, ItemCompletedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
+
+    async def commit(self, items: list[ResponseItem]) -> None:
+        self.history.extend(items)
+
+    def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
+        self._usage_total = self._usage_total + usage
+        return TokenUsageInfo(total_token_usage=self._usage_total, last_token_usage=usage, model_context_window=window)
+
+    # --- lifecycle ------------------------------------------------------
+    def session_configured(self) -> SessionConfiguredEvent:
+        s = self.settings
+        return SessionConfiguredEvent(
+            session_id=self.thread_id,
+            model=s.model,
+            model_provider_id=s.provider_id,
+            cwd=s.cwd,
+            approval_policy=s.approval_policy,
+            sandbox_policy=s.sandbox_policy,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=self.thread_id):
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.emit(INITIAL_SUB_ID, self.session_configured())
+                    task_status.started()
+                    await self._submission_loop()
+            finally:
+                self._events.close()
+                self.closed.set()
+
+    async def _submission_loop(self) -> None:
+        with self._receive:
+            async for sub in self._receive:
+                if await self._dispatch(sub):
+                    return
+        log.debug("submission channel closed without shutdown")
+        await self._abort_turn("interrupted")
+
+    async def _dispatch(self, sub: Submission) -> bool:
+        """Handle one submission; True when the actor should end."""
+        match sub.op:
+            case UserInputOp(items=items):
+                self._user_input(sub.id, items)
+            case UserTurnOp(items=items):
+                if self._apply_settings(sub.id, sub.op.settings()):
+                    self._user_input(sub.id, items)
+            case OverrideTurnContextOp():
+                self._apply_settings(sub.id, sub.op.settings())
+            case InterruptOp():
+                await self._abort_turn("interrupted")
+            case ShutdownOp():
+                await self._abort_turn("interrupted")
+                self.emit(sub.id, ShutdownCompleteEvent())
+                return True
+            case ThreadRollbackOp(num_turns=num_turns):
+                await self._rollback(sub.id, num_turns)
+            case _:
+                self._unsupported(sub.id, sub.op)
+        return False
+
+    def _unsupported(self, sub_id: str, op: Op) -> None:
+        tag = type(op).__struct_config__.tag
+        self.emit(sub_id, ErrorEvent(message=f"op {tag!r} is not supported yet", codex_error_info="unsupported_operation"))
+
+    def _apply_settings(self, sub_id: str, update: SettingsUpdate) -> bool:
+        try:
+            self.settings = self.settings.updated(update)
+        except ValueError as exc:
+            self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
+            return False
+        return True
+
+    # --- turns ----------------------------------------------------------
+    def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
+        if not items:
+            self.emit(sub_id, ErrorEvent(message="user input is empty", codex_error_info="bad_request"))
+            return
+        if self._active is not None:
+            self._active.pending.append((sub_id, items))
+            return
+        turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings.for_turn())
+        turn.pending.append((sub_id, items))
+        self._active = turn
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_turn, turn)
+
+    async def _run_turn(self, turn: Turn) -> None:
+        finished = False
+        last: str | None = None
+        with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id):
+            self.emit(turn.sub_id, TaskStartedEvent(turn_id=turn.turn_id, model_context_window=turn.settings.model_context_window))
+            try:
+                with turn.scope:
+                    try:
+                        last = await run_turn(turn, self)
+                    except TurnFailed as err:
+                        log.info("turn failed", error=err.message)
+                        self.emit(turn.sub_id, ErrorEvent(message=err.message, codex_error_info=err.info, turn_id=turn.turn_id))
+                    finished = True
+            finally:
+                if finished:
+                    self.emit(turn.sub_id, TaskCompleteEvent(turn_id=turn.turn_id, last_agent_message=last))
+                else:
+                    self.history.extend(close_dangling_calls(self.history))
+                    self.history.append(turn_aborted_marker())
+                    self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
+                self._active = None
+                turn.done.set()
+
+    async def _abort_turn(self, reason: str) -> None:
+        turn = self._active
+        if turn is None:
+            return
+        turn.abort_reason = reason
+        turn.scope.cancel()
+        await turn.done.wait()
+
+    async def _rollback(self, sub_id: str, num_turns: int) -> None:
+        def fail(message: str) -> None:
+            self.emit(sub_id, ErrorEvent(message=message, codex_error_info="thread_rollback_failed"))
+
+        if num_turns == 0:
+            return fail("num_turns must be >= 1")
+        if self._active is not None:
+            return fail("Cannot rollback while a turn is in progress.")
+        return fail("thread rollback requires persisted thread history")
+
+
+class ThreadHandle:
+    """The user's side of a thread: submit ops, read events, ask questions."""
+
+    def __init__(
+        self,
+        actor: ThreadActor,
+        send: trio.MemorySendChannel[Submission],
+        events: Broadcaster[Event],
+    ) -> None:
+        self.thread_id = actor.thread_id
+        self._actor = actor
+        self._send = send
+        self._events = events
+        self._ids = itertools.count(1)
+        self.session_configured = actor.session_configured()
+
+    def __repr__(self) -> str:
+        return f"<ThreadHandle {self.thread_id}{' closed' if self.is_closed else ''}>"
+
+    @property
+    def is_closed(self) -> bool:
+        return self._actor.closed.is_set()
+
+    @property
+    def settings(self) -> ThreadSettings:
+        return self._actor.settings
+
+    @property
+    def history(self) -> list[ResponseItem]:
+        """The model-visible history (read-only view by convention)."""
+        return self._actor.history
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    async def submit(self, op: Op, *, id: str | None = None) -> str:
+        """Queue `op`; returns the submission id its events will carry."""
+        sub = Submission(id=id or self.next_id(), op=op)
+        try:
+            await self._send.send(sub)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ThreadClosedError(f"thread {self.thread_id} has shut down") from None
+        return sub.id
+
+    def events(self, capacity: int | None = None) -> Subscription[Event]:
+        """A new subscription to this thread's events from now on."""
+        return self._events.subscribe(capacity)
+
+    async def ask(self, text: str) -> str:
+        """Send `text` as user input and return the final answer of the turn it joins."""
+        with self.events() as events:
+            sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
+            turn_id: str | None = None
+            failure: str | None = None
+            async for ev in events:
+                msg = ev.msg
+                if isinstance(msg, TurnAbortedEvent) and (turn_id is None or msg.turn_id == turn_id):
+                    raise TurnAbortedError(f"turn {msg.turn_id} was {msg.reason}")
+                if turn_id is None:
+                    if ev.id == sub_id and isinstance(msg, ItemCompletedEvent) and isinstance(msg.item, UserMessageItem):
+                        turn_id = msg.turn_id
+                    elif ev.id == sub_id and isinstance(msg, ErrorEvent):
+                        raise TurnError(msg.message)
+                elif isinstance(msg, ErrorEvent) and msg.turn_id == turn_id:
+                    failure = msg.message
+                elif isinstance(msg, TaskCompleteEvent) and msg.turn_id == turn_id:
+                    if failure is not None:
+                        raise TurnError(failure)
+                    return msg.last_agent_message or ""
+        raise ThreadClosedError(f"thread {self.thread_id} shut down before answering")
+
+    def close(self) -> None:
+        """Close the submission channel: the actor tears down as on `shutdown`."""
+        self._send.close()
+
+    async def shutdown_and_wait(self) -> None:
+        """Submit `shutdown` and wait until the actor has ended. ThreadClosedError if it cannot."""
+        await self.submit(ShutdownOp())
+        await self._actor.closed.wait()
+
+    async def wait_closed(self) -> None:
+        await self._actor.closed.wait()

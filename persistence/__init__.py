@@ -1,0 +1,1 @@
+"""Rollout persistence (imports only `protocol`)."""

@@ -1,0 +1,169 @@
+"""Events: `Event{id, msg}` and the `EventMsg` union, one struct per message."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from .items import TurnItem
+from .ops import ApprovalPolicy, SandboxMode
+
+
+class TokenUsage(msgspec.Struct, kw_only=True, frozen=True):
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_output_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            reasoning_output_tokens=self.reasoning_output_tokens + other.reasoning_output_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class TokenUsageInfo(msgspec.Struct, kw_only=True, frozen=True):
+    total_token_usage: TokenUsage
+    last_token_usage: TokenUsage
+    model_context_window: int | None = None
+
+
+class EventMsgBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """Something a thread reports to its subscribers."""
+
+
+class SessionConfiguredEvent(EventMsgBase, tag="session_configured", kw_only=True, frozen=True):
+    """The thread is ready; always its first event."""
+
+    session_id: str
+    model: str
+    model_provider_id: str
+    cwd: str
+    approval_policy: ApprovalPolicy
+    sandbox_policy: SandboxMode
+    rollout_path: str | None = None
+    forked_from_id: str | None = None
+
+
+class TaskStartedEvent(EventMsgBase, tag="task_started", kw_only=True, frozen=True):
+    """A turn started."""
+
+    turn_id: str
+    model_context_window: int | None = None
+
+
+class TaskCompleteEvent(EventMsgBase, tag="task_complete", kw_only=True, frozen=True):
+    """A turn ran to its end (successfully, or after an `error` event)."""
+
+    turn_id: str
+    last_agent_message: str | None = None
+
+
+class TurnAbortedEvent(EventMsgBase, tag="turn_aborted", kw_only=True, frozen=True):
+    """A turn was cut short."""
+
+    turn_id: str | None = None
+    reason: Literal["interrupted", "replaced", "review_ended"] = "interrupted"
+
+
+class AgentMessageDeltaEvent(EventMsgBase, tag="agent_message_delta", kw_only=True, frozen=True):
+    """A fragment of the assistant message being streamed."""
+
+    delta: str
+    item_id: str = ""
+
+
+class AgentMessageEvent(EventMsgBase, tag="agent_message", kw_only=True, frozen=True):
+    """A complete assistant message."""
+
+    message: str
+
+
+class ItemStartedEvent(EventMsgBase, tag="item_started", kw_only=True, frozen=True):
+    thread_id: str
+    turn_id: str
+    item: TurnItem
+
+
+class ItemCompletedEvent(EventMsgBase, tag="item_completed", kw_only=True, frozen=True):
+    thread_id: str
+    turn_id: str
+    item: TurnItem
+
+
+class TokenCountEvent(EventMsgBase, tag="token_count", kw_only=True, frozen=True):
+    """Token usage after a model response."""
+
+    info: TokenUsageInfo | None = None
+
+
+CodexErrorInfo = Literal[
+    "context_window_exceeded",
+    "usage_limit_exceeded",
+    "http_connection_failed",
+    "response_stream_disconnected",
+    "response_too_many_failed_attempts",
+    "bad_request",
+    "thread_rollback_failed",
+    "unsupported_operation",
+    "internal_server_error",
+    "other",
+]
+
+
+class ErrorEvent(EventMsgBase, tag="error", kw_only=True, frozen=True):
+    """Something failed; `message` says what and where."""
+
+    message: str
+    codex_error_info: CodexErrorInfo | None = None
+    turn_id: str | None = None
+
+
+class StreamErrorEvent(EventMsgBase, tag="stream_error", kw_only=True, frozen=True):
+    """The model stream failed and will be retried."""
+
+    message: str
+    codex_error_info: CodexErrorInfo | None = None
+    additional_details: str | None = None
+
+
+class WarningEvent(EventMsgBase, tag="warning", kw_only=True, frozen=True):
+    message: str
+
+
+class ThreadRolledBackEvent(EventMsgBase, tag="thread_rolled_back", kw_only=True, frozen=True):
+    num_turns: int
+
+
+class ShutdownCompleteEvent(EventMsgBase, tag="shutdown_complete", kw_only=True, frozen=True):
+    """The thread has stopped; no event follows."""
+
+
+EventMsg = (
+    SessionConfiguredEvent
+    | TaskStartedEvent
+    | TaskCompleteEvent
+    | TurnAbortedEvent
+    | AgentMessageDeltaEvent
+    | AgentMessageEvent
+    | ItemStartedEvent
+    | ItemCompletedEvent
+    | TokenCountEvent
+    | ErrorEvent
+    | StreamErrorEvent
+    | WarningEvent
+    | ThreadRolledBackEvent
+    | ShutdownCompleteEvent
+)
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    """One event, carrying the id of the submission that caused it."""
+
+    id: str
+    msg: EventMsg

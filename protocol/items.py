@@ -1,0 +1,172 @@
+"""Conversation items, named as the Responses API and rollout files name them.
+
+`ResponseItem` is what the model sees (history); `UserInput` is what a user submits;
+`TurnItem` is the client-facing view of one item of a turn (item_started / item_completed).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+# --- user input -------------------------------------------------------------
+
+
+class UserInputBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """One piece of user input (`text`, `image`, `local_image`)."""
+
+
+class TextInput(UserInputBase, tag="text", kw_only=True, frozen=True):
+    text: str
+
+
+class ImageInput(UserInputBase, tag="image", kw_only=True, frozen=True):
+    image_url: str
+
+
+class LocalImageInput(UserInputBase, tag="local_image", kw_only=True, frozen=True):
+    path: str
+
+
+UserInput = TextInput | ImageInput | LocalImageInput
+
+# --- Responses API content and items ---------------------------------------
+
+
+class ContentBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """One part of a message's content."""
+
+
+class InputText(ContentBase, tag="input_text", kw_only=True, frozen=True):
+    text: str
+
+
+class OutputText(ContentBase, tag="output_text", kw_only=True, frozen=True):
+    text: str
+    annotations: list[object] = msgspec.field(default_factory=list)
+
+
+class InputImage(ContentBase, tag="input_image", kw_only=True, frozen=True):
+    image_url: str
+
+
+ContentItem = InputText | OutputText | InputImage
+
+
+class ResponseItemBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """One item of model-visible history."""
+
+
+class Message(ResponseItemBase, tag="message", kw_only=True, frozen=True):
+    role: Literal["user", "assistant", "developer", "system"]
+    content: list[ContentItem]
+    id: str | UnsetType = UNSET
+    status: str | UnsetType = UNSET
+
+    def text(self) -> str:
+        """The concatenated text parts of this message."""
+        return "".join(part.text for part in self.content if not isinstance(part, InputImage))
+
+
+class FunctionCall(ResponseItemBase, tag="function_call", kw_only=True, frozen=True):
+    name: str
+    arguments: str
+    call_id: str
+    id: str | UnsetType = UNSET
+    status: str | UnsetType = UNSET
+
+
+class FunctionCallOutput(ResponseItemBase, tag="function_call_output", kw_only=True, frozen=True):
+    call_id: str
+    output: str
+
+
+class SummaryText(msgspec.Struct, tag_field="type", tag="summary_text", kw_only=True, frozen=True):
+    text: str
+
+
+class Reasoning(ResponseItemBase, tag="reasoning", kw_only=True, frozen=True):
+    id: str | UnsetType = UNSET
+    summary: list[SummaryText] = msgspec.field(default_factory=list)
+    encrypted_content: str | None | UnsetType = UNSET
+
+
+ResponseItem = Message | FunctionCall | FunctionCallOutput | Reasoning
+
+
+def user_message(inputs: list[UserInput] | tuple[UserInput, ...]) -> Message:
+    """The `message` item (role user) that carries a user's input to the model."""
+    content: list[ContentItem] = []
+    for piece in inputs:
+        match piece:
+            case TextInput(text=text):
+                content.append(InputText(text=text))
+            case ImageInput(image_url=url):
+                content.append(InputImage(image_url=url))
+            case LocalImageInput(path=path):
+                content.append(InputText(text=f"<image path={path!r}>"))
+    return Message(role="user", content=content)
+
+
+# --- client-facing turn items ----------------------------------------------
+
+
+class AgentMessageContent(msgspec.Struct, tag_field="type", tag="Text", kw_only=True, frozen=True):
+    text: str
+
+
+class TurnItemBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """The client-facing view of one item of a turn."""
+
+    id: str
+
+
+class UserMessageItem(TurnItemBase, tag="UserMessage", kw_only=True, frozen=True):
+    content: list[UserInput]
+
+
+class AgentMessageItem(TurnItemBase, tag="AgentMessage", kw_only=True, frozen=True):
+    content: list[AgentMessageContent]
+
+    def text(self) -> str:
+        return "".join(part.text for part in self.content)
+
+
+class ReasoningItem(TurnItemBase, tag="Reasoning", kw_only=True, frozen=True):
+    summary_text: list[str] = msgspec.field(default_factory=list)
+
+
+class CommandExecutionItem(TurnItemBase, tag="CommandExecution", kw_only=True, frozen=True):
+    command: str
+    cwd: str
+    status: Literal["inProgress", "completed", "failed", "declined"]
+    aggregated_output: str | None = None
+    exit_code: int | None = None
+    duration_ms: int | None = None
+
+
+TurnItem = UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem
+
+
+TURN_ABORTED_MARKER = (
+    "<turn_aborted>\nThe user interrupted the previous turn on purpose. Any running tools were "
+    "stopped. If any tools or commands were aborted, they may have partially executed.\n"
+    "</turn_aborted>"
+)
+
+
+def turn_aborted_marker() -> Message:
+    """The history item an interrupt leaves, so the model knows the last turn was cut short."""
+    return Message(role="user", content=[InputText(text=TURN_ABORTED_MARKER)])
+
+
+def close_dangling_calls(history: list[ResponseItem]) -> list[FunctionCallOutput]:
+    """Outputs for function calls in `history` that never got one (an aborted turn)."""
+    answered = {item.call_id for item in history if isinstance(item, FunctionCallOutput)}
+    return [
+        FunctionCallOutput(call_id=item.call_id, output="aborted")
+        for item in history
+        if isinstance(item, FunctionCall) and item.call_id not in answered
+    ]

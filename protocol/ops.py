@@ -1,0 +1,156 @@
+"""Submissions: `Submission{id, op}` and the `Op` union (snake_case `type` tags, as codex-rs)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .items import UserInput
+
+ApprovalPolicy = Literal["untrusted", "on-failure", "on-request", "never"]
+SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
+ReviewDecision = Literal["approved", "approved_for_session", "denied", "abort"]
+
+
+class OpBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """An operation submitted to a thread."""
+
+
+class UserInputOp(OpBase, tag="user_input", kw_only=True, frozen=True):
+    """User input: steered into the active turn, or starts a turn when none is active."""
+
+    items: list[UserInput]
+
+
+class TurnSettings(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Turn settings a submission may change; `None` keeps the current value."""
+
+    cwd: str | None = None
+    approval_policy: ApprovalPolicy | None = None
+    sandbox_policy: SandboxMode | None = None
+    model: str | None = None
+    effort: str | None = None
+    summary: str | None = None
+
+
+class UserTurnOp(OpBase, tag="user_turn", kw_only=True, frozen=True):
+    """User input together with settings that apply to this turn and the ones after it."""
+
+    items: list[UserInput]
+    cwd: str | None = None
+    approval_policy: ApprovalPolicy | None = None
+    sandbox_policy: SandboxMode | None = None
+    model: str | None = None
+    effort: str | None = None
+    summary: str | None = None
+
+    def settings(self) -> TurnSettings:
+        return TurnSettings(
+            cwd=self.cwd,
+            approval_policy=self.approval_policy,
+            sandbox_policy=self.sandbox_policy,
+            model=self.model,
+            effort=self.effort,
+            summary=self.summary,
+        )
+
+
+class OverrideTurnContextOp(OpBase, tag="override_turn_context", kw_only=True, frozen=True):
+    """Change the settings of later turns without starting one."""
+
+    cwd: str | None = None
+    approval_policy: ApprovalPolicy | None = None
+    sandbox_policy: SandboxMode | None = None
+    model: str | None = None
+    effort: str | None = None
+    summary: str | None = None
+
+    def settings(self) -> TurnSettings:
+        return TurnSettings(
+            cwd=self.cwd,
+            approval_policy=self.approval_policy,
+            sandbox_policy=self.sandbox_policy,
+            model=self.model,
+            effort=self.effort,
+            summary=self.summary,
+        )
+
+
+class InterruptOp(OpBase, tag="interrupt", kw_only=True, frozen=True):
+    """Abort the active turn; it ends with `turn_aborted` (reason interrupted)."""
+
+
+class ShutdownOp(OpBase, tag="shutdown", kw_only=True, frozen=True):
+    """Abort the active turn, flush persistence, emit `shutdown_complete`, end the actor."""
+
+
+class CompactOp(OpBase, tag="compact", kw_only=True, frozen=True):
+    """Summarise the history to free context window."""
+
+
+class ThreadRollbackOp(OpBase, tag="thread_rollback", kw_only=True, frozen=True):
+    """Drop the last `num_turns` user turns from the history."""
+
+    num_turns: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ExecApprovalOp(OpBase, tag="exec_approval", kw_only=True, frozen=True):
+    """A user's decision on a command approval request."""
+
+    id: str
+    decision: ReviewDecision
+    turn_id: str | None = None
+
+
+class PatchApprovalOp(OpBase, tag="patch_approval", kw_only=True, frozen=True):
+    """A user's decision on a patch approval request."""
+
+    id: str
+    decision: ReviewDecision
+
+
+class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
+    """Run a shell command the user typed (not the model)."""
+
+    command: str
+
+
+class SetThreadMemoryModeOp(OpBase, tag="set_thread_memory_mode", kw_only=True, frozen=True):
+    """Whether this thread may feed memory generation."""
+
+    mode: Literal["enabled", "disabled"]
+
+
+class RefreshMcpServersOp(OpBase, tag="refresh_mcp_servers", kw_only=True, frozen=True):
+    """Reload MCP servers before the next turn."""
+
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ReloadUserConfigOp(OpBase, tag="reload_user_config", kw_only=True, frozen=True):
+    """Re-read the user's config layer."""
+
+
+Op = (
+    UserInputOp
+    | UserTurnOp
+    | OverrideTurnContextOp
+    | InterruptOp
+    | ShutdownOp
+    | CompactOp
+    | ThreadRollbackOp
+    | ExecApprovalOp
+    | PatchApprovalOp
+    | RunUserShellCommandOp
+    | SetThreadMemoryModeOp
+    | RefreshMcpServersOp
+    | ReloadUserConfigOp
+)
+
+
+class Submission(msgspec.Struct, kw_only=True, frozen=True):
+    """One op, with the id its events will carry."""
+
+    id: str
+    op: Op
