@@ -19,7 +19,13 @@ from protocol.ops import ApprovalPolicy, SandboxMode, Submission
 from .config import ConfigError, load_config
 from .services import Services
 from .subscriptions import Broadcaster, Subscription
-from .thread import SUBMISSION_CAPACITY, ThreadActor, ThreadHandle, ThreadSettings
+from .thread import (
+    DEFAULT_INSTRUCTIONS,
+    SUBMISSION_CAPACITY,
+    ThreadActor,
+    ThreadHandle,
+    ThreadSettings,
+)
 from .tools import ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -77,7 +83,7 @@ class ThreadManager:
             approval_policy=approval_policy or config.approval_policy,
             sandbox_policy=sandbox_mode or config.sandbox_mode,
             model_context_window=config.model_context_window,
-            **({"instructions": instructions or config.instructions} if (instructions or config.instructions) else {}),
+            instructions=instructions or config.instructions or DEFAULT_INSTRUCTIONS,
         )
 
     async def start_thread(
@@ -138,7 +144,7 @@ class ThreadManager:
     async def fork_thread(self, *args: object, **kwargs: object) -> ThreadHandle:
         raise NotImplementedError("fork_thread needs the rollout store (persistence), not built yet")
 
-    async def shutdown_all_threads_bounded(self, timeout: float) -> ThreadShutdownReport:
+    async def shutdown_all_threads_bounded(self, timeout: float) -> ThreadShutdownReport:  # noqa: ASYNC109 - the seed's API
         """Shut every thread down concurrently within `timeout` seconds.
 
         Threads that finish are removed; the others stay tracked so callers can retry or inspect.

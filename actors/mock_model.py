@@ -17,6 +17,7 @@ import h11
 import msgspec
 import structlog
 import trio
+from trio_typing import TaskStatus
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,8 @@ class Text:
     chunks: int = 2
     delay: float = 0.0
     usage: bool = True
+    gate: trio.Event | None = None
+    """When set, the stream pauses after its first delta until the event is set."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +151,7 @@ class MockModel:
         """A `[model_providers.mock]` table pointing at this server."""
         return {"name": "Mock", "base_url": self.base_url, **extra}
 
-    async def run(self, *, task_status: trio.TaskStatus[MockModel] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[MockModel] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=4096)
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
@@ -221,10 +224,14 @@ class MockModel:
             ("transfer-encoding", "chunked"),
         ]
         await self._send(conn, stream, h11.Response(status_code=200, headers=headers))
+        gate = reply.gate if isinstance(reply, Text) else None
         for chunk, delay in self._stream(reply):
             if delay:
                 await trio.sleep(delay)
             await self._send(conn, stream, h11.Data(data=chunk))
+            if gate is not None and chunk.startswith(b"event: response.output_text.delta"):
+                await gate.wait()
+                gate = None
         await self._send(conn, stream, h11.EndOfMessage())
         return True
 

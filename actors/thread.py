@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 import trio
+from trio_typing import TaskStatus
 
 from protocol.events import (
     ErrorEvent,
@@ -47,9 +48,11 @@ from protocol.ops import (
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
-    TurnSettings as SettingsUpdate,
     UserInputOp,
     UserTurnOp,
+)
+from protocol.ops import (
+    TurnSettings as SettingsUpdate,
 )
 
 from .model_client import ModelClient
@@ -99,15 +102,15 @@ class ThreadSettings:
         """These settings with `update` applied; ValueError names a field that cannot be used."""
         if update.cwd is not None and not os.path.isdir(update.cwd):
             raise ValueError(f"cwd {update.cwd!r} is not a directory")
-        changes = {k: v for k, v in (
-            ("cwd", update.cwd),
-            ("approval_policy", update.approval_policy),
-            ("sandbox_policy", update.sandbox_policy),
-            ("model", update.model),
-            ("effort", update.effort),
-            ("summary", update.summary),
-        ) if v is not None}
-        return replace(self, **changes) if changes else self
+        return replace(
+            self,
+            cwd=update.cwd or self.cwd,
+            approval_policy=update.approval_policy or self.approval_policy,
+            sandbox_policy=update.sandbox_policy or self.sandbox_policy,
+            model=update.model or self.model,
+            effort=update.effort if update.effort is not None else self.effort,
+            summary=update.summary if update.summary is not None else self.summary,
+        )
 
     def for_turn(self) -> TurnSettings:
         return TurnSettings(
@@ -180,7 +183,7 @@ class ThreadActor:
             sandbox_policy=s.sandbox_policy,
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=self.thread_id):
             try:
                 async with trio.open_nursery() as nursery:

@@ -1,0 +1,94 @@
+"""The `spindle` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
+from protocol.items import TextInput
+from protocol.ops import UserInputOp
+
+from .config import ConfigError
+from .logs import configure_logging
+from .manager import open_runtime
+from .mock_model import MockModel, Text
+from .repl import mock_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spindle", description="A Trio runtime for Codex-style agent threads.")
+    parser.add_argument(
+        "-c", "--config", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config.toml key (dotted path; the value is parsed as TOML, else taken as a string)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("SPINDLE_LOG", "warning"), help="stderr log level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="two threads streaming one turn each against the built-in mock model")
+    demo.add_argument("--threads", type=int, default=2)
+    mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
+    mock.add_argument("--port", type=int, default=0)
+    return parser
+
+
+async def run_demo(threads: int, overrides: Sequence[str]) -> int:
+    home = Path(tempfile.mkdtemp(prefix="spindle-demo-"))
+    async with trio.open_nursery() as nursery:
+        reply = Text(text="Hello from the mock model, streamed in pieces.", chunks=8, delay=0.02)
+        mock = await nursery.start(MockModel(default=lambda _: reply, record=False).run)
+        config = mock_config(mock, home)
+        async with open_runtime(config) as rt:
+            handles = [await rt.start_thread() for _ in range(threads)]
+            out = sys.stdout
+
+            async def drive(n: int) -> None:
+                thread = handles[n]
+                with thread.events() as events:
+                    await thread.submit(UserInputOp(items=[TextInput(text=f"hello from thread {n}")]))
+                    async for ev in events:
+                        if isinstance(ev.msg, AgentMessageDeltaEvent):
+                            out.write(f"thread {n} ({thread.thread_id[-8:]}): {ev.msg.delta!r}\n")
+                        elif isinstance(ev.msg, TaskCompleteEvent):
+                            out.write(f"thread {n} done: {ev.msg.last_agent_message}\n")
+                            return
+
+            async with trio.open_nursery() as turns:
+                for n in range(threads):
+                    turns.start_soon(drive, n)
+        nursery.cancel_scope.cancel()
+    return 0
+
+
+async def run_mock(port: int) -> int:
+    async with trio.open_nursery() as nursery:
+        mock = await nursery.start(MockModel(record=False, port=port).run)
+        sys.stdout.write(f"{mock.base_url}\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "demo":
+            if args.threads < 1:
+                raise SystemExit("spindle demo: --threads must be at least 1")
+            return trio.run(run_demo, args.threads, args.config)
+        if args.command == "mock-model":
+            return trio.run(run_mock, args.port)
+    except ConfigError as exc:
+        sys.stderr.write(f"spindle: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from actors import ThreadManager, open_runtime, turn
+from actors.config import config_from_mapping
+from actors.mock_model import MockModel
+from actors.tools import ToolRegistry
+from protocol.config import Config
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries back off by a millisecond in tests, not the production 200 ms."""
+    monkeypatch.setattr(turn, "RETRY_BASE_DELAY_S", 0.001)
+
+
+@pytest.fixture
+async def mock_model(nursery: trio.Nursery) -> MockModel:
+    return await nursery.start(MockModel().run)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, mock_model: MockModel) -> Callable[..., Config]:
+    def make(provider: dict[str, Any] | None = None, **extra: Any) -> Config:
+        data: dict[str, Any] = {
+            "model": "mock-model",
+            "model_provider": "mock",
+            "model_providers": {
+                "mock": mock_model.provider_config(
+                    **{"request_max_retries": 1, "stream_max_retries": 1, **(provider or {})}
+                )
+            },
+            "approval_policy": "never",
+            "sandbox_mode": "danger-full-access",
+            "cwd": str(tmp_path),
+            **extra,
+        }
+        return config_from_mapping(data, source="test config", home=tmp_path / "home")
+
+    return make
+
+
+@pytest.fixture
+async def runtime(make_config: Callable[..., Config]) -> AsyncIterator[ThreadManager]:
+    async with open_runtime(make_config()) as rt:
+        yield rt
+
+
+@pytest.fixture
+def make_runtime(make_config: Callable[..., Config]) -> Callable[..., Any]:
+    def make(tools: ToolRegistry | None = None, **config: Any) -> Any:
+        return open_runtime(make_config(**config), tools=tools)
+
+    return make

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from actors.subscriptions import Subscription
+from protocol.events import Event, EventMsg
+
+DEADLINE_S = 10.0
+
+
+async def collect_until(
+    events: Subscription[Event], stop: Callable[[Event], bool] | type[EventMsg]
+) -> list[Event]:
+    """Events up to and including the first that matches `stop` (a predicate or an EventMsg type)."""
+    if isinstance(stop, type):
+        kind = stop
+        stop = lambda ev: isinstance(ev.msg, kind)  # noqa: E731
+    seen: list[Event] = []
+    with trio.fail_after(DEADLINE_S):
+        async for ev in events:
+            seen.append(ev)
+            if stop(ev):
+                return seen
+    raise AssertionError(f"stream ended before the stop event; saw {[type(e.msg).__name__ for e in seen]}")
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [type(ev.msg).__struct_config__.tag for ev in events]  # type: ignore[attr-defined]
