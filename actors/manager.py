@@ -7,16 +7,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
 
+from persistence.history import ForkSnapshot, fork_items, last_turn_context, rebuild_history
+from persistence.paths import is_within, now_utc, rollout_path, timestamp
+from persistence.reader import RolloutRead, read_rollout
+from persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
+from persistence.writer import ThreadRollout
 from protocol.config import Config
 from protocol.events import Event
 from protocol.ids import new_id, parse_thread_id
+from protocol.items import ResponseItem
 from protocol.ops import ApprovalPolicy, SandboxMode, Submission
+from protocol.rollout import BaseInstructions, SessionMeta, TurnContextItem
 
-from .config import ConfigError, load_config
+from .config import ConfigError, codex_home, load_config
 from .services import Services
 from .subscriptions import Broadcaster, Subscription
 from .thread import (
@@ -31,6 +39,7 @@ from .tools import ToolRegistry
 log = structlog.get_logger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+SPINDLE_VERSION = "0.1.0"
 
 
 class ThreadNotFoundError(KeyError):
@@ -50,9 +59,11 @@ class ThreadShutdownReport:
 class ThreadManager:
     """Supervises every thread of one runtime. Obtain one from `open_runtime()`."""
 
-    def __init__(self, services: Services, nursery: trio.Nursery) -> None:
+    def __init__(self, services: Services, nursery: trio.Nursery, store: LocalThreadStore) -> None:
         self.services = services
         self.config = services.config
+        self.store = store
+        self.home = store.home
         self._nursery = nursery
         self._threads: dict[str, ThreadHandle] = {}
         self._created: Broadcaster[str] = Broadcaster()
@@ -96,8 +107,12 @@ class ThreadManager:
         sandbox_mode: SandboxMode | None = None,
         instructions: str | None = None,
         thread_id: str | None = None,
+        ephemeral: bool = False,
     ) -> ThreadHandle:
-        """Start a new thread actor; returns once it has emitted `session_configured`."""
+        """Start a new thread actor; returns once it has emitted `session_configured`.
+
+        Nothing is written until the first user turn; `ephemeral` threads never touch disk.
+        """
         settings = self._settings(
             model=model,
             model_provider=model_provider,
@@ -107,13 +122,39 @@ class ThreadManager:
             instructions=instructions,
         )
         tid = parse_thread_id(thread_id) if thread_id else new_id()
-        return await self._spawn(tid, settings)
+        return await self._spawn(tid, settings, self._new_rollout(tid, settings, ephemeral=ephemeral))
 
-    async def _spawn(self, thread_id: str, settings: ThreadSettings) -> ThreadHandle:
+    def _new_rollout(self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None) -> ThreadRollout:
+        created = now_utc()
+        meta = SessionMeta(
+            id=thread_id,
+            session_id=thread_id,
+            timestamp=timestamp(created),
+            cwd=settings.cwd,
+            cli_version=SPINDLE_VERSION,
+            model_provider=settings.provider_id,
+            base_instructions=BaseInstructions(text=settings.instructions),
+            forked_from_id=forked_from,
+        )
+        return ThreadRollout(path=rollout_path(self.home, thread_id, created), meta=meta, ephemeral=ephemeral, index=self.store)
+
+    async def _spawn(
+        self,
+        thread_id: str,
+        settings: ThreadSettings,
+        rollout: ThreadRollout,
+        history: list[ResponseItem] | None = None,
+    ) -> ThreadHandle:
         send, receive = trio.open_memory_channel[Submission](SUBMISSION_CAPACITY)
         events: Broadcaster[Event] = Broadcaster()
         actor = ThreadActor(
-            thread_id=thread_id, settings=settings, services=self.services, receive=receive, events=events
+            thread_id=thread_id,
+            settings=settings,
+            services=self.services,
+            receive=receive,
+            events=events,
+            rollout=rollout,
+            history=history,
         )
         handle = ThreadHandle(actor, send, events)
         await self._nursery.start(actor.run)
@@ -138,11 +179,117 @@ class ThreadManager:
         """Ids of threads started from now on."""
         return self._created.subscribe()
 
-    async def resume_thread(self, *args: object, **kwargs: object) -> ThreadHandle:
-        raise NotImplementedError("resume_thread needs the rollout store (persistence), not built yet")
+    def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
+        if path is not None:
+            located = Path(path)
+            if not is_within(self.home, located):
+                raise ThreadStoreError(f"rollout path {located} is outside {self.home}")
+            return located
+        if thread_id is None:
+            raise ValueError("give a thread id or a rollout path")
+        found = self.store.find_path(thread_id)
+        if found is None:
+            raise ThreadStoreError(f"no rollout found for thread id {parse_thread_id(thread_id)}")
+        return found
 
-    async def fork_thread(self, *args: object, **kwargs: object) -> ThreadHandle:
-        raise NotImplementedError("fork_thread needs the rollout store (persistence), not built yet")
+    def _resumed_settings(self, read: RolloutRead, overrides: dict[str, Any]) -> ThreadSettings:
+        context = last_turn_context(read.source.items())
+        meta = read.meta
+        instructions = meta.base_instructions.text if meta.base_instructions else None
+        return self._settings(
+            model=overrides.get("model") or (context.model if context else None),
+            model_provider=overrides.get("model_provider") or meta.model_provider,
+            cwd=overrides.get("cwd") or (context.cwd if context else meta.cwd),
+            approval_policy=overrides.get("approval_policy") or _policy(context),
+            sandbox_mode=overrides.get("sandbox_mode") or _sandbox(context),
+            instructions=overrides.get("instructions") or instructions,
+        )
+
+    async def resume_thread(
+        self, thread_id: str | None = None, *, path: str | Path | None = None, **overrides: Any
+    ) -> ThreadHandle:
+        """Resume a thread from its rollout (read once); a running thread is returned as it is."""
+        if thread_id is not None:
+            thread_id = parse_thread_id(thread_id)
+            running = self._threads.get(thread_id)
+            if running is not None and not running.is_closed:
+                if path is not None and not _same_path(path, running.rollout_path):
+                    raise ThreadStoreError(
+                        f"thread {thread_id} is already running with rollout {running.rollout_path}, not {path}"
+                    )
+                return running
+        located = self._locate(thread_id, path)
+        read = await trio.to_thread.run_sync(read_rollout, located)
+        if read.skipped or read.torn:
+            log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
+        running = self._threads.get(read.meta.id)
+        if running is not None and not running.is_closed:
+            return running
+        settings = self._resumed_settings(read, overrides)
+        rollout = ThreadRollout(
+            path=located, meta=read.meta, source=read.source, materialized=True,
+            good_size=read.good_size, index=self.store,
+        )
+        return await self._spawn(read.meta.id, settings, rollout, rebuild_history(read.source.iter_forward_from(0)))
+
+    async def fork_thread(
+        self,
+        snapshot: ForkSnapshot | int,
+        thread_id: str | None = None,
+        *,
+        path: str | Path | None = None,
+        **overrides: Any,
+    ) -> ThreadHandle:
+        """A new thread (new id, `forked_from_id` recorded) from a snapshot of another's history.
+
+        A running source is flushed and its in-memory source used; otherwise the file is read.
+        The fork's rollout is written at once.
+        """
+        if isinstance(snapshot, int):
+            snapshot = ForkSnapshot.truncate_before(snapshot)
+        running = self._threads.get(parse_thread_id(thread_id)) if thread_id else None
+        if running is not None and running.rollout.persisted and not running.is_closed:
+            await running.rollout.flush()
+            items = running.rollout.source.items()
+            read_meta = running.rollout.meta
+            context = last_turn_context(items)
+            settings = self._settings(
+                model=overrides.get("model") or running.settings.model,
+                model_provider=overrides.get("model_provider") or running.settings.provider_id,
+                cwd=overrides.get("cwd") or running.settings.cwd,
+                approval_policy=overrides.get("approval_policy") or running.settings.approval_policy,
+                sandbox_mode=overrides.get("sandbox_mode") or running.settings.sandbox_policy,
+                instructions=running.settings.instructions,
+            )
+            del context
+        else:
+            read = await trio.to_thread.run_sync(read_rollout, self._locate(thread_id, path))
+            items, read_meta = read.source.items(), read.meta
+            settings = self._resumed_settings(read, overrides)
+        fork_id = new_id()
+        rollout = self._new_rollout(fork_id, settings, forked_from=read_meta.id)
+        rollout.record(fork_items(items, snapshot))
+        await rollout.materialize(self._nursery)
+        await rollout.shutdown()  # the fork's own actor reopens the file for appending
+        history = rebuild_history(rollout.source.iter_forward_from(0))
+        return await self._spawn(fork_id, settings, rollout, history)
+
+    async def archive_thread(self, thread_id: str) -> Path:
+        """Unload the thread (if running) and move its rollout to `archived_sessions/`."""
+        tid = parse_thread_id(thread_id)
+        if self.store.find_path(tid) is None:
+            raise ThreadStoreError(f"no rollout found for thread id {tid}")
+        running = self._threads.pop(tid, None)
+        if running is not None and not running.is_closed:
+            await running.shutdown_and_wait()
+        return self.store.archive(tid)
+
+    async def unarchive_thread(self, thread_id: str) -> Path:
+        """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
+        return self.store.unarchive(thread_id)
+
+    def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
+        return self.store.list_threads(limit=limit, cursor=cursor, archived=archived)
 
     async def shutdown_all_threads_bounded(self, timeout: float) -> ThreadShutdownReport:  # noqa: ASYNC109 - the seed's API
         """Shut every thread down concurrently within `timeout` seconds.
@@ -184,9 +331,10 @@ async def open_runtime(
     (bounded by `shutdown_timeout`), then whatever is left is cancelled."""
     config = config if config is not None else load_config()
     services = Services(config, tools)
+    store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
     try:
         async with trio.open_nursery() as nursery:
-            manager = ThreadManager(services, nursery)
+            manager = ThreadManager(services, nursery, store)
             try:
                 yield manager
             finally:
@@ -198,3 +346,18 @@ async def open_runtime(
     finally:
         with trio.CancelScope(shield=True):
             await services.aclose()
+        store.close()
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _policy(context: TurnContextItem | None) -> ApprovalPolicy | None:
+    value = context.approval_policy if context else None
+    return value if value in ("untrusted", "on-failure", "on-request", "never") else None  # type: ignore[return-value]
+
+
+def _sandbox(context: TurnContextItem | None) -> SandboxMode | None:
+    value = context.sandbox_policy.type if context and context.sandbox_policy else None
+    return value if value in ("read-only", "workspace-write", "danger-full-access") else None  # type: ignore[return-value]

@@ -10,11 +10,15 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import structlog
 import trio
 from trio_typing import TaskStatus
 
+from persistence.history import rebuild_history
+from persistence.policy import should_persist_event
+from persistence.writer import ThreadRollout
 from protocol.events import (
     ErrorEvent,
     Event,
@@ -25,12 +29,16 @@ from protocol.events import (
     ShutdownCompleteEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
+    ThreadRolledBackEvent,
     TokenUsage,
     TokenUsageInfo,
     TurnAbortedEvent,
+    WarningEvent,
 )
 from protocol.ids import new_id
 from protocol.items import (
+    InputText,
+    Message,
     ResponseItem,
     TextInput,
     UserInput,
@@ -54,6 +62,7 @@ from protocol.ops import (
 from protocol.ops import (
     TurnSettings as SettingsUpdate,
 )
+from protocol.rollout import SandboxPolicy, TurnContextItem
 
 from .model_client import ModelClient
 from .services import Services
@@ -64,12 +73,40 @@ log = structlog.get_logger(__name__)
 
 SUBMISSION_CAPACITY = 64
 """Submissions queued per thread before `submit` waits."""
+PERSIST_DEADLINE_S = 10.0
+"""How long an aborted turn's cleanup may spend handing its last items to the writer."""
 
 INITIAL_SUB_ID = ""
 DEFAULT_INSTRUCTIONS = (
     "You are a coding agent running in Spindle. Be precise, safe and helpful. Use the shell tool "
     "to inspect and change the workspace when the task needs it."
 )
+
+
+def environment_context(settings: TurnSettings) -> Message:
+    """The initial context the model gets at a thread's first turn."""
+    text = (
+        "<environment_context>\n"
+        f"  <cwd>{settings.cwd}</cwd>\n"
+        f"  <approval_policy>{settings.approval_policy}</approval_policy>\n"
+        f"  <sandbox_mode>{settings.sandbox_policy}</sandbox_mode>\n"
+        "  <shell>bash</shell>\n"
+        "</environment_context>"
+    )
+    return Message(role="user", content=[InputText(text=text)])
+
+
+def turn_context_item(turn: Turn) -> TurnContextItem:
+    s = turn.settings
+    return TurnContextItem(
+        turn_id=turn.turn_id,
+        cwd=s.cwd,
+        approval_policy=s.approval_policy,
+        sandbox_policy=SandboxPolicy(type=s.sandbox_policy),
+        model=s.model,
+        effort=s.effort,
+        summary=s.summary,
+    )
 
 
 class ThreadClosedError(Exception):
@@ -137,9 +174,13 @@ class ThreadActor:
         services: Services,
         receive: trio.MemoryReceiveChannel[Submission],
         events: Broadcaster[Event],
+        rollout: ThreadRollout,
         history: list[ResponseItem] | None = None,
     ) -> None:
         self.thread_id = thread_id
+        self.rollout = rollout
+        rollout.on_error = lambda message: self._deliver(INITIAL_SUB_ID, ErrorEvent(message=message, codex_error_info="other"))
+        self._context_seeded = bool(history)
         self.settings = settings
         self.services = services
         self.tools = services.tools
@@ -156,16 +197,27 @@ class ThreadActor:
         return self.services.client(provider_id)
 
     def emit(self, sub_id: str, msg: EventMsg) -> None:
+        """Record `msg` when the persistence policy keeps it, and deliver it to subscribers."""
+        if should_persist_event(msg):
+            self.rollout.record([msg])
+        self._deliver(sub_id, msg)
+
+    def _deliver(self, sub_id: str, msg: EventMsg) -> None:
         self._events.publish(Event(id=sub_id, msg=msg))
 
     async def commit_input(self, turn: Turn, sub_id: str, items: list[UserInput]) -> None:
-        self.history.append(user_message(items))
+        message = user_message(items)
+        self.history.append(message)
+        self.rollout.record([message])
         item = UserMessageItem(id=new_id(), content=items)
         self.emit(sub_id, ItemStartedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
         self.emit(sub_id, ItemCompletedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
+        await self.rollout.drain()
 
     async def commit(self, items: list[ResponseItem]) -> None:
         self.history.extend(items)
+        self.rollout.record(items)
+        await self.rollout.drain()
 
     def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
         self._usage_total = self._usage_total + usage
@@ -181,6 +233,8 @@ class ThreadActor:
             cwd=s.cwd,
             approval_policy=s.approval_policy,
             sandbox_policy=s.sandbox_policy,
+            rollout_path=None if self.rollout.ephemeral else str(self.rollout.path),
+            forked_from_id=self.rollout.meta.forked_from_id,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -188,6 +242,8 @@ class ThreadActor:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.rollout.persisted:  # resumed or forked: append to the existing file
+                        await self.rollout.start(nursery, create=False)
                     self.emit(INITIAL_SUB_ID, self.session_configured())
                     task_status.started()
                     await self._submission_loop()
@@ -202,21 +258,31 @@ class ThreadActor:
                     return
         log.debug("submission channel closed without shutdown")
         await self._abort_turn("interrupted")
+        await self._close_rollout(INITIAL_SUB_ID)
+
+    async def _close_rollout(self, sub_id: str) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self.rollout.shutdown()
+        except (OSError, trio.TooSlowError) as exc:
+            log.warning("failed to shut down thread persistence", error=str(exc))
+            self._deliver(sub_id, ErrorEvent(message=f"Failed to shutdown thread persistence: {exc}", codex_error_info="other"))
 
     async def _dispatch(self, sub: Submission) -> bool:
         """Handle one submission; True when the actor should end."""
         match sub.op:
             case UserInputOp(items=items):
-                self._user_input(sub.id, items)
+                await self._user_input(sub.id, items)
             case UserTurnOp(items=items):
                 if self._apply_settings(sub.id, sub.op.settings()):
-                    self._user_input(sub.id, items)
+                    await self._user_input(sub.id, items)
             case OverrideTurnContextOp():
                 self._apply_settings(sub.id, sub.op.settings())
             case InterruptOp():
                 await self._abort_turn("interrupted")
             case ShutdownOp():
                 await self._abort_turn("interrupted")
+                await self._close_rollout(sub.id)
                 self.emit(sub.id, ShutdownCompleteEvent())
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
@@ -238,17 +304,28 @@ class ThreadActor:
         return True
 
     # --- turns ----------------------------------------------------------
-    def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
+    async def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
         if not items:
             self.emit(sub_id, ErrorEvent(message="user input is empty", codex_error_info="bad_request"))
             return
         if self._active is not None:
             self._active.pending.append((sub_id, items))
             return
+        assert self._nursery is not None
+        try:
+            await self.rollout.materialize(self._nursery)
+        except OSError as exc:
+            self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
+            return
         turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings.for_turn())
+        if not self._context_seeded:  # built at the first turn, so its overrides are in it
+            context = environment_context(turn.settings)
+            self.history.append(context)
+            self.rollout.record([context])
+            self._context_seeded = True
+        self.rollout.record([turn_context_item(turn)])
         turn.pending.append((sub_id, items))
         self._active = turn
-        assert self._nursery is not None
         self._nursery.start_soon(self._run_turn, turn)
 
     async def _run_turn(self, turn: Turn) -> None:
@@ -268,11 +345,16 @@ class ThreadActor:
                 if finished:
                     self.emit(turn.sub_id, TaskCompleteEvent(turn_id=turn.turn_id, last_agent_message=last))
                 else:
-                    self.history.extend(close_dangling_calls(self.history))
-                    self.history.append(turn_aborted_marker())
+                    closing: list[ResponseItem] = [*close_dangling_calls(self.history), turn_aborted_marker()]
+                    self.history.extend(closing)
+                    self.rollout.record(closing)
                     self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
                 self._active = None
                 turn.done.set()
+                with trio.move_on_after(PERSIST_DEADLINE_S) as cleanup:
+                    cleanup.shield = True
+                    await self.rollout.drain()
+                self.rollout.touch()
 
     async def _abort_turn(self, reason: str) -> None:
         turn = self._active
@@ -290,7 +372,22 @@ class ThreadActor:
             return fail("num_turns must be >= 1")
         if self._active is not None:
             return fail("Cannot rollback while a turn is in progress.")
-        return fail("thread rollback requires persisted thread history")
+        if not self.rollout.persisted:
+            return fail("thread rollback requires persisted thread history")
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            return fail(f"failed to flush thread persistence for rollback replay: {exc}")
+        marker = ThreadRolledBackEvent(num_turns=num_turns)
+        self.history[:] = rebuild_history([*self.rollout.source.iter_forward_from(0), marker])
+        self.rollout.record([marker])
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            self._deliver(sub_id, WarningEvent(
+                message=f"Rolled the thread back, but failed to save the rollback marker. Spindle will keep retrying. Error: {exc}"))
+        self.rollout.touch()
+        self._deliver(sub_id, marker)
 
 
 class ThreadHandle:
@@ -319,6 +416,15 @@ class ThreadHandle:
     @property
     def settings(self) -> ThreadSettings:
         return self._actor.settings
+
+    @property
+    def rollout(self) -> ThreadRollout:
+        return self._actor.rollout
+
+    @property
+    def rollout_path(self) -> Path:
+        """Where this thread's rollout is (or will be, before its first turn)."""
+        return self._actor.rollout.path
 
     @property
     def history(self) -> list[ResponseItem]:

@@ -54,8 +54,9 @@ async def test_ask_returns_final_message_and_request_shape(runtime: ThreadManage
     assert body["input"][-1] == {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}
     # the next turn replays the whole history, the assistant reply included
     await thread.ask("again")
-    roles = [item["role"] for item in mock_model.requests[-1].json()["input"]]
-    assert roles == ["user", "assistant", "user"]
+    first, *rest = mock_model.requests[-1].json()["input"]
+    assert first["content"][0]["text"].startswith("<environment_context>")
+    assert [item["role"] for item in rest] == ["user", "assistant", "user"]
 
 
 async def test_ops_are_handled_in_submission_order(runtime: ThreadManager, mock_model: MockModel) -> None:
@@ -128,7 +129,7 @@ async def test_user_input_during_a_turn_is_steered_into_it(runtime: ThreadManage
     done = seen[-1].msg
     assert isinstance(done, TaskCompleteEvent) and done.last_agent_message == "second"
     last_input = mock_model.requests[-1].json()["input"]
-    assert [i.get("role") for i in last_input] == ["user", "assistant", "user"]
+    assert [i.get("role") for i in last_input[1:]] == ["user", "assistant", "user"]
     assert last_input[-1]["content"][0]["text"] == "also this"
 
 

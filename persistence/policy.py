@@ -1,0 +1,39 @@
+"""What is written to a rollout.
+
+Written: `session_meta`; every model-visible history item (`response_item`), including the
+initial context and interrupt markers; one `turn_context` per turn; `compacted`; and the events
+below, which are what resume, fork and `thread/read` need to rebuild turns. Never written: deltas
+(`agent_message_delta`), `item_started`, `session_configured`, `stream_error`, `warning`,
+`shutdown_complete` — they are live-only and would only bloat the file.
+"""
+
+from __future__ import annotations
+
+from protocol.events import (
+    AgentMessageEvent,
+    ErrorEvent,
+    EventMsg,
+    ItemCompletedEvent,
+    TaskCompleteEvent,
+    TaskStartedEvent,
+    ThreadRolledBackEvent,
+    TokenCountEvent,
+    TurnAbortedEvent,
+)
+from protocol.items import AgentMessageItem, UserMessageItem
+
+PERSISTED_EVENTS = (
+    TaskStartedEvent,
+    TaskCompleteEvent,
+    TurnAbortedEvent,
+    TokenCountEvent,
+    ErrorEvent,
+    ThreadRolledBackEvent,
+    AgentMessageEvent,
+)
+
+
+def should_persist_event(msg: EventMsg) -> bool:
+    if isinstance(msg, ItemCompletedEvent):
+        return isinstance(msg.item, UserMessageItem | AgentMessageItem)
+    return isinstance(msg, PERSISTED_EVENTS)

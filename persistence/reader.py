@@ -1,0 +1,70 @@
+"""The tolerant rollout reader.
+
+A torn last line (a crash mid-write: no final newline) is ignored and reported through
+`good_size`, so a writer resuming the file truncates it away before appending. Lines that do not
+parse, or whose kind Spindle does not know, are skipped and counted. The first `session_meta`
+defines the thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from protocol.rollout import RolloutItem, RolloutLine, SessionMeta
+
+from .source import InMemoryRolloutSource
+
+_lines = msgspec.json.Decoder(RolloutLine)
+
+
+class RolloutReadError(ValueError):
+    """A rollout that cannot define a thread (missing file, no session_meta)."""
+
+
+@dataclass(frozen=True)
+class RolloutRead:
+    path: Path
+    meta: SessionMeta
+    source: InMemoryRolloutSource
+    skipped: int
+    torn: bool
+    good_size: int
+
+
+def parse_rollout(data: bytes) -> tuple[list[RolloutItem], int, bool, int]:
+    """(items, skipped lines, torn tail?, size of the whole-line prefix)."""
+    good_size = data.rfind(b"\n") + 1
+    torn = good_size < len(data) and bool(data[good_size:].strip())
+    body = data[:good_size]
+    try:
+        return [line.payload for line in _lines.decode_lines(body)], 0, torn, good_size
+    except msgspec.MsgspecError:
+        pass
+    items: list[RolloutItem] = []
+    skipped = 0
+    for raw in body.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            items.append(_lines.decode(raw).payload)
+        except msgspec.MsgspecError:
+            skipped += 1
+    return items, skipped, torn, good_size
+
+
+def read_rollout(path: Path) -> RolloutRead:
+    """Read a rollout file once into an in-memory source."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RolloutReadError(f"no rollout file at {path}") from None
+    except OSError as exc:
+        raise RolloutReadError(f"cannot read rollout {path}: {exc.strerror}") from None
+    items, skipped, torn, good_size = parse_rollout(data)
+    meta = next((item for item in items if isinstance(item, SessionMeta)), None)
+    if meta is None:
+        raise RolloutReadError(f"rollout {path} has no session_meta line")
+    return RolloutRead(path, meta, InMemoryRolloutSource(items), skipped, torn, good_size)

@@ -1,0 +1,109 @@
+"""Rollout lines: `{"timestamp", "ordinal", "type", "payload"}`, as the real Codex writes them.
+
+In memory a rollout item is the payload struct itself; its line `type` follows from its class
+(`line_type`). Reading decodes each line into a tagged `RolloutLine` so a whole file of lines
+Spindle knows decodes in one `decode_lines` pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .events import EventMsg, EventMsgBase
+from .items import ResponseItem, ResponseItemBase
+
+
+class BaseInstructions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    text: str
+
+
+class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
+    """Line 0 of every rollout: who the thread is."""
+
+    id: str
+    timestamp: str
+    cwd: str
+    originator: str = "spindle"
+    cli_version: str = ""
+    source: str = "spindle"
+    model_provider: str | None = None
+    base_instructions: BaseInstructions | None = None
+    forked_from_id: str | None = None
+    session_id: str | None = None
+
+
+class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):
+    type: str
+
+
+class TurnContextItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The settings one turn ran with."""
+
+    cwd: str
+    approval_policy: str
+    model: str
+    sandbox_policy: SandboxPolicy | None = None
+    turn_id: str | None = None
+    effort: str | None = None
+    summary: str | None = None
+
+
+class CompactedItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """History was replaced by a summary (and optionally an explicit replacement history)."""
+
+    message: str
+    replacement_history: list[ResponseItem] | None = None
+
+
+RolloutItem = SessionMeta | TurnContextItem | CompactedItem | ResponseItem | EventMsg
+
+
+def line_type(item: object) -> str:
+    if isinstance(item, ResponseItemBase):
+        return "response_item"
+    if isinstance(item, EventMsgBase):
+        return "event_msg"
+    if isinstance(item, TurnContextItem):
+        return "turn_context"
+    if isinstance(item, SessionMeta):
+        return "session_meta"
+    if isinstance(item, CompactedItem):
+        return "compacted"
+    raise TypeError(f"not a rollout item: {type(item).__name__}")
+
+
+class RolloutLineOut(msgspec.Struct, kw_only=True):
+    timestamp: str
+    ordinal: int
+    type: str
+    payload: Any
+
+
+class _LineBase(msgspec.Struct, tag_field="type", kw_only=True):
+    timestamp: str = ""
+    ordinal: int | None = None
+
+
+class SessionMetaLine(_LineBase, tag="session_meta", kw_only=True):
+    payload: SessionMeta
+
+
+class ResponseItemLine(_LineBase, tag="response_item", kw_only=True):
+    payload: ResponseItem
+
+
+class EventMsgLine(_LineBase, tag="event_msg", kw_only=True):
+    payload: EventMsg
+
+
+class TurnContextLine(_LineBase, tag="turn_context", kw_only=True):
+    payload: TurnContextItem
+
+
+class CompactedLine(_LineBase, tag="compacted", kw_only=True):
+    payload: CompactedItem
+
+
+RolloutLine = SessionMetaLine | ResponseItemLine | EventMsgLine | TurnContextLine | CompactedLine
