@@ -25,6 +25,7 @@ import trio
 from actors import open_runtime
 from actors.config import config_from_mapping
 from protocol.config import Config
+from protocol.ids import new_id
 
 RUNS = int(os.environ.get("SPINDLE_BENCH_RUNS", "5"))
 RESULTS = Path("bench-results")
@@ -133,6 +134,71 @@ async def single_turn(config: Config, n: int = 200) -> dict[str, float]:
     return {"turn_round_trip_p50_ms": statistics.median(lat)}
 
 
+async def persistence(config: Config) -> dict[str, float]:
+    """Write cost per turn (persisted vs ephemeral), fsync cost, cold resume of 2000 turns."""
+    from persistence.paths import timestamp
+    from persistence.reader import read_rollout
+    from persistence.store import LocalThreadStore
+    from protocol.rollout import SessionMeta
+
+    out: dict[str, float] = {}
+    async with open_runtime(config) as rt:
+        for label, ephemeral in (("ephemeral", True), ("persisted", False)):
+            h = await rt.start_thread(ephemeral=ephemeral)
+            await h.ask("warm-up")
+            cpu0 = time.process_time()
+            for i in range(300):
+                await h.ask(f"q{i}")
+            out[f"cpu_ms_per_turn_{label}"] = (time.process_time() - cpu0) * 1000 / 300
+        out["rollout_write_cpu_ms_per_turn"] = out.pop("cpu_ms_per_turn_persisted") - out.pop("cpu_ms_per_turn_ephemeral")
+        fsyncs = []
+        for i in range(20):
+            await h.ask(f"f{i}")
+            t0 = time.perf_counter()
+            await h.rollout.flush()
+            fsyncs.append((time.perf_counter() - t0) * 1000)
+        out["flush_with_fsync_ms"] = statistics.median(fsyncs)
+        big = BIG_ROLLOUT.get("path")
+        if big is None:
+            long = await rt.start_thread()
+            for i in range(2000):
+                await long.ask(f"turn {i} " + "x" * 200)
+            await long.rollout.flush()
+            BIG_ROLLOUT["path"] = long.rollout_path
+            BIG_ROLLOUT["id"] = long.thread_id
+    path = BIG_ROLLOUT["path"]
+    t0 = time.perf_counter()
+    read = read_rollout(path)
+    out["read_2000_turn_rollout_ms"] = (time.perf_counter() - t0) * 1000
+    out["rollout_2000_turn_lines"] = float(len(read.source))
+    async with open_runtime(config) as rt:
+        t0 = time.perf_counter()
+        resumed = await rt.resume_thread(BIG_ROLLOUT["id"])
+        out["cold_resume_2000_turns_ms"] = (time.perf_counter() - t0) * 1000
+        assert len(resumed.history) > 4000
+    store_home = Path(tempfile.mkdtemp(prefix="spindle-list-"))
+    store = LocalThreadStore(store_home)
+    store._db.execute("BEGIN")  # 10,000 index rows (the listing reads only the index)
+    for n in range(10_000):
+        tid = new_id()
+        meta = SessionMeta(id=tid, timestamp=timestamp(), cwd="/w", model_provider="mock")
+        updated = f"2026-11-21T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z"
+        store._upsert(meta, store_home / f"{tid}.jsonl", archived=n % 10 == 0, preview=f"thread {n}", updated_at=updated)
+    store._db.execute("COMMIT")
+    lat = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        page = store.list_threads(limit=50)
+        lat.append((time.perf_counter() - t0) * 1000)
+    assert len(page.entries) == 50
+    out["list_first_page_of_10k_ms"] = statistics.median(lat)
+    store.close()
+    return out
+
+
+BIG_ROLLOUT: dict[str, Any] = {}
+
+
 def repeat(fn: Callable[[Config], Awaitable[dict[str, float]]], config: Config) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     for _ in range(RUNS):
@@ -150,6 +216,12 @@ TARGETS = {
     "turns_per_s": ("100 threads × 5 turns: turns/s", ""),
     "cpu_ms_per_turn": ("100 × 5: CPU per turn (ms)", "≤ 3"),
     "turn_p50_ms": ("100 × 5: turn latency p50 (ms)", ""),
+    "rollout_write_cpu_ms_per_turn": ("rollout write CPU per turn (ms, persisted − ephemeral)", ""),
+    "flush_with_fsync_ms": ("flush + fsync (ms)", ""),
+    "read_2000_turn_rollout_ms": ("read a 2000-turn rollout (ms)", ""),
+    "rollout_2000_turn_lines": ("lines in that rollout", "about 18k"),
+    "cold_resume_2000_turns_ms": ("cold resume of a 2000-turn rollout (ms)", "≤ 150 (Rust ~1500)"),
+    "list_first_page_of_10k_ms": ("list first page (50) of 10,000 threads (ms)", "≤ 20"),
 }
 
 
@@ -158,7 +230,7 @@ def main() -> int:
     try:
         config = bench_config(base_url)
         results: dict[str, list[float]] = {}
-        for fn in (thread_start, idle_memory, single_turn, turns):
+        for fn in (thread_start, idle_memory, single_turn, turns, persistence):
             results.update(repeat(fn, config))
     finally:
         proc.terminate()
