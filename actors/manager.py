@@ -252,16 +252,15 @@ class ThreadManager:
             await running.rollout.flush()
             items = running.rollout.source.items()
             read_meta = running.rollout.meta
-            context = last_turn_context(items)
+            current = running.settings
             settings = self._settings(
-                model=overrides.get("model") or running.settings.model,
-                model_provider=overrides.get("model_provider") or running.settings.provider_id,
-                cwd=overrides.get("cwd") or running.settings.cwd,
-                approval_policy=overrides.get("approval_policy") or running.settings.approval_policy,
-                sandbox_mode=overrides.get("sandbox_mode") or running.settings.sandbox_policy,
-                instructions=running.settings.instructions,
+                model=overrides.get("model") or current.model,
+                model_provider=overrides.get("model_provider") or current.provider_id,
+                cwd=overrides.get("cwd") or current.cwd,
+                approval_policy=overrides.get("approval_policy") or current.approval_policy,
+                sandbox_mode=overrides.get("sandbox_mode") or current.sandbox_policy,
+                instructions=current.instructions,
             )
-            del context
         else:
             read = await trio.to_thread.run_sync(read_rollout, self._locate(thread_id, path))
             items, read_meta = read.source.items(), read.meta

@@ -69,7 +69,7 @@ def decode_stream_event(data: str, index: int) -> StreamEvent | None:
             kind = _type_decoder.decode(data).type
         except msgspec.MsgspecError:
             kind = ""
-        if kind and not any(kind == t for t in _KNOWN_TAGS):
+        if kind and kind not in _KNOWN_TAGS:
             return None
         raise ModelError(
             f"stream disconnected before completion: invalid event {index} ({kind or 'no type'}): {exc}",
@@ -86,7 +86,7 @@ def decode_stream_event(data: str, index: int) -> StreamEvent | None:
         ) from None
 
 
-_KNOWN_TAGS = tuple(
+_KNOWN_TAGS = frozenset(
     cls.__struct_config__.tag for cls in StreamEvent.__args__  # type: ignore[attr-defined]
 )
 

@@ -25,6 +25,7 @@ from .paths import (
     SESSIONS_SUBDIR,
     archived_path,
     find_thread_path_by_id,
+    thread_id_of,
     timestamp,
     unarchived_path,
 )
@@ -175,6 +176,14 @@ class LocalThreadStore:
         return target
 
     def _index_file(self, path: Path, *, archived: bool) -> None:
+        """Point the index at a moved file; only a thread the index lacks costs a file read."""
+        tid = thread_id_of(path)
+        moved = self._db.execute(
+            "UPDATE threads SET path = ?, archived = ?, updated_at = ? WHERE id = ?",
+            (str(path), int(archived), timestamp(), tid),
+        )
+        if moved.rowcount:
+            return
         try:
             read = read_rollout(path)
         except RolloutReadError:

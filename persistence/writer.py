@@ -86,7 +86,6 @@ class RolloutWriter:
         self._size = 0
         self._failing = False
         self._on_error = on_error
-        self.lines_written = 0
 
     def _open(self) -> None:
         if self._create:
@@ -128,7 +127,6 @@ class RolloutWriter:
                 self._on_error(message)
             return message
         self._size += len(data)
-        self.lines_written += data.count(b"\n")
         self._pending.clear()
         self._failing = False
         return None

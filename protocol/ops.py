@@ -34,47 +34,28 @@ class TurnSettings(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     summary: str | None = None
 
 
-class UserTurnOp(OpBase, tag="user_turn", kw_only=True, frozen=True):
+class _SettingsOp(OpBase, kw_only=True, frozen=True):
+    """An op that may change turn settings; `None` keeps the current value."""
+
+    cwd: str | None = None
+    approval_policy: ApprovalPolicy | None = None
+    sandbox_policy: SandboxMode | None = None
+    model: str | None = None
+    effort: str | None = None
+    summary: str | None = None
+
+    def settings(self) -> TurnSettings:
+        return TurnSettings(**{name: getattr(self, name) for name in TurnSettings.__struct_fields__})
+
+
+class UserTurnOp(_SettingsOp, tag="user_turn", kw_only=True, frozen=True):
     """User input together with settings that apply to this turn and the ones after it."""
 
     items: list[UserInput]
-    cwd: str | None = None
-    approval_policy: ApprovalPolicy | None = None
-    sandbox_policy: SandboxMode | None = None
-    model: str | None = None
-    effort: str | None = None
-    summary: str | None = None
-
-    def settings(self) -> TurnSettings:
-        return TurnSettings(
-            cwd=self.cwd,
-            approval_policy=self.approval_policy,
-            sandbox_policy=self.sandbox_policy,
-            model=self.model,
-            effort=self.effort,
-            summary=self.summary,
-        )
 
 
-class OverrideTurnContextOp(OpBase, tag="override_turn_context", kw_only=True, frozen=True):
+class OverrideTurnContextOp(_SettingsOp, tag="override_turn_context", kw_only=True, frozen=True):
     """Change the settings of later turns without starting one."""
-
-    cwd: str | None = None
-    approval_policy: ApprovalPolicy | None = None
-    sandbox_policy: SandboxMode | None = None
-    model: str | None = None
-    effort: str | None = None
-    summary: str | None = None
-
-    def settings(self) -> TurnSettings:
-        return TurnSettings(
-            cwd=self.cwd,
-            approval_policy=self.approval_policy,
-            sandbox_policy=self.sandbox_policy,
-            model=self.model,
-            effort=self.effort,
-            summary=self.summary,
-        )
 
 
 class InterruptOp(OpBase, tag="interrupt", kw_only=True, frozen=True):

@@ -25,7 +25,7 @@ from protocol.events import (
     ThreadRolledBackEvent,
 )
 from protocol.items import Message, TextInput
-from protocol.ops import ThreadRollbackOp, UserInputOp
+from protocol.ops import ThreadRollbackOp, UserInputOp, UserTurnOp
 from protocol.rollout import SessionMeta, TurnContextItem
 
 from .helpers import collect_until
@@ -74,8 +74,6 @@ async def test_first_turn_overrides_are_in_the_initial_context(runtime: ThreadMa
     other = tmp_path / "elsewhere"
     other.mkdir()
     thread = await runtime.start_thread()
-    from protocol.ops import UserTurnOp
-
     with thread.events() as events:
         await thread.submit(UserTurnOp(items=[TextInput(text="hi")], cwd=str(other)))
         await collect_until(events, TaskCompleteEvent)
