@@ -15,7 +15,8 @@ from protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
 from protocol.items import TextInput
 from protocol.ops import UserInputOp
 
-from .config import ConfigError
+from .app_server import serve_stdio as run_app_server
+from .config import ConfigError, load_config
 from .logs import configure_logging
 from .manager import open_runtime
 from .mock_model import MockModel, Text
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="two threads streaming one turn each against the built-in mock model")
     demo.add_argument("--threads", type=int, default=2)
+    server = sub.add_parser("app-server", help="serve the Codex app-server v2 protocol (JSON-RPC lines) over stdio")
+    server.add_argument("--listen", default="stdio://", help="transport; only stdio:// is supported")
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
     return parser
@@ -81,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.threads < 1:
                 raise SystemExit("spindle demo: --threads must be at least 1")
             return trio.run(run_demo, args.threads, args.config)
+        if args.command == "app-server":
+            if args.listen != "stdio://":
+                raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
+            return trio.run(run_app_server, load_config(overrides=args.config))
         if args.command == "mock-model":
             return trio.run(run_mock, args.port)
     except ConfigError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -73,6 +73,8 @@ log = structlog.get_logger(__name__)
 
 SUBMISSION_CAPACITY = 64
 """Submissions queued per thread before `submit` waits."""
+CALL_TIMEOUT_S = 30.0
+"""How long `ThreadHandle.call` waits for the actor to take up a submission."""
 PERSIST_DEADLINE_S = 10.0
 """How long an aborted turn's cleanup may spend handing its last items to the writer."""
 
@@ -119,6 +121,19 @@ class TurnError(Exception):
 
 class TurnAbortedError(Exception):
     """A turn was interrupted before it finished."""
+
+
+@dataclass
+class Receipt:
+    """What the actor made of one submission, filled in once it has been dispatched.
+
+    `turn_id` is the turn the submission started, joined (steered input) or interrupted; `error`
+    the error event the submission drew while it was being dispatched, if any.
+    """
+
+    done: trio.Event = field(default_factory=trio.Event)
+    turn_id: str | None = None
+    error: ErrorEvent | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +205,7 @@ class ThreadActor:
         self._active: Turn | None = None
         self._nursery: trio.Nursery | None = None
         self._usage_total = TokenUsage()
+        self._receipts: dict[str, Receipt] = {}
         self.closed = trio.Event()
 
     # --- TurnHost -------------------------------------------------------
@@ -203,7 +219,18 @@ class ThreadActor:
         self._deliver(sub_id, msg)
 
     def _deliver(self, sub_id: str, msg: EventMsg) -> None:
+        if isinstance(msg, ErrorEvent) and (receipt := self._receipts.get(sub_id)) is not None:
+            receipt.error = receipt.error or msg
         self._events.publish(Event(id=sub_id, msg=msg))
+
+    def expect(self, sub_id: str) -> Receipt:
+        """A receipt for the submission `sub_id`, filled in when it has been dispatched."""
+        receipt = self._receipts[sub_id] = Receipt()
+        return receipt
+
+    @property
+    def active_turn_id(self) -> str | None:
+        return self._active.turn_id if self._active is not None else None
 
     async def commit_input(self, turn: Turn, sub_id: str, items: list[UserInput]) -> None:
         message = user_message(items)
@@ -249,13 +276,21 @@ class ThreadActor:
                     await self._submission_loop()
             finally:
                 self._events.close()
+                for receipt in self._receipts.values():
+                    receipt.error = receipt.error or ErrorEvent(message=f"thread {self.thread_id} has shut down")
+                    receipt.done.set()
+                self._receipts.clear()
                 self.closed.set()
 
     async def _submission_loop(self) -> None:
         with self._receive:
             async for sub in self._receive:
-                if await self._dispatch(sub):
-                    return
+                try:
+                    if await self._dispatch(sub):
+                        return
+                finally:
+                    if (receipt := self._receipts.pop(sub.id, None)) is not None:
+                        receipt.done.set()
         log.debug("submission channel closed without shutdown")
         await self._abort_turn("interrupted")
         await self._close_rollout(INITIAL_SUB_ID)
@@ -279,6 +314,7 @@ class ThreadActor:
             case OverrideTurnContextOp():
                 self._apply_settings(sub.id, sub.op.settings())
             case InterruptOp():
+                self._note_turn(sub.id, self.active_turn_id)
                 await self._abort_turn("interrupted")
             case ShutdownOp():
                 await self._abort_turn("interrupted")
@@ -290,6 +326,10 @@ class ThreadActor:
             case _:
                 self._unsupported(sub.id, sub.op)
         return False
+
+    def _note_turn(self, sub_id: str, turn_id: str | None) -> None:
+        if (receipt := self._receipts.get(sub_id)) is not None:
+            receipt.turn_id = turn_id
 
     def _unsupported(self, sub_id: str, op: Op) -> None:
         tag = type(op).__struct_config__.tag
@@ -310,6 +350,7 @@ class ThreadActor:
             return
         if self._active is not None:
             self._active.pending.append((sub_id, items))
+            self._note_turn(sub_id, self._active.turn_id)
             return
         assert self._nursery is not None
         try:
@@ -325,6 +366,7 @@ class ThreadActor:
             self._context_seeded = True
         self.rollout.record([turn_context_item(turn)])
         turn.pending.append((sub_id, items))
+        self._note_turn(sub_id, turn.turn_id)
         self._active = turn
         self._nursery.start_soon(self._run_turn, turn)
 
@@ -431,8 +473,32 @@ class ThreadHandle:
         """The model-visible history (read-only view by convention)."""
         return self._actor.history
 
+    @property
+    def active_turn_id(self) -> str | None:
+        """The turn running now, if any."""
+        return self._actor.active_turn_id
+
+    @property
+    def usage_total(self) -> TokenUsage:
+        return self._actor._usage_total
+
     def next_id(self) -> str:
         return str(next(self._ids))
+
+    async def call(self, op: Op) -> Receipt:
+        """Submit `op` and wait until the actor has dispatched it; returns what it made of it.
+
+        TooSlowError when the actor does not get to it within `CALL_TIMEOUT_S` seconds.
+        """
+        sub_id = new_id()
+        receipt = self._actor.expect(sub_id)
+        try:
+            await self.submit(op, id=sub_id)
+            with trio.fail_after(CALL_TIMEOUT_S):
+                await receipt.done.wait()
+        finally:
+            self._actor._receipts.pop(sub_id, None)
+        return receipt
 
     async def submit(self, op: Op, *, id: str | None = None) -> str:
         """Queue `op`; returns the submission id its events will carry."""

@@ -1,6 +1,6 @@
 """The thread store: rollout files under CODEX_HOME plus a SQLite index for fast listing.
 
-The index (`$CODEX_HOME/spindle_index_1.sqlite`) holds id, path, created/updated time, cwd,
+The index (`$CODEX_HOME/spindle_index_2.sqlite`) holds id, path, created/updated time, cwd, name,
 preview, model provider and archived. It is written only after the file exists and can always
 be rebuilt from the files (`rebuild_index`). Listing is paginated by update time with a cursor.
 """
@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from protocol.ids import parse_thread_id
 from protocol.items import Message
@@ -32,7 +34,9 @@ from .paths import (
 from .reader import RolloutReadError, read_rollout
 from .writer import ThreadRollout
 
-INDEX_FILE = "spindle_index_1.sqlite"
+INDEX_FILE = "spindle_index_2.sqlite"
+NAMES_FILE = "session_index.jsonl"
+"""Thread names, one JSON line per rename (last one wins): the source the index rebuilds names from."""
 PREVIEW_CHARS = 200
 
 _SCHEMA = """
@@ -45,7 +49,8 @@ CREATE TABLE IF NOT EXISTS threads (
     preview TEXT NOT NULL DEFAULT '',
     model_provider TEXT NOT NULL DEFAULT '',
     archived INTEGER NOT NULL DEFAULT 0,
-    forked_from_id TEXT
+    forked_from_id TEXT,
+    name TEXT
 );
 CREATE INDEX IF NOT EXISTS threads_by_update ON threads (archived, updated_at DESC, id DESC);
 """
@@ -66,6 +71,7 @@ class ThreadEntry:
     model_provider: str
     archived: bool
     forked_from_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class LocalThreadStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._previews: dict[str, str] = {}
+        self._names: dict[str, str] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -102,9 +109,10 @@ class LocalThreadStore:
         meta = rollout.meta
         now = timestamp()
         self._db.execute(
-            "INSERT OR REPLACE INTO threads (id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            (meta.id, str(rollout.path), meta.timestamp, now, meta.cwd, preview_of(rollout.source.iter_forward_from(0)), meta.model_provider or "", meta.forked_from_id),
+            "INSERT OR REPLACE INTO threads (id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id, name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (meta.id, str(rollout.path), meta.timestamp, now, meta.cwd, preview_of(rollout.source.iter_forward_from(0)),
+             meta.model_provider or "", meta.forked_from_id, self.name(meta.id)),
         )
 
     def touched(self, rollout: ThreadRollout) -> None:
@@ -193,10 +201,39 @@ class LocalThreadStore:
 
     def _upsert(self, meta: SessionMeta, path: Path, *, archived: bool, preview: str, updated_at: str) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO threads (id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (meta.id, str(path), meta.timestamp, updated_at, meta.cwd, preview, meta.model_provider or "", int(archived), meta.forked_from_id),
+            "INSERT OR REPLACE INTO threads (id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id, name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (meta.id, str(path), meta.timestamp, updated_at, meta.cwd, preview, meta.model_provider or "",
+             int(archived), meta.forked_from_id, self.name(meta.id)),
         )
+
+    # --- names ----------------------------------------------------------
+    def _load_names(self) -> dict[str, str]:
+        if self._names is None:
+            self._names = {}
+            try:
+                lines = (self.home / NAMES_FILE).read_bytes().splitlines()
+            except FileNotFoundError:
+                lines = []
+            for line in lines:
+                try:
+                    entry = _name_decoder.decode(line)
+                except msgspec.DecodeError:
+                    continue
+                self._names[entry.id] = entry.thread_name
+        return self._names
+
+    def name(self, thread_id: str) -> str | None:
+        return self._load_names().get(thread_id)
+
+    def set_name(self, thread_id: str, name: str) -> None:
+        """Name a thread (materialized or not): appended to `session_index.jsonl`, then indexed."""
+        tid = parse_thread_id(thread_id)
+        line = msgspec.json.encode(_NameEntry(id=tid, thread_name=name, updated_at=timestamp())) + b"\n"
+        with open(self.home / NAMES_FILE, "ab") as out:
+            out.write(line)
+        self._load_names()[tid] = name
+        self._db.execute("UPDATE threads SET name = ? WHERE id = ?", (name, tid))
 
     def rebuild_index(self) -> int:
         """Re-create the index from the rollout files; returns how many threads it holds."""
@@ -219,10 +256,19 @@ def _mtime(path: Path) -> datetime:
 
 
 def _entry(row: tuple[object, ...]) -> ThreadEntry:
-    tid, path, created, updated, cwd, preview, provider, archived, forked = row
+    tid, path, created, updated, cwd, preview, provider, archived, forked, name = row
     return ThreadEntry(
         id=str(tid), path=str(path), created_at=str(created), updated_at=str(updated), cwd=str(cwd),
         preview=str(preview), model_provider=str(provider), archived=bool(archived),
-        forked_from_id=str(forked) if forked else None,
+        forked_from_id=str(forked) if forked else None, name=str(name) if name is not None else None,
     )
+
+
+class _NameEntry(msgspec.Struct, kw_only=True):
+    id: str
+    thread_name: str
+    updated_at: str = ""
+
+
+_name_decoder = msgspec.json.Decoder(_NameEntry)
 

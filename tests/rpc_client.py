@@ -1,0 +1,171 @@
+"""A small JSON-RPC line client for tests: over in-memory streams or a `spindle app-server` process."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from actors.mock_model import MockModel
+
+WAIT_S = 10.0
+
+
+class RpcFailure(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"{error.get('code')}: {error.get('message')}")
+        self.code = error.get("code")
+        self.message = error.get("message", "")
+        self.error = error
+
+
+class RpcClient:
+    """Sends requests, routes responses by id, keeps every notification in arrival order."""
+
+    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream) -> None:
+        self._send = send
+        self._receive = receive
+        self._ids = itertools.count(1)
+        self._waiting: dict[Any, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self.notifications: list[dict[str, Any]] = []
+        self.lines: list[dict[str, Any]] = []
+        self._changed = trio.Event()
+        self.closed = trio.Event()
+
+    async def read_loop(self) -> None:
+        buffer = b""
+        try:
+            async for chunk in self._receive:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._route(json.loads(line))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.closed.set()
+            self._changed.set()
+
+    def _route(self, message: dict[str, Any]) -> None:
+        self.lines.append(message)
+        if "method" in message and "id" not in message:
+            self.notifications.append(message)
+        elif (waiter := self._waiting.pop(message.get("id"), None)) is not None:
+            waiter.send_nowait(message)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def send_raw(self, data: bytes) -> None:
+        await self._send.send_all(data)
+
+    async def send_message(self, message: dict[str, Any]) -> dict[str, Any]:
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[message["id"]] = send
+        await self._send.send_all(json.dumps(message).encode() + b"\n")
+        with trio.fail_after(WAIT_S):
+            return await receive.receive()
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, *, request_id: Any = None) -> dict[str, Any]:
+        """The result of `method`; RpcFailure with the error when it fails."""
+        message: dict[str, Any] = {"id": request_id if request_id is not None else next(self._ids), "method": method}
+        if params is not None:
+            message["params"] = params
+        reply = await self.send_message(message)
+        if "error" in reply:
+            raise RpcFailure(reply["error"])
+        return reply["result"]  # type: ignore[no-any-return]
+
+    async def initialize(self) -> dict[str, Any]:
+        result = await self.call("initialize", {"clientInfo": {"name": "spindle-tests", "version": "1.0"}})
+        await self._send.send_all(b'{"method":"initialized"}\n')
+        return result
+
+    async def wait_for(self, method: str, predicate: Callable[[dict[str, Any]], bool] = lambda _: True, *, after: int = 0) -> dict[str, Any]:
+        """The first notification `method` (from index `after`) whose params satisfy `predicate`."""
+        with trio.fail_after(WAIT_S):
+            while True:
+                for note in self.notifications[after:]:
+                    if note["method"] == method and predicate(note.get("params", {})):
+                        return note
+                if self.closed.is_set():
+                    raise AssertionError(f"connection closed before {method}")
+                await self._changed.wait()
+
+    def methods(self, after: int = 0) -> list[str]:
+        return [note["method"] for note in self.notifications[after:]]
+
+    async def run_turn(self, thread_id: str, text: str) -> dict[str, Any]:
+        """Start a turn and wait for its `turn/completed`; returns that turn."""
+        mark = len(self.notifications)
+        turn = (await self.call("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": text}]}))["turn"]
+        done = await self.wait_for("turn/completed", lambda p: p["turn"]["id"] == turn["id"], after=mark)
+        return done["params"]["turn"]  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def in_memory(server: Any) -> AsyncIterator[RpcClient]:
+    """A client on a fresh in-memory connection to `server` (an `AppServer`)."""
+    client_side, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve, server_side, server_side)
+        client = RpcClient(client_side, client_side)
+        nursery.start_soon(client.read_loop)
+        yield client
+        await client_side.send_stream.aclose()
+        with trio.fail_after(WAIT_S):
+            await client.closed.wait()
+
+
+def write_config(home: Path, mock: MockModel, **extra: str) -> None:
+    """The seeds' config.toml, pointing at `mock`."""
+    home.mkdir(parents=True, exist_ok=True)
+    lines = [
+        'model = "mock-model"',
+        'approval_policy = "never"',
+        'sandbox_mode = "read-only"',
+        'model_provider = "mock_provider"',
+        *(f"{key} = {json.dumps(value)}" for key, value in extra.items()),
+        "",
+        "[model_providers.mock_provider]",
+        'name = "Mock provider for test"',
+        f'base_url = "{mock.base_url}"',
+        'wire_api = "responses"',
+        "request_max_retries = 0",
+        "stream_max_retries = 0",
+    ]
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def spindle_argv() -> list[str]:
+    return [sys.executable, "-m", "actors.cli"]
+
+
+@asynccontextmanager
+async def subprocess_server(home: Path, cwd: Path | None = None) -> AsyncIterator[tuple[RpcClient, trio.Process]]:
+    """A `spindle app-server` child with CODEX_HOME=`home`; stdin is closed on exit."""
+    env = {**os.environ, "CODEX_HOME": str(home), "SPINDLE_LOG": "info"}
+    process = await trio.lowlevel.open_process(
+        [*spindle_argv(), "app-server", "--listen", "stdio://"],
+        stdin=-1, stdout=-1, stderr=None, env=env, cwd=str(cwd or home),
+    )
+    assert process.stdin is not None and process.stdout is not None
+    client = RpcClient(process.stdin, process.stdout)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read_loop)
+            yield client, process
+            await process.stdin.aclose()
+            with trio.fail_after(WAIT_S):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
