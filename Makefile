@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SDK_VERSION := 0.163.0
 
 .PHONY: setup test lint unit run bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The SDK the end-to-end tests drive; --no-deps skips its 360 MB bundled Codex binary.
+	$(BIN)/python -m pip install --quiet --no-deps 'openai-codex==$(SDK_VERSION)'
 	touch $(STAMP)
 
 lint: setup
