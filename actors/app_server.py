@@ -157,6 +157,7 @@ class Connection:
             with trio.move_on_after(CLOSE_DRAIN_S):
                 await self._writer_done.wait()
             nursery.cancel_scope.cancel()
+        await trio.aclose_forcefully(send)
 
     async def _read_loop(self, receive: trio.abc.ReceiveStream) -> None:
         buffer = bytearray()

@@ -99,6 +99,12 @@ class RpcClient:
                     raise AssertionError(f"connection closed before {method}")
                 await self._changed.wait()
 
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds, re-checking after each message."""
+        with trio.fail_after(WAIT_S):
+            while not predicate():
+                await self._changed.wait()
+
     def methods(self, after: int = 0) -> list[str]:
         return [note["method"] for note in self.notifications[after:]]
 
