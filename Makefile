@@ -27,7 +27,7 @@ unit: setup
 test: lint unit
 
 run: setup
-	$(BIN)/spindle demo
+	$(BIN)/spindle load --threads 300 --turns 3
 
 bench: setup
 	$(BIN)/python -m tests.bench

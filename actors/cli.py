@@ -15,11 +15,12 @@ from protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
 from protocol.items import TextInput
 from protocol.ops import UserInputOp
 
+from . import load_cli
 from .app_server import serve_stdio as run_app_server
 from .config import ConfigError, load_config
 from .logs import configure_logging
 from .manager import open_runtime
-from .mock_model import MockModel, Text
+from .mock_model import MockModel, Text, shaped_reply
 from .repl import mock_config
 
 
@@ -35,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=2)
     server = sub.add_parser("app-server", help="serve the Codex app-server v2 protocol (JSON-RPC lines) over stdio")
     server.add_argument("--listen", default="stdio://", help="transport; only stdio:// is supported")
+    load_cli.add_parser(sub)
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
+    mock.add_argument("--latency-ms", type=float, default=None, help="stream each reply over this many ms (default: echo at once)")
+    mock.add_argument("--reply-tokens", type=int, default=16, help="deltas per reply with --latency-ms (default 16)")
     return parser
 
 
@@ -68,9 +72,12 @@ async def run_demo(threads: int, overrides: Sequence[str]) -> int:
     return 0
 
 
-async def run_mock(port: int) -> int:
+async def run_mock(port: int, latency_ms: float | None, reply_tokens: int) -> int:
+    model = MockModel(record=False, port=port)
+    if latency_ms is not None:
+        model.default = shaped_reply(latency_ms, reply_tokens)
     async with trio.open_nursery() as nursery:
-        mock = await nursery.start(MockModel(record=False, port=port).run)
+        mock = await nursery.start(model.run)
         sys.stdout.write(f"{mock.base_url}\n")
         sys.stdout.flush()
     return 0
@@ -88,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.listen != "stdio://":
                 raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
             return trio.run(run_app_server, load_config(overrides=args.config))
+        if args.command == "load":
+            return load_cli.main(args)
         if args.command == "mock-model":
-            return trio.run(run_mock, args.port)
+            if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):
+                raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
+            return trio.run(run_mock, args.port, args.latency_ms, args.reply_tokens)
     except ConfigError as exc:
         sys.stderr.write(f"spindle: {exc}\n")
         return 2

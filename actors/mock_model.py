@@ -286,3 +286,9 @@ def _split(text: str, chunks: int) -> list[str]:
         return [text]
     size = -(-len(text) // chunks)
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def shaped_reply(latency_ms: float, tokens: int) -> Callable[[MockRequest], Reply]:
+    """Every request answered with `tokens` deltas spread over `latency_ms` milliseconds."""
+    reply = Text(text=" ".join(f"w{n}" for n in range(tokens)), chunks=tokens, delay=latency_ms / 1000 / tokens)
+    return lambda _request: reply

@@ -14,9 +14,8 @@ from actors import app_server
 from actors.app_server import AppServer
 from actors.manager import open_runtime
 from actors.mock_model import MockModel, Text
+from actors.rpc_client import RpcClient, RpcFailure, in_memory
 from protocol.config import Config
-
-from .rpc_client import RpcClient, RpcFailure, in_memory
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import pytest
 import trio
 
 from actors.mock_model import MockModel
+from actors.rpc_client import RpcFailure, subprocess_server, write_config
 from persistence.paths import find_thread_path_by_id
-
-from .rpc_client import RpcFailure, subprocess_server, write_config
 
 
 @pytest.fixture

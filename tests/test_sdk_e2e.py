@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from actors.mock_model import MockModel, Text
-
-from .rpc_client import write_config
+from actors.rpc_client import write_config
 
 openai_codex = pytest.importorskip("openai_codex", reason="make setup installs the SDK (--no-deps)")
 

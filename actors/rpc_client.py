@@ -1,4 +1,8 @@
-"""A small JSON-RPC line client for tests: over in-memory streams or a `spindle app-server` process."""
+"""A JSON-RPC line client for `spindle app-server`: used by `spindle load`, the bench and the tests.
+
+It speaks to an `AppServer` over in-memory streams, or to a real `spindle app-server` child over
+its stdin/stdout.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from actors.mock_model import MockModel
+from .mock_model import MockModel
 
 WAIT_S = 10.0
 
@@ -30,7 +34,7 @@ class RpcFailure(Exception):
 class RpcClient:
     """Sends requests, routes responses by id, keeps every notification in arrival order."""
 
-    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream) -> None:
+    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream, *, keep: bool = True) -> None:
         self._send = send
         self._receive = receive
         self._ids = itertools.count(1)
@@ -38,7 +42,14 @@ class RpcClient:
         self.notifications: list[dict[str, Any]] = []
         self.lines: list[dict[str, Any]] = []
         self._changed = trio.Event()
+        self._send_lock = trio.StrictFIFOLock()
         self.closed = trio.Event()
+        self.timeout = WAIT_S
+        """Seconds any one call or wait may take before TooSlowError."""
+        self.keep = keep
+        """Keep every message in `lines` / `notifications` (off for long load runs)."""
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with each notification as it arrives."""
 
     async def read_loop(self) -> None:
         buffer = b""
@@ -55,22 +66,27 @@ class RpcClient:
             self._changed.set()
 
     def _route(self, message: dict[str, Any]) -> None:
-        self.lines.append(message)
+        if self.keep:
+            self.lines.append(message)
         if "method" in message and "id" not in message:
-            self.notifications.append(message)
+            if self.keep:
+                self.notifications.append(message)
+            for listener in self.listeners:
+                listener(message)
         elif (waiter := self._waiting.pop(message.get("id"), None)) is not None:
             waiter.send_nowait(message)
         self._changed.set()
         self._changed = trio.Event()
 
     async def send_raw(self, data: bytes) -> None:
-        await self._send.send_all(data)
+        async with self._send_lock:
+            await self._send.send_all(data)
 
     async def send_message(self, message: dict[str, Any]) -> dict[str, Any]:
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[message["id"]] = send
-        await self._send.send_all(json.dumps(message).encode() + b"\n")
-        with trio.fail_after(WAIT_S):
+        await self.send_raw(json.dumps(message).encode() + b"\n")
+        with trio.fail_after(self.timeout):
             return await receive.receive()
 
     async def call(self, method: str, params: dict[str, Any] | None = None, *, request_id: Any = None) -> dict[str, Any]:
@@ -85,12 +101,12 @@ class RpcClient:
 
     async def initialize(self) -> dict[str, Any]:
         result = await self.call("initialize", {"clientInfo": {"name": "spindle-tests", "version": "1.0"}})
-        await self._send.send_all(b'{"method":"initialized"}\n')
+        await self.send_raw(b'{"method":"initialized"}\n')
         return result
 
     async def wait_for(self, method: str, predicate: Callable[[dict[str, Any]], bool] = lambda _: True, *, after: int = 0) -> dict[str, Any]:
         """The first notification `method` (from index `after`) whose params satisfy `predicate`."""
-        with trio.fail_after(WAIT_S):
+        with trio.fail_after(self.timeout):
             while True:
                 for note in self.notifications[after:]:
                     if note["method"] == method and predicate(note.get("params", {})):
@@ -101,7 +117,7 @@ class RpcClient:
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking after each message."""
-        with trio.fail_after(WAIT_S):
+        with trio.fail_after(self.timeout):
             while not predicate():
                 await self._changed.wait()
 
@@ -130,8 +146,9 @@ async def in_memory(server: Any) -> AsyncIterator[RpcClient]:
             await client.closed.wait()
 
 
-def write_config(home: Path, mock: MockModel, **extra: str) -> None:
-    """The seeds' config.toml, pointing at `mock`."""
+def write_config(home: Path, mock: MockModel | str, **extra: str) -> None:
+    """The seeds' config.toml, pointing at `mock` (a MockModel or its base URL)."""
+    base_url = mock if isinstance(mock, str) else mock.base_url
     home.mkdir(parents=True, exist_ok=True)
     lines = [
         'model = "mock-model"',
@@ -142,7 +159,7 @@ def write_config(home: Path, mock: MockModel, **extra: str) -> None:
         "",
         "[model_providers.mock_provider]",
         'name = "Mock provider for test"',
-        f'base_url = "{mock.base_url}"',
+        f'base_url = "{base_url}"',
         'wire_api = "responses"',
         "request_max_retries = 0",
         "stream_max_retries = 0",
@@ -151,13 +168,14 @@ def write_config(home: Path, mock: MockModel, **extra: str) -> None:
 
 
 def spindle_argv() -> list[str]:
+    """How to run this installation's `spindle` (the interpreter running now, so no PATH lookup)."""
     return [sys.executable, "-m", "actors.cli"]
 
 
 @asynccontextmanager
-async def subprocess_server(home: Path, cwd: Path | None = None) -> AsyncIterator[tuple[RpcClient, trio.Process]]:
+async def subprocess_server(home: Path, cwd: Path | None = None, *, log_level: str = "info") -> AsyncIterator[tuple[RpcClient, trio.Process]]:
     """A `spindle app-server` child with CODEX_HOME=`home`; stdin is closed on exit."""
-    env = {**os.environ, "CODEX_HOME": str(home), "SPINDLE_LOG": "info"}
+    env = {**os.environ, "CODEX_HOME": str(home), "SPINDLE_LOG": log_level}
     process = await trio.lowlevel.open_process(
         [*spindle_argv(), "app-server", "--listen", "stdio://"],
         stdin=-1, stdout=-1, stderr=None, env=env, cwd=str(cwd or home),

@@ -1,0 +1,352 @@
+"""`spindle load`: many threads × many turns, in-process or through `spindle app-server`.
+
+A run starts `threads` threads and runs `turns` turns on each, at most `concurrency` threads at a
+time, against the built-in mock model (shaped by `model_latency_ms` and `reply_tokens`) or the
+configured provider. It measures thread start and turn latency, throughput, errors by kind, peak
+RSS and CPU per turn, and stops cleanly on Ctrl-C with what it measured so far.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+import trio
+
+from protocol.config import Config
+
+from .config import codex_home, config_from_mapping
+from .manager import open_runtime
+from .rpc_client import RpcFailure, spindle_argv, subprocess_server, write_config
+from .thread import ThreadClosedError, TurnAbortedError, TurnError
+
+log = structlog.get_logger(__name__)
+
+Target = str  # "inproc" | "app-server"
+
+
+class LoadError(ValueError):
+    """Arguments a run cannot start with; the message says which and why."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSpec:
+    threads: int = 100
+    turns: int = 3
+    concurrency: int | None = None
+    target: Target = "inproc"
+    model_latency_ms: float = 0.0
+    reply_tokens: int = 16
+    use_mock: bool = True
+    home: Path | None = None
+
+    def validate(self) -> None:
+        if self.threads < 1:
+            raise LoadError(f"--threads must be at least 1, got {self.threads}")
+        if self.turns < 1:
+            raise LoadError(f"--turns must be at least 1, got {self.turns}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise LoadError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.model_latency_ms < 0:
+            raise LoadError(f"--model-latency-ms must not be negative, got {self.model_latency_ms:g}")
+        if self.reply_tokens < 1:
+            raise LoadError(f"--reply-tokens must be at least 1, got {self.reply_tokens}")
+        if self.target not in ("inproc", "app-server"):
+            raise LoadError(f"--target must be inproc or app-server, got {self.target!r}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class LoadStats:
+    """What a run measured. Latencies in milliseconds."""
+
+    target: str = "inproc"
+    threads_started: int = 0
+    turns_done: int = 0
+    thread_start_ms: list[float] = field(default_factory=list)
+    turn_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    peak_rss_kib: int = 0
+    baseline_rss_kib: int = 0
+    cpu_s: float = 0.0
+    interrupted: bool = False
+    home: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float]) -> dict[str, float]:
+            return {f"p{q}": round(percentile(values, q), 3) for q in (50, 90, 99)}
+
+        per_thread = (self.peak_rss_kib - self.baseline_rss_kib) / self.threads_started if self.threads_started else 0.0
+        return {
+            "target": self.target,
+            "threads_started": self.threads_started,
+            "turns_done": self.turns_done,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "turns_per_s": round(self.turns_done / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "thread_start_ms": pct(self.thread_start_ms),
+            "turn_ms": pct(self.turn_ms),
+            "errors": dict(self.errors),
+            "peak_rss_mib": round(self.peak_rss_kib / 1024, 1),
+            "rss_per_thread_kib": round(per_thread, 1),
+            "cpu_ms_per_turn": round(1000 * self.cpu_s / self.turns_done, 3) if self.turns_done else 0.0,
+            "interrupted": self.interrupted,
+            "home": self.home,
+        }
+
+
+def _rss_kib(pid: int | None = None) -> tuple[int, int]:
+    """(current, peak) resident set of `pid` (default: this process), in KiB."""
+    current = peak = 0
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1])
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return current, peak
+
+
+def _cpu_s(pid: int | None = None) -> float:
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def check_provider(config: Config) -> None:
+    """LoadError unless the configured provider's host accepts a TCP connection."""
+    base = urlsplit(config.provider().base_url)
+    port = base.port or (443 if base.scheme == "https" else 80)
+    try:
+        with socket.create_connection((base.hostname or "localhost", port), timeout=3):
+            pass
+    except OSError as exc:
+        raise LoadError(f"provider {config.model_provider!r} at {config.provider().base_url} is unreachable: {exc}") from None
+
+
+@asynccontextmanager
+async def mock_process(spec: LoadSpec) -> AsyncIterator[str]:
+    """A `spindle mock-model` child shaped by `spec`; yields its base URL.
+
+    The mock runs in its own process so that the CPU and memory measured are Spindle's alone.
+    """
+    argv = [*spindle_argv(), "mock-model", "--latency-ms", str(spec.model_latency_ms), "--reply-tokens", str(spec.reply_tokens)]
+    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    try:
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    raise LoadError("the mock model did not start")
+                line += chunk
+        yield line.decode().strip()
+    finally:
+        process.terminate()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+def mock_config(base_url: str, home: Path) -> Config:
+    data = {
+        "model": "mock-model", "model_provider": "mock", "approval_policy": "never", "sandbox_mode": "read-only",
+        "model_providers": {"mock": {"name": "Mock", "base_url": base_url, "request_max_retries": 0, "stream_max_retries": 0}},
+    }
+    return config_from_mapping(data, source="spindle load", home=home)
+
+
+def _classify(exc: BaseException) -> str:
+    match exc:
+        case RpcFailure():
+            return f"rpc {exc.code}"
+        case TurnError():
+            return "turn failed"
+        case TurnAbortedError():
+            return "turn aborted"
+        case ThreadClosedError():
+            return "thread closed"
+        case trio.TooSlowError():
+            return "timeout"
+    return type(exc).__name__
+
+
+class Progress:
+    """Callbacks the driver reports through (the CLI draws a bar from them)."""
+
+    def thread_started(self) -> None: ...
+    def turn_done(self) -> None: ...
+    def error(self, kind: str) -> None: ...
+
+
+async def run_load(spec: LoadSpec, config: Config | None, progress: Progress | None = None) -> LoadStats:
+    """Run one load test; SIGINT or cancellation stop it early with the figures so far."""
+    spec.validate()
+    progress = progress or Progress()
+    if spec.use_mock:
+        home = spec.home or Path(tempfile.mkdtemp(prefix="spindle-load-"))
+    else:  # the configured provider: its home holds the config the app-server child reads
+        home = spec.home or (Path(config.codex_home) if config and config.codex_home else codex_home())
+    stats = LoadStats(target=spec.target, home=str(home))
+    if not spec.use_mock:
+        if config is None:
+            raise LoadError("a run against the configured provider needs its config")
+        await trio.to_thread.run_sync(check_provider, config)
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        if spec.use_mock:
+            base_url = await stack.enter_async_context(mock_process(spec))
+            config = mock_config(base_url, home)
+            if spec.target == "app-server":
+                write_config(home, base_url)
+        assert config is not None
+        with trio.CancelScope() as run_scope:
+            nursery.start_soon(_stop_on_sigint, run_scope, stats)
+            if spec.target == "inproc":
+                await _run_inproc(spec, config, stats, progress)
+            else:
+                await _run_app_server(spec, home, stats, progress)
+        nursery.cancel_scope.cancel()
+    return stats
+
+
+async def _stop_on_sigint(scope: trio.CancelScope, stats: LoadStats) -> None:
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            stats.interrupted = True
+            scope.cancel()
+            return
+
+
+async def _workers(spec: LoadSpec, stats: LoadStats, progress: Progress, one_thread: Callable[[], Any]) -> None:
+    limiter = trio.CapacityLimiter(spec.concurrency or spec.threads)
+
+    async def worker() -> None:
+        async with limiter:
+            try:
+                await one_thread()
+            except (Exception, trio.TooSlowError) as exc:
+                kind = _classify(exc)
+                stats.errors[kind] += 1
+                progress.error(kind)
+
+    start = time.perf_counter()
+    try:
+        async with trio.open_nursery() as workers:
+            for _ in range(spec.threads):
+                workers.start_soon(worker)
+    finally:
+        stats.elapsed_s = time.perf_counter() - start
+
+
+async def _run_inproc(spec: LoadSpec, config: Config, stats: LoadStats, progress: Progress) -> None:
+    stats.baseline_rss_kib = _rss_kib()[0]
+    cpu0 = _cpu_s()
+    async with open_runtime(config) as manager:
+
+        async def one_thread() -> None:
+            t0 = time.perf_counter()
+            handle = await manager.start_thread()
+            stats.thread_start_ms.append(1000 * (time.perf_counter() - t0))
+            stats.threads_started += 1
+            progress.thread_started()
+            for n in range(spec.turns):
+                t0 = time.perf_counter()
+                try:
+                    await handle.ask(f"load turn {n}")
+                except (TurnError, TurnAbortedError) as exc:
+                    kind = _classify(exc)
+                    stats.errors[kind] += 1
+                    progress.error(kind)
+                    continue
+                stats.turn_ms.append(1000 * (time.perf_counter() - t0))
+                stats.turns_done += 1
+                progress.turn_done()
+
+        try:
+            await _workers(spec, stats, progress, one_thread)
+        finally:
+            stats.peak_rss_kib = _rss_kib()[1]
+            stats.cpu_s = _cpu_s() - cpu0
+
+
+async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress: Progress) -> None:
+    async with subprocess_server(home, log_level="warning") as (client, process):
+        client.keep = False
+        client.timeout = 300.0
+        await client.initialize()
+        stats.baseline_rss_kib = _rss_kib(process.pid)[0]
+        cpu0 = _cpu_s(process.pid)
+        completed: dict[str, dict[str, Any]] = {}
+        waiters: dict[str, trio.Event] = {}
+
+        def route(note: dict[str, Any]) -> None:
+            # turn/completed may arrive before the turn/start answer: keep it until claimed
+            if note["method"] == "turn/completed":
+                turn = note["params"]["turn"]
+                completed[turn["id"]] = turn
+                if (waiter := waiters.pop(turn["id"], None)) is not None:
+                    waiter.set()
+
+        async def wait_turn(turn_id: str) -> dict[str, Any]:
+            if turn_id not in completed:
+                waiter = waiters[turn_id] = trio.Event()
+                with trio.fail_after(client.timeout):
+                    await waiter.wait()
+            return completed.pop(turn_id)
+
+        client.listeners.append(route)
+
+        async def one_thread() -> None:
+            t0 = time.perf_counter()
+            thread = (await client.call("thread/start", {}))["thread"]
+            stats.thread_start_ms.append(1000 * (time.perf_counter() - t0))
+            stats.threads_started += 1
+            progress.thread_started()
+            for n in range(spec.turns):
+                t0 = time.perf_counter()
+                params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"load turn {n}"}]}
+                turn = (await client.call("turn/start", params))["turn"]
+                done = await wait_turn(turn["id"])
+                if done["status"] != "completed":
+                    kind = f"turn {done['status']}"
+                    stats.errors[kind] += 1
+                    progress.error(kind)
+                    continue
+                stats.turn_ms.append(1000 * (time.perf_counter() - t0))
+                stats.turns_done += 1
+                progress.turn_done()
+
+        try:
+            await _workers(spec, stats, progress, one_thread)
+        finally:
+            stats.peak_rss_kib = _rss_kib(process.pid)[1]
+            stats.cpu_s = _cpu_s(process.pid) - cpu0

@@ -1,0 +1,142 @@
+"""The terminal side of `spindle load`: its flags, a live progress bar and the summary table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from persistence.paths import thread_id_of
+
+from .config import load_config
+from .load import LoadError, LoadSpec, LoadStats, run_load
+from .load import Progress as LoadProgress
+
+
+def add_parser(sub: Any) -> None:
+    load = sub.add_parser(
+        "load",
+        help="drive N threads x M turns and report latency, throughput, errors, memory and CPU",
+        description=(
+            "Start --threads threads and run --turns turns on each, at most --concurrency threads at a "
+            "time, in this process (--target inproc) or through a `spindle app-server` child over stdio "
+            "(--target app-server). The model is the built-in mock on loopback unless --provider configured."
+        ),
+    )
+    load.add_argument("--threads", type=int, default=100, help="threads to start (default 100)")
+    load.add_argument("--turns", type=int, default=3, help="turns per thread (default 3)")
+    load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
+    load.add_argument("--target", choices=["inproc", "app-server"], default="inproc", help="where the threads run (default inproc)")
+    load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
+    load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
+    load.add_argument("--provider", action="store_true", help="use the configured model provider ($CODEX_HOME/config.toml and -c) instead of the mock")
+    load.add_argument("--home", type=Path, default=None, help="CODEX_HOME for the run's rollouts (default: a new temporary directory)")
+    load.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON to FILE")
+    load.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+class _Bar(LoadProgress):
+    def __init__(self, progress: Progress, threads: int, turns: int) -> None:
+        self.progress = progress
+        self.errors = 0
+        self.threads = progress.add_task("threads started", total=threads, rate="")
+        self.turns = progress.add_task("turns done", total=threads * turns, rate="")
+        self._start = time.perf_counter()
+        self._done = 0
+
+    def thread_started(self) -> None:
+        self.progress.advance(self.threads)
+
+    def turn_done(self) -> None:
+        self._done += 1
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        self.progress.update(self.turns, advance=1, rate=f"{self._done / elapsed:,.0f} turns/s  errors {self.errors}")
+
+    def error(self, kind: str) -> None:
+        self.errors += 1
+        self.progress.update(self.turns, rate=f"errors {self.errors}")
+
+
+def render(summary: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"spindle load ({summary['target']})", show_header=True)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def pcts(name: str) -> str:
+        p = summary[name]
+        return f"p50 {p['p50']:.3f}  p90 {p['p90']:.3f}  p99 {p['p99']:.3f}"
+
+    table.add_row("threads started", f"{summary['threads_started']:,}")
+    table.add_row("turns done", f"{summary['turns_done']:,}")
+    table.add_row("thread start (ms)", pcts("thread_start_ms"))
+    table.add_row("turn latency (ms)", pcts("turn_ms"))
+    table.add_row("turns/s", f"{summary['turns_per_s']:,.1f}")
+    errors = summary["errors"]
+    table.add_row("errors", ", ".join(f"{kind}: {n}" for kind, n in sorted(errors.items())) or "none")
+    table.add_row("peak RSS (MiB)", f"{summary['peak_rss_mib']:,.1f}")
+    table.add_row("RSS per thread (KiB)", f"{summary['rss_per_thread_kib']:,.1f}")
+    table.add_row("CPU per turn (ms)", f"{summary['cpu_ms_per_turn']:.3f}")
+    table.add_row("elapsed (s)", f"{summary['elapsed_s']:.2f}")
+    if summary["interrupted"]:
+        table.add_row("stopped", "by Ctrl-C: figures so far")
+    console.print(table)
+
+
+def main(args: argparse.Namespace) -> int:
+    spec = LoadSpec(
+        threads=args.threads, turns=args.turns, concurrency=args.concurrency, target=args.target,
+        model_latency_ms=args.model_latency_ms, reply_tokens=args.reply_tokens,
+        use_mock=not args.provider, home=args.home,
+    )
+    try:
+        spec.validate()
+        config = load_config(overrides=args.config) if args.provider else None
+    except LoadError as exc:
+        sys.stderr.write(f"spindle load: {exc}\n")
+        return 2
+    out = Console()
+    show = not args.no_progress and sys.stderr.isatty()
+    with Progress(
+        TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"), console=Console(stderr=True), disable=not show, transient=True,
+    ) as progress:
+        bar = _Bar(progress, spec.threads, spec.turns)
+        try:
+            stats: LoadStats = trio.run(run_load, spec, config, bar)
+        except LoadError as exc:
+            sys.stderr.write(f"spindle load: {exc}\n")
+            return 2
+    summary = stats.summary()
+    render(summary, out)
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.provider:
+        where(Path(stats.home), out)
+    return 130 if stats.interrupted else 0
+
+
+def where(home: Path, console: Console) -> None:
+    """Say where the rollouts went and how to open one of the threads in the REPL."""
+    rollouts = sorted((home / "sessions").rglob("rollout-*.jsonl"))
+    if not rollouts:
+        return
+    thread_id = thread_id_of(rollouts[0])
+    console.print(f"\n{len(rollouts)} rollouts under {home}/sessions/, e.g.\n  {rollouts[0]}", soft_wrap=True)
+    console.print(
+        "Open that thread in the REPL (its model is a fresh mock, so it answers `echo: ...`):\n"
+        f"  CODEX_HOME={home} .venv/bin/python -m trio\n"
+        "  >>> from actors import repl\n"
+        "  >>> rt = await repl.start(mock=True)\n"
+        f"  >>> t = await rt.resume_thread(\"{thread_id}\")\n"
+        "  >>> await t.ask(\"what did I say?\")\n"
+        "  >>> await repl.stop()",
+        highlight=False, markup=False, soft_wrap=True,
+    )
