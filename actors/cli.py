@@ -15,8 +15,6 @@ from protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
 from protocol.items import TextInput
 from protocol.ops import UserInputOp
 
-from . import load_cli
-from .app_server import serve_stdio as run_app_server
 from .config import ConfigError, load_config
 from .logs import configure_logging
 from .manager import open_runtime
@@ -36,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=2)
     server = sub.add_parser("app-server", help="serve the Codex app-server v2 protocol (JSON-RPC lines) over stdio")
     server.add_argument("--listen", default="stdio://", help="transport; only stdio:// is supported")
+    from . import load_cli
+
     load_cli.add_parser(sub)
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
@@ -94,8 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "app-server":
             if args.listen != "stdio://":
                 raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
-            return trio.run(run_app_server, load_config(overrides=args.config))
+            from .app_server import serve_stdio
+
+            return trio.run(serve_stdio, load_config(overrides=args.config))
         if args.command == "load":
+            from . import load_cli
+
             return load_cli.main(args)
         if args.command == "mock-model":
             if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):

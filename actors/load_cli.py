@@ -7,18 +7,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from persistence.paths import thread_id_of
 
 from .config import load_config
 from .load import LoadError, LoadSpec, LoadStats, run_load
 from .load import Progress as LoadProgress
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 def add_parser(sub: Any) -> None:
@@ -66,6 +67,8 @@ class _Bar(LoadProgress):
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title=f"spindle load ({summary['target']})", show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -91,6 +94,9 @@ def render(summary: dict[str, Any], console: Console) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     spec = LoadSpec(
         threads=args.threads, turns=args.turns, concurrency=args.concurrency, target=args.target,
         model_latency_ms=args.model_latency_ms, reply_tokens=args.reply_tokens,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio.testing
 
 from .mock_model import MockModel
 
@@ -135,6 +134,8 @@ class RpcClient:
 @asynccontextmanager
 async def in_memory(server: Any) -> AsyncIterator[RpcClient]:
     """A client on a fresh in-memory connection to `server` (an `AppServer`)."""
+    import trio.testing  # imports pytest: only where in-memory connections are wanted
+
     client_side, server_side = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve, server_side, server_side)

@@ -24,6 +24,8 @@ import trio
 
 from actors import open_runtime
 from actors.config import config_from_mapping
+from actors.load import LoadSpec, run_load
+from actors.rpc_client import subprocess_server, write_config
 from protocol.config import Config
 from protocol.ids import new_id
 
@@ -199,6 +201,83 @@ async def persistence(config: Config) -> dict[str, float]:
 BIG_ROLLOUT: dict[str, Any] = {}
 
 
+async def idle_memory_10k(config: Config) -> dict[str, float]:
+    out = await idle_memory(config, n=10_000)
+    return {"idle_10k_kib_per_thread_py": out["idle_kib_per_thread_py"], "idle_10k_kib_per_thread_rss": out["idle_kib_per_thread_rss"]}
+
+
+def child_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def app_server(config: Config) -> dict[str, float]:
+    """The app-server over stdio: spawn to initialize, thread/start, turn round trip, idle memory."""
+    base_url = config.provider().base_url
+    home = Path(tempfile.mkdtemp(prefix="spindle-bench-app-"))
+    write_config(home, base_url)
+    t0 = time.perf_counter()
+    async with subprocess_server(home, log_level="warning") as (client, process):
+        client.keep = False
+        client.timeout = 120
+        await client.initialize()
+        spawn_ms = (time.perf_counter() - t0) * 1000
+        starts = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            thread = (await client.call("thread/start", {}))["thread"]
+            starts.append((time.perf_counter() - t0) * 1000)
+        completed: set[str] = set()
+        waiters: dict[str, trio.Event] = {}
+
+        def route(note: dict[str, Any]) -> None:
+            # turn/completed may arrive before the turn/start answer
+            if note["method"] == "turn/completed":
+                turn_id = note["params"]["turn"]["id"]
+                completed.add(turn_id)
+                if (event := waiters.pop(turn_id, None)) is not None:
+                    event.set()
+
+        client.listeners.append(route)
+        trips = []
+        for n in range(50):
+            t0 = time.perf_counter()
+            params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"turn {n}"}]}
+            turn_id = (await client.call("turn/start", params))["turn"]["id"]
+            if turn_id not in completed:
+                await waiters.setdefault(turn_id, trio.Event()).wait()
+            trips.append((time.perf_counter() - t0) * 1000)
+        rss0 = child_rss_kib(process.pid)
+        for _ in range(1000):
+            await client.call("thread/start", {})
+        rss1 = child_rss_kib(process.pid)
+    return {
+        "app_spawn_to_initialize_ms": spawn_ms,
+        "app_thread_start_p50_ms": statistics.median(starts),
+        "app_turn_round_trip_p50_ms": statistics.median(trips),
+        "app_idle_kib_per_thread_rss": (rss1 - rss0) / 1000,
+    }
+
+
+async def app_server_pipelined(config: Config) -> dict[str, float]:
+    stats = await run_load(LoadSpec(threads=100, turns=5, target="app-server"), None)
+    summary = stats.summary()
+    return {"app_100x5_turns_per_s": summary["turns_per_s"], "app_100x5_cpu_ms_per_turn": summary["cpu_ms_per_turn"]}
+
+
+async def scaling(config: Config) -> dict[str, float]:
+    """How turn latency and memory grow with the number of concurrent threads (one turn each)."""
+    out: dict[str, float] = {}
+    for n in (100, 1_000, 10_000):
+        summary = (await run_load(LoadSpec(threads=n, turns=1, target="inproc", reply_tokens=4), None)).summary()
+        out[f"scale_{n}_turn_p50_ms"] = summary["turn_ms"]["p50"]
+        out[f"scale_{n}_rss_kib_per_thread"] = summary["rss_per_thread_kib"]
+    return out
+
+
 def repeat(fn: Callable[[Config], Awaitable[dict[str, float]]], config: Config) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     for _ in range(RUNS):
@@ -222,6 +301,20 @@ TARGETS = {
     "rollout_2000_turn_lines": ("lines in that rollout", "about 18k"),
     "cold_resume_2000_turns_ms": ("cold resume of a 2000-turn rollout (ms)", "≤ 150 (Rust ~1500)"),
     "list_first_page_of_10k_ms": ("list first page (50) of 10,000 threads (ms)", "≤ 20"),
+    "idle_10k_kib_per_thread_py": ("idle thread at 10,000 threads, Python heap (KiB)", "≤ 50 (Rust ~950)"),
+    "idle_10k_kib_per_thread_rss": ("idle thread at 10,000 threads, RSS (KiB)", "≤ 50 (Rust ~950)"),
+    "app_spawn_to_initialize_ms": ("app-server: spawn to initialize response (ms)", "≤ 150 (Rust 52)"),
+    "app_thread_start_p50_ms": ("app-server: thread/start p50 (ms)", "≤ 1 (Rust 7)"),
+    "app_turn_round_trip_p50_ms": ("app-server: turn round trip p50 (ms)", "≤ 5 (Rust 38)"),
+    "app_idle_kib_per_thread_rss": ("app-server: idle loaded thread, RSS (KiB)", "≤ 50 (Rust ~950)"),
+    "app_100x5_turns_per_s": ("app-server: 100 threads × 5 turns pipelined, turns/s", "≥ 300 (Rust 40)"),
+    "app_100x5_cpu_ms_per_turn": ("app-server: 100 × 5, server CPU per turn (ms)", ""),
+    "scale_100_turn_p50_ms": ("scaling: 100 concurrent threads, turn p50 (ms)", ""),
+    "scale_100_rss_kib_per_thread": ("scaling: 100 threads, RSS per thread (KiB)", ""),
+    "scale_1000_turn_p50_ms": ("scaling: 1,000 concurrent threads, turn p50 (ms)", ""),
+    "scale_1000_rss_kib_per_thread": ("scaling: 1,000 threads, RSS per thread (KiB)", ""),
+    "scale_10000_turn_p50_ms": ("scaling: 10,000 concurrent threads, turn p50 (ms)", ""),
+    "scale_10000_rss_kib_per_thread": ("scaling: 10,000 threads, RSS per thread (KiB)", ""),
 }
 
 
@@ -230,7 +323,7 @@ def main() -> int:
     try:
         config = bench_config(base_url)
         results: dict[str, list[float]] = {}
-        for fn in (thread_start, idle_memory, single_turn, turns, persistence):
+        for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, app_server, app_server_pipelined, scaling):
             results.update(repeat(fn, config))
     finally:
         proc.terminate()
