@@ -76,6 +76,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+class Progress:
+    """Callbacks the driver reports through (the CLI draws a bar from them)."""
+
+    def thread_started(self) -> None: ...
+    def turn_done(self) -> None: ...
+    def error(self, kind: str) -> None: ...
+
+
 @dataclass
 class LoadStats:
     """What a run measured. Latencies in milliseconds."""
@@ -92,6 +100,20 @@ class LoadStats:
     cpu_s: float = 0.0
     interrupted: bool = False
     home: str = ""
+
+    def thread_started(self, t0: float, progress: Progress) -> None:
+        self.thread_start_ms.append(1000 * (time.perf_counter() - t0))
+        self.threads_started += 1
+        progress.thread_started()
+
+    def turn_done(self, t0: float, progress: Progress) -> None:
+        self.turn_ms.append(1000 * (time.perf_counter() - t0))
+        self.turns_done += 1
+        progress.turn_done()
+
+    def failed(self, kind: str, progress: Progress) -> None:
+        self.errors[kind] += 1
+        progress.error(kind)
 
     def summary(self) -> dict[str, Any]:
         def pct(values: list[float]) -> dict[str, float]:
@@ -199,14 +221,6 @@ def _classify(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class Progress:
-    """Callbacks the driver reports through (the CLI draws a bar from them)."""
-
-    def thread_started(self) -> None: ...
-    def turn_done(self) -> None: ...
-    def error(self, kind: str) -> None: ...
-
-
 async def run_load(spec: LoadSpec, config: Config | None, progress: Progress | None = None) -> LoadStats:
     """Run one load test; SIGINT or cancellation stop it early with the figures so far."""
     spec.validate()
@@ -246,6 +260,17 @@ async def _stop_on_sigint(scope: trio.CancelScope, stats: LoadStats) -> None:
             return
 
 
+async def _drive(spec: LoadSpec, stats: LoadStats, progress: Progress, one_thread: Callable[[], Any], pid: int | None = None) -> None:
+    """Run `one_thread` `spec.threads` times, `spec.concurrency` at once, measuring process `pid`."""
+    stats.baseline_rss_kib = _rss_kib(pid)[0]
+    cpu0 = _cpu_s(pid)
+    try:
+        await _workers(spec, stats, progress, one_thread)
+    finally:
+        stats.peak_rss_kib = _rss_kib(pid)[1]
+        stats.cpu_s = _cpu_s(pid) - cpu0
+
+
 async def _workers(spec: LoadSpec, stats: LoadStats, progress: Progress, one_thread: Callable[[], Any]) -> None:
     limiter = trio.CapacityLimiter(spec.concurrency or spec.threads)
 
@@ -254,9 +279,7 @@ async def _workers(spec: LoadSpec, stats: LoadStats, progress: Progress, one_thr
             try:
                 await one_thread()
             except (Exception, trio.TooSlowError) as exc:
-                kind = _classify(exc)
-                stats.errors[kind] += 1
-                progress.error(kind)
+                stats.failed(_classify(exc), progress)
 
     start = time.perf_counter()
     try:
@@ -268,34 +291,22 @@ async def _workers(spec: LoadSpec, stats: LoadStats, progress: Progress, one_thr
 
 
 async def _run_inproc(spec: LoadSpec, config: Config, stats: LoadStats, progress: Progress) -> None:
-    stats.baseline_rss_kib = _rss_kib()[0]
-    cpu0 = _cpu_s()
     async with open_runtime(config) as manager:
 
         async def one_thread() -> None:
             t0 = time.perf_counter()
             handle = await manager.start_thread()
-            stats.thread_start_ms.append(1000 * (time.perf_counter() - t0))
-            stats.threads_started += 1
-            progress.thread_started()
+            stats.thread_started(t0, progress)
             for n in range(spec.turns):
                 t0 = time.perf_counter()
                 try:
                     await handle.ask(f"load turn {n}")
                 except (TurnError, TurnAbortedError) as exc:
-                    kind = _classify(exc)
-                    stats.errors[kind] += 1
-                    progress.error(kind)
-                    continue
-                stats.turn_ms.append(1000 * (time.perf_counter() - t0))
-                stats.turns_done += 1
-                progress.turn_done()
+                    stats.failed(_classify(exc), progress)
+                else:
+                    stats.turn_done(t0, progress)
 
-        try:
-            await _workers(spec, stats, progress, one_thread)
-        finally:
-            stats.peak_rss_kib = _rss_kib()[1]
-            stats.cpu_s = _cpu_s() - cpu0
+        await _drive(spec, stats, progress, one_thread)
 
 
 async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress: Progress) -> None:
@@ -303,8 +314,6 @@ async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress
         client.keep = False
         client.timeout = 300.0
         await client.initialize()
-        stats.baseline_rss_kib = _rss_kib(process.pid)[0]
-        cpu0 = _cpu_s(process.pid)
         completed: dict[str, dict[str, Any]] = {}
         waiters: dict[str, trio.Event] = {}
 
@@ -328,25 +337,15 @@ async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress
         async def one_thread() -> None:
             t0 = time.perf_counter()
             thread = (await client.call("thread/start", {}))["thread"]
-            stats.thread_start_ms.append(1000 * (time.perf_counter() - t0))
-            stats.threads_started += 1
-            progress.thread_started()
+            stats.thread_started(t0, progress)
             for n in range(spec.turns):
                 t0 = time.perf_counter()
                 params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"load turn {n}"}]}
                 turn = (await client.call("turn/start", params))["turn"]
                 done = await wait_turn(turn["id"])
-                if done["status"] != "completed":
-                    kind = f"turn {done['status']}"
-                    stats.errors[kind] += 1
-                    progress.error(kind)
-                    continue
-                stats.turn_ms.append(1000 * (time.perf_counter() - t0))
-                stats.turns_done += 1
-                progress.turn_done()
+                if done["status"] == "completed":
+                    stats.turn_done(t0, progress)
+                else:
+                    stats.failed(f"turn {done['status']}", progress)
 
-        try:
-            await _workers(spec, stats, progress, one_thread)
-        finally:
-            stats.peak_rss_kib = _rss_kib(process.pid)[1]
-            stats.cpu_s = _cpu_s(process.pid) - cpu0
+        await _drive(spec, stats, progress, one_thread, process.pid)

@@ -14,12 +14,16 @@ from http import HTTPStatus
 import httpx
 import httpx_sse
 import msgspec
+import trio
 
 from protocol.config import ModelProviderInfo
 from protocol.events import CodexErrorInfo
 from protocol.responses import StreamEvent, TypeOnly
 
-MAX_CONNECTIONS_PER_PROVIDER = 512
+MAX_CONNECTIONS_PER_PROVIDER = 128
+"""Concurrent requests to one provider. Further turns wait on a trio limiter in front of httpx:
+httpcore's pool rescans every queued request on each release, so letting thousands queue there
+costs CPU quadratic in the number of waiting turns."""
 CONNECT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 POOL_TIMEOUT_S = 60.0
@@ -108,6 +112,7 @@ class ModelClient:
             max_keepalive_connections=MAX_CONNECTIONS_PER_PROVIDER,
         )
         self._http = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._slots = trio.CapacityLimiter(MAX_CONNECTIONS_PER_PROVIDER)
         self._url = provider.base_url.rstrip("/") + "/responses"
 
     async def aclose(self) -> None:
@@ -142,7 +147,7 @@ class ModelClient:
         """POST `body`; yields an iterator of stream events. Raises ModelError."""
         headers = self._headers(thread_id)
         try:
-            async with self._http.stream("POST", self._url, content=body, headers=headers) as response:
+            async with self._slots, self._http.stream("POST", self._url, content=body, headers=headers) as response:
                 if response.status_code != 200:
                     await _raise_for_status(response)
                 yield _events(response)
