@@ -269,12 +269,22 @@ async def app_server_pipelined(config: Config) -> dict[str, float]:
 
 
 async def scaling(config: Config) -> dict[str, float]:
-    """How turn latency and memory grow with the number of concurrent threads (one turn each)."""
+    """How turn latency and memory grow with the number of concurrent threads (one turn each).
+
+    Each size runs as its own `spindle load` process, so its peak RSS is its own.
+    """
     out: dict[str, float] = {}
     for n in (100, 1_000, 10_000):
-        summary = (await run_load(LoadSpec(threads=n, turns=1, target="inproc", reply_tokens=4), None)).summary()
+        with tempfile.TemporaryDirectory(prefix="spindle-scale-") as tmp:
+            report = Path(tmp) / "load.json"
+            argv = [sys.executable, "-m", "actors.cli", "load", "--threads", str(n), "--turns", "1",
+                    "--reply-tokens", "4", "--no-progress", "--home", tmp, "--json", str(report)]
+            await trio.run_process(argv, stdout=subprocess.DEVNULL)
+            summary = json.loads(report.read_text())
         out[f"scale_{n}_turn_p50_ms"] = summary["turn_ms"]["p50"]
+        out[f"scale_{n}_turns_per_s"] = summary["turns_per_s"]
         out[f"scale_{n}_rss_kib_per_thread"] = summary["rss_per_thread_kib"]
+        out[f"scale_{n}_cpu_ms_per_turn"] = summary["cpu_ms_per_turn"]
     return out
 
 
@@ -311,10 +321,16 @@ TARGETS = {
     "app_100x5_cpu_ms_per_turn": ("app-server: 100 × 5, server CPU per turn (ms)", ""),
     "scale_100_turn_p50_ms": ("scaling: 100 concurrent threads, turn p50 (ms)", ""),
     "scale_100_rss_kib_per_thread": ("scaling: 100 threads, RSS per thread (KiB)", ""),
+    "scale_100_turns_per_s": ("scaling: 100 threads, turns/s", ""),
+    "scale_100_cpu_ms_per_turn": ("scaling: 100 threads, CPU per turn (ms)", ""),
     "scale_1000_turn_p50_ms": ("scaling: 1,000 concurrent threads, turn p50 (ms)", ""),
     "scale_1000_rss_kib_per_thread": ("scaling: 1,000 threads, RSS per thread (KiB)", ""),
+    "scale_1000_turns_per_s": ("scaling: 1,000 threads, turns/s", ""),
+    "scale_1000_cpu_ms_per_turn": ("scaling: 1,000 threads, CPU per turn (ms)", ""),
     "scale_10000_turn_p50_ms": ("scaling: 10,000 concurrent threads, turn p50 (ms)", ""),
     "scale_10000_rss_kib_per_thread": ("scaling: 10,000 threads, RSS per thread (KiB)", ""),
+    "scale_10000_turns_per_s": ("scaling: 10,000 threads, turns/s", ""),
+    "scale_10000_cpu_ms_per_turn": ("scaling: 10,000 threads, CPU per turn (ms)", ""),
 }
 
 
