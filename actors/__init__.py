@@ -1,7 +1,7 @@
 """Spindle's actors: thread actors, the turn loop, the model client, the manager."""
 
+from .handle import ThreadClosedError, ThreadHandle, TurnAbortedError, TurnError
 from .manager import ThreadManager, ThreadShutdownReport, open_runtime
-from .thread import ThreadClosedError, ThreadHandle, TurnAbortedError, TurnError
 
 __all__ = [
     "ThreadClosedError",

@@ -34,8 +34,8 @@ from protocol.v2map import (
 )
 
 from .config import ConfigError
+from .handle import ThreadHandle
 from .manager import ThreadNotFoundError
-from .thread import ThreadHandle
 
 if TYPE_CHECKING:
     from .app_server import AppServer, Connection

@@ -43,10 +43,10 @@ from protocol.jsonrpc import (
 )
 
 from .app_methods import HANDLERS
+from .handle import ThreadHandle
 from .manager import SPINDLE_VERSION, ThreadManager, open_runtime
 from .notify import EventTranslator, Notice
 from .subscriptions import Lagged, Subscription
-from .thread import ThreadHandle
 
 log = structlog.get_logger(__name__)
 

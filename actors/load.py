@@ -29,9 +29,9 @@ import trio
 from protocol.config import Config
 
 from .config import codex_home, config_from_mapping
+from .handle import ThreadClosedError, TurnAbortedError, TurnError
 from .manager import open_runtime
 from .rpc_client import RpcFailure, spindle_argv, subprocess_server, write_config
-from .thread import ThreadClosedError, TurnAbortedError, TurnError
 
 log = structlog.get_logger(__name__)
 

@@ -25,13 +25,13 @@ from protocol.ops import ApprovalPolicy, SandboxMode, Submission
 from protocol.rollout import BaseInstructions, SessionMeta, TurnContextItem
 
 from .config import ConfigError, codex_home, load_config
+from .handle import ThreadHandle
 from .services import Services
 from .subscriptions import Broadcaster, Subscription
 from .thread import (
     DEFAULT_INSTRUCTIONS,
     SUBMISSION_CAPACITY,
     ThreadActor,
-    ThreadHandle,
     ThreadSettings,
 )
 from .tools import ToolRegistry

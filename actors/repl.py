@@ -23,10 +23,10 @@ from protocol.config import Config
 from protocol.events import Event, ShutdownCompleteEvent, TaskCompleteEvent, TurnAbortedEvent
 
 from .config import config_from_mapping, load_config
+from .handle import ThreadHandle
 from .manager import ThreadManager, open_runtime
 from .mock_model import MockModel
 from .subscriptions import Subscription
-from .thread import ThreadHandle
 
 _stop: trio.Event | None = None
 _stopped: trio.Event | None = None

@@ -7,10 +7,8 @@ nursery, so an interrupt (or shutdown) cancels it, and the turn always ends with
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import structlog
 import trio
@@ -40,7 +38,6 @@ from protocol.items import (
     InputText,
     Message,
     ResponseItem,
-    TextInput,
     UserInput,
     UserMessageItem,
     close_dangling_calls,
@@ -66,15 +63,13 @@ from protocol.rollout import SandboxPolicy, TurnContextItem
 
 from .model_client import ModelClient
 from .services import Services
-from .subscriptions import Broadcaster, Subscription
+from .subscriptions import Broadcaster
 from .turn import Turn, TurnFailed, TurnSettings, run_turn
 
 log = structlog.get_logger(__name__)
 
 SUBMISSION_CAPACITY = 64
 """Submissions queued per thread before `submit` waits."""
-CALL_TIMEOUT_S = 30.0
-"""How long `ThreadHandle.call` waits for the actor to take up a submission."""
 PERSIST_DEADLINE_S = 10.0
 """How long an aborted turn's cleanup may spend handing its last items to the writer."""
 
@@ -109,18 +104,6 @@ def turn_context_item(turn: Turn) -> TurnContextItem:
         effort=s.effort,
         summary=s.summary,
     )
-
-
-class ThreadClosedError(Exception):
-    """The thread has shut down and takes no more submissions."""
-
-
-class TurnError(Exception):
-    """A turn ended with an error event."""
-
-
-class TurnAbortedError(Exception):
-    """A turn was interrupted before it finished."""
 
 
 @dataclass
@@ -430,120 +413,3 @@ class ThreadActor:
                 message=f"Rolled the thread back, but failed to save the rollback marker. Spindle will keep retrying. Error: {exc}"))
         self.rollout.touch()
         self._deliver(sub_id, marker)
-
-
-class ThreadHandle:
-    """The user's side of a thread: submit ops, read events, ask questions."""
-
-    def __init__(
-        self,
-        actor: ThreadActor,
-        send: trio.MemorySendChannel[Submission],
-        events: Broadcaster[Event],
-    ) -> None:
-        self.thread_id = actor.thread_id
-        self._actor = actor
-        self._send = send
-        self._events = events
-        self._ids = itertools.count(1)
-        self.session_configured = actor.session_configured()
-
-    def __repr__(self) -> str:
-        return f"<ThreadHandle {self.thread_id}{' closed' if self.is_closed else ''}>"
-
-    @property
-    def is_closed(self) -> bool:
-        return self._actor.closed.is_set()
-
-    @property
-    def settings(self) -> ThreadSettings:
-        return self._actor.settings
-
-    @property
-    def rollout(self) -> ThreadRollout:
-        return self._actor.rollout
-
-    @property
-    def rollout_path(self) -> Path:
-        """Where this thread's rollout is (or will be, before its first turn)."""
-        return self._actor.rollout.path
-
-    @property
-    def history(self) -> list[ResponseItem]:
-        """The model-visible history (read-only view by convention)."""
-        return self._actor.history
-
-    @property
-    def active_turn_id(self) -> str | None:
-        """The turn running now, if any."""
-        return self._actor.active_turn_id
-
-    @property
-    def usage_total(self) -> TokenUsage:
-        return self._actor._usage_total
-
-    def next_id(self) -> str:
-        return str(next(self._ids))
-
-    async def call(self, op: Op) -> Receipt:
-        """Submit `op` and wait until the actor has dispatched it; returns what it made of it.
-
-        TooSlowError when the actor does not get to it within `CALL_TIMEOUT_S` seconds.
-        """
-        sub_id = new_id()
-        receipt = self._actor.expect(sub_id)
-        try:
-            await self.submit(op, id=sub_id)
-            with trio.fail_after(CALL_TIMEOUT_S):
-                await receipt.done.wait()
-        finally:
-            self._actor._receipts.pop(sub_id, None)
-        return receipt
-
-    async def submit(self, op: Op, *, id: str | None = None) -> str:
-        """Queue `op`; returns the submission id its events will carry."""
-        sub = Submission(id=id or self.next_id(), op=op)
-        try:
-            await self._send.send(sub)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise ThreadClosedError(f"thread {self.thread_id} has shut down") from None
-        return sub.id
-
-    def events(self, capacity: int | None = None) -> Subscription[Event]:
-        """A new subscription to this thread's events from now on."""
-        return self._events.subscribe(capacity)
-
-    async def ask(self, text: str) -> str:
-        """Send `text` as user input and return the final answer of the turn it joins."""
-        with self.events() as events:
-            sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
-            turn_id: str | None = None
-            failure: str | None = None
-            async for ev in events:
-                msg = ev.msg
-                if isinstance(msg, TurnAbortedEvent) and (turn_id is None or msg.turn_id == turn_id):
-                    raise TurnAbortedError(f"turn {msg.turn_id} was {msg.reason}")
-                if turn_id is None:
-                    if ev.id == sub_id and isinstance(msg, ItemCompletedEvent) and isinstance(msg.item, UserMessageItem):
-                        turn_id = msg.turn_id
-                    elif ev.id == sub_id and isinstance(msg, ErrorEvent):
-                        raise TurnError(msg.message)
-                elif isinstance(msg, ErrorEvent) and msg.turn_id == turn_id:
-                    failure = msg.message
-                elif isinstance(msg, TaskCompleteEvent) and msg.turn_id == turn_id:
-                    if failure is not None:
-                        raise TurnError(failure)
-                    return msg.last_agent_message or ""
-        raise ThreadClosedError(f"thread {self.thread_id} shut down before answering")
-
-    def close(self) -> None:
-        """Close the submission channel: the actor tears down as on `shutdown`."""
-        self._send.close()
-
-    async def shutdown_and_wait(self) -> None:
-        """Submit `shutdown` and wait until the actor has ended. ThreadClosedError if it cannot."""
-        await self.submit(ShutdownOp())
-        await self._actor.closed.wait()
-
-    async def wait_closed(self) -> None:
-        await self._actor.closed.wait()
