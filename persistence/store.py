@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,10 +95,7 @@ class LocalThreadStore:
     def __init__(self, home: Path) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(home / INDEX_FILE, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = _open_index(home / INDEX_FILE)
         self._previews: dict[str, str] = {}
         self._names: dict[str, str] | None = None
 
@@ -249,6 +247,28 @@ class LocalThreadStore:
                 self._upsert(read.meta, path, archived=archived, preview=preview_of(read.source.items()), updated_at=mtime)
                 count += 1
         return count
+
+
+INDEX_OPEN_DEADLINE_S = 10.0
+"""How long opening the index may wait for another process that holds it (first open, WAL switch)."""
+
+
+def _open_index(path: Path) -> sqlite3.Connection:
+    """Open (and on first use create) the index. Several processes may share one CODEX_HOME: the
+    switch to WAL and the schema need a moment of exclusive access, so a busy database is retried."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=INDEX_OPEN_DEADLINE_S)
+    deadline = time.monotonic() + INDEX_OPEN_DEADLINE_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                db.close()
+                raise ThreadStoreError(f"cannot open the thread index {path}: {exc}") from None
+            time.sleep(0.01)
 
 
 def _mtime(path: Path) -> datetime:
