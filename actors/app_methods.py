@@ -20,11 +20,12 @@ import trio
 
 from persistence.history import ForkSnapshot
 from persistence.reader import RolloutReadError, read_rollout
-from persistence.store import ThreadEntry, ThreadStoreError
+from persistence.store import ThreadEntry, ThreadStoreError, preview_of
 from persistence.turns import build_turns
 from protocol import v2
-from protocol.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
-from protocol.ops import InterruptOp, ThreadRollbackOp, UserInputOp, UserTurnOp
+from protocol.ids import parse_thread_id
+from protocol.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, RpcError, invalid_request
+from protocol.ops import CompactOp, InterruptOp, Op, ThreadRollbackOp, UserInputOp, UserTurnOp
 from protocol.v2map import (
     UnsupportedInput,
     approval_policy,
@@ -35,7 +36,7 @@ from protocol.v2map import (
 
 from .config import ConfigError
 from .handle import ThreadHandle
-from .manager import ThreadNotFoundError
+from .thread import Receipt
 
 if TYPE_CHECKING:
     from .app_server import AppServer, Connection
@@ -49,6 +50,22 @@ MAX_PAGE = 500
 
 Handler = Callable[["AppServer", "Connection", Any], Awaitable[Any]]
 
+DOMAIN_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (ThreadStoreError, INVALID_REQUEST),
+    (RolloutReadError, INVALID_REQUEST),
+    (ConfigError, INVALID_PARAMS),
+    (UnsupportedInput, INVALID_PARAMS),
+)
+"""Spindle's own errors as JSON-RPC errors: a state the request cannot act on, or params it cannot use."""
+
+
+def rpc_error(exc: Exception) -> RpcError | None:
+    """`exc` as the error answer to a request, if it is one of Spindle's own errors."""
+    for kind, code in DOMAIN_ERRORS:
+        if isinstance(exc, kind):
+            return RpcError(code, str(exc))
+    return None
+
 
 def _epoch(stamp: str) -> int:
     try:
@@ -58,8 +75,6 @@ def _epoch(stamp: str) -> int:
 
 
 def _thread_id(raw: str) -> str:
-    from protocol.ids import parse_thread_id
-
     try:
         return parse_thread_id(raw)
     except ValueError as exc:
@@ -67,17 +82,18 @@ def _thread_id(raw: str) -> str:
 
 
 def _loaded(server: AppServer, thread_id: str) -> ThreadHandle:
-    try:
-        handle = server.manager.get_thread(thread_id)
-    except ThreadNotFoundError:
-        raise invalid_request(f"thread not found: {thread_id}") from None
-    if handle.is_closed:
+    handle = server.manager.running(thread_id)
+    if handle is None:
         raise invalid_request(f"thread not found: {thread_id}")
     return handle
 
 
-def _store_error(exc: Exception) -> RpcError:
-    return invalid_request(str(exc))
+async def _call(handle: ThreadHandle, op: Op) -> Receipt:
+    """Submit `op` and wait for the actor's receipt; the error the op drew becomes the answer."""
+    receipt = await handle.call(op)
+    if receipt.error is not None:
+        raise invalid_request(receipt.error.message)
+    return receipt
 
 
 # --- thread objects ---------------------------------------------------------
@@ -87,29 +103,23 @@ def live_thread(server: AppServer, handle: ThreadHandle, *, include_turns: bool 
     rollout = handle.rollout
     meta = rollout.meta
     settings = handle.settings
-    entry = server.manager.store.entry(handle.thread_id) if rollout.persisted else None
-    items = rollout.source.items()
-    turns = build_turns(items, live_turn_id=handle.active_turn_id) if include_turns else []
+    store = server.manager.store
+    entry = store.entry(handle.thread_id) if rollout.persisted else None
+    turns = build_turns(rollout.source.iter_forward_from(0), live_turn_id=handle.active_turn_id) if include_turns else []
     created = _epoch(meta.timestamp)
     return v2.Thread(
         id=handle.thread_id, session_id=handle.thread_id, forked_from_id=meta.forked_from_id,
-        preview=entry.preview if entry else _preview(items), ephemeral=rollout.ephemeral,
+        preview=entry.preview if entry else preview_of(rollout.source.iter_forward_from(0)), ephemeral=rollout.ephemeral,
         model_provider=settings.provider_id, model=settings.model, created_at=created,
         updated_at=_epoch(entry.updated_at) if entry else created,
         status=v2.active_status() if handle.active_turn_id else v2.IDLE,
         path=None if rollout.ephemeral else str(rollout.path), cwd=settings.cwd,
-        cli_version=meta.cli_version, name=server.manager.store.name(handle.thread_id), turns=turns,
+        cli_version=meta.cli_version, name=entry.name if entry else store.name(handle.thread_id), turns=turns,
     )
 
 
-def _preview(items: list[Any]) -> str:
-    from persistence.store import preview_of
-
-    return preview_of(items)
-
-
 def stored_thread(server: AppServer, entry: ThreadEntry, *, include_turns: bool = False) -> v2.Thread:
-    running = server.loaded(entry.id)
+    running = server.manager.running(entry.id)
     if running is not None:
         return live_thread(server, running, include_turns=include_turns)
     turns: list[v2.Turn] = []
@@ -119,7 +129,7 @@ def stored_thread(server: AppServer, entry: ThreadEntry, *, include_turns: bool 
             read = read_rollout(Path(entry.path))
         except (OSError, RolloutReadError) as exc:
             raise invalid_request(f"cannot read rollout {entry.path}: {exc}") from None
-        turns = build_turns(read.source.items())
+        turns = build_turns(read.source.iter_forward_from(0))
         cli_version = read.meta.cli_version
     return v2.Thread(
         id=entry.id, session_id=entry.id, forked_from_id=entry.forked_from_id, preview=entry.preview,
@@ -139,10 +149,7 @@ def session_result(server: AppServer, handle: ThreadHandle, *, include_turns: bo
 
 
 def _overrides(params: v2.ThreadSettingsParams) -> dict[str, Any]:
-    try:
-        policy = approval_policy(params.approval_policy)
-    except UnsupportedInput as exc:
-        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    policy = approval_policy(params.approval_policy)
     cwd = params.cwd
     if cwd is not None and not os.path.isabs(cwd):
         cwd = os.path.abspath(cwd)
@@ -170,10 +177,7 @@ async def initialize(server: AppServer, conn: Connection, params: v2.InitializeP
 
 
 async def thread_start(server: AppServer, conn: Connection, params: v2.ThreadStartParams) -> v2.ThreadSessionResult:
-    try:
-        handle = await server.manager.start_thread(ephemeral=bool(params.ephemeral), **_overrides(params))
-    except ConfigError as exc:
-        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    handle = await server.manager.start_thread(ephemeral=bool(params.ephemeral), **_overrides(params))
     server.subscribe(conn, handle)
     result = session_result(server, handle, include_turns=False)
     conn.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
@@ -182,12 +186,7 @@ async def thread_start(server: AppServer, conn: Connection, params: v2.ThreadSta
 
 async def thread_resume(server: AppServer, conn: Connection, params: v2.ThreadResumeParams) -> v2.ThreadSessionResult:
     tid = _thread_id(params.thread_id)
-    try:
-        handle = await server.manager.resume_thread(tid, path=params.path, **_overrides(params))
-    except (ThreadStoreError, RolloutReadError) as exc:
-        raise _store_error(exc) from None
-    except ConfigError as exc:
-        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    handle = await server.manager.resume_thread(tid, path=params.path, **_overrides(params))
     server.subscribe(conn, handle)
     return session_result(server, handle, include_turns=not params.exclude_turns)
 
@@ -196,40 +195,38 @@ async def thread_fork(server: AppServer, conn: Connection, params: v2.ThreadFork
     tid = _thread_id(params.thread_id)
     snapshot = ForkSnapshot.interrupted()
     if params.last_turn_id is not None:
-        snapshot = _snapshot_through(server, tid, params.last_turn_id)
-    try:
-        handle = await server.manager.fork_thread(snapshot, tid, path=params.path, **_overrides(params))
-    except (ThreadStoreError, RolloutReadError) as exc:
-        raise _store_error(exc) from None
-    except ConfigError as exc:
-        raise RpcError(INVALID_PARAMS, str(exc)) from None
+        snapshot = await _snapshot_through(server, tid, params.last_turn_id)
+    handle = await server.manager.fork_thread(snapshot, tid, path=params.path, **_overrides(params))
     server.subscribe(conn, handle)
     result = session_result(server, handle, include_turns=not params.exclude_turns)
     conn.after(("thread/started", v2.ThreadStarted(thread=live_thread(server, handle))))
     return result
 
 
-def _snapshot_through(server: AppServer, thread_id: str, last_turn_id: str) -> ForkSnapshot:
-    turns = _turns_of(server, thread_id)
-    ids = [turn.id for turn in turns]
+async def _snapshot_through(server: AppServer, thread_id: str, last_turn_id: str) -> ForkSnapshot:
+    ids = await _turn_ids(server, thread_id)
     if last_turn_id not in ids:
         raise invalid_request(f"turn {last_turn_id} not found in thread {thread_id}")
     return ForkSnapshot.truncate_before(ids.index(last_turn_id) + 1)
 
 
-def _turns_of(server: AppServer, thread_id: str) -> list[v2.Turn]:
-    running = server.loaded(thread_id)
+async def _turn_ids(server: AppServer, thread_id: str) -> list[str]:
+    """The ids of a thread's turns, oldest first: from memory when it runs, else from its rollout."""
+    running = server.manager.running(thread_id)
     if running is not None:
-        return build_turns(running.rollout.source.items(), live_turn_id=running.active_turn_id)
-    path = server.manager.store.find_path(thread_id)
-    if path is None:
-        raise invalid_request(f"no rollout found for thread id {thread_id}")
-    return build_turns(read_rollout(path).source.items())
+        turns = build_turns(running.rollout.source.iter_forward_from(0), live_turn_id=running.active_turn_id)
+    else:
+        path = server.manager.store.find_path(thread_id)
+        if path is None:
+            raise invalid_request(f"no rollout found for thread id {thread_id}")
+        read = await trio.to_thread.run_sync(read_rollout, path)
+        turns = build_turns(read.source.iter_forward_from(0))
+    return [turn.id for turn in turns]
 
 
 async def thread_read(server: AppServer, conn: Connection, params: v2.ThreadReadParams) -> v2.ThreadResult:
     tid = _thread_id(params.thread_id)
-    running = server.loaded(tid)
+    running = server.manager.running(tid)
     if running is not None:
         return v2.ThreadResult(thread=live_thread(server, running, include_turns=params.include_turns))
     entry = server.manager.store.entry(tid)
@@ -268,28 +265,20 @@ async def thread_loaded_list(server: AppServer, conn: Connection, params: v2.Thr
 
 async def thread_archive(server: AppServer, conn: Connection, params: v2.ThreadIdParams) -> v2.EmptyResult:
     tid = _thread_id(params.thread_id)
-    was_loaded = server.loaded(tid) is not None
+    was_loaded = server.manager.running(tid) is not None
+    await server.manager.archive_thread(tid)
     watchers = server.drop_subscribers(tid)
-    try:
-        await server.manager.archive_thread(tid)
-    except ThreadStoreError as exc:
-        raise _store_error(exc) from None
-    notices: list[tuple[str, object]] = []
     if was_loaded:
-        notices.append(("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.NOT_LOADED)))
-    notices.append(("thread/archived", v2.ThreadIdNotice(thread_id=tid)))
-    server.notify_all({conn, *watchers}, notices)
+        conn.after(("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.NOT_LOADED)), also=watchers)
+    conn.after(("thread/archived", v2.ThreadIdNotice(thread_id=tid)), also=watchers)
     return v2.EmptyResult()
 
 
 async def thread_unarchive(server: AppServer, conn: Connection, params: v2.ThreadIdParams) -> v2.ThreadResult:
     tid = _thread_id(params.thread_id)
-    if server.loaded(tid) is not None:
+    if server.manager.running(tid) is not None:
         raise invalid_request(f"thread {tid} already has an active writer")
-    try:
-        await server.manager.unarchive_thread(tid)
-    except ThreadStoreError as exc:
-        raise _store_error(exc) from None
+    await server.manager.unarchive_thread(tid)
     entry = server.manager.store.entry(tid)
     if entry is None:
         raise invalid_request(f"no rollout found for thread id {tid}")
@@ -299,7 +288,7 @@ async def thread_unarchive(server: AppServer, conn: Connection, params: v2.Threa
 
 async def thread_unsubscribe(server: AppServer, conn: Connection, params: v2.ThreadIdParams) -> v2.UnsubscribeResult:
     tid = _thread_id(params.thread_id)
-    if server.loaded(tid) is None:
+    if server.manager.running(tid) is None:
         return v2.UnsubscribeResult(status="notLoaded")
     if not server.unsubscribe(conn, tid):
         return v2.UnsubscribeResult(status="notSubscribed")
@@ -308,13 +297,13 @@ async def thread_unsubscribe(server: AppServer, conn: Connection, params: v2.Thr
 
 async def thread_name_set(server: AppServer, conn: Connection, params: v2.ThreadSetNameParams) -> v2.EmptyResult:
     tid = _thread_id(params.thread_id)
-    if server.loaded(tid) is None and server.manager.store.entry(tid) is None:
+    if server.manager.running(tid) is None and server.manager.store.entry(tid) is None:
         raise invalid_request(f"thread not found: {tid}")
     name = params.name.strip()
     if not name:
         raise RpcError(INVALID_PARAMS, "Invalid params: name must not be empty")
     server.manager.store.set_name(tid, name)
-    server.notify_all({conn, *server.subscribers(tid)}, [("thread/name/updated", v2.ThreadNameUpdated(thread_id=tid, thread_name=name))])
+    conn.after(("thread/name/updated", v2.ThreadNameUpdated(thread_id=tid, thread_name=name)), also=server.subscribers(tid))
     return v2.EmptyResult()
 
 
@@ -322,9 +311,7 @@ async def _rollback(server: AppServer, tid: str, num_turns: int) -> v2.ThreadRes
     handle = _loaded(server, tid)
     if num_turns < 1:
         raise RpcError(INVALID_PARAMS, "Invalid params: numTurns must be >= 1")
-    receipt = await handle.call(ThreadRollbackOp(num_turns=num_turns))
-    if receipt.error is not None:
-        raise invalid_request(receipt.error.message)
+    await _call(handle, ThreadRollbackOp(num_turns=num_turns))
     return v2.ThreadResult(thread=live_thread(server, handle, include_turns=True))
 
 
@@ -334,39 +321,31 @@ async def thread_rollback(server: AppServer, conn: Connection, params: v2.Thread
 
 async def thread_revert(server: AppServer, conn: Connection, params: v2.ThreadRevertParams) -> v2.ThreadResult:
     tid = _thread_id(params.thread_id)
-    handle = _loaded(server, tid)
-    ids = [turn.id for turn in build_turns(handle.rollout.source.items(), live_turn_id=handle.active_turn_id)]
+    _loaded(server, tid)
+    ids = await _turn_ids(server, tid)
     if params.before_turn_id not in ids:
         raise invalid_request(f"turn {params.before_turn_id} not found in thread {tid}")
     result = await _rollback(server, tid, len(ids) - ids.index(params.before_turn_id))
-    server.notify_all({conn, *server.subscribers(tid)}, [("thread/reverted", v2.ThreadIdNotice(thread_id=tid))])
+    conn.after(("thread/reverted", v2.ThreadIdNotice(thread_id=tid)), also=server.subscribers(tid))
     return result
 
 
 async def thread_compact_start(server: AppServer, conn: Connection, params: v2.ThreadIdParams) -> v2.EmptyResult:
-    from protocol.ops import CompactOp
-
-    handle = _loaded(server, _thread_id(params.thread_id))
-    receipt = await handle.call(CompactOp())
-    if receipt.error is not None:
-        raise invalid_request(receipt.error.message)
+    await _call(_loaded(server, _thread_id(params.thread_id)), CompactOp())
     return v2.EmptyResult()
 
 
 async def turn_start(server: AppServer, conn: Connection, params: v2.TurnStartParams) -> v2.TurnResult:
     handle = _loaded(server, _thread_id(params.thread_id))
-    try:
-        op = UserTurnOp(
-            items=user_inputs(params.input), cwd=params.cwd, model=params.model,
-            approval_policy=approval_policy(params.approval_policy),
-            sandbox_policy=sandbox_policy(params.sandbox_policy), effort=params.effort, summary=params.summary,
-        )
-    except UnsupportedInput as exc:
-        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    op = UserTurnOp(
+        items=user_inputs(params.input), cwd=params.cwd, model=params.model,
+        approval_policy=approval_policy(params.approval_policy),
+        sandbox_policy=sandbox_policy(params.sandbox_policy), effort=params.effort, summary=params.summary,
+    )
     server.subscribe(conn, handle)
-    receipt = await handle.call(op)
-    if receipt.error is not None or receipt.turn_id is None:
-        raise invalid_request(receipt.error.message if receipt.error else "the turn did not start")
+    receipt = await _call(handle, op)
+    if receipt.turn_id is None:
+        raise invalid_request("the turn did not start")
     return v2.TurnResult(turn=v2.Turn(id=receipt.turn_id, items_view="notLoaded"))
 
 
@@ -375,9 +354,9 @@ async def turn_steer(server: AppServer, conn: Connection, params: v2.TurnSteerPa
     active = handle.active_turn_id
     if active != params.expected_turn_id:
         raise invalid_request(f"expected active turn `{params.expected_turn_id}` but found `{active}`")
-    receipt = await handle.call(UserInputOp(items=user_inputs(params.input)))
-    if receipt.error is not None or receipt.turn_id is None:
-        raise invalid_request(receipt.error.message if receipt.error else "no active turn to steer")
+    receipt = await _call(handle, UserInputOp(items=user_inputs(params.input)))
+    if receipt.turn_id is None:
+        raise invalid_request("no active turn to steer")
     return v2.TurnSteerResult(turn_id=receipt.turn_id)
 
 

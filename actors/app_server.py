@@ -42,10 +42,11 @@ from protocol.jsonrpc import (
     parse_line,
 )
 
-from .app_methods import HANDLERS
+from .app_methods import HANDLERS, rpc_error
 from .handle import ThreadHandle
 from .manager import SPINDLE_VERSION, ThreadManager, open_runtime
 from .notify import EventTranslator, Notice
+from .signals import cancel_on_signal
 from .subscriptions import Lagged, Subscription
 
 log = structlog.get_logger(__name__)
@@ -75,7 +76,7 @@ class Connection:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTGOING_QUEUE)
         self._req_send, self._req_recv = trio.open_memory_channel[Request](REQUEST_QUEUE)
         self._pumps: dict[str, trio.CancelScope] = {}
-        self._after: list[Notice] = []
+        self._after: list[tuple[Notice, Iterable[Connection]]] = []
         self._nursery: trio.Nursery | None = None
         self._writer_done = trio.Event()
 
@@ -100,15 +101,11 @@ class Connection:
     def notify_nowait(self, method: str, params: object) -> None:
         self._emit_nowait(self.writer.notification(method, params))
 
-    def after(self, notice: Notice) -> None:
-        """Send `notice` right after the answer to the request being handled."""
-        self._after.append(notice)
+    def after(self, notice: Notice, *, also: Iterable[Connection] = ()) -> None:
+        """Send `notice`, to this client and to `also`, once the answer to the current request is out."""
+        self._after.append((notice, also))
 
     # --- subscriptions ----------------------------------------------------
-    @property
-    def thread_ids(self) -> list[str]:
-        return list(self._pumps)
-
     def follow(self, handle: ThreadHandle) -> None:
         if handle.thread_id in self._pumps or self._nursery is None:
             return
@@ -116,12 +113,10 @@ class Connection:
         self._pumps[handle.thread_id] = scope
         self._nursery.start_soon(self._pump, handle, scope, handle.events(PUMP_BUFFER))
 
-    def unfollow(self, thread_id: str) -> bool:
+    def unfollow(self, thread_id: str) -> None:
         scope = self._pumps.pop(thread_id, None)
-        if scope is None:
-            return False
-        scope.cancel()
-        return True
+        if scope is not None:
+            scope.cancel()
 
     async def _pump(self, handle: ThreadHandle, scope: trio.CancelScope, events: Subscription[Event]) -> None:
         translator = EventTranslator(handle.thread_id)
@@ -166,7 +161,7 @@ class Connection:
                 buffer += chunk
                 start = 0
                 while (end := buffer.find(b"\n", start)) >= 0:
-                    self._take(bytes(buffer[start:end]))
+                    self._take(buffer[start:end])
                     start = end + 1
                 del buffer[:start]
                 if len(buffer) > MAX_LINE_BYTES:
@@ -174,12 +169,12 @@ class Connection:
                     buffer.clear()
         except trio.BrokenResourceError:
             pass
-        if buffer.strip():
-            self._take(bytes(buffer))
+        self._take(buffer)
         self._req_send.close()
 
-    def _take(self, line: bytes) -> None:
-        if not line.strip():
+    def _take(self, line: bytearray) -> None:
+        """Handle one input line (a copy: decoded params may keep a reference to it)."""
+        if not line or line.isspace():
             return
         match parse_line(line):
             case Request() as request:
@@ -215,13 +210,19 @@ class Connection:
         except RpcError as exc:
             await self._emit(self.writer.error(request.id, exc))
             return
-        except Exception as exc:  # a bug must not kill the server: answer, log, go on
-            log.exception("request failed", method=request.method)
-            await self._emit(self.writer.error(request.id, RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc}")))
+        except Exception as exc:
+            error = rpc_error(exc)
+            if error is None:  # a bug must not kill the server: answer, log, go on
+                log.exception("request failed", method=request.method)
+                error = RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc}")
+            await self._emit(self.writer.error(request.id, error))
             return
         await self._emit(self.writer.response(request.id, result))
-        for method, notice in self._after:
+        for (method, notice), others in self._after:
             await self.notify(method, notice)
+            for other in others:
+                if other is not self:
+                    other.notify_nowait(method, notice)
 
     async def _write_loop(self, send: trio.abc.SendStream) -> None:
         try:
@@ -249,27 +250,20 @@ class AppServer:
         self._subscribers: dict[str, set[Connection]] = {}
         self._connections = 0
         self._nursery: trio.Nursery | None = None
-        self._closing = 0
-        self._closing_done = trio.Event()
+        self._stopping = trio.Event()
 
     async def run(self, *, task_status: TaskStatus[AppServer] = trio.TASK_STATUS_IGNORED) -> None:
-        """The server's own task: it owns the closing of threads that lost their last subscriber."""
+        """The server's own task: it owns the closing of threads that lost their last subscriber.
+
+        After `stop()` it returns once every closing in flight has flushed its rollout.
+        """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started(self)
-            await trio.sleep_forever()
+            await self._stopping.wait()
 
-    async def wait_idle(self) -> None:
-        """Wait until every thread closing has finished (their rollouts are flushed)."""
-        while self._closing:
-            await self._closing_done.wait()
-
-    def loaded(self, thread_id: str) -> ThreadHandle | None:
-        try:
-            handle = self.manager.get_thread(thread_id)
-        except KeyError:
-            return None
-        return None if handle.is_closed else handle
+    def stop(self) -> None:
+        self._stopping.set()
 
     def subscribers(self, thread_id: str) -> set[Connection]:
         return set(self._subscribers.get(thread_id, ()))
@@ -290,26 +284,20 @@ class AppServer:
             handle = self.manager.remove_thread(thread_id)
             if handle is not None:
                 assert self._nursery is not None, "AppServer.run is not running"
-                self._closing += 1
                 self._nursery.start_soon(self._close_thread, conn, handle)
         return True
 
     async def _close_thread(self, conn: Connection, handle: ThreadHandle) -> None:
-        try:
-            with trio.move_on_after(CLOSE_THREAD_S) as scope:
-                scope.shield = True
-                try:
-                    await handle.shutdown_and_wait()
-                except Exception as exc:
-                    log.warning("thread did not shut down cleanly", thread_id=handle.thread_id, error=str(exc))
-            if scope.cancelled_caught:
-                log.warning("thread did not shut down in time", thread_id=handle.thread_id)
-            conn.notify_nowait("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
-            conn.notify_nowait("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
-        finally:
-            self._closing -= 1
-            self._closing_done.set()
-            self._closing_done = trio.Event()
+        with trio.move_on_after(CLOSE_THREAD_S) as scope:
+            scope.shield = True
+            try:
+                await handle.shutdown_and_wait()
+            except Exception as exc:
+                log.warning("thread did not shut down cleanly", thread_id=handle.thread_id, error=str(exc))
+        if scope.cancelled_caught:
+            log.warning("thread did not shut down in time", thread_id=handle.thread_id)
+        conn.notify_nowait("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
+        conn.notify_nowait("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
 
     def drop_subscribers(self, thread_id: str) -> set[Connection]:
         """Forget every subscription to `thread_id` (archive); returns who was subscribed."""
@@ -317,11 +305,6 @@ class AppServer:
         for conn in subs:
             conn.unfollow(thread_id)
         return subs
-
-    def notify_all(self, conns: Iterable[Connection], notices: list[Notice]) -> None:
-        for conn in conns:
-            for method, params in notices:
-                conn.notify_nowait(method, params)
 
     async def serve(
         self,
@@ -346,19 +329,9 @@ async def serve_stdio(config: Config) -> int:
     stdout = trio.lowlevel.FdStream(os.dup(1))
     async with open_runtime(config) as manager, trio.open_nursery() as nursery:
         server = await nursery.start(AppServer(manager).run)
-
-        async def watch_signals(cancel: trio.CancelScope) -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("stopping on signal", signal=signal.Signals(signum).name)
-                    cancel.cancel()
-                    return
-
-        with trio.CancelScope() as serving:
-            nursery.start_soon(watch_signals, serving)
+        async with trio.open_nursery() as serving:
+            serving.start_soon(cancel_on_signal, serving.cancel_scope, signal.SIGTERM, signal.SIGINT)
             await server.serve(stdin, stdout)
-        with trio.move_on_after(CLOSE_THREAD_S) as scope:
-            scope.shield = True
-            await server.wait_idle()
-        nursery.cancel_scope.cancel()
+            serving.cancel_scope.cancel()
+        server.stop()  # `run` ends once the threads this connection let go of are flushed
     return 0

@@ -13,7 +13,6 @@ from protocol.events import (
     Event,
     ItemCompletedEvent,
     TaskCompleteEvent,
-    TokenUsage,
     TurnAbortedEvent,
 )
 from protocol.ids import new_id
@@ -86,10 +85,6 @@ class ThreadHandle:
         """The turn running now, if any."""
         return self._actor.active_turn_id
 
-    @property
-    def usage_total(self) -> TokenUsage:
-        return self._actor._usage_total
-
     def next_id(self) -> str:
         return str(next(self._ids))
 
@@ -99,13 +94,10 @@ class ThreadHandle:
         TooSlowError when the actor does not get to it within `CALL_TIMEOUT_S` seconds.
         """
         sub_id = new_id()
-        receipt = self._actor.expect(sub_id)
-        try:
+        with self._actor.expect(sub_id) as receipt:
             await self.submit(op, id=sub_id)
             with trio.fail_after(CALL_TIMEOUT_S):
                 await receipt.done.wait()
-        finally:
-            self._actor._receipts.pop(sub_id, None)
         return receipt
 
     async def submit(self, op: Op, *, id: str | None = None) -> str:

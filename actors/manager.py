@@ -168,6 +168,11 @@ class ThreadManager:
         except KeyError:
             raise ThreadNotFoundError(thread_id) from None
 
+    def running(self, thread_id: str) -> ThreadHandle | None:
+        """The tracked thread `thread_id` if its actor is still running, else None."""
+        handle = self._threads.get(thread_id)
+        return handle if handle is not None and not handle.is_closed else None
+
     def list_thread_ids(self) -> list[str]:
         return sorted(self._threads)
 
@@ -211,8 +216,8 @@ class ThreadManager:
         """Resume a thread from its rollout (read once); a running thread is returned as it is."""
         if thread_id is not None:
             thread_id = parse_thread_id(thread_id)
-            running = self._threads.get(thread_id)
-            if running is not None and not running.is_closed:
+            running = self.running(thread_id)
+            if running is not None:
                 if path is not None and not _same_path(path, running.rollout_path):
                     raise ThreadStoreError(
                         f"thread {thread_id} is already running with rollout {running.rollout_path}, not {path}"
@@ -222,8 +227,8 @@ class ThreadManager:
         read = await trio.to_thread.run_sync(read_rollout, located)
         if read.skipped or read.torn:
             log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
-        running = self._threads.get(read.meta.id)
-        if running is not None and not running.is_closed:
+        running = self.running(read.meta.id)
+        if running is not None:
             return running
         settings = self._resumed_settings(read, overrides)
         rollout = ThreadRollout(
@@ -247,8 +252,8 @@ class ThreadManager:
         """
         if isinstance(snapshot, int):
             snapshot = ForkSnapshot.truncate_before(snapshot)
-        running = self._threads.get(parse_thread_id(thread_id)) if thread_id else None
-        if running is not None and running.rollout.persisted and not running.is_closed:
+        running = self.running(parse_thread_id(thread_id)) if thread_id else None
+        if running is not None and running.rollout.persisted:
             await running.rollout.flush()
             items = running.rollout.source.items()
             read_meta = running.rollout.meta

@@ -8,6 +8,8 @@ nursery, so an interrupt (or shutdown) cancels it, and the turn always ends with
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -206,10 +208,15 @@ class ThreadActor:
             receipt.error = receipt.error or msg
         self._events.publish(Event(id=sub_id, msg=msg))
 
-    def expect(self, sub_id: str) -> Receipt:
-        """A receipt for the submission `sub_id`, filled in when it has been dispatched."""
+    @contextmanager
+    def expect(self, sub_id: str) -> Iterator[Receipt]:
+        """A receipt for the submission `sub_id`, filled in when it has been dispatched; forgotten
+        on exit, so a submission that never got there (timeout, closed thread) leaves nothing behind."""
         receipt = self._receipts[sub_id] = Receipt()
-        return receipt
+        try:
+            yield receipt
+        finally:
+            self._receipts.pop(sub_id, None)
 
     @property
     def active_turn_id(self) -> str | None:

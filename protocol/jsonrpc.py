@@ -128,6 +128,7 @@ def method_error(method: str) -> RpcError:
 
 
 _ABSENT = msgspec.Raw(b"")
+_NULL = msgspec.Raw(b"null")
 
 
 class _Envelope(msgspec.Struct, kw_only=True):
@@ -175,7 +176,7 @@ def _usable_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def parse_line(line: bytes) -> Inbound:
+def parse_line(line: bytes | bytearray) -> Inbound:
     """Classify one input line (without its newline)."""
     try:
         env = _envelope.decode(line)
@@ -190,7 +191,7 @@ def parse_line(line: bytes) -> Inbound:
         if has_id and _usable_id(env.id):
             return Invalid(invalid_request("Invalid request: missing field `method`"), env.id)
         return Invalid(invalid_request("message has neither a method nor a usable id"))
-    params = env.params if len(env.params) and bytes(env.params) != b"null" else None
+    params = None if env.params == _ABSENT or env.params == _NULL else env.params
     if not has_id:
         return Notification(env.method)
     if not _usable_id(env.id):

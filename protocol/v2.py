@@ -44,7 +44,6 @@ class ThreadStatus(Wire, kw_only=True):
 
 IDLE = ThreadStatus(type="idle")
 NOT_LOADED = ThreadStatus(type="notLoaded")
-SYSTEM_ERROR = ThreadStatus(type="systemError")
 
 
 def active_status() -> ThreadStatus:
@@ -264,10 +263,6 @@ class ModelListParams(Inbound, kw_only=True, frozen=True):
     cursor: str | None = None
     limit: int | None = None
     include_hidden: bool | None = None
-
-
-class NoParams(Inbound, kw_only=True, frozen=True):
-    """Methods whose params Spindle does not read."""
 
 
 # --- results ----------------------------------------------------------------

@@ -208,6 +208,7 @@ async def test_archive_unloads_and_unarchive_restores(client: RpcClient) -> None
     await client.run_turn(thread["id"], "keep me")
     mark = len(client.notifications)
     await client.call("thread/archive", {"threadId": thread["id"]})
+    await client.wait_for("thread/archived", after=mark)
     assert client.methods(mark)[-2:] == ["thread/status/changed", "thread/archived"]
     listed = await client.call("thread/list", {"archived": True})
     assert [t["id"] for t in listed["data"]] == [thread["id"]]
@@ -215,6 +216,24 @@ async def test_archive_unloads_and_unarchive_restores(client: RpcClient) -> None
     restored = await client.call("thread/unarchive", {"threadId": thread["id"]})
     assert restored["thread"]["preview"] == "keep me"
     assert [t["id"] for t in (await client.call("thread/list", {}))["data"]] == [thread["id"]]
+
+
+async def test_archive_clears_stale_subscriptions_before_resume(server: AppServer, client: RpcClient) -> None:
+    """Seed 004 inside one server: after archive and unarchive, a resume elsewhere is the thread's
+    only subscriber, so this client sees none of its turns and its unsubscribe closes the thread."""
+    thread = await start_thread(client)
+    await client.run_turn(thread["id"], "materialize")
+    await client.call("thread/archive", {"threadId": thread["id"]})
+    await client.call("thread/unarchive", {"threadId": thread["id"]})
+    mark = len(client.notifications)
+    async with in_memory(server) as other:
+        await other.initialize()
+        await other.call("thread/resume", {"threadId": thread["id"]})
+        assert (await other.run_turn(thread["id"], "elsewhere"))["status"] == "completed"
+        assert "turn/started" not in client.methods(mark)
+        assert await other.call("thread/unsubscribe", {"threadId": thread["id"]}) == {"status": "unsubscribed"}
+        await other.wait_for("thread/closed")
+    assert (await client.call("thread/loaded/list", {}))["data"] == []
 
 
 async def test_read_list_name_and_model_list(client: RpcClient) -> None:
