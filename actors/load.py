@@ -19,8 +19,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import structlog
@@ -32,10 +33,11 @@ from .config import codex_home, config_from_mapping
 from .handle import ThreadClosedError, TurnAbortedError, TurnError
 from .manager import open_runtime
 from .rpc_client import RpcFailure, spindle_argv, subprocess_server, write_config
+from .signals import cancel_on_signal
 
 log = structlog.get_logger(__name__)
 
-Target = str  # "inproc" | "app-server"
+Target = Literal["inproc", "app-server"]
 
 
 class LoadError(ValueError):
@@ -111,6 +113,9 @@ class LoadStats:
         self.turns_done += 1
         progress.turn_done()
 
+    def stopped_early(self) -> None:
+        self.interrupted = True
+
     def failed(self, kind: str, progress: Progress) -> None:
         self.errors[kind] += 1
         progress.error(kind)
@@ -137,7 +142,7 @@ class LoadStats:
         }
 
 
-def _rss_kib(pid: int | None = None) -> tuple[int, int]:
+def rss_kib(pid: int | None = None) -> tuple[int, int]:
     """(current, peak) resident set of `pid` (default: this process), in KiB."""
     current = peak = 0
     try:
@@ -243,7 +248,7 @@ async def run_load(spec: LoadSpec, config: Config | None, progress: Progress | N
                 write_config(home, base_url)
         assert config is not None
         with trio.CancelScope() as run_scope:
-            nursery.start_soon(_stop_on_sigint, run_scope, stats)
+            nursery.start_soon(partial(cancel_on_signal, run_scope, signal.SIGINT, then=stats.stopped_early))
             if spec.target == "inproc":
                 await _run_inproc(spec, config, stats, progress)
             else:
@@ -252,22 +257,14 @@ async def run_load(spec: LoadSpec, config: Config | None, progress: Progress | N
     return stats
 
 
-async def _stop_on_sigint(scope: trio.CancelScope, stats: LoadStats) -> None:
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async for _ in signals:
-            stats.interrupted = True
-            scope.cancel()
-            return
-
-
 async def _drive(spec: LoadSpec, stats: LoadStats, progress: Progress, one_thread: Callable[[], Any], pid: int | None = None) -> None:
     """Run `one_thread` `spec.threads` times, `spec.concurrency` at once, measuring process `pid`."""
-    stats.baseline_rss_kib = _rss_kib(pid)[0]
+    stats.baseline_rss_kib = rss_kib(pid)[0]
     cpu0 = _cpu_s(pid)
     try:
         await _workers(spec, stats, progress, one_thread)
     finally:
-        stats.peak_rss_kib = _rss_kib(pid)[1]
+        stats.peak_rss_kib = rss_kib(pid)[1]
         stats.cpu_s = _cpu_s(pid) - cpu0
 
 
@@ -314,26 +311,6 @@ async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress
         client.keep = False
         client.timeout = 300.0
         await client.initialize()
-        completed: dict[str, dict[str, Any]] = {}
-        waiters: dict[str, trio.Event] = {}
-
-        def route(note: dict[str, Any]) -> None:
-            # turn/completed may arrive before the turn/start answer: keep it until claimed
-            if note["method"] == "turn/completed":
-                turn = note["params"]["turn"]
-                completed[turn["id"]] = turn
-                if (waiter := waiters.pop(turn["id"], None)) is not None:
-                    waiter.set()
-
-        async def wait_turn(turn_id: str) -> dict[str, Any]:
-            if turn_id not in completed:
-                waiter = waiters[turn_id] = trio.Event()
-                with trio.fail_after(client.timeout):
-                    await waiter.wait()
-            return completed.pop(turn_id)
-
-        client.listeners.append(route)
-
         async def one_thread() -> None:
             t0 = time.perf_counter()
             thread = (await client.call("thread/start", {}))["thread"]
@@ -342,7 +319,7 @@ async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress
                 t0 = time.perf_counter()
                 params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"load turn {n}"}]}
                 turn = (await client.call("turn/start", params))["turn"]
-                done = await wait_turn(turn["id"])
+                done = await client.wait_turn(turn["id"])
                 if done["status"] == "completed":
                     stats.turn_done(t0, progress)
                 else:

@@ -47,8 +47,8 @@ class RpcClient:
         """Seconds any one call or wait may take before TooSlowError."""
         self.keep = keep
         """Keep every message in `lines` / `notifications` (off for long load runs)."""
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        """Called with each notification as it arrives."""
+        self._completed: dict[str, dict[str, Any]] = {}
+        self._turn_waiters: dict[str, trio.Event] = {}
 
     async def read_loop(self) -> None:
         buffer = b""
@@ -70,8 +70,8 @@ class RpcClient:
         if "method" in message and "id" not in message:
             if self.keep:
                 self.notifications.append(message)
-            for listener in self.listeners:
-                listener(message)
+            if message["method"] == "turn/completed":
+                self._turn_completed(message["params"]["turn"])
         elif (waiter := self._waiting.pop(message.get("id"), None)) is not None:
             waiter.send_nowait(message)
         self._changed.set()
@@ -123,12 +123,23 @@ class RpcClient:
     def methods(self, after: int = 0) -> list[str]:
         return [note["method"] for note in self.notifications[after:]]
 
+    def _turn_completed(self, turn: dict[str, Any]) -> None:
+        # turn/completed may arrive before the turn/start answer: kept until `wait_turn` claims it
+        self._completed[turn["id"]] = turn
+        if (waiter := self._turn_waiters.pop(turn["id"], None)) is not None:
+            waiter.set()
+
+    async def wait_turn(self, turn_id: str) -> dict[str, Any]:
+        """The turn of the `turn/completed` for `turn_id`, once it has arrived."""
+        if turn_id not in self._completed:
+            with trio.fail_after(self.timeout):
+                await self._turn_waiters.setdefault(turn_id, trio.Event()).wait()
+        return self._completed.pop(turn_id)
+
     async def run_turn(self, thread_id: str, text: str) -> dict[str, Any]:
         """Start a turn and wait for its `turn/completed`; returns that turn."""
-        mark = len(self.notifications)
         turn = (await self.call("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": text}]}))["turn"]
-        done = await self.wait_for("turn/completed", lambda p: p["turn"]["id"] == turn["id"], after=mark)
-        return done["params"]["turn"]  # type: ignore[no-any-return]
+        return await self.wait_turn(turn["id"])
 
 
 @asynccontextmanager

@@ -24,7 +24,7 @@ import trio
 
 from actors import open_runtime
 from actors.config import config_from_mapping
-from actors.load import LoadSpec, run_load
+from actors.load import LoadSpec, percentile, rss_kib, run_load
 from actors.rpc_client import subprocess_server, write_config
 from protocol.config import Config
 from protocol.ids import new_id
@@ -56,19 +56,6 @@ def bench_config(base_url: str) -> Config:
     )
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def thread_start(config: Config, n: int = 1000) -> dict[str, float]:
     async with open_runtime(config) as rt:
         lat = []
@@ -78,14 +65,14 @@ async def thread_start(config: Config, n: int = 1000) -> dict[str, float]:
             lat.append((time.perf_counter() - t0) * 1000)
         report = await rt.shutdown_all_threads_bounded(30)
         assert len(report.completed) == n
-    return {"start_p50_ms": statistics.median(lat), "start_p99_ms": pct(lat, 0.99)}
+    return {"start_p50_ms": statistics.median(lat), "start_p99_ms": percentile(lat, 99)}
 
 
 async def idle_memory(config: Config, n: int = 1000) -> dict[str, float]:
     async with open_runtime(config) as rt:
         await rt.start_thread()  # warm-up: imports, caches
         gc.collect()
-        rss0 = rss_kib()
+        rss0 = rss_kib()[0]
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
         for _ in range(n):
@@ -93,7 +80,7 @@ async def idle_memory(config: Config, n: int = 1000) -> dict[str, float]:
         gc.collect()
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
-        rss1 = rss_kib()
+        rss1 = rss_kib()[0]
         py_bytes = sum(s.size_diff for s in after.compare_to(before, "filename"))
         await rt.shutdown_all_threads_bounded(30)
     return {"idle_kib_per_thread_py": py_bytes / n / 1024, "idle_kib_per_thread_rss": (rss1 - rss0) / n}
@@ -206,14 +193,6 @@ async def idle_memory_10k(config: Config) -> dict[str, float]:
     return {"idle_10k_kib_per_thread_py": out["idle_kib_per_thread_py"], "idle_10k_kib_per_thread_rss": out["idle_kib_per_thread_rss"]}
 
 
-def child_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 async def app_server(config: Config) -> dict[str, float]:
     """The app-server over stdio: spawn to initialize, thread/start, turn round trip, idle memory."""
     base_url = config.provider().base_url
@@ -230,30 +209,15 @@ async def app_server(config: Config) -> dict[str, float]:
             t0 = time.perf_counter()
             thread = (await client.call("thread/start", {}))["thread"]
             starts.append((time.perf_counter() - t0) * 1000)
-        completed: set[str] = set()
-        waiters: dict[str, trio.Event] = {}
-
-        def route(note: dict[str, Any]) -> None:
-            # turn/completed may arrive before the turn/start answer
-            if note["method"] == "turn/completed":
-                turn_id = note["params"]["turn"]["id"]
-                completed.add(turn_id)
-                if (event := waiters.pop(turn_id, None)) is not None:
-                    event.set()
-
-        client.listeners.append(route)
         trips = []
         for n in range(50):
             t0 = time.perf_counter()
-            params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"turn {n}"}]}
-            turn_id = (await client.call("turn/start", params))["turn"]["id"]
-            if turn_id not in completed:
-                await waiters.setdefault(turn_id, trio.Event()).wait()
+            await client.run_turn(thread["id"], f"turn {n}")
             trips.append((time.perf_counter() - t0) * 1000)
-        rss0 = child_rss_kib(process.pid)
+        rss0 = rss_kib(process.pid)[0]
         for _ in range(1000):
             await client.call("thread/start", {})
-        rss1 = child_rss_kib(process.pid)
+        rss1 = rss_kib(process.pid)[0]
     return {
         "app_spawn_to_initialize_ms": spawn_ms,
         "app_thread_start_p50_ms": statistics.median(starts),
