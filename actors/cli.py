@@ -8,18 +8,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
-from protocol.items import TextInput
-from protocol.ops import UserInputOp
-
 from .config import ConfigError, load_config
 from .logs import configure_logging
-from .manager import open_runtime
-from .mock_model import MockModel, Text, shaped_reply
-from .repl import mock_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=2)
     server = sub.add_parser("app-server", help="serve the Codex app-server v2 protocol (JSON-RPC lines) over stdio")
     server.add_argument("--listen", default="stdio://", help="transport; only stdio:// is supported")
-    from . import load_cli
-
-    load_cli.add_parser(sub)
+    add_load_parser(sub)
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
     mock.add_argument("--latency-ms", type=float, default=None, help="stream each reply over this many ms (default: echo at once)")
@@ -44,7 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_load_parser(sub: Any) -> None:
+    load = sub.add_parser(
+        "load",
+        help="drive N threads x M turns and report latency, throughput, errors, memory and CPU",
+        description=(
+            "Start --threads threads and run --turns turns on each, at most --concurrency threads at a "
+            "time, in this process (--target inproc) or through a `spindle app-server` child over stdio "
+            "(--target app-server). The model is the built-in mock on loopback unless --provider configured."
+        ),
+    )
+    load.add_argument("--threads", type=int, default=100, help="threads to start (default 100)")
+    load.add_argument("--turns", type=int, default=3, help="turns per thread (default 3)")
+    load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
+    load.add_argument("--target", choices=["inproc", "app-server"], default="inproc", help="where the threads run (default inproc)")
+    load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
+    load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
+    load.add_argument("--provider", action="store_true", help="use the configured model provider ($CODEX_HOME/config.toml and -c) instead of the mock")
+    load.add_argument("--home", type=Path, default=None, help="CODEX_HOME for the run's rollouts (default: a new temporary directory)")
+    load.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON to FILE")
+    load.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
 async def run_demo(threads: int, overrides: Sequence[str]) -> int:
+    # imported here, not at the top: `spindle app-server` starts faster without them
+    from protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
+    from protocol.items import TextInput
+    from protocol.ops import UserInputOp
+
+    from .manager import open_runtime
+    from .mock_model import MockModel, Text
+    from .repl import mock_config
+
     home = Path(tempfile.mkdtemp(prefix="spindle-demo-"))
     async with trio.open_nursery() as nursery:
         reply = Text(text="Hello from the mock model, streamed in pieces.", chunks=8, delay=0.02)
@@ -73,6 +96,8 @@ async def run_demo(threads: int, overrides: Sequence[str]) -> int:
 
 
 async def run_mock(port: int, latency_ms: float | None, reply_tokens: int) -> int:
+    from .mock_model import MockModel, shaped_reply
+
     model = MockModel(record=False, port=port)
     if latency_ms is not None:
         model.default = shaped_reply(latency_ms, reply_tokens)

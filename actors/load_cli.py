@@ -1,4 +1,4 @@
-"""The terminal side of `spindle load`: its flags, a live progress bar and the summary table."""
+"""The terminal side of `spindle load`: a live progress bar and the summary table (its flags are in cli.py)."""
 
 from __future__ import annotations
 
@@ -20,28 +20,6 @@ from .load import Progress as LoadProgress
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
-
-
-def add_parser(sub: Any) -> None:
-    load = sub.add_parser(
-        "load",
-        help="drive N threads x M turns and report latency, throughput, errors, memory and CPU",
-        description=(
-            "Start --threads threads and run --turns turns on each, at most --concurrency threads at a "
-            "time, in this process (--target inproc) or through a `spindle app-server` child over stdio "
-            "(--target app-server). The model is the built-in mock on loopback unless --provider configured."
-        ),
-    )
-    load.add_argument("--threads", type=int, default=100, help="threads to start (default 100)")
-    load.add_argument("--turns", type=int, default=3, help="turns per thread (default 3)")
-    load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
-    load.add_argument("--target", choices=["inproc", "app-server"], default="inproc", help="where the threads run (default inproc)")
-    load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
-    load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
-    load.add_argument("--provider", action="store_true", help="use the configured model provider ($CODEX_HOME/config.toml and -c) instead of the mock")
-    load.add_argument("--home", type=Path, default=None, help="CODEX_HOME for the run's rollouts (default: a new temporary directory)")
-    load.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON to FILE")
-    load.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
 
 class _Bar(LoadProgress):

@@ -2,6 +2,8 @@
 
 `ModelClient.stream()` posts a request and yields decoded stream events; it makes no retry
 decisions (the turn loop does, because a retry must also reset the turn's partial output).
+httpx is imported when the first client is made, not at start-up: `spindle app-server` answers
+`initialize` sooner, and a runtime that never calls a model never loads it.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
-import httpx
-import httpx_sse
 import msgspec
 import trio
 
 from protocol.config import ModelProviderInfo
 from protocol.events import CodexErrorInfo
 from protocol.responses import StreamEvent, TypeOnly
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_CONNECTIONS_PER_PROVIDER = 128
 """Concurrent requests to one provider. Further turns wait on a trio limiter in front of httpx:
@@ -101,6 +105,8 @@ class ModelClient:
     def __init__(self, provider_id: str, provider: ModelProviderInfo) -> None:
         self.provider_id = provider_id
         self.provider = provider
+        import httpx
+
         timeout = httpx.Timeout(
             connect=CONNECT_TIMEOUT_S,
             read=provider.stream_idle_timeout_ms / 1000,
@@ -145,6 +151,9 @@ class ModelClient:
     @asynccontextmanager
     async def stream(self, body: bytes, *, thread_id: str) -> AsyncIterator[AsyncIterator[StreamEvent]]:
         """POST `body`; yields an iterator of stream events. Raises ModelError."""
+        import httpx
+        import httpx_sse
+
         headers = self._headers(thread_id)
         try:
             async with self._slots, self._http.stream("POST", self._url, content=body, headers=headers) as response:
@@ -199,6 +208,8 @@ async def _raise_for_status(response: httpx.Response) -> None:
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[StreamEvent]:
+    import httpx_sse
+
     source = httpx_sse.EventSource(response)
     index = 0
     async for sse in source.aiter_sse():
