@@ -65,8 +65,7 @@ async def run_demo(threads: int, overrides: Sequence[str]) -> int:
     from protocol.ops import UserInputOp
 
     from .manager import open_runtime
-    from .mock_model import MockModel, Text
-    from .repl import mock_config
+    from .mock_model import MockModel, Text, mock_config
 
     home = Path(tempfile.mkdtemp(prefix="spindle-demo-"))
     async with trio.open_nursery() as nursery:

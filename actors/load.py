@@ -29,9 +29,10 @@ import trio
 
 from protocol.config import Config
 
-from .config import codex_home, config_from_mapping
+from .config import codex_home
 from .handle import ThreadClosedError, TurnAbortedError, TurnError
 from .manager import open_runtime
+from .mock_model import NO_RETRIES, mock_config
 from .rpc_client import RpcFailure, spindle_argv, subprocess_server, write_config
 from .signals import cancel_on_signal
 
@@ -203,14 +204,6 @@ async def mock_process(spec: LoadSpec) -> AsyncIterator[str]:
             await process.wait()
 
 
-def mock_config(base_url: str, home: Path) -> Config:
-    data = {
-        "model": "mock-model", "model_provider": "mock", "approval_policy": "never", "sandbox_mode": "read-only",
-        "model_providers": {"mock": {"name": "Mock", "base_url": base_url, "request_max_retries": 0, "stream_max_retries": 0}},
-    }
-    return config_from_mapping(data, source="spindle load", home=home)
-
-
 def _classify(exc: BaseException) -> str:
     match exc:
         case RpcFailure():
@@ -243,7 +236,7 @@ async def run_load(spec: LoadSpec, config: Config | None, progress: Progress | N
         nursery = await stack.enter_async_context(trio.open_nursery())
         if spec.use_mock:
             base_url = await stack.enter_async_context(mock_process(spec))
-            config = mock_config(base_url, home)
+            config = mock_config(base_url, home, provider=NO_RETRIES)
             if spec.target == "app-server":
                 write_config(home, base_url)
         assert config is not None

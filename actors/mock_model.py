@@ -11,6 +11,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -18,6 +19,10 @@ import msgspec
 import structlog
 import trio
 from trio_typing import TaskStatus
+
+from protocol.config import Config
+
+from .config import config_from_mapping
 
 log = structlog.get_logger(__name__)
 
@@ -292,3 +297,22 @@ def shaped_reply(latency_ms: float, tokens: int) -> Callable[[MockRequest], Repl
     """Every request answered with `tokens` deltas spread over `latency_ms` milliseconds."""
     reply = Text(text=" ".join(f"w{n}" for n in range(tokens)), chunks=tokens, delay=latency_ms / 1000 / tokens)
     return lambda _request: reply
+
+
+NO_RETRIES = {"request_max_retries": 0, "stream_max_retries": 0}
+"""Provider settings for measuring: a failed request counts as an error, not a retry."""
+
+
+def mock_config(mock: MockModel | str, home: Path, *, provider: dict[str, Any] | None = None, **extra: Any) -> Config:
+    """A config whose default provider is `mock` (a MockModel or its base URL), with shell enabled
+    (nothing leaves loopback); `provider` adds keys to its `[model_providers.mock]` table."""
+    base_url = mock if isinstance(mock, str) else mock.base_url
+    data: dict[str, Any] = {
+        "model": "mock-model",
+        "model_provider": "mock",
+        "model_providers": {"mock": {"name": "Mock", "base_url": base_url, **(provider or {})}},
+        "approval_policy": "never",
+        "sandbox_mode": "danger-full-access",
+        **extra,
+    }
+    return config_from_mapping(data, source="mock config", home=home)

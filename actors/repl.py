@@ -15,34 +15,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import trio
 
 from protocol.config import Config
 from protocol.events import Event, ShutdownCompleteEvent, TaskCompleteEvent, TurnAbortedEvent
 
-from .config import config_from_mapping, load_config
+from .config import load_config
 from .handle import ThreadHandle
 from .manager import ThreadManager, open_runtime
-from .mock_model import MockModel
+from .mock_model import MockModel, mock_config
 from .subscriptions import Subscription
 
 _stop: trio.Event | None = None
 _stopped: trio.Event | None = None
-
-
-def mock_config(mock: MockModel, home: Path, **extra: Any) -> Config:
-    """A config whose default provider is `mock`, with shell enabled (nothing leaves loopback)."""
-    data: dict[str, Any] = {
-        "model": "mock-model",
-        "model_provider": "mock",
-        "model_providers": {"mock": mock.provider_config()},
-        "approval_policy": "never",
-        "sandbox_mode": "danger-full-access",
-        **extra,
-    }
-    return config_from_mapping(data, source="mock config", home=home)
 
 
 async def start(config: Config | None = None, *, mock: bool = False) -> ThreadManager:

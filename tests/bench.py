@@ -23,8 +23,8 @@ from typing import Any
 import trio
 
 from actors import open_runtime
-from actors.config import config_from_mapping
 from actors.load import LoadSpec, percentile, rss_kib, run_load
+from actors.mock_model import NO_RETRIES, mock_config
 from actors.rpc_client import subprocess_server, write_config
 from protocol.config import Config
 from protocol.ids import new_id
@@ -42,18 +42,7 @@ def start_mock() -> tuple[subprocess.Popen[str], str]:
 
 
 def bench_config(base_url: str) -> Config:
-    home = Path(tempfile.mkdtemp(prefix="spindle-bench-"))
-    return config_from_mapping(
-        {
-            "model": "mock-model",
-            "model_provider": "mock",
-            "model_providers": {"mock": {"name": "Mock", "base_url": base_url, "request_max_retries": 0, "stream_max_retries": 0}},
-            "approval_policy": "never",
-            "sandbox_mode": "danger-full-access",
-        },
-        source="bench",
-        home=home,
-    )
+    return mock_config(base_url, Path(tempfile.mkdtemp(prefix="spindle-bench-")), provider=NO_RETRIES)
 
 
 async def thread_start(config: Config, n: int = 1000) -> dict[str, float]:
