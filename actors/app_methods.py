@@ -266,8 +266,9 @@ async def thread_loaded_list(server: AppServer, conn: Connection, params: v2.Thr
 async def thread_archive(server: AppServer, conn: Connection, params: v2.ThreadIdParams) -> v2.EmptyResult:
     tid = _thread_id(params.thread_id)
     was_loaded = server.manager.running(tid) is not None
-    await server.manager.archive_thread(tid)
-    watchers = server.drop_subscribers(tid)
+    watchers = server.subscribers(tid)
+    await server.manager.archive_thread(tid)  # on failure nothing has changed, subscriptions included
+    server.drop_subscribers(tid)
     if was_loaded:
         conn.after(("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.NOT_LOADED)), also=watchers)
     conn.after(("thread/archived", v2.ThreadIdNotice(thread_id=tid)), also=watchers)

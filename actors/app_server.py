@@ -106,6 +106,10 @@ class Connection:
         self._after.append((notice, also))
 
     # --- subscriptions ----------------------------------------------------
+    def follows(self, thread_id: str) -> bool:
+        """Whether this client is subscribed to `thread_id` (its pump runs until the thread ends)."""
+        return thread_id in self._pumps
+
     def follow(self, handle: ThreadHandle) -> None:
         if handle.thread_id in self._pumps or self._nursery is None:
             return
@@ -247,8 +251,8 @@ class AppServer:
     def __init__(self, manager: ThreadManager) -> None:
         self.manager = manager
         self.version = SPINDLE_VERSION
-        self._subscribers: dict[str, set[Connection]] = {}
-        self._connections = 0
+        self._connections: set[Connection] = set()
+        self._connection_count = 0
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
 
@@ -266,21 +270,18 @@ class AppServer:
         self._stopping.set()
 
     def subscribers(self, thread_id: str) -> set[Connection]:
-        return set(self._subscribers.get(thread_id, ()))
+        """The connections subscribed to `thread_id`: those whose pump for it runs."""
+        return {conn for conn in self._connections if conn.follows(thread_id)}
 
     def subscribe(self, conn: Connection, handle: ThreadHandle) -> None:
-        self._subscribers.setdefault(handle.thread_id, set()).add(conn)
         conn.follow(handle)
 
     def unsubscribe(self, conn: Connection, thread_id: str) -> bool:
         """Drop `conn`'s subscription; the last one out closes the thread (seed 004)."""
-        subs = self._subscribers.get(thread_id)
-        if subs is None or conn not in subs:
+        if not conn.follows(thread_id):
             return False
-        subs.discard(conn)
         conn.unfollow(thread_id)
-        if not subs:
-            del self._subscribers[thread_id]
+        if not self.subscribers(thread_id):
             handle = self.manager.remove_thread(thread_id)
             if handle is not None:
                 assert self._nursery is not None, "AppServer.run is not running"
@@ -299,12 +300,11 @@ class AppServer:
         conn.notify_nowait("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
         conn.notify_nowait("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
 
-    def drop_subscribers(self, thread_id: str) -> set[Connection]:
-        """Forget every subscription to `thread_id` (archive); returns who was subscribed."""
-        subs = self._subscribers.pop(thread_id, set())
-        for conn in subs:
+    def drop_subscribers(self, thread_id: str) -> None:
+        """End every subscription to `thread_id` now (archive), not when each pump sees the thread end,
+        so a resume that follows at once starts with no stale subscriber."""
+        for conn in self.subscribers(thread_id):
             conn.unfollow(thread_id)
-        return subs
 
     async def serve(
         self,
@@ -314,10 +314,14 @@ class AppServer:
         task_status: TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve one connection until its input closes."""
-        self._connections += 1
-        conn = Connection(self, f"conn-{self._connections}")
+        self._connection_count += 1
+        conn = Connection(self, f"conn-{self._connection_count}")
+        self._connections.add(conn)
         task_status.started(conn)
-        await conn.run(receive, send)
+        try:
+            await conn.run(receive, send)
+        finally:
+            self._connections.discard(conn)
 
 
 async def serve_stdio(config: Config) -> int:
