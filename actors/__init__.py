@@ -1,14 +1,5 @@
-"""Spindle's actors: thread actors, the turn loop, the model client, the manager."""
+"""Spindle's actors, in rooms that import only downward.
 
-from .handle import ThreadClosedError, ThreadHandle, TurnAbortedError, TurnError
-from .manager import ThreadManager, ThreadShutdownReport, open_runtime
-
-__all__ = [
-    "ThreadClosedError",
-    "ThreadHandle",
-    "ThreadManager",
-    "ThreadShutdownReport",
-    "TurnAbortedError",
-    "TurnError",
-    "open_runtime",
-]
+`runtime` (threads, turns, manager) <- `appserver` (JSON-RPC connections) <- `testing` (mock
+model, RPC client) <- `loadtest` (`spindle load`) <- `cli` (the `spindle` command, REPL helpers).
+"""

@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from protocol.events import (
+from spindle.protocol.events import (
     TaskCompleteEvent,
     TaskStartedEvent,
     ThreadRolledBackEvent,
     TurnAbortedEvent,
 )
-from protocol.items import InputText, Message, ResponseItem, ResponseItemBase, turn_aborted_marker
-from protocol.rollout import CompactedItem, RolloutItem, SessionMeta, TurnContextItem
+from spindle.protocol.items import (
+    InputText,
+    Message,
+    ResponseItem,
+    ResponseItemBase,
+    turn_aborted_marker,
+)
+from spindle.protocol.rollout import CompactedItem, RolloutItem, SessionMeta, TurnContextItem
 
 CONTEXT_PREFIXES = ("<environment_context>", "<user_instructions>", "<turn_aborted>")
 

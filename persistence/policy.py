@@ -9,7 +9,7 @@ below, which are what resume, fork and `thread/read` need to rebuild turns. Neve
 
 from __future__ import annotations
 
-from protocol.events import (
+from spindle.protocol.events import (
     AgentMessageEvent,
     ErrorEvent,
     EventMsg,
@@ -20,7 +20,7 @@ from protocol.events import (
     TokenCountEvent,
     TurnAbortedEvent,
 )
-from protocol.items import AgentMessageItem, UserMessageItem
+from spindle.protocol.items import AgentMessageItem, UserMessageItem
 
 PERSISTED_EVENTS = (
     TaskStartedEvent,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.rollout import RolloutItem, RolloutLine, SessionMeta
+from spindle.protocol.rollout import RolloutItem, RolloutLine, SessionMeta
 
 from .source import InMemoryRolloutSource
 

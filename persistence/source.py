@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from protocol.rollout import RolloutItem
+from spindle.protocol.rollout import RolloutItem
 
 
 class InMemoryRolloutSource:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.ids import parse_thread_id
-from protocol.items import Message
-from protocol.rollout import SessionMeta
+from spindle.protocol.ids import parse_thread_id
+from spindle.protocol.items import Message
+from spindle.protocol.rollout import SessionMeta
 
 from .history import is_user_turn_boundary
 from .paths import (
@@ -33,7 +33,7 @@ from .paths import (
     unarchived_path,
 )
 from .reader import RolloutReadError, read_rollout
-from .writer import ThreadRollout
+from .rollout import ThreadRollout
 
 INDEX_FILE = "spindle_index_2.sqlite"
 NAMES_FILE = "session_index.jsonl"

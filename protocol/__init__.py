@@ -42,8 +42,13 @@ from .ops import (
     UserInputOp,
     UserTurnOp,
 )
+from .settings import ApprovalPolicy, SandboxMode, SettingsUpdate, ThreadSettings
 
 __all__ = [
+    "ApprovalPolicy",
+    "SandboxMode",
+    "SettingsUpdate",
+    "ThreadSettings",
     "AgentMessageDeltaEvent",
     "AgentMessageEvent",
     "CompactOp",

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from .ops import ApprovalPolicy, SandboxMode
+from .settings import ApprovalPolicy, SandboxMode
 
 OPENAI_PROVIDER_ID = "openai"
 DEFAULT_MODEL = "gpt-5.1-codex"

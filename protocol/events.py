@@ -7,7 +7,7 @@ from typing import Literal
 import msgspec
 
 from .items import TurnItem
-from .ops import ApprovalPolicy, SandboxMode
+from .settings import ApprovalPolicy, SandboxMode
 
 
 class TokenUsage(msgspec.Struct, kw_only=True, frozen=True):

@@ -7,9 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .items import UserInput
+from .settings import SettingsUpdate
 
-ApprovalPolicy = Literal["untrusted", "on-failure", "on-request", "never"]
-SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
 ReviewDecision = Literal["approved", "approved_for_session", "denied", "abort"]
 
 
@@ -23,39 +22,17 @@ class UserInputOp(OpBase, tag="user_input", kw_only=True, frozen=True):
     items: list[UserInput]
 
 
-class TurnSettings(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """Turn settings a submission may change; `None` keeps the current value."""
-
-    cwd: str | None = None
-    approval_policy: ApprovalPolicy | None = None
-    sandbox_policy: SandboxMode | None = None
-    model: str | None = None
-    effort: str | None = None
-    summary: str | None = None
-
-
-class _SettingsOp(OpBase, kw_only=True, frozen=True):
-    """An op that may change turn settings; `None` keeps the current value."""
-
-    cwd: str | None = None
-    approval_policy: ApprovalPolicy | None = None
-    sandbox_policy: SandboxMode | None = None
-    model: str | None = None
-    effort: str | None = None
-    summary: str | None = None
-
-    def settings(self) -> TurnSettings:
-        return TurnSettings(**{name: getattr(self, name) for name in TurnSettings.__struct_fields__})
-
-
-class UserTurnOp(_SettingsOp, tag="user_turn", kw_only=True, frozen=True):
-    """User input together with settings that apply to this turn and the ones after it."""
+class UserTurnOp(OpBase, tag="user_turn", kw_only=True, frozen=True):
+    """User input, with settings that apply to this turn and the ones after it."""
 
     items: list[UserInput]
+    settings: SettingsUpdate = msgspec.field(default_factory=SettingsUpdate)
 
 
-class OverrideTurnContextOp(_SettingsOp, tag="override_turn_context", kw_only=True, frozen=True):
+class OverrideTurnContextOp(OpBase, tag="override_turn_context", kw_only=True, frozen=True):
     """Change the settings of later turns without starting one."""
+
+    settings: SettingsUpdate
 
 
 class InterruptOp(OpBase, tag="interrupt", kw_only=True, frozen=True):

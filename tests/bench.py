@@ -22,12 +22,12 @@ from typing import Any
 
 import trio
 
-from actors import open_runtime
-from actors.load import LoadSpec, percentile, rss_kib, run_load
-from actors.mock_model import NO_RETRIES, mock_config
-from actors.rpc_client import subprocess_server, write_config
-from protocol.config import Config
-from protocol.ids import new_id
+from spindle.actors.loadtest.driver import LoadSpec, percentile, rss_kib, run_load
+from spindle.actors.runtime import open_runtime
+from spindle.actors.testing.mock_model import NO_RETRIES, mock_config
+from spindle.actors.testing.rpc_client import subprocess_server, write_config
+from spindle.protocol.config import Config
+from spindle.protocol.ids import new_id
 
 RUNS = int(os.environ.get("SPINDLE_BENCH_RUNS", "5"))
 RESULTS = Path("bench-results")
@@ -114,10 +114,10 @@ async def single_turn(config: Config, n: int = 200) -> dict[str, float]:
 
 async def persistence(config: Config) -> dict[str, float]:
     """Write cost per turn (persisted vs ephemeral), fsync cost, cold resume of 2000 turns."""
-    from persistence.paths import timestamp
-    from persistence.reader import read_rollout
-    from persistence.store import LocalThreadStore
     from protocol.rollout import SessionMeta
+    from spindle.persistence.paths import timestamp
+    from spindle.persistence.reader import read_rollout
+    from spindle.persistence.store import LocalThreadStore
 
     out: dict[str, float] = {}
     async with open_runtime(config) as rt:

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import trio
 
-from actors import ThreadManager, open_runtime, turn
-from actors.config import config_from_mapping
-from actors.mock_model import MockModel
-from actors.tools import ToolRegistry
-from protocol.config import Config
+from spindle.actors.runtime import ThreadManager, open_runtime, turn
+from spindle.actors.runtime.config import config_from_mapping
+from spindle.actors.runtime.tools import ToolRegistry
+from spindle.actors.testing.mock_model import MockModel
+from spindle.protocol.config import Config
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,8 @@ from collections.abc import Callable
 
 import trio
 
-from actors.subscriptions import Subscription
-from protocol.events import Event, EventMsg
+from spindle.actors.runtime.fanout import Subscription
+from spindle.protocol.events import Event, EventMsg
 
 DEADLINE_S = 10.0
 

@@ -10,12 +10,12 @@ import pytest
 import trio
 import trio.testing
 
-from actors import app_server
-from actors.app_server import AppServer
-from actors.manager import open_runtime
-from actors.mock_model import MockModel, Text
-from actors.rpc_client import RpcClient, RpcFailure, in_memory
-from protocol.config import Config
+from spindle.actors.appserver.connection import AppServer
+from spindle.actors.runtime import app_server
+from spindle.actors.runtime.manager import open_runtime
+from spindle.actors.testing.mock_model import MockModel, Text
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.protocol.config import Config
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ async def test_steer_joins_the_active_turn(client: RpcClient, mock_model: MockMo
 
 
 async def test_a_failed_turn_completes_failed_with_its_error(client: RpcClient, mock_model: MockModel) -> None:
-    from actors.mock_model import HttpError
+    from spindle.actors.testing.mock_model import HttpError
 
     mock_model.default = lambda _: HttpError(status=400, message="bad request from the model")
     thread = await start_thread(client)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.mock_model import MockModel
-from actors.rpc_client import RpcFailure, subprocess_server, write_config
-from persistence.paths import find_thread_path_by_id
+from spindle.actors.testing.mock_model import MockModel
+from spindle.actors.testing.rpc_client import RpcFailure, subprocess_server, write_config
+from spindle.persistence.paths import find_thread_path_by_id
 
 
 @pytest.fixture

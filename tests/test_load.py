@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.config import config_from_mapping
-from actors.load import LoadError, LoadSpec, run_load
+from spindle.actors.loadtest.driver import LoadError, LoadSpec, run_load
+from spindle.actors.runtime.config import config_from_mapping
 
 
 @pytest.mark.parametrize("target", ["inproc", "app-server"])

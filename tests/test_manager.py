@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import trio
 
-from actors import ThreadClosedError, ThreadManager
-from actors.config import ConfigError
-from actors.manager import ThreadNotFoundError
-from actors.mock_model import Call, MockModel, Text
-from actors.tools import ShellTool, ToolContext, ToolRegistry
-from protocol.events import ItemStartedEvent
-from protocol.items import CommandExecutionItem, TextInput
-from protocol.ops import UserInputOp
+from spindle.actors.runtime import ThreadClosedError, ThreadManager
+from spindle.actors.runtime.config import ConfigError
+from spindle.actors.runtime.manager import ThreadNotFoundError
+from spindle.actors.runtime.tools import ShellTool, ToolContext, ToolRegistry
+from spindle.actors.testing.mock_model import Call, MockModel, Text
+from spindle.protocol.events import ItemStartedEvent
+from spindle.protocol.items import CommandExecutionItem, TextInput
+from spindle.protocol.ops import UserInputOp
 
 from .helpers import collect_until
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import trio
 
-from actors import TurnError, open_runtime
-from actors.mock_model import Failed, HttpError, MockModel, Raw, Text, Truncated
-from protocol.config import Config
-from protocol.events import ErrorEvent, StreamErrorEvent, TaskCompleteEvent
-from protocol.items import TextInput
-from protocol.ops import UserInputOp
+from spindle.actors.runtime import TurnError, open_runtime
+from spindle.actors.testing.mock_model import Failed, HttpError, MockModel, Raw, Text, Truncated
+from spindle.protocol.config import Config
+from spindle.protocol.events import ErrorEvent, StreamErrorEvent, TaskCompleteEvent
+from spindle.protocol.items import TextInput
+from spindle.protocol.ops import UserInputOp
 
 from .helpers import collect_until
 

@@ -11,22 +11,22 @@ from typing import Any
 import pytest
 import trio
 
-from actors import ThreadManager
-from actors.mock_model import MockModel, Text
-from persistence.history import ForkSnapshot, fork_items, rebuild_history
-from persistence.paths import find_thread_path_by_id
-from persistence.reader import parse_rollout, read_rollout
-from persistence.store import ThreadStoreError
-from protocol.events import (
+from spindle.actors.runtime import ThreadManager
+from spindle.actors.testing.mock_model import MockModel, Text
+from spindle.persistence.history import ForkSnapshot, fork_items, rebuild_history
+from spindle.persistence.paths import find_thread_path_by_id
+from spindle.persistence.reader import parse_rollout, read_rollout
+from spindle.persistence.store import ThreadStoreError
+from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ErrorEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
     ThreadRolledBackEvent,
 )
-from protocol.items import Message, TextInput
-from protocol.ops import ThreadRollbackOp, UserInputOp, UserTurnOp
-from protocol.rollout import SessionMeta, TurnContextItem
+from spindle.protocol.items import Message, TextInput
+from spindle.protocol.ops import ThreadRollbackOp, UserInputOp, UserTurnOp
+from spindle.protocol.rollout import SessionMeta, TurnContextItem
 
 from .helpers import collect_until
 
@@ -147,7 +147,7 @@ async def test_resume_reference_codex_rollouts(runtime: ThreadManager, mock_mode
         history = rebuild_history(read.source.items())
         assert any(isinstance(i, Message) and i.role == "assistant" for i in history)
     live = "01a1fc97-d4ab-71d2-aa31-10d750c39aac"
-    from actors.config import ConfigError
+    from spindle.actors.runtime.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown model provider 'mock_provider'"):
         await runtime.resume_thread(live)  # recorded with a provider this config lacks
@@ -303,7 +303,7 @@ async def test_listing_pages_by_update_time_and_the_index_rebuilds(runtime: Thre
 async def test_write_failure_is_an_error_and_nothing_is_lost_or_doubled(runtime: ThreadManager, monkeypatch: pytest.MonkeyPatch) -> None:
     import os as real_os
 
-    from persistence import writer
+    from spindle.persistence import writer
 
     thread = await runtime.start_thread()
     await thread.ask("one")
@@ -334,7 +334,7 @@ def test_processes_sharing_a_home_can_open_the_index_at_once(tmp_path: Path) -> 
     """Two app-servers on one CODEX_HOME (seed 004) both create the index: neither may fail."""
     import threading
 
-    from persistence.store import LocalThreadStore
+    from spindle.persistence.store import LocalThreadStore
 
     errors: list[Exception] = []
     for round_ in range(30):

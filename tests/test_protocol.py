@@ -7,12 +7,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actors.config import ConfigError, load_config
-from protocol.codec import DecodeError, decode_event, decode_op, decode_submission, encode
-from protocol.events import Event, TaskStartedEvent
-from protocol.ids import parse_thread_id, uuid7
-from protocol.items import FunctionCall, Message, OutputText, ResponseItem
-from protocol.ops import ThreadRollbackOp, UserInputOp, UserTurnOp
+from spindle.actors.runtime.config import ConfigError, load_config
+from spindle.protocol.codec import DecodeError, decode_event, decode_op, decode_submission, encode
+from spindle.protocol.events import Event, TaskStartedEvent
+from spindle.protocol.ids import parse_thread_id, uuid7
+from spindle.protocol.items import FunctionCall, Message, OutputText, ResponseItem
+from spindle.protocol.ops import ThreadRollbackOp, UserInputOp, UserTurnOp
 
 ALL_OP_TAGS = [
     "user_input", "user_turn", "override_turn_context", "interrupt", "shutdown", "compact",

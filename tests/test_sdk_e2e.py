@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors.mock_model import MockModel, Text
-from actors.rpc_client import write_config
+from spindle.actors.testing.mock_model import MockModel, Text
+from spindle.actors.testing.rpc_client import write_config
 
 openai_codex = pytest.importorskip("openai_codex", reason="make setup installs the SDK (--no-deps)")
 

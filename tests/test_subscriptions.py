@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors import ThreadManager
-from actors.mock_model import MockModel, Text
-from actors.subscriptions import Broadcaster, Lagged
-from protocol.events import TaskCompleteEvent
+from spindle.actors.runtime import ThreadManager
+from spindle.actors.runtime.fanout import Broadcaster, Lagged
+from spindle.actors.testing.mock_model import MockModel, Text
+from spindle.protocol.events import TaskCompleteEvent
 
 from .helpers import collect_until
 

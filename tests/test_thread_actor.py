@@ -7,9 +7,9 @@ from pathlib import Path
 import msgspec
 import trio
 
-from actors import ThreadManager, TurnAbortedError
-from actors.mock_model import Call, MockModel, Text
-from protocol.events import (
+from spindle.actors.runtime import ThreadManager, TurnAbortedError
+from spindle.actors.testing.mock_model import Call, MockModel, Text
+from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ErrorEvent,
     ItemCompletedEvent,
@@ -18,8 +18,8 @@ from protocol.events import (
     TaskCompleteEvent,
     TurnAbortedEvent,
 )
-from protocol.items import CommandExecutionItem, FunctionCallOutput, TextInput
-from protocol.ops import (
+from spindle.protocol.items import CommandExecutionItem, FunctionCallOutput, TextInput
+from spindle.protocol.ops import (
     CompactOp,
     ExecApprovalOp,
     InterruptOp,

@@ -1,0 +1,75 @@
+"""What a method handler gets: the manager, the client that asked, the server's subscriber index,
+and the notifications the method causes (sent after its answer, in order)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from spindle.actors.runtime import SubmissionOutcome, ThreadHandle, ThreadManager
+from spindle.protocol.appserver.jsonrpc import Handshake, invalid_request
+from spindle.protocol.ids import parse_thread_id
+from spindle.protocol.ops import Op
+
+from .notify import Notice
+
+
+class Peer(Protocol):
+    """One connected client, as handlers see it."""
+
+    handshake: Handshake
+
+    def subscribe(self, handle: ThreadHandle) -> None:
+        """Send this client the thread's events from now until it ends or is unsubscribed."""
+
+    def is_subscribed(self, thread_id: str) -> bool: ...
+
+    def end_subscription(self, thread_id: str) -> None: ...
+
+    def notify_nowait(self, method: str, params: object) -> None: ...
+
+
+class SubscriberIndex(Protocol):
+    """Who is subscribed to which thread, across all clients of one server."""
+
+    def subscribers(self, thread_id: str) -> Collection[Peer]: ...
+
+    def unsubscribe(self, peer: Peer, thread_id: str) -> bool: ...
+
+    def drop_subscribers(self, thread_id: str) -> None: ...
+
+
+@dataclass
+class RequestContext:
+    manager: ThreadManager
+    peer: Peer
+    index: SubscriberIndex
+    notices: list[tuple[Notice, Iterable[Peer]]] = field(default_factory=list)
+
+    def after(self, notice: Notice, *, also: Iterable[Peer] = ()) -> None:
+        """Send `notice`, to this client and to `also`, once the answer to this request is out."""
+        self.notices.append((notice, also))
+
+
+def thread_id_param(raw: str) -> str:
+    try:
+        return parse_thread_id(raw)
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from None
+
+
+def loaded(ctx: RequestContext, thread_id: str) -> ThreadHandle:
+    """The running thread `thread_id`; the request is refused if it is not loaded."""
+    handle = ctx.manager.running(thread_id)
+    if handle is None:
+        raise invalid_request(f"thread not found: {thread_id}")
+    return handle
+
+
+async def dispatch(handle: ThreadHandle, op: Op) -> SubmissionOutcome:
+    """Submit `op` and wait until the actor has dispatched it; the error it drew becomes the answer."""
+    outcome = await handle.submit_and_wait(op)
+    if outcome.error is not None:
+        raise invalid_request(outcome.error.message)
+    return outcome

@@ -1,0 +1,26 @@
+"""Spindle's own errors as JSON-RPC errors, in one table."""
+
+from __future__ import annotations
+
+from spindle.actors.runtime import ConfigError, ThreadNotFoundError
+from spindle.persistence.reader import RolloutReadError
+from spindle.persistence.store import ThreadStoreError
+from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, RpcError
+from spindle.protocol.appserver.v2map import UnsupportedInput
+
+DOMAIN_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (ThreadStoreError, INVALID_REQUEST),
+    (RolloutReadError, INVALID_REQUEST),
+    (ThreadNotFoundError, INVALID_REQUEST),
+    (ConfigError, INVALID_PARAMS),
+    (UnsupportedInput, INVALID_PARAMS),
+)
+"""A state the request cannot act on, or params it cannot use."""
+
+
+def rpc_error(exc: Exception) -> RpcError | None:
+    """`exc` as the error answer to a request, if it is one of Spindle's own errors."""
+    for kind, code in DOMAIN_ERRORS:
+        if isinstance(exc, kind):
+            return RpcError(code, str(exc))
+    return None

@@ -1,0 +1,76 @@
+"""The app-server's method table: each v2 method and its handler.
+
+A handler takes the `RequestContext` and its decoded params, returns the result struct or raises
+`RpcError`; the notifications it causes go out after its result, in the order the real
+app-server sends them. Every other method of the v2 schema is answered "not supported".
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from spindle.actors.runtime.version import SPINDLE_VERSION
+from spindle.protocol.appserver import v2
+
+from . import thread_methods as threads
+from . import turn_methods as turns
+from .context import RequestContext
+
+PROTOCOL_VERSION = "0.163.0"
+"""The Codex app-server protocol version Spindle implements (the SDK gates fields on it)."""
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+
+
+async def initialize(ctx: RequestContext, params: v2.InitializeParams) -> v2.InitializeResult:
+    ctx.peer.handshake.done()
+    client = params.client_info
+    agent = (
+        f"spindle/{PROTOCOL_VERSION} (spindle {SPINDLE_VERSION}; {platform.system()} {platform.release()}; "
+        f"{platform.machine()}) ({client.name}; {client.version})"
+    )
+    return v2.InitializeResult(
+        user_agent=agent, codex_home=str(ctx.manager.home),
+        platform_family="windows" if os.name == "nt" else "unix", platform_os=platform.system().lower(),
+    )
+
+
+_EFFORTS = [
+    v2.ReasoningEffortOption(reasoning_effort="low", description="Fast responses with lighter reasoning"),
+    v2.ReasoningEffortOption(reasoning_effort="medium", description="Balances speed and reasoning depth"),
+    v2.ReasoningEffortOption(reasoning_effort="high", description="Greater reasoning depth for complex problems"),
+]
+
+
+async def model_list(ctx: RequestContext, params: v2.ModelListParams) -> v2.ModelListResult:
+    model = ctx.manager.config.model
+    info = v2.ModelInfo(
+        id=model, model=model, display_name=model, description=f"The configured model ({ctx.manager.config.model_provider})",
+        hidden=False, is_default=True, default_reasoning_effort="medium", supported_reasoning_efforts=_EFFORTS,
+    )
+    return v2.ModelListResult(data=[info])
+
+
+HANDLERS: dict[str, Handler] = {
+    "initialize": initialize,
+    "thread/start": threads.thread_start,
+    "thread/resume": threads.thread_resume,
+    "thread/fork": threads.thread_fork,
+    "thread/read": threads.thread_read,
+    "thread/list": threads.thread_list,
+    "thread/loaded/list": threads.thread_loaded_list,
+    "thread/archive": threads.thread_archive,
+    "thread/unarchive": threads.thread_unarchive,
+    "thread/unsubscribe": threads.thread_unsubscribe,
+    "thread/name/set": threads.thread_name_set,
+    "thread/rollback": threads.thread_rollback,
+    "thread/revert": threads.thread_revert,
+    "thread/compact/start": threads.thread_compact_start,
+    "turn/start": turns.turn_start,
+    "turn/steer": turns.turn_steer,
+    "turn/interrupt": turns.turn_interrupt,
+    "model/list": model_list,
+}

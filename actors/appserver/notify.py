@@ -1,0 +1,94 @@
+"""Thread events to app-server v2 notifications: one `EventTranslator` per subscribed thread."""
+
+from __future__ import annotations
+
+import time
+
+from spindle.protocol.appserver import v2
+from spindle.protocol.appserver.jsonrpc import now_ms
+from spindle.protocol.appserver.v2map import thread_item, token_usage, turn_error
+from spindle.protocol.events import (
+    AgentMessageDeltaEvent,
+    ErrorEvent,
+    Event,
+    ItemCompletedEvent,
+    ItemStartedEvent,
+    StreamErrorEvent,
+    TaskCompleteEvent,
+    TaskStartedEvent,
+    TokenCountEvent,
+    TurnAbortedEvent,
+    WarningEvent,
+)
+
+Notice = tuple[str, object]
+"""(method, params) of one notification."""
+
+
+class EventTranslator:
+    """Follows one thread's event stream and says which notifications each event makes.
+
+    It keeps the turn in progress (its id, items and error) so that deltas, token counts and
+    `turn/completed` can name the turn and carry its items.
+    """
+
+    def __init__(self, thread_id: str) -> None:
+        self.thread_id = thread_id
+        self._turn: v2.Turn | None = None
+        self._started_ns = 0
+
+    def translate(self, event: Event) -> list[Notice]:
+        tid = self.thread_id
+        match event.msg:
+            case TaskStartedEvent(turn_id=turn_id):
+                self._turn = v2.Turn(id=turn_id, started_at=int(time.time()))
+                self._started_ns = time.monotonic_ns()
+                started = v2.Turn(id=turn_id, items_view="notLoaded", started_at=self._turn.started_at)
+                return [
+                    ("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.active_status())),
+                    ("turn/started", v2.TurnNotice(thread_id=tid, turn=started)),
+                ]
+            case ItemStartedEvent(turn_id=turn_id, item=item):
+                return [("item/started", v2.ItemStarted(thread_id=tid, turn_id=turn_id, item=thread_item(item), started_at_ms=now_ms()))]
+            case ItemCompletedEvent(turn_id=turn_id, item=item):
+                wire = thread_item(item)
+                if self._turn is not None and self._turn.id == turn_id:
+                    self._turn.items.append(wire)
+                return [("item/completed", v2.ItemCompleted(thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=now_ms()))]
+            case AgentMessageDeltaEvent(delta=delta, item_id=item_id) if self._turn is not None:
+                return [("item/agentMessage/delta", v2.AgentMessageDelta(thread_id=tid, turn_id=self._turn.id, item_id=item_id, delta=delta))]
+            case TokenCountEvent(info=info) if info is not None and self._turn is not None:
+                return [("thread/tokenUsage/updated", v2.TokenUsageUpdated(thread_id=tid, turn_id=self._turn.id, token_usage=token_usage(info)))]
+            case ErrorEvent(message=message, codex_error_info=info, turn_id=turn_id):
+                return self._error(message, info, turn_id, will_retry=False)
+            case StreamErrorEvent(message=message, codex_error_info=info):
+                return self._error(message, info, None, will_retry=True)
+            case WarningEvent(message=message):
+                return [("warning", v2.WarningNotice(message=message, thread_id=tid))]
+            case TaskCompleteEvent(turn_id=turn_id):
+                return self._finish(turn_id, None)
+            case TurnAbortedEvent(turn_id=turn_id):
+                return self._finish(turn_id, "interrupted")
+        return []
+
+    def _error(self, message: str, info: str | None, turn_id: str | None, *, will_retry: bool) -> list[Notice]:
+        turn = self._turn
+        if turn is None or (turn_id is not None and turn_id != turn.id):
+            return [("warning", v2.WarningNotice(message=message, thread_id=self.thread_id))]
+        error = turn_error(message, info)
+        if not will_retry:
+            turn.error = error
+        return [("error", v2.ErrorNotice(thread_id=self.thread_id, turn_id=turn.id, error=error, will_retry=will_retry))]
+
+    def _finish(self, turn_id: str | None, status: v2.TurnStatus | None) -> list[Notice]:
+        turn = self._turn
+        if turn is None or (turn_id is not None and turn.id != turn_id):
+            turn = v2.Turn(id=turn_id or "")
+        self._turn = None
+        turn.status = status or ("failed" if turn.error is not None else "completed")
+        turn.completed_at = int(time.time())
+        turn.duration_ms = (time.monotonic_ns() - self._started_ns) // 1_000_000
+        return [
+            ("thread/status/changed", v2.ThreadStatusChanged(thread_id=self.thread_id, status=v2.IDLE)),
+            ("turn/completed", v2.TurnNotice(thread_id=self.thread_id, turn=turn)),
+        ]

@@ -1,0 +1,96 @@
+"""The app-server: one per runtime, it holds who is subscribed to which thread across its
+connections, and closes a thread when its last subscriber lets go."""
+
+from __future__ import annotations
+
+import structlog
+import trio
+from trio_typing import TaskStatus
+
+from spindle.actors.runtime import ThreadHandle, ThreadManager
+from spindle.protocol.appserver import v2
+
+from .connection import Connection
+from .context import Peer
+
+log = structlog.get_logger(__name__)
+
+CLOSE_THREAD_S = 10.0
+"""How long closing an unsubscribed thread (flushing its rollout) may take."""
+
+
+class AppServer:
+    """Subscriptions of connections to threads, over one `ThreadManager`."""
+
+    def __init__(self, manager: ThreadManager) -> None:
+        self.manager = manager
+        self._connections: set[Connection] = set()
+        self._connection_count = 0
+        self._nursery: trio.Nursery | None = None
+        self._stopping = trio.Event()
+
+    async def run(self, *, task_status: TaskStatus[AppServer] = trio.TASK_STATUS_IGNORED) -> None:
+        """The server's own task: it owns the closing of threads that lost their last subscriber.
+
+        After `stop()` it returns once every closing in flight has flushed its rollout.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            await self._stopping.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def subscribers(self, thread_id: str) -> set[Connection]:
+        """The connections subscribed to `thread_id`: those whose pump for it runs."""
+        return {conn for conn in self._connections if conn.is_subscribed(thread_id)}
+
+    def unsubscribe(self, peer: Peer, thread_id: str) -> bool:
+        """Drop `peer`'s subscription; the last one out closes the thread."""
+        if not peer.is_subscribed(thread_id):
+            return False
+        peer.end_subscription(thread_id)
+        if not self.subscribers(thread_id):
+            handle = self.manager.remove_thread(thread_id)
+            if handle is not None:
+                assert self._nursery is not None, "AppServer.run is not running"
+                self._nursery.start_soon(self._close_thread, peer, handle)
+        return True
+
+    async def _close_thread(self, conn: Peer, handle: ThreadHandle) -> None:
+        with trio.move_on_after(CLOSE_THREAD_S) as scope:
+            scope.shield = True
+            try:
+                await handle.shutdown_and_wait()
+            except Exception as exc:
+                log.warning("thread did not shut down cleanly", thread_id=handle.thread_id, error=str(exc))
+        if scope.cancelled_caught:
+            log.warning("thread did not shut down in time", thread_id=handle.thread_id)
+        conn.notify_nowait("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
+        conn.notify_nowait("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
+
+    def drop_subscribers(self, thread_id: str) -> None:
+        """End every subscription to `thread_id` now (archive), not when each pump sees the thread end,
+        so a resume that follows at once starts with no stale subscriber."""
+        for conn in self.subscribers(thread_id):
+            conn.end_subscription(thread_id)
+
+    async def serve(
+        self,
+        receive: trio.abc.ReceiveStream,
+        send: trio.abc.SendStream,
+        *,
+        task_status: TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve one connection until its input closes."""
+        self._connection_count += 1
+        conn = Connection(self.manager, self, f"conn-{self._connection_count}")
+        self._connections.add(conn)
+        task_status.started(conn)
+        try:
+            await conn.run(receive, send)
+        finally:
+            self._connections.discard(conn)
+
+

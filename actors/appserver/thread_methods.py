@@ -1,0 +1,182 @@
+"""Handlers of the thread/* methods: v2 params in, v2 results out, on the thread manager."""
+
+from __future__ import annotations
+
+import trio
+
+from spindle.persistence.history import ForkSnapshot
+from spindle.persistence.reader import read_rollout
+from spindle.persistence.store import ThreadStoreError
+from spindle.protocol.appserver import v2
+from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
+from spindle.protocol.appserver.v2map import thread_settings_update
+from spindle.protocol.ops import CompactOp, ThreadRollbackOp
+
+from .context import RequestContext, dispatch, loaded, thread_id_param
+from .turns import build_turns
+from .views import live_thread, session_result, stored_thread
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.ThreadSessionResult:
+    handle = await ctx.manager.start_thread(ephemeral=bool(params.ephemeral), settings=thread_settings_update(params))
+    ctx.peer.subscribe(handle)
+    result = session_result(ctx.manager, handle, include_turns=False)
+    ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
+    return result
+
+
+async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v2.ThreadSessionResult:
+    tid = thread_id_param(params.thread_id)
+    handle = await ctx.manager.resume_thread(tid, path=params.path, settings=thread_settings_update(params))
+    ctx.peer.subscribe(handle)
+    return session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
+
+
+async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.ThreadSessionResult:
+    tid = thread_id_param(params.thread_id)
+    snapshot = ForkSnapshot.interrupted()
+    if params.last_turn_id is not None:
+        snapshot = await _snapshot_through(ctx, tid, params.last_turn_id)
+    handle = await ctx.manager.fork_thread(snapshot, tid, path=params.path, settings=thread_settings_update(params))
+    ctx.peer.subscribe(handle)
+    result = session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
+    ctx.after(("thread/started", v2.ThreadStarted(thread=live_thread(ctx.manager, handle))))
+    return result
+
+
+async def _snapshot_through(ctx: RequestContext, thread_id: str, last_turn_id: str) -> ForkSnapshot:
+    ids = await _turn_ids(ctx, thread_id)
+    if last_turn_id not in ids:
+        raise invalid_request(f"turn {last_turn_id} not found in thread {thread_id}")
+    return ForkSnapshot.truncate_before(ids.index(last_turn_id) + 1)
+
+
+async def _turn_ids(ctx: RequestContext, thread_id: str) -> list[str]:
+    """The ids of a thread's turns, oldest first: from memory when it runs, else from its rollout."""
+    running = ctx.manager.running(thread_id)
+    if running is not None:
+        turns = build_turns(running.rollout.source.iter_forward_from(0), live_turn_id=running.active_turn_id)
+    else:
+        path = ctx.manager.store.find_path(thread_id)
+        if path is None:
+            raise invalid_request(f"no rollout found for thread id {thread_id}")
+        read = await trio.to_thread.run_sync(read_rollout, path)
+        turns = build_turns(read.source.iter_forward_from(0))
+    return [turn.id for turn in turns]
+
+
+async def thread_read(ctx: RequestContext, params: v2.ThreadReadParams) -> v2.ThreadResult:
+    tid = thread_id_param(params.thread_id)
+    running = ctx.manager.running(tid)
+    if running is not None:
+        return v2.ThreadResult(thread=live_thread(ctx.manager, running, include_turns=params.include_turns))
+    entry = ctx.manager.store.entry(tid)
+    if entry is None:
+        raise invalid_request(f"thread not loaded: {tid}")
+    thread = await trio.to_thread.run_sync(lambda: stored_thread(ctx.manager, entry, include_turns=params.include_turns))
+    return v2.ThreadResult(thread=thread)
+
+
+def _limit(value: int | None) -> int:
+    if value is None:
+        return DEFAULT_PAGE
+    if value < 1:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: limit must be at least 1, got {value}")
+    return min(value, MAX_PAGE)
+
+
+async def thread_list(ctx: RequestContext, params: v2.ThreadListParams) -> v2.ThreadListResult:
+    try:
+        page = ctx.manager.list_threads(limit=_limit(params.limit), cursor=params.cursor, archived=bool(params.archived))
+    except ThreadStoreError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
+    return v2.ThreadListResult(data=[stored_thread(ctx.manager, entry) for entry in page.entries], next_cursor=page.next_cursor)
+
+
+async def thread_loaded_list(ctx: RequestContext, params: v2.ThreadLoadedListParams) -> v2.ThreadLoadedListResult:
+    ids = ctx.manager.list_thread_ids()
+    start = 0
+    if params.cursor:
+        start = next((i for i, tid in enumerate(ids) if tid > params.cursor), len(ids))
+    limit = _limit(params.limit) if params.limit is not None else len(ids)
+    page = ids[start : start + limit]
+    more = start + limit < len(ids)
+    return v2.ThreadLoadedListResult(data=page, next_cursor=page[-1] if more and page else None)
+
+
+async def thread_archive(ctx: RequestContext, params: v2.ThreadIdParams) -> v2.EmptyResult:
+    tid = thread_id_param(params.thread_id)
+    was_loaded = ctx.manager.running(tid) is not None
+    watchers = ctx.index.subscribers(tid)
+    await ctx.manager.archive_thread(tid)  # on failure nothing has changed, subscriptions included
+    ctx.index.drop_subscribers(tid)
+    if was_loaded:
+        ctx.after(("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.NOT_LOADED)), also=watchers)
+    ctx.after(("thread/archived", v2.ThreadIdNotice(thread_id=tid)), also=watchers)
+    return v2.EmptyResult()
+
+
+async def thread_unarchive(ctx: RequestContext, params: v2.ThreadIdParams) -> v2.ThreadResult:
+    tid = thread_id_param(params.thread_id)
+    if ctx.manager.running(tid) is not None:
+        raise invalid_request(f"thread {tid} already has an active writer")
+    await ctx.manager.unarchive_thread(tid)
+    entry = ctx.manager.store.entry(tid)
+    if entry is None:
+        raise invalid_request(f"no rollout found for thread id {tid}")
+    ctx.after(("thread/unarchived", v2.ThreadIdNotice(thread_id=tid)))
+    return v2.ThreadResult(thread=stored_thread(ctx.manager, entry))
+
+
+async def thread_unsubscribe(ctx: RequestContext, params: v2.ThreadIdParams) -> v2.UnsubscribeResult:
+    tid = thread_id_param(params.thread_id)
+    if ctx.manager.running(tid) is None:
+        return v2.UnsubscribeResult(status="notLoaded")
+    if not ctx.index.unsubscribe(ctx.peer, tid):
+        return v2.UnsubscribeResult(status="notSubscribed")
+    return v2.UnsubscribeResult(status="unsubscribed")
+
+
+async def thread_name_set(ctx: RequestContext, params: v2.ThreadSetNameParams) -> v2.EmptyResult:
+    tid = thread_id_param(params.thread_id)
+    if ctx.manager.running(tid) is None and ctx.manager.store.entry(tid) is None:
+        raise invalid_request(f"thread not found: {tid}")
+    name = params.name.strip()
+    if not name:
+        raise RpcError(INVALID_PARAMS, "Invalid params: name must not be empty")
+    ctx.manager.store.set_name(tid, name)
+    ctx.after(("thread/name/updated", v2.ThreadNameUpdated(thread_id=tid, thread_name=name)), also=ctx.index.subscribers(tid))
+    return v2.EmptyResult()
+
+
+async def _rollback(ctx: RequestContext, tid: str, num_turns: int) -> v2.ThreadResult:
+    handle = loaded(ctx, tid)
+    if num_turns < 1:
+        raise RpcError(INVALID_PARAMS, "Invalid params: numTurns must be >= 1")
+    await dispatch(handle, ThreadRollbackOp(num_turns=num_turns))
+    return v2.ThreadResult(thread=live_thread(ctx.manager, handle, include_turns=True))
+
+
+async def thread_rollback(ctx: RequestContext, params: v2.ThreadRollbackParams) -> v2.ThreadResult:
+    return await _rollback(ctx, thread_id_param(params.thread_id), params.num_turns)
+
+
+async def thread_revert(ctx: RequestContext, params: v2.ThreadRevertParams) -> v2.ThreadResult:
+    tid = thread_id_param(params.thread_id)
+    loaded(ctx, tid)
+    ids = await _turn_ids(ctx, tid)
+    if params.before_turn_id not in ids:
+        raise invalid_request(f"turn {params.before_turn_id} not found in thread {tid}")
+    result = await _rollback(ctx, tid, len(ids) - ids.index(params.before_turn_id))
+    ctx.after(("thread/reverted", v2.ThreadIdNotice(thread_id=tid)), also=ctx.index.subscribers(tid))
+    return result
+
+
+async def thread_compact_start(ctx: RequestContext, params: v2.ThreadIdParams) -> v2.EmptyResult:
+    await dispatch(loaded(ctx, thread_id_param(params.thread_id)), CompactOp())
+    return v2.EmptyResult()
+
+

@@ -1,0 +1,51 @@
+"""Rebuilding a thread's turns (the app-server's `Turn` objects) from its rollout items."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from spindle.protocol.appserver import v2
+from spindle.protocol.appserver.v2map import thread_item, turn_error
+from spindle.protocol.events import (
+    ErrorEvent,
+    ItemCompletedEvent,
+    TaskCompleteEvent,
+    TaskStartedEvent,
+    ThreadRolledBackEvent,
+    TurnAbortedEvent,
+)
+from spindle.protocol.rollout import RolloutItem
+
+
+def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None) -> list[v2.Turn]:
+    """One Turn per `task_started`, with its user and agent messages and how it ended.
+
+    Rollbacks drop turns as they dropped history. A turn with no end that is not `live_turn_id`
+    (the process stopped mid-turn) is reported `interrupted`.
+    """
+    turns: list[v2.Turn] = []
+    by_id: dict[str, v2.Turn] = {}
+    for item in items:
+        match item:
+            case TaskStartedEvent(turn_id=turn_id):
+                turn = v2.Turn(id=turn_id)
+                turns.append(turn)
+                by_id[turn_id] = turn
+            case ItemCompletedEvent(turn_id=turn_id, item=turn_item):
+                if (owner := by_id.get(turn_id)) is not None:
+                    owner.items.append(thread_item(turn_item))
+            case TaskCompleteEvent(turn_id=turn_id):
+                if (owner := by_id.get(turn_id)) is not None:
+                    owner.status = "failed" if owner.error is not None else "completed"
+            case TurnAbortedEvent(turn_id=turn_id):
+                if turn_id is not None and (owner := by_id.get(turn_id)) is not None:
+                    owner.status = "interrupted"
+            case ErrorEvent(turn_id=turn_id) if turn_id is not None:
+                if (owner := by_id.get(turn_id)) is not None:
+                    owner.error = turn_error(item.message, item.codex_error_info)
+            case ThreadRolledBackEvent(num_turns=n):
+                del turns[max(0, len(turns) - n):]
+    for turn in turns:
+        if turn.status == "inProgress" and turn.id != live_turn_id:
+            turn.status = "interrupted"
+    return turns

@@ -1,0 +1,74 @@
+"""App-server v2 `Thread` objects: of a running thread, or of a stored one from its index entry."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from spindle.actors.runtime import ThreadHandle, ThreadManager
+from spindle.persistence.reader import RolloutReadError, read_rollout
+from spindle.persistence.store import ThreadEntry, preview_of
+from spindle.protocol.appserver import v2
+from spindle.protocol.appserver.jsonrpc import invalid_request
+from spindle.protocol.appserver.v2map import sandbox_out
+
+from .turns import build_turns
+
+
+def _epoch(stamp: str) -> int:
+    try:
+        return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return int(time.time())
+
+
+def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool = False) -> v2.Thread:
+    rollout = handle.rollout
+    meta = rollout.meta
+    settings = handle.settings
+    store = manager.store
+    entry = store.entry(handle.thread_id) if rollout.persisted else None
+    turns = build_turns(rollout.source.iter_forward_from(0), live_turn_id=handle.active_turn_id) if include_turns else []
+    created = _epoch(meta.timestamp)
+    return v2.Thread(
+        id=handle.thread_id, session_id=handle.thread_id, forked_from_id=meta.forked_from_id,
+        preview=entry.preview if entry else preview_of(rollout.source.iter_forward_from(0)), ephemeral=rollout.ephemeral,
+        model_provider=settings.provider_id, model=settings.model, created_at=created,
+        updated_at=_epoch(entry.updated_at) if entry else created,
+        status=v2.active_status() if handle.active_turn_id else v2.IDLE,
+        path=None if rollout.ephemeral else str(rollout.path), cwd=settings.cwd,
+        cli_version=meta.cli_version, name=entry.name if entry else store.name(handle.thread_id), turns=turns,
+    )
+
+
+def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_turns: bool = False) -> v2.Thread:
+    running = manager.running(entry.id)
+    if running is not None:
+        return live_thread(manager, running, include_turns=include_turns)
+    turns: list[v2.Turn] = []
+    cli_version = ""
+    if include_turns:
+        try:
+            read = read_rollout(Path(entry.path))
+        except (OSError, RolloutReadError) as exc:
+            raise invalid_request(f"cannot read rollout {entry.path}: {exc}") from None
+        turns = build_turns(read.source.iter_forward_from(0))
+        cli_version = read.meta.cli_version
+    return v2.Thread(
+        id=entry.id, session_id=entry.id, forked_from_id=entry.forked_from_id, preview=entry.preview,
+        ephemeral=False, model_provider=entry.model_provider, model=None,
+        created_at=_epoch(entry.created_at), updated_at=_epoch(entry.updated_at), status=v2.NOT_LOADED,
+        path=entry.path, cwd=entry.cwd, cli_version=cli_version, name=entry.name, turns=turns,
+    )
+
+
+def session_result(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool) -> v2.ThreadSessionResult:
+    s = handle.settings
+    return v2.ThreadSessionResult(
+        thread=live_thread(manager, handle, include_turns=include_turns), model=s.model,
+        model_provider=s.provider_id, cwd=s.cwd, approval_policy=s.approval_policy,
+        approvals_reviewer="user", sandbox=sandbox_out(s.sandbox_mode), reasoning_effort=s.effort,
+    )
+
+

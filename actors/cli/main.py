@@ -1,0 +1,108 @@
+"""The `spindle` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from spindle.actors.runtime.config import ConfigError, load_config
+
+from .logs import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spindle", description="A Trio runtime for Codex-style agent threads.")
+    parser.add_argument(
+        "-c", "--config", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config.toml key (dotted path; the value is parsed as TOML, else taken as a string)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("SPINDLE_LOG", "warning"), help="stderr log level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="two threads streaming one turn each against the built-in mock model")
+    demo.add_argument("--threads", type=int, default=2)
+    server = sub.add_parser("app-server", help="serve the Codex app-server v2 protocol (JSON-RPC lines) over stdio")
+    server.add_argument("--listen", default="stdio://", help="transport; only stdio:// is supported")
+    add_load_parser(sub)
+    mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
+    mock.add_argument("--port", type=int, default=0)
+    mock.add_argument("--latency-ms", type=float, default=None, help="stream each reply over this many ms (default: echo at once)")
+    mock.add_argument("--reply-tokens", type=int, default=16, help="deltas per reply with --latency-ms (default 16)")
+    return parser
+
+
+def add_load_parser(sub: Any) -> None:
+    load = sub.add_parser(
+        "load",
+        help="drive N threads x M turns and report latency, throughput, errors, memory and CPU",
+        description=(
+            "Start --threads threads and run --turns turns on each, at most --concurrency threads at a "
+            "time, in this process (--target inproc) or through a `spindle app-server` child over stdio "
+            "(--target app-server). The model is the built-in mock on loopback unless --provider configured."
+        ),
+    )
+    load.add_argument("--threads", type=int, default=100, help="threads to start (default 100)")
+    load.add_argument("--turns", type=int, default=3, help="turns per thread (default 3)")
+    load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
+    load.add_argument("--target", choices=["inproc", "app-server"], default="inproc", help="where the threads run (default inproc)")
+    load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
+    load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
+    load.add_argument("--provider", action="store_true", help="use the configured model provider ($CODEX_HOME/config.toml and -c) instead of the mock")
+    load.add_argument("--home", type=Path, default=None, help="CODEX_HOME for the run's rollouts (default: a new temporary directory)")
+    load.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON to FILE")
+    load.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+async def run_mock(port: int, latency_ms: float | None, reply_tokens: int) -> int:
+    from spindle.actors.testing.mock_model import MockModel, shaped_reply
+
+    model = MockModel(record=False, port=port)
+    if latency_ms is not None:
+        model.default = shaped_reply(latency_ms, reply_tokens)
+    async with trio.open_nursery() as nursery:
+        mock = await nursery.start(model.run)
+        sys.stdout.write(f"{mock.base_url}\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "demo":
+            if args.threads < 1:
+                raise SystemExit("spindle demo: --threads must be at least 1")
+            from .demo import (
+                run_demo,  # imported here: `spindle app-server` starts faster without it
+            )
+
+            return trio.run(run_demo, args.threads, args.config)
+        if args.command == "app-server":
+            if args.listen != "stdio://":
+                raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
+            from .serve import serve_stdio
+
+            return trio.run(serve_stdio, load_config(overrides=args.config))
+        if args.command == "load":
+            from . import load
+
+            return load.main(args)
+        if args.command == "mock-model":
+            if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):
+                raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
+            return trio.run(run_mock, args.port, args.latency_ms, args.reply_tokens)
+    except ConfigError as exc:
+        sys.stderr.write(f"spindle: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

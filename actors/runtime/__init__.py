@@ -1,0 +1,35 @@
+"""The thread runtime: thread actors, the turn loop, handles, fan-out, the manager, the model
+client, tools, settings and config loading. It imports nothing above it (no app-server, CLI,
+load tool or test helpers)."""
+
+from .config import ConfigError, codex_home, load_config
+from .errors import ThreadClosedError, ThreadNotFoundError, TurnAbortedError, TurnError
+from .fanout import Broadcaster, Lagged, Subscription
+from .handle import ThreadHandle
+from .journal import HistoryView
+from .manager import ThreadManager, open_runtime
+from .outcomes import SubmissionOutcome
+from .registry import ThreadShutdownReport
+from .tools import Tool, ToolContext, ToolRegistry
+
+__all__ = [
+    "Broadcaster",
+    "ConfigError",
+    "HistoryView",
+    "Lagged",
+    "Subscription",
+    "SubmissionOutcome",
+    "ThreadClosedError",
+    "ThreadHandle",
+    "ThreadManager",
+    "ThreadNotFoundError",
+    "ThreadShutdownReport",
+    "Tool",
+    "ToolContext",
+    "ToolRegistry",
+    "TurnAbortedError",
+    "TurnError",
+    "codex_home",
+    "load_config",
+    "open_runtime",
+]

@@ -1,0 +1,22 @@
+"""The errors a runtime's users see: each names what went wrong and with which thread or turn."""
+
+from __future__ import annotations
+
+
+class ThreadClosedError(Exception):
+    """The thread has shut down and takes no more submissions."""
+
+
+class ThreadNotFoundError(KeyError):
+    """No running thread has this id."""
+
+    def __str__(self) -> str:
+        return f"thread not found: {self.args[0]}"
+
+
+class TurnError(Exception):
+    """A turn ended with an error event (the model failed, or the input was refused)."""
+
+
+class TurnAbortedError(Exception):
+    """A turn was interrupted before it finished."""

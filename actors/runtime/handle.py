@@ -1,0 +1,145 @@
+"""The user's side of a thread: `ThreadHandle` submits ops, subscribes to events, asks questions."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import trio
+
+from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.events import (
+    ErrorEvent,
+    Event,
+    ItemCompletedEvent,
+    TaskCompleteEvent,
+    TurnAbortedEvent,
+)
+from spindle.protocol.ids import new_id
+from spindle.protocol.items import TextInput, UserMessageItem
+from spindle.protocol.ops import InterruptOp, Op, ShutdownOp, Submission, UserInputOp
+from spindle.protocol.settings import ThreadSettings
+
+from .errors import ThreadClosedError, TurnAbortedError, TurnError
+from .fanout import Broadcaster, Subscription
+from .journal import HistoryView
+from .outcomes import SubmissionOutcome
+from .thread import ThreadActor
+
+DISPATCH_TIMEOUT_S = 30.0
+"""How long `ThreadHandle.submit_and_wait` waits for the actor to take up a submission."""
+
+
+class ThreadHandle:
+    """The user's side of a thread: submit ops, read events, ask questions."""
+
+    def __init__(
+        self,
+        actor: ThreadActor,
+        send: trio.MemorySendChannel[Submission],
+        events: Broadcaster[Event],
+    ) -> None:
+        self.thread_id = actor.thread_id
+        self._actor = actor
+        self._send = send
+        self._events = events
+        self._ids = itertools.count(1)
+        self.session_configured = actor.session_configured()
+
+    def __repr__(self) -> str:
+        return f"<ThreadHandle {self.thread_id}{' closed' if self.is_closed else ''}>"
+
+    @property
+    def is_closed(self) -> bool:
+        return self._actor.closed.is_set()
+
+    @property
+    def settings(self) -> ThreadSettings:
+        return self._actor.settings
+
+    @property
+    def rollout(self) -> ThreadRollout:
+        return self._actor.rollout
+
+    @property
+    def rollout_path(self) -> Path:
+        """Where this thread's rollout is (or will be, before its first turn)."""
+        return self._actor.rollout.path
+
+    @property
+    def history(self) -> HistoryView:
+        """The model-visible history: a read-only view that follows the thread as it goes on."""
+        return self._actor.journal.view
+
+    @property
+    def active_turn_id(self) -> str | None:
+        """The turn running now, if any."""
+        return self._actor.active_turn_id
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    async def submit_and_wait(self, op: Op) -> SubmissionOutcome:
+        """Submit `op` and wait until the actor has dispatched it; returns what it made of it.
+
+        TooSlowError when the actor does not get to it within `DISPATCH_TIMEOUT_S` seconds.
+        """
+        sub_id = new_id()
+        with self._actor.outcomes.awaiting(sub_id) as outcome:
+            await self.submit(op, id=sub_id)
+            with trio.fail_after(DISPATCH_TIMEOUT_S):
+                await outcome.settled.wait()
+        return outcome
+
+    async def submit(self, op: Op, *, id: str | None = None) -> str:
+        """Queue `op`; returns the submission id its events will carry."""
+        sub = Submission(id=id or self.next_id(), op=op)
+        try:
+            await self._send.send(sub)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ThreadClosedError(f"thread {self.thread_id} has shut down") from None
+        return sub.id
+
+    def events(self, capacity: int | None = None) -> Subscription[Event]:
+        """A new subscription to this thread's events from now on."""
+        return self._events.subscribe(capacity)
+
+    async def ask(self, text: str) -> str:
+        """Send `text` as user input and return the final answer of the turn it joins."""
+        with self.events() as events:
+            sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
+            turn_id: str | None = None
+            failure: str | None = None
+            async for ev in events:
+                msg = ev.msg
+                if isinstance(msg, TurnAbortedEvent) and (turn_id is None or msg.turn_id == turn_id):
+                    raise TurnAbortedError(f"turn {msg.turn_id} was {msg.reason}")
+                if turn_id is None:
+                    if ev.id == sub_id and isinstance(msg, ItemCompletedEvent) and isinstance(msg.item, UserMessageItem):
+                        turn_id = msg.turn_id
+                    elif ev.id == sub_id and isinstance(msg, ErrorEvent):
+                        raise TurnError(msg.message)
+                elif isinstance(msg, ErrorEvent) and msg.turn_id == turn_id:
+                    failure = msg.message
+                elif isinstance(msg, TaskCompleteEvent) and msg.turn_id == turn_id:
+                    if failure is not None:
+                        raise TurnError(failure)
+                    return msg.last_agent_message or ""
+        raise ThreadClosedError(f"thread {self.thread_id} shut down before answering")
+
+    async def interrupt(self) -> str | None:
+        """Abort the running turn (it ends with `turn_aborted`); returns its id, None if idle."""
+        outcome = await self.submit_and_wait(InterruptOp())
+        return outcome.turn_id
+
+    def close(self) -> None:
+        """Close the submission channel: the actor tears down as on `shutdown`."""
+        self._send.close()
+
+    async def shutdown_and_wait(self) -> None:
+        """Submit `shutdown` and wait until the actor has ended. ThreadClosedError if it cannot."""
+        await self.submit(ShutdownOp())
+        await self._actor.closed.wait()
+
+    async def wait_closed(self) -> None:
+        await self._actor.closed.wait()

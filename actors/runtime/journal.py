@@ -1,0 +1,119 @@
+"""A thread's model-visible history and its rollout, kept in step.
+
+The thread actor changes its history only through a `ThreadJournal`, which records every change
+in the rollout, and records events as `spindle.persistence.policy` says. Callers get the history
+as a read-only `HistoryView`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import overload
+
+from spindle.persistence.history import rebuild_history
+from spindle.persistence.policy import should_persist_event
+from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.events import EventMsg, ThreadRolledBackEvent
+from spindle.protocol.items import (
+    InputText,
+    Message,
+    ResponseItem,
+    close_dangling_calls,
+    turn_aborted_marker,
+)
+from spindle.protocol.rollout import SandboxPolicy, TurnContextItem
+from spindle.protocol.settings import ThreadSettings
+
+
+class HistoryView(Sequence[ResponseItem]):
+    """A read-only, live view of a thread's history."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[ResponseItem]) -> None:
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> ResponseItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ResponseItem]: ...
+    def __getitem__(self, index: int | slice) -> ResponseItem | Sequence[ResponseItem]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"<HistoryView of {len(self._items)} items>"
+
+
+def environment_context(settings: ThreadSettings) -> Message:
+    """The initial context the model gets at a thread's first turn."""
+    text = (
+        "<environment_context>\n"
+        f"  <cwd>{settings.cwd}</cwd>\n"
+        f"  <approval_policy>{settings.approval_policy}</approval_policy>\n"
+        f"  <sandbox_mode>{settings.sandbox_mode}</sandbox_mode>\n"
+        "  <shell>bash</shell>\n"
+        "</environment_context>"
+    )
+    return Message(role="user", content=[InputText(text=text)])
+
+
+def turn_context_item(turn_id: str, settings: ThreadSettings) -> TurnContextItem:
+    return TurnContextItem(
+        turn_id=turn_id,
+        cwd=settings.cwd,
+        approval_policy=settings.approval_policy,
+        sandbox_policy=SandboxPolicy(type=settings.sandbox_mode),
+        model=settings.model,
+        effort=settings.effort,
+        summary=settings.summary,
+    )
+
+
+class ThreadJournal:
+    """History plus rollout. `history` is None for a new thread, or rebuilt from its rollout."""
+
+    def __init__(self, rollout: ThreadRollout, history: list[ResponseItem] | None = None) -> None:
+        self.rollout = rollout
+        self._history: list[ResponseItem] = history if history is not None else []
+        self._context_seeded = bool(history)
+        self.view = HistoryView(self._history)
+
+    @property
+    def history(self) -> list[ResponseItem]:
+        """The history as the model will see it (the turn loop sends it as the request input)."""
+        return self._history
+
+    def record_event(self, msg: EventMsg) -> None:
+        """Record `msg` in the rollout if the persistence policy keeps it."""
+        if should_persist_event(msg):
+            self.rollout.record([msg])
+
+    def append(self, items: Sequence[ResponseItem]) -> None:
+        """Add items to the history and to the rollout (written at the next `drain`)."""
+        self._history.extend(items)
+        self.rollout.record(items)
+
+    async def commit(self, items: Sequence[ResponseItem]) -> None:
+        """`append`, then hand the rollout's outbox to the writer."""
+        self.append(items)
+        await self.rollout.drain()
+
+    def begin_turn(self, turn_id: str, settings: ThreadSettings) -> None:
+        """A turn starts: the initial context at the thread's first turn, then its `turn_context`."""
+        if not self._context_seeded:  # built at the first turn, so its overrides are in it
+            self.append([environment_context(settings)])
+            self._context_seeded = True
+        self.rollout.record([turn_context_item(turn_id, settings)])
+
+    def close_aborted_turn(self) -> None:
+        """An aborted turn leaves no call unanswered, and the model is told it was interrupted."""
+        self.append([*close_dangling_calls(self._history), turn_aborted_marker()])
+
+    def roll_back(self, marker: ThreadRolledBackEvent) -> None:
+        """Replay the rollout with `marker` at its end, and record the marker."""
+        replayed = rebuild_history([*self.rollout.source.iter_forward_from(0), marker])
+        self._history[:] = replayed
+        self.rollout.record([marker])

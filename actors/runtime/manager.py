@@ -1,0 +1,122 @@
+"""The thread manager, what `open_runtime()` yields: the registry of running threads and the
+operations on stored ones, behind one object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+import trio
+
+from spindle.persistence.history import ForkSnapshot
+from spindle.persistence.store import LocalThreadStore, ThreadPage
+from spindle.protocol.config import Config
+from spindle.protocol.settings import SettingsUpdate
+
+from .config import codex_home, load_config
+from .fanout import Subscription
+from .handle import ThreadHandle
+from .registry import ThreadRegistry, ThreadShutdownReport
+from .resources import RuntimeResources
+from .stored import StoredThreads
+from .tools import ToolRegistry
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class ThreadManager:
+    """Supervises every thread of one runtime. Obtain one from `open_runtime()`.
+
+    Running threads: `start_thread`, `get_thread`, `running`, `list_thread_ids`, `remove_thread`,
+    `subscribe_thread_created`, `shutdown_all_threads_bounded` (`registry`). Stored threads:
+    `resume_thread`, `fork_thread`, `archive_thread`, `unarchive_thread`, `list_threads` (`stored`).
+    """
+
+    def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, store: LocalThreadStore) -> None:
+        self.config = resources.config
+        self.store = store
+        self.home = store.home
+        self.registry = ThreadRegistry(resources, nursery, store.home, store)
+        self.stored = StoredThreads(self.registry, store)
+
+    # --- running threads ------------------------------------------------
+    async def start_thread(
+        self, settings: SettingsUpdate | None = None, *, thread_id: str | None = None, ephemeral: bool = False
+    ) -> ThreadHandle:
+        return await self.registry.start_thread(settings, thread_id=thread_id, ephemeral=ephemeral)
+
+    def get_thread(self, thread_id: str) -> ThreadHandle:
+        return self.registry.get_thread(thread_id)
+
+    def running(self, thread_id: str) -> ThreadHandle | None:
+        return self.registry.running(thread_id)
+
+    def list_thread_ids(self) -> list[str]:
+        return self.registry.list_thread_ids()
+
+    def remove_thread(self, thread_id: str) -> ThreadHandle | None:
+        return self.registry.remove_thread(thread_id)
+
+    def subscribe_thread_created(self) -> Subscription[str]:
+        return self.registry.subscribe_thread_created()
+
+    async def shutdown_all_threads_bounded(self, timeout: float) -> ThreadShutdownReport:  # noqa: ASYNC109 - the documented API
+        return await self.registry.shutdown_all_threads_bounded(timeout)
+
+    # --- stored threads -------------------------------------------------
+    async def resume_thread(
+        self, thread_id: str | None = None, settings: SettingsUpdate | None = None, *, path: str | Path | None = None
+    ) -> ThreadHandle:
+        return await self.stored.resume_thread(thread_id, settings, path=path)
+
+    async def fork_thread(
+        self,
+        snapshot: ForkSnapshot | int,
+        thread_id: str | None = None,
+        settings: SettingsUpdate | None = None,
+        *,
+        path: str | Path | None = None,
+    ) -> ThreadHandle:
+        return await self.stored.fork_thread(snapshot, thread_id, settings, path=path)
+
+    async def archive_thread(self, thread_id: str) -> Path:
+        return await self.stored.archive_thread(thread_id)
+
+    async def unarchive_thread(self, thread_id: str) -> Path:
+        return await self.stored.unarchive_thread(thread_id)
+
+    def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
+        return self.stored.list_threads(limit=limit, cursor=cursor, archived=archived)
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: Config | None = None,
+    *,
+    tools: ToolRegistry | None = None,
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+) -> AsyncIterator[ThreadManager]:
+    """Run a Spindle runtime; yields its ThreadManager. On exit every thread is shut down
+    (bounded by `shutdown_timeout`), then whatever is left is cancelled."""
+    config = config if config is not None else load_config()
+    resources = RuntimeResources(config, tools)
+    store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
+    try:
+        async with trio.open_nursery() as nursery:
+            manager = ThreadManager(resources, nursery, store)
+            try:
+                yield manager
+            finally:
+                with trio.CancelScope(shield=True):
+                    report = await manager.shutdown_all_threads_bounded(shutdown_timeout)
+                if report.timed_out or report.submit_failed:
+                    log.warning("threads did not shut down cleanly", timed_out=report.timed_out, submit_failed=report.submit_failed)
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await resources.aclose()
+        store.close()

@@ -1,0 +1,159 @@
+"""The thread registry: it starts thread actors in the runtime's nursery, tracks them by id, and
+shuts them all down within a deadline, reporting how each one ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import trio
+
+from spindle.persistence.paths import now_utc, rollout_path, timestamp
+from spindle.persistence.rollout import RolloutIndex, ThreadRollout
+from spindle.protocol.events import Event
+from spindle.protocol.ids import new_id, parse_thread_id
+from spindle.protocol.items import ResponseItem
+from spindle.protocol.ops import Submission
+from spindle.protocol.rollout import BaseInstructions, SessionMeta
+from spindle.protocol.settings import SettingsUpdate, ThreadSettings
+
+from .errors import ThreadNotFoundError
+from .fanout import Broadcaster, Subscription
+from .handle import ThreadHandle
+from .resources import RuntimeResources
+from .settings import initial_settings
+from .thread import SUBMISSION_CAPACITY, ThreadActor
+from .version import SPINDLE_VERSION
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ThreadShutdownReport:
+    """Outcome of a bounded shutdown, each list sorted by thread id."""
+
+    completed: list[str] = field(default_factory=list)
+    submit_failed: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+
+
+class ThreadRegistry:
+    """Every running thread of one runtime, by id."""
+
+    def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, home: Path, index: RolloutIndex) -> None:
+        self.resources = resources
+        self.home = home
+        self._index = index
+        self._nursery = nursery
+        self._threads: dict[str, ThreadHandle] = {}
+        self._created: Broadcaster[str] = Broadcaster()
+
+    async def start_thread(
+        self,
+        settings: SettingsUpdate | None = None,
+        *,
+        thread_id: str | None = None,
+        ephemeral: bool = False,
+    ) -> ThreadHandle:
+        """Start a new thread actor (the config's settings, changed by `settings`); returns once
+        it has emitted `session_configured`.
+
+        Nothing is written until the first user turn; `ephemeral` threads never touch disk.
+        """
+        resolved = initial_settings(self.resources.config, settings)
+        tid = parse_thread_id(thread_id) if thread_id else new_id()
+        return await self.spawn(tid, resolved, self.new_rollout(tid, resolved, ephemeral=ephemeral))
+
+    def new_rollout(
+        self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None
+    ) -> ThreadRollout:
+        """The (not yet written) rollout of a new thread."""
+        created = now_utc()
+        meta = SessionMeta(
+            id=thread_id,
+            session_id=thread_id,
+            timestamp=timestamp(created),
+            cwd=settings.cwd,
+            cli_version=SPINDLE_VERSION,
+            model_provider=settings.provider_id,
+            base_instructions=BaseInstructions(text=settings.instructions),
+            forked_from_id=forked_from,
+        )
+        path = rollout_path(self.home, thread_id, created)
+        return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index)
+
+    async def spawn(
+        self,
+        thread_id: str,
+        settings: ThreadSettings,
+        rollout: ThreadRollout,
+        history: list[ResponseItem] | None = None,
+    ) -> ThreadHandle:
+        """Start the actor of a thread whose settings, rollout and history are known."""
+        send, receive = trio.open_memory_channel[Submission](SUBMISSION_CAPACITY)
+        events: Broadcaster[Event] = Broadcaster()
+        actor = ThreadActor(
+            thread_id=thread_id,
+            settings=settings,
+            resources=self.resources,
+            receive=receive,
+            events=events,
+            rollout=rollout,
+            history=history,
+        )
+        handle = ThreadHandle(actor, send, events)
+        await self._nursery.start(actor.run)
+        self._threads[thread_id] = handle
+        self._created.publish(thread_id)
+        return handle
+
+    def get_thread(self, thread_id: str) -> ThreadHandle:
+        try:
+            return self._threads[thread_id]
+        except KeyError:
+            raise ThreadNotFoundError(thread_id) from None
+
+    def running(self, thread_id: str) -> ThreadHandle | None:
+        """The tracked thread `thread_id` if its actor is still running, else None."""
+        handle = self._threads.get(thread_id)
+        return handle if handle is not None and not handle.is_closed else None
+
+    def list_thread_ids(self) -> list[str]:
+        return sorted(self._threads)
+
+    def remove_thread(self, thread_id: str) -> ThreadHandle | None:
+        """Stop tracking a thread (it keeps running until shut down). Returns it, if it was tracked."""
+        return self._threads.pop(thread_id, None)
+
+    def subscribe_thread_created(self) -> Subscription[str]:
+        """Ids of threads started from now on."""
+        return self._created.subscribe()
+
+    async def shutdown_all_threads_bounded(self, timeout: float) -> ThreadShutdownReport:  # noqa: ASYNC109 - the documented API
+        """Shut every thread down concurrently within `timeout` seconds.
+
+        Threads that finish are removed; the others stay tracked so callers can retry or inspect.
+        """
+        report = ThreadShutdownReport()
+
+        async def shut(handle: ThreadHandle) -> None:
+            with trio.move_on_after(timeout):
+                try:
+                    await handle.shutdown_and_wait()
+                except Exception:
+                    report.submit_failed.append(handle.thread_id)
+                    return
+                report.completed.append(handle.thread_id)
+                return
+            report.timed_out.append(handle.thread_id)
+
+        async with trio.open_nursery() as nursery:
+            for handle in list(self._threads.values()):
+                nursery.start_soon(shut, handle)
+        for thread_id in report.completed:
+            self._threads.pop(thread_id, None)
+        report.completed.sort()
+        report.submit_failed.sort()
+        report.timed_out.sort()
+        return report

@@ -1,0 +1,70 @@
+"""Where a thread's settings come from: config defaults, a checked update, a resumed rollout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from spindle.protocol.config import Config
+from spindle.protocol.rollout import SessionMeta, TurnContextItem
+from spindle.protocol.settings import (
+    APPROVAL_POLICIES,
+    SANDBOX_MODES,
+    SettingsUpdate,
+    ThreadSettings,
+)
+
+from .config import ConfigError
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a coding agent running in Spindle. Be precise, safe and helpful. Use the shell tool "
+    "to inspect and change the workspace when the task needs it."
+)
+
+
+def checked(config: Config, update: SettingsUpdate) -> SettingsUpdate:
+    """`update` with its cwd made absolute; ConfigError names a provider or cwd that cannot be used."""
+    if update.provider_id is not None:
+        try:
+            config.provider(update.provider_id)
+        except KeyError as exc:
+            raise ConfigError(exc.args[0]) from None
+    if update.cwd is None:
+        return update
+    if not os.path.isdir(update.cwd):
+        raise ConfigError(f"cwd {update.cwd!r} is not a directory")
+    return update.then(SettingsUpdate(cwd=str(Path(update.cwd).resolve())))
+
+
+def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdate) -> ThreadSettings:
+    """`settings` changed by `update`, once checked against `config`."""
+    return settings.updated(checked(config, update))
+
+
+def initial_settings(config: Config, update: SettingsUpdate | None = None) -> ThreadSettings:
+    """A new thread's settings: the config's defaults, then `update`."""
+    defaults = ThreadSettings(
+        model=config.model,
+        provider_id=config.model_provider,
+        cwd=config.cwd or os.getcwd(),
+        approval_policy=config.approval_policy,
+        sandbox_mode=config.sandbox_mode,
+        instructions=config.instructions or DEFAULT_INSTRUCTIONS,
+        model_context_window=config.model_context_window,
+    )
+    requested = SettingsUpdate(cwd=defaults.cwd).then(update or SettingsUpdate())
+    return apply_update(config, defaults, requested)
+
+
+def recorded_settings(meta: SessionMeta, context: TurnContextItem | None) -> SettingsUpdate:
+    """The settings a rollout records: its session meta, then its last `turn_context`."""
+    approval = context.approval_policy if context else None
+    sandbox = context.sandbox_policy.type if context and context.sandbox_policy else None
+    return SettingsUpdate(
+        model=context.model if context else None,
+        provider_id=meta.model_provider or None,
+        cwd=(context.cwd if context else None) or meta.cwd or None,
+        approval_policy=approval if approval in APPROVAL_POLICIES else None,  # type: ignore[arg-type]
+        sandbox_mode=sandbox if sandbox in SANDBOX_MODES else None,  # type: ignore[arg-type]
+        instructions=meta.base_instructions.text if meta.base_instructions else None,
+    )

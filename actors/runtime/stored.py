@@ -1,0 +1,144 @@
+"""Operations on stored threads: resume, fork, archive, unarchive and list, over the thread store.
+
+A running thread is used as it is (resume returns it; fork flushes it and reads its in-memory
+source); otherwise its rollout is read once, off the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+import trio
+
+from spindle.persistence.history import ForkSnapshot, fork_items, last_turn_context, rebuild_history
+from spindle.persistence.paths import is_within
+from spindle.persistence.reader import RolloutRead, read_rollout
+from spindle.persistence.rollout import ThreadRollout
+from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
+from spindle.protocol.ids import new_id, parse_thread_id
+from spindle.protocol.settings import SettingsUpdate, ThreadSettings
+
+from .handle import ThreadHandle
+from .registry import ThreadRegistry
+from .settings import apply_update, initial_settings, recorded_settings
+
+log = structlog.get_logger(__name__)
+
+
+class StoredThreads:
+    """The thread store's side of a runtime; threads it brings back run in `registry`."""
+
+    def __init__(self, registry: ThreadRegistry, store: LocalThreadStore) -> None:
+        self.registry = registry
+        self.store = store
+        self.home = store.home
+        self.config = registry.resources.config
+
+    def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
+        if path is not None:
+            located = Path(path)
+            if not is_within(self.home, located):
+                raise ThreadStoreError(f"rollout path {located} is outside {self.home}")
+            return located
+        if thread_id is None:
+            raise ValueError("give a thread id or a rollout path")
+        found = self.store.find_path(thread_id)
+        if found is None:
+            raise ThreadStoreError(f"no rollout found for thread id {parse_thread_id(thread_id)}")
+        return found
+
+    def _resumed_settings(self, read: RolloutRead, update: SettingsUpdate | None) -> ThreadSettings:
+        recorded = recorded_settings(read.meta, last_turn_context(read.source.items()))
+        return initial_settings(self.config, recorded.then(update or SettingsUpdate()))
+
+    async def resume_thread(
+        self,
+        thread_id: str | None = None,
+        settings: SettingsUpdate | None = None,
+        *,
+        path: str | Path | None = None,
+    ) -> ThreadHandle:
+        """Resume a thread from its rollout (read once); a running thread is returned as it is.
+
+        Its settings are those its rollout last recorded, changed by `settings`.
+        """
+        if thread_id is not None:
+            thread_id = parse_thread_id(thread_id)
+            running = self.registry.running(thread_id)
+            if running is not None:
+                if path is not None and not _same_path(path, running.rollout_path):
+                    raise ThreadStoreError(
+                        f"thread {thread_id} is already running with rollout {running.rollout_path}, not {path}"
+                    )
+                return running
+        located = self._locate(thread_id, path)
+        read = await trio.to_thread.run_sync(read_rollout, located)
+        if read.skipped or read.torn:
+            log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
+        running = self.registry.running(read.meta.id)
+        if running is not None:
+            return running
+        resolved = self._resumed_settings(read, settings)
+        rollout = ThreadRollout(
+            path=located, meta=read.meta, source=read.source, materialized=True,
+            good_size=read.good_size, index=self.store,
+        )
+        history = rebuild_history(read.source.iter_forward_from(0))
+        return await self.registry.spawn(read.meta.id, resolved, rollout, history)
+
+    async def fork_thread(
+        self,
+        snapshot: ForkSnapshot | int,
+        thread_id: str | None = None,
+        settings: SettingsUpdate | None = None,
+        *,
+        path: str | Path | None = None,
+    ) -> ThreadHandle:
+        """A new thread (new id, `forked_from_id` recorded) from a snapshot of another's history.
+
+        A running source is flushed and its in-memory source used; otherwise the file is read.
+        The fork's rollout is written at once.
+        """
+        if isinstance(snapshot, int):
+            snapshot = ForkSnapshot.truncate_before(snapshot)
+        running = self.registry.running(parse_thread_id(thread_id)) if thread_id else None
+        if running is not None and running.rollout.persisted:
+            await running.rollout.flush()
+            items = running.rollout.source.items()
+            source_meta = running.rollout.meta
+            resolved = apply_update(self.config, running.settings, settings or SettingsUpdate())
+        else:
+            read = await trio.to_thread.run_sync(read_rollout, self._locate(thread_id, path))
+            items, source_meta = read.source.items(), read.meta
+            resolved = self._resumed_settings(read, settings)
+        fork_id = new_id()
+        rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id)
+        rollout.record(fork_items(items, snapshot))
+        async with trio.open_nursery() as nursery:  # a short-lived writer creates the file
+            await rollout.materialize(nursery)
+            await rollout.shutdown()  # the fork's own actor reopens it for appending
+        history = rebuild_history(rollout.source.iter_forward_from(0))
+        return await self.registry.spawn(fork_id, resolved, rollout, history)
+
+    async def archive_thread(self, thread_id: str) -> Path:
+        """Unload the thread (if running) and move its rollout to `archived_sessions/`."""
+        tid = parse_thread_id(thread_id)
+        if self.store.find_path(tid) is None:
+            raise ThreadStoreError(f"no rollout found for thread id {tid}")
+        running = self.registry.remove_thread(tid)
+        if running is not None and not running.is_closed:
+            await running.shutdown_and_wait()
+        return self.store.archive(tid)
+
+    async def unarchive_thread(self, thread_id: str) -> Path:
+        """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
+        return self.store.unarchive(thread_id)
+
+    def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
+        return self.store.list_threads(limit=limit, cursor=cursor, archived=archived)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)

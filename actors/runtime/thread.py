@@ -1,0 +1,297 @@
+"""The thread actor: one Trio task per conversation, taking `Submission`s strictly in order.
+
+Twin of codex-rs `submission_loop`. Ops arrive on a bounded memory channel; events go to every
+subscriber through a lossy `Broadcaster`. A turn runs in its own cancel scope inside the actor's
+nursery, so an interrupt (or shutdown) cancels it, and the turn always ends with `turn_aborted`.
+The actor keeps dispatch and the turn lifecycle; its history and rollout are a `ThreadJournal`,
+its callers' outcomes an `OutcomeBook`, its token count a `UsageMeter`.
+"""
+
+from __future__ import annotations
+
+import structlog
+import trio
+from trio_typing import TaskStatus
+
+from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.events import (
+    ErrorEvent,
+    Event,
+    EventMsg,
+    ItemCompletedEvent,
+    ItemStartedEvent,
+    SessionConfiguredEvent,
+    ShutdownCompleteEvent,
+    TaskCompleteEvent,
+    TaskStartedEvent,
+    ThreadRolledBackEvent,
+    TokenUsage,
+    TokenUsageInfo,
+    TurnAbortedEvent,
+    WarningEvent,
+)
+from spindle.protocol.ids import new_id
+from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
+from spindle.protocol.ops import (
+    InterruptOp,
+    Op,
+    OverrideTurnContextOp,
+    ShutdownOp,
+    Submission,
+    ThreadRollbackOp,
+    UserInputOp,
+    UserTurnOp,
+)
+from spindle.protocol.settings import SettingsUpdate, ThreadSettings
+
+from .config import ConfigError
+from .fanout import Broadcaster
+from .journal import ThreadJournal
+from .model_client import ModelClient
+from .outcomes import OutcomeBook
+from .resources import RuntimeResources
+from .settings import apply_update
+from .turn import SamplingFailed, Turn, run_turn
+from .usage import UsageMeter
+
+log = structlog.get_logger(__name__)
+
+SUBMISSION_CAPACITY = 64
+"""Submissions queued per thread before `submit` waits."""
+PERSIST_DEADLINE_S = 10.0
+"""How long an aborted turn's cleanup may spend handing its last items to the writer."""
+
+INITIAL_SUB_ID = ""
+
+
+class ThreadActor:
+    """The task behind one thread. Construct through `ThreadManager.start_thread`."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: str,
+        settings: ThreadSettings,
+        resources: RuntimeResources,
+        receive: trio.MemoryReceiveChannel[Submission],
+        events: Broadcaster[Event],
+        rollout: ThreadRollout,
+        history: list[ResponseItem] | None = None,
+    ) -> None:
+        self.thread_id = thread_id
+        self.settings = settings
+        self.resources = resources
+        self.tools = resources.tools
+        self.journal = ThreadJournal(rollout, history)
+        self.outcomes = OutcomeBook()
+        self.closed = trio.Event()
+        rollout.on_error = lambda message: self._deliver(INITIAL_SUB_ID, ErrorEvent(message=message, codex_error_info="other"))
+        self._receive = receive
+        self._events = events
+        self._usage = UsageMeter()
+        self._active: Turn | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def rollout(self) -> ThreadRollout:
+        return self.journal.rollout
+
+    @property
+    def active_turn_id(self) -> str | None:
+        return self._active.turn_id if self._active is not None else None
+
+    # --- TurnHost -------------------------------------------------------
+    @property
+    def history(self) -> list[ResponseItem]:
+        return self.journal.history
+
+    def client(self, provider_id: str) -> ModelClient:
+        return self.resources.client(provider_id)
+
+    def emit(self, sub_id: str, msg: EventMsg) -> None:
+        """Record `msg` when the persistence policy keeps it, and deliver it to subscribers."""
+        self.journal.record_event(msg)
+        self._deliver(sub_id, msg)
+
+    def _deliver(self, sub_id: str, msg: EventMsg) -> None:
+        if isinstance(msg, ErrorEvent):
+            self.outcomes.set_error(sub_id, msg)
+        self._events.publish(Event(id=sub_id, msg=msg))
+
+    async def commit_input(self, turn: Turn, sub_id: str, items: list[UserInput]) -> None:
+        self.journal.append([user_message(items)])
+        item = UserMessageItem(id=new_id(), content=items)
+        self.emit(sub_id, ItemStartedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
+        self.emit(sub_id, ItemCompletedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
+        await self.rollout.drain()
+
+    async def commit(self, items: list[ResponseItem]) -> None:
+        await self.journal.commit(items)
+
+    def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
+        return self._usage.add(usage, window)
+
+    # --- lifecycle ------------------------------------------------------
+    def session_configured(self) -> SessionConfiguredEvent:
+        s = self.settings
+        return SessionConfiguredEvent(
+            session_id=self.thread_id,
+            model=s.model,
+            model_provider_id=s.provider_id,
+            cwd=s.cwd,
+            approval_policy=s.approval_policy,
+            sandbox_policy=s.sandbox_mode,
+            rollout_path=None if self.rollout.ephemeral else str(self.rollout.path),
+            forked_from_id=self.rollout.meta.forked_from_id,
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=self.thread_id):
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self.rollout.persisted:  # resumed or forked: append to the existing file
+                        await self.rollout.start(nursery, create=False)
+                    self.emit(INITIAL_SUB_ID, self.session_configured())
+                    task_status.started()
+                    await self._submission_loop()
+            finally:
+                self._events.close()
+                self.outcomes.settle_all(ErrorEvent(message=f"thread {self.thread_id} has shut down"))
+                self.closed.set()
+
+    async def _submission_loop(self) -> None:
+        with self._receive:
+            async for sub in self._receive:
+                try:
+                    if await self._dispatch(sub):
+                        return
+                finally:
+                    self.outcomes.settle(sub.id)
+        log.debug("submission channel closed without shutdown")
+        await self._abort_turn("interrupted")
+        await self._close_rollout(INITIAL_SUB_ID)
+
+    async def _close_rollout(self, sub_id: str) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self.rollout.shutdown()
+        except (OSError, trio.TooSlowError) as exc:
+            log.warning("failed to shut down thread persistence", error=str(exc))
+            self._deliver(sub_id, ErrorEvent(message=f"Failed to shutdown thread persistence: {exc}", codex_error_info="other"))
+
+    async def _dispatch(self, sub: Submission) -> bool:
+        """Handle one submission; True when the actor should end."""
+        match sub.op:
+            case UserInputOp(items=items):
+                await self._user_input(sub.id, items)
+            case UserTurnOp(items=items, settings=update):
+                if self._apply_settings(sub.id, update):
+                    await self._user_input(sub.id, items)
+            case OverrideTurnContextOp(settings=update):
+                self._apply_settings(sub.id, update)
+            case InterruptOp():
+                self.outcomes.set_turn(sub.id, self.active_turn_id)
+                await self._abort_turn("interrupted")
+            case ShutdownOp():
+                await self._abort_turn("interrupted")
+                await self._close_rollout(sub.id)
+                self.emit(sub.id, ShutdownCompleteEvent())
+                return True
+            case ThreadRollbackOp(num_turns=num_turns):
+                await self._rollback(sub.id, num_turns)
+            case _:
+                self._unsupported(sub.id, sub.op)
+        return False
+
+    def _unsupported(self, sub_id: str, op: Op) -> None:
+        tag = type(op).__struct_config__.tag
+        self.emit(sub_id, ErrorEvent(message=f"op {tag!r} is not supported yet", codex_error_info="unsupported_operation"))
+
+    def _apply_settings(self, sub_id: str, update: SettingsUpdate) -> bool:
+        try:
+            self.settings = apply_update(self.resources.config, self.settings, update)
+        except ConfigError as exc:
+            self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
+            return False
+        return True
+
+    # --- turns ----------------------------------------------------------
+    async def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
+        if not items:
+            self.emit(sub_id, ErrorEvent(message="user input is empty", codex_error_info="bad_request"))
+            return
+        if self._active is not None:
+            self._active.pending.append((sub_id, items))
+            self.outcomes.set_turn(sub_id, self._active.turn_id)
+            return
+        assert self._nursery is not None
+        try:
+            await self.rollout.materialize(self._nursery)
+        except OSError as exc:
+            self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
+            return
+        turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings)
+        self.journal.begin_turn(turn.turn_id, turn.settings)
+        turn.pending.append((sub_id, items))
+        self.outcomes.set_turn(sub_id, turn.turn_id)
+        self._active = turn
+        self._nursery.start_soon(self._run_turn, turn)
+
+    async def _run_turn(self, turn: Turn) -> None:
+        finished = False
+        last: str | None = None
+        with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id):
+            self.emit(turn.sub_id, TaskStartedEvent(turn_id=turn.turn_id, model_context_window=turn.settings.model_context_window))
+            try:
+                with turn.scope:
+                    try:
+                        last = await run_turn(turn, self)
+                    except SamplingFailed as err:
+                        log.info("turn failed", error=err.message)
+                        self.emit(turn.sub_id, ErrorEvent(message=err.message, codex_error_info=err.info, turn_id=turn.turn_id))
+                    finished = True
+            finally:
+                if finished:
+                    self.emit(turn.sub_id, TaskCompleteEvent(turn_id=turn.turn_id, last_agent_message=last))
+                else:
+                    self.journal.close_aborted_turn()
+                    self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
+                self._active = None
+                turn.done.set()
+                with trio.move_on_after(PERSIST_DEADLINE_S) as cleanup:
+                    cleanup.shield = True
+                    await self.rollout.drain()
+                self.rollout.touch()
+
+    async def _abort_turn(self, reason: str) -> None:
+        turn = self._active
+        if turn is None:
+            return
+        turn.abort_reason = reason
+        turn.scope.cancel()
+        await turn.done.wait()
+
+    async def _rollback(self, sub_id: str, num_turns: int) -> None:
+        def fail(message: str) -> None:
+            self.emit(sub_id, ErrorEvent(message=message, codex_error_info="thread_rollback_failed"))
+
+        if num_turns == 0:
+            return fail("num_turns must be >= 1")
+        if self._active is not None:
+            return fail("Cannot rollback while a turn is in progress.")
+        if not self.rollout.persisted:
+            return fail("thread rollback requires persisted thread history")
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            return fail(f"failed to flush thread persistence for rollback replay: {exc}")
+        marker = ThreadRolledBackEvent(num_turns=num_turns)
+        self.journal.roll_back(marker)
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            self._deliver(sub_id, WarningEvent(
+                message=f"Rolled the thread back, but failed to save the rollback marker. Spindle will keep retrying. Error: {exc}"))
+        self.rollout.touch()
+        self._deliver(sub_id, marker)

@@ -1,0 +1,318 @@
+"""The turn loop: sample the model, run the tools it calls, sample again, until a final answer.
+
+A `Turn` holds what one turn needs (settings, cancel scope, steering queue); `run_turn` drives
+it against a `TurnHost` (the thread actor), which owns the history and the event fan-out.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+import structlog
+import trio
+
+from spindle.protocol.events import (
+    AgentMessageDeltaEvent,
+    AgentMessageEvent,
+    CodexErrorInfo,
+    EventMsg,
+    ItemCompletedEvent,
+    ItemStartedEvent,
+    StreamErrorEvent,
+    TokenCountEvent,
+    TokenUsage,
+    TokenUsageInfo,
+)
+from spindle.protocol.ids import new_id
+from spindle.protocol.items import (
+    AgentMessageContent,
+    AgentMessageItem,
+    FunctionCall,
+    Message,
+    OutputText,
+    Reasoning,
+    ReasoningItem,
+    ResponseItem,
+    TurnItem,
+    UserInput,
+)
+from spindle.protocol.responses import (
+    KNOWN_ITEM_TYPES,
+    OutputItemAdded,
+    OutputItemDone,
+    OutputTextDelta,
+    ResponseCompleted,
+    ResponseFailed,
+    ResponseIncomplete,
+    ResponsesRequest,
+    TypeOnly,
+    Usage,
+)
+from spindle.protocol.settings import ThreadSettings
+
+from .model_client import ModelClient, ModelError
+from .tools import ToolContext, ToolRegistry
+
+log = structlog.get_logger(__name__)
+
+RETRY_BASE_DELAY_S = 0.2
+RETRY_MAX_DELAY_S = 10.0
+
+_item_decoder = msgspec.json.Decoder(ResponseItem)
+_type_decoder = msgspec.json.Decoder(TypeOnly)
+_request_encoder = msgspec.json.Encoder()
+
+
+@dataclass(kw_only=True)
+class Turn:
+    """One running turn. `pending` holds steered input (submission id, items) not yet sampled."""
+
+    turn_id: str
+    sub_id: str
+    settings: ThreadSettings
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    pending: list[tuple[str, list[UserInput]]] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
+    abort_reason: str = "interrupted"
+
+
+class SamplingFailed(Exception):
+    """The model could not be sampled (retries spent, or an error no retry can fix): the turn ends."""
+
+    def __init__(self, message: str, info: CodexErrorInfo) -> None:
+        super().__init__(message)
+        self.message = message
+        self.info = info
+
+
+class TurnHost(Protocol):
+    """What the turn loop needs from its thread."""
+
+    thread_id: str
+    tools: ToolRegistry
+
+    @property
+    def history(self) -> list[ResponseItem]: ...
+
+    def client(self, provider_id: str) -> ModelClient: ...
+
+    def emit(self, sub_id: str, msg: EventMsg) -> None: ...
+
+    async def commit_input(self, turn: Turn, sub_id: str, items: list[UserInput]) -> None: ...
+
+    async def commit(self, items: list[ResponseItem]) -> None: ...
+
+    def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo: ...
+
+
+@dataclass
+class _Sample:
+    items: list[ResponseItem]
+
+
+async def run_turn(turn: Turn, host: TurnHost) -> str | None:
+    """Run `turn` to its final answer; returns the last agent message. Raises SamplingFailed."""
+    last_message: str | None = None
+    while True:
+        pending, turn.pending = turn.pending, []
+        for sub_id, items in pending:
+            await host.commit_input(turn, sub_id, items)
+        sample = await _sample_with_retries(turn, host)
+        await host.commit(sample.items)
+        calls = [item for item in sample.items if isinstance(item, FunctionCall)]
+        for item in sample.items:
+            if isinstance(item, Message) and item.role == "assistant":
+                last_message = item.text()
+        for call in calls:
+            output = await host.tools.dispatch(call, _tool_context(turn, host, call))
+            await host.commit([output])
+        if not calls and not turn.pending:
+            return last_message
+
+
+def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext:
+    def started(item: TurnItem) -> None:
+        host.emit(turn.sub_id, ItemStartedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
+
+    def completed(item: TurnItem) -> None:
+        host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
+
+    return ToolContext(
+        thread_id=host.thread_id,
+        turn_id=turn.turn_id,
+        call_id=call.call_id,
+        settings=turn.settings,
+        item_started=started,
+        item_completed=completed,
+    )
+
+
+def build_request(turn: Turn, host: TurnHost) -> bytes:
+    s = turn.settings
+    reasoning = None
+    if s.effort or s.summary:
+        reasoning = {k: v for k, v in (("effort", s.effort), ("summary", s.summary)) if v}
+    request = ResponsesRequest(
+        model=s.model,
+        instructions=s.instructions,
+        input=host.history,
+        tools=host.tools.specs(),
+        reasoning=reasoning,
+        prompt_cache_key=host.thread_id,
+    )
+    return _request_encoder.encode(request)
+
+
+def backoff(attempt: int) -> float:
+    delay = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** (attempt - 1))
+    return delay * random.uniform(0.9, 1.1)
+
+
+async def _sample_with_retries(turn: Turn, host: TurnHost) -> _Sample:
+    client = host.client(turn.settings.provider_id)
+    provider = client.provider
+    body = build_request(turn, host)
+    request_retries = stream_retries = 0
+    while True:
+        try:
+            return await _sample_once(turn, host, client, body)
+        except ModelError as err:
+            if not err.retryable:
+                raise SamplingFailed(err.message, err.info) from None
+            if err.phase == "request":
+                if request_retries >= provider.request_max_retries:
+                    raise SamplingFailed(err.message, err.info) from None
+                request_retries += 1
+                log.info("retrying model request", attempt=request_retries, error=err.message)
+                await trio.sleep(backoff(request_retries))
+                continue
+            if stream_retries >= provider.stream_max_retries:
+                raise SamplingFailed(err.message, err.info) from None
+            stream_retries += 1
+            host.emit(
+                turn.sub_id,
+                StreamErrorEvent(
+                    message=f"Reconnecting... {stream_retries}/{provider.stream_max_retries}",
+                    codex_error_info="response_stream_disconnected",
+                    additional_details=err.message,
+                ),
+            )
+            await trio.sleep(backoff(stream_retries))
+
+
+async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: bytes) -> _Sample:
+    items: list[ResponseItem] = []
+    started: set[str] = set()
+    async with client.stream(body, thread_id=host.thread_id) as events:
+        async for event in events:
+            match event:
+                case OutputItemAdded(item=raw):
+                    item = _decode_item(raw)
+                    if item is not None:
+                        _item_started(turn, host, item, started)
+                case OutputTextDelta(item_id=item_id, delta=delta):
+                    host.emit(turn.sub_id, AgentMessageDeltaEvent(delta=delta, item_id=item_id))
+                case OutputItemDone(item=raw):
+                    item = _decode_item(raw)
+                    if item is not None:
+                        item = _with_id(item)
+                        items.append(item)
+                        _item_started(turn, host, item, started)
+                        _item_completed(turn, host, item)
+                case ResponseCompleted(response=response):
+                    if response.usage is not None:
+                        info = host.add_usage(_token_usage(response.usage), turn.settings.model_context_window)
+                        host.emit(turn.sub_id, TokenCountEvent(info=info))
+                    return _Sample(items)
+                case ResponseFailed(response=response) | ResponseIncomplete(response=response):
+                    raise _failure(response.error.code if response.error else None,
+                                   response.error.message if response.error else "response failed")
+    raise ModelError(
+        "stream disconnected before completion: stream closed before response.completed",
+        phase="stream",
+        retryable=True,
+        info="response_stream_disconnected",
+    )
+
+
+def _failure(code: str | None, message: str) -> ModelError:
+    if code == "context_length_exceeded":
+        return ModelError(
+            "Codex ran out of room in the model's context window. Start a new thread or clear "
+            "earlier history before retrying.",
+            phase="stream",
+            retryable=False,
+            info="context_window_exceeded",
+        )
+    return ModelError(
+        f"stream disconnected before completion: {message}",
+        phase="stream",
+        retryable=True,
+        info="other",
+    )
+
+
+def _decode_item(raw: msgspec.Raw | bytes | str) -> ResponseItem | None:
+    try:
+        return _item_decoder.decode(raw)  # type: ignore[arg-type,no-any-return]
+    except msgspec.ValidationError as exc:
+        kind = _type_decoder.decode(raw).type  # type: ignore[arg-type]
+        if kind not in KNOWN_ITEM_TYPES:
+            log.debug("ignoring output item of unknown type", type=kind)
+            return None
+        raise ModelError(
+            f"stream disconnected before completion: invalid {kind} item: {exc}",
+            phase="stream",
+            retryable=True,
+            info="response_stream_disconnected",
+        ) from None
+
+
+def _with_id(item: ResponseItem) -> ResponseItem:
+    if isinstance(item, Message | FunctionCall | Reasoning) and item.id is msgspec.UNSET:
+        return msgspec.structs.replace(item, id=f"item_{new_id()}")
+    return item
+
+
+def _turn_item(item: ResponseItem) -> TurnItem | None:
+    match item:
+        case Message(role="assistant", id=str(item_id)):
+            texts = [AgentMessageContent(text=p.text) for p in item.content if isinstance(p, OutputText)]
+            return AgentMessageItem(id=item_id, content=texts)
+        case Reasoning(id=str(item_id), summary=summary):
+            return ReasoningItem(id=item_id, summary_text=[s.text for s in summary])
+    return None
+
+
+def _item_started(turn: Turn, host: TurnHost, item: ResponseItem, started: set[str]) -> None:
+    turn_item = _turn_item(item)
+    if turn_item is None or turn_item.id in started:
+        return
+    started.add(turn_item.id)
+    if isinstance(turn_item, AgentMessageItem):
+        turn_item = AgentMessageItem(id=turn_item.id, content=[])
+    host.emit(turn.sub_id, ItemStartedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=turn_item))
+
+
+def _item_completed(turn: Turn, host: TurnHost, item: ResponseItem) -> None:
+    turn_item = _turn_item(item)
+    if turn_item is None:
+        return
+    host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=turn_item))
+    if isinstance(turn_item, AgentMessageItem):
+        host.emit(turn.sub_id, AgentMessageEvent(message=turn_item.text()))
+
+
+def _token_usage(usage: Usage) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0,
+        output_tokens=usage.output_tokens,
+        reasoning_output_tokens=(
+            usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
+        ),
+        total_tokens=usage.total_tokens,
+    )

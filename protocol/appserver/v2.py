@@ -1,0 +1,427 @@
+"""App-server v2 wire types: params, results and notification payloads, camelCase on the wire.
+
+Only the fields Spindle reads or writes are declared. Inbound params ignore unknown fields (a newer
+client may send more); outbound objects carry every field the schema marks required, with `null`
+where Spindle has no value (`projectId`, `path` of an ephemeral thread, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..settings import ApprovalPolicy, SandboxMode
+
+# --- shared shapes ----------------------------------------------------------
+
+
+class Wire(msgspec.Struct, kw_only=True, rename="camel"):
+    """Base of every v2 object: camelCase names, explicit nulls kept."""
+
+
+class Inbound(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
+    """Base of every params struct."""
+
+
+SandboxPolicyType = Literal["readOnly", "workspaceWrite", "dangerFullAccess", "externalSandbox"]
+
+
+class SandboxPolicyV2(Inbound, kw_only=True, frozen=True):
+    type: SandboxPolicyType
+    network_access: Any = None
+
+
+class SandboxPolicyOut(Wire, kw_only=True):
+    type: SandboxPolicyType
+
+
+class ThreadStatus(Wire, kw_only=True):
+    type: Literal["notLoaded", "idle", "systemError", "active"]
+    active_flags: list[str] | UnsetType = UNSET
+
+
+IDLE = ThreadStatus(type="idle")
+NOT_LOADED = ThreadStatus(type="notLoaded")
+
+
+def active_status() -> ThreadStatus:
+    return ThreadStatus(type="active", active_flags=[])
+
+
+# --- user input -------------------------------------------------------------
+
+
+class UserInputV2Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
+    pass
+
+
+class TextUserInput(UserInputV2Base, tag="text", kw_only=True, frozen=True):
+    text: str
+    text_elements: list[Any] = msgspec.field(default_factory=list)
+
+
+class ImageUserInput(UserInputV2Base, tag="image", kw_only=True, frozen=True):
+    url: str
+
+
+class LocalImageUserInput(UserInputV2Base, tag="localImage", kw_only=True, frozen=True):
+    path: str
+
+
+UserInputV2 = TextUserInput | ImageUserInput | LocalImageUserInput
+
+# --- thread items -----------------------------------------------------------
+
+
+class ThreadItemBase(msgspec.Struct, tag_field="type", kw_only=True, rename="camel"):
+    pass
+
+
+class UserMessageThreadItem(ThreadItemBase, tag="userMessage", kw_only=True):
+    id: str
+    content: list[UserInputV2]
+
+
+class AgentMessageThreadItem(ThreadItemBase, tag="agentMessage", kw_only=True):
+    id: str
+    text: str
+    phase: str | None = None
+
+
+class ReasoningThreadItem(ThreadItemBase, tag="reasoning", kw_only=True):
+    id: str
+    summary: list[str] = msgspec.field(default_factory=list)
+    content: list[str] = msgspec.field(default_factory=list)
+
+
+class CommandExecutionThreadItem(ThreadItemBase, tag="commandExecution", kw_only=True):
+    id: str
+    command: str
+    cwd: str
+    status: Literal["inProgress", "completed", "failed", "declined"]
+    command_actions: list[Any] = msgspec.field(default_factory=list)
+    aggregated_output: str | None = None
+    exit_code: int | None = None
+    duration_ms: int | None = None
+
+
+ThreadItem = UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
+
+# --- threads and turns ------------------------------------------------------
+
+TurnStatus = Literal["completed", "interrupted", "failed", "inProgress"]
+
+
+class TurnError(Wire, kw_only=True):
+    message: str
+    codex_error_info: Any = None
+    additional_details: str | None = None
+
+
+class Turn(Wire, kw_only=True):
+    id: str
+    items: list[ThreadItem] = msgspec.field(default_factory=list)
+    status: TurnStatus = "inProgress"
+    error: TurnError | None = None
+    items_view: Literal["notLoaded", "summary", "full"] = "full"
+    started_at: int | None = None
+    completed_at: int | None = None
+    duration_ms: int | None = None
+
+
+class Thread(Wire, kw_only=True):
+    id: str
+    session_id: str
+    forked_from_id: str | None
+    preview: str
+    ephemeral: bool
+    model_provider: str
+    model: str | None
+    created_at: int
+    updated_at: int
+    status: ThreadStatus
+    path: str | None
+    cwd: str
+    cli_version: str
+    source: str = "appServer"
+    name: str | None = None
+    project_id: str | None = None
+    parent_thread_id: str | None = None
+    agent_nickname: str | None = None
+    agent_role: str | None = None
+    git_info: Any = None
+    turns: list[Turn] = msgspec.field(default_factory=list)
+
+
+# --- params -----------------------------------------------------------------
+
+
+class InitializeClientInfo(Inbound, kw_only=True, frozen=True):
+    name: str
+    version: str
+    title: str | None = None
+
+
+class InitializeParams(Inbound, kw_only=True, frozen=True):
+    client_info: InitializeClientInfo
+    capabilities: dict[str, Any] | None = None
+
+
+class ThreadSettingsParams(Inbound, kw_only=True, frozen=True):
+    """The settings thread/start, thread/resume and thread/fork share."""
+
+    model: str | None = None
+    model_provider: str | None = None
+    cwd: str | None = None
+    approval_policy: ApprovalPolicy | dict[str, Any] | None = None
+    sandbox: SandboxMode | None = None
+    base_instructions: str | None = None
+    developer_instructions: str | None = None
+    config: dict[str, Any] | None = None
+
+
+class ThreadStartParams(ThreadSettingsParams, kw_only=True, frozen=True):
+    ephemeral: bool | None = None
+
+
+class ThreadResumeParams(ThreadSettingsParams, kw_only=True, frozen=True):
+    thread_id: str
+    path: str | None = None
+    exclude_turns: bool = False
+
+
+class ThreadForkParams(ThreadSettingsParams, kw_only=True, frozen=True):
+    thread_id: str
+    path: str | None = None
+    ephemeral: bool = False
+    exclude_turns: bool = False
+    last_turn_id: str | None = None
+
+
+class ThreadIdParams(Inbound, kw_only=True, frozen=True):
+    """thread/archive, thread/unarchive, thread/unsubscribe, thread/compact/start."""
+
+    thread_id: str
+
+
+class ThreadReadParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    include_turns: bool = False
+
+
+class ThreadListParams(Inbound, kw_only=True, frozen=True):
+    cursor: str | None = None
+    limit: int | None = None
+    archived: bool | None = None
+
+
+class ThreadLoadedListParams(Inbound, kw_only=True, frozen=True):
+    cursor: str | None = None
+    limit: int | None = None
+
+
+class ThreadSetNameParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    name: str
+
+
+class ThreadRollbackParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    num_turns: int
+
+
+class ThreadRevertParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    before_turn_id: str
+
+
+class TurnStartParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    input: list[UserInputV2]
+    cwd: str | None = None
+    model: str | None = None
+    approval_policy: ApprovalPolicy | dict[str, Any] | None = None
+    sandbox_policy: SandboxPolicyV2 | None = None
+    effort: str | None = None
+    summary: str | None = None
+
+
+class TurnSteerParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    input: list[UserInputV2]
+    expected_turn_id: str
+
+
+class TurnInterruptParams(Inbound, kw_only=True, frozen=True):
+    thread_id: str
+    turn_id: str
+
+
+class ModelListParams(Inbound, kw_only=True, frozen=True):
+    cursor: str | None = None
+    limit: int | None = None
+    include_hidden: bool | None = None
+
+
+# --- results ----------------------------------------------------------------
+
+
+class InitializeResult(Wire, kw_only=True):
+    user_agent: str
+    codex_home: str
+    platform_family: str
+    platform_os: str
+
+
+class ThreadSessionResult(Wire, kw_only=True):
+    """thread/start, thread/resume and thread/fork answer with the thread and its settings."""
+
+    thread: Thread
+    model: str
+    model_provider: str
+    cwd: str
+    approval_policy: str
+    approvals_reviewer: str
+    sandbox: SandboxPolicyOut
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    instruction_sources: list[str] = msgspec.field(default_factory=list)
+    disabled_plugin_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class ThreadResult(Wire, kw_only=True):
+    thread: Thread
+
+
+class ThreadListResult(Wire, kw_only=True):
+    data: list[Thread]
+    next_cursor: str | None = None
+    backwards_cursor: str | None = None
+
+
+class ThreadLoadedListResult(Wire, kw_only=True):
+    data: list[str]
+    next_cursor: str | None = None
+
+
+class UnsubscribeResult(Wire, kw_only=True):
+    status: Literal["unsubscribed", "notSubscribed", "notLoaded"]
+
+
+class TurnResult(Wire, kw_only=True):
+    turn: Turn
+
+
+class TurnSteerResult(Wire, kw_only=True):
+    turn_id: str
+
+
+class ReasoningEffortOption(Wire, kw_only=True):
+    reasoning_effort: str
+    description: str
+
+
+class ModelInfo(Wire, kw_only=True):
+    id: str
+    model: str
+    display_name: str
+    description: str
+    hidden: bool
+    is_default: bool
+    default_reasoning_effort: str
+    supported_reasoning_efforts: list[ReasoningEffortOption]
+    input_modalities: list[str] = msgspec.field(default_factory=lambda: ["text", "image"])
+
+
+class ModelListResult(Wire, kw_only=True):
+    data: list[ModelInfo]
+    next_cursor: str | None = None
+
+
+class EmptyResult(Wire, kw_only=True):
+    pass
+
+
+# --- notification params ----------------------------------------------------
+
+
+class ThreadStarted(Wire, kw_only=True):
+    thread: Thread
+
+
+class ThreadStatusChanged(Wire, kw_only=True):
+    thread_id: str
+    status: ThreadStatus
+
+
+class ThreadIdNotice(Wire, kw_only=True):
+    """thread/archived, thread/unarchived, thread/closed, thread/reverted."""
+
+    thread_id: str
+
+
+class ThreadNameUpdated(Wire, kw_only=True):
+    thread_id: str
+    thread_name: str | None
+
+
+class TurnNotice(Wire, kw_only=True):
+    """turn/started and turn/completed."""
+
+    thread_id: str
+    turn: Turn
+
+
+class ItemStarted(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item: ThreadItem
+    started_at_ms: int
+
+
+class ItemCompleted(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item: ThreadItem
+    completed_at_ms: int
+
+
+class AgentMessageDelta(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item_id: str
+    delta: str
+
+
+class TokenUsageBreakdown(Wire, kw_only=True):
+    total_tokens: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    reasoning_output_tokens: int
+
+
+class ThreadTokenUsage(Wire, kw_only=True):
+    total: TokenUsageBreakdown
+    last: TokenUsageBreakdown
+    model_context_window: int | None = None
+
+
+class TokenUsageUpdated(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    token_usage: ThreadTokenUsage
+
+
+class ErrorNotice(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    error: TurnError
+    will_retry: bool
+
+
+class WarningNotice(Wire, kw_only=True):
+    message: str
+    thread_id: str | None = None

@@ -1,0 +1,144 @@
+"""Mapping between Spindle's own types (ops, events, items) and the app-server v2 wire types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..events import TokenUsage, TokenUsageInfo
+from ..items import (
+    AgentMessageItem,
+    CommandExecutionItem,
+    ImageInput,
+    LocalImageInput,
+    ReasoningItem,
+    TextInput,
+    TurnItem,
+    UserInput,
+    UserMessageItem,
+)
+from ..settings import ApprovalPolicy, SandboxMode, SettingsUpdate
+from . import v2
+
+SANDBOX_TO_V2: dict[str, v2.SandboxPolicyType] = {
+    "read-only": "readOnly",
+    "workspace-write": "workspaceWrite",
+    "danger-full-access": "dangerFullAccess",
+}
+SANDBOX_FROM_V2: dict[str, SandboxMode] = {wire: mode for mode, wire in SANDBOX_TO_V2.items()}  # type: ignore[misc]
+
+ERROR_INFO_TO_V2 = {
+    "context_window_exceeded": "contextWindowExceeded",
+    "usage_limit_exceeded": "usageLimitExceeded",
+    "http_connection_failed": {"httpConnectionFailed": {"httpStatusCode": None}},
+    "response_stream_disconnected": {"responseStreamDisconnected": {"httpStatusCode": None}},
+    "response_too_many_failed_attempts": {"responseTooManyFailedAttempts": {"httpStatusCode": None}},
+    "bad_request": "badRequest",
+    "thread_rollback_failed": "threadRollbackFailed",
+    "internal_server_error": "internalServerError",
+    "unsupported_operation": "other",
+    "other": "other",
+}
+
+
+class UnsupportedInput(ValueError):
+    """A v2 value Spindle cannot act on; the message names it."""
+
+
+def user_inputs(items: list[v2.UserInputV2]) -> list[UserInput]:
+    out: list[UserInput] = []
+    for item in items:
+        match item:
+            case v2.TextUserInput(text=text):
+                out.append(TextInput(text=text))
+            case v2.ImageUserInput(url=url):
+                out.append(ImageInput(image_url=url))
+            case v2.LocalImageUserInput(path=path):
+                out.append(LocalImageInput(path=path))
+    return out
+
+
+def user_inputs_v2(items: list[UserInput]) -> list[v2.UserInputV2]:
+    out: list[v2.UserInputV2] = []
+    for item in items:
+        match item:
+            case TextInput(text=text):
+                out.append(v2.TextUserInput(text=text))
+            case ImageInput(image_url=url):
+                out.append(v2.ImageUserInput(url=url))
+            case LocalImageInput(path=path):
+                out.append(v2.LocalImageUserInput(path=path))
+    return out
+
+
+def thread_item(item: TurnItem) -> v2.ThreadItem:
+    match item:
+        case UserMessageItem(id=item_id, content=content):
+            return v2.UserMessageThreadItem(id=item_id, content=user_inputs_v2(content))
+        case AgentMessageItem(id=item_id):
+            return v2.AgentMessageThreadItem(id=item_id, text=item.text())
+        case ReasoningItem(id=item_id, summary_text=summary):
+            return v2.ReasoningThreadItem(id=item_id, summary=list(summary))
+        case CommandExecutionItem():
+            return v2.CommandExecutionThreadItem(
+                id=item.id, command=item.command, cwd=item.cwd, status=item.status,
+                aggregated_output=item.aggregated_output, exit_code=item.exit_code,
+                duration_ms=item.duration_ms,
+            )
+    raise TypeError(f"not a turn item: {type(item).__name__}")
+
+
+def thread_settings_update(params: v2.ThreadSettingsParams) -> SettingsUpdate:
+    """What thread/start, thread/resume and thread/fork ask of the new thread's settings."""
+    return SettingsUpdate(
+        model=params.model, provider_id=params.model_provider, cwd=params.cwd,
+        approval_policy=approval_policy(params.approval_policy), sandbox_mode=params.sandbox,
+        instructions=params.base_instructions,
+    )
+
+
+def turn_settings_update(params: v2.TurnStartParams) -> SettingsUpdate:
+    """What turn/start asks of this turn's settings (and the later turns')."""
+    return SettingsUpdate(
+        model=params.model, cwd=params.cwd, approval_policy=approval_policy(params.approval_policy),
+        sandbox_mode=sandbox_policy(params.sandbox_policy), effort=params.effort, summary=params.summary,
+    )
+
+
+def approval_policy(value: str | dict[str, Any] | None) -> ApprovalPolicy | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        raise UnsupportedInput("granular approval policies are not supported by Spindle")
+    return value  # type: ignore[return-value]
+
+
+def sandbox_policy(value: v2.SandboxPolicyV2 | None) -> SandboxMode | None:
+    if value is None:
+        return None
+    try:
+        return SANDBOX_FROM_V2[value.type]
+    except KeyError:
+        raise UnsupportedInput(f"sandbox policy {value.type!r} is not supported by Spindle") from None
+
+
+def sandbox_out(mode: str) -> v2.SandboxPolicyOut:
+    return v2.SandboxPolicyOut(type=SANDBOX_TO_V2.get(mode, "readOnly"))
+
+
+def turn_error(message: str, info: str | None) -> v2.TurnError:
+    return v2.TurnError(message=message, codex_error_info=ERROR_INFO_TO_V2.get(info or "", None))
+
+
+def _breakdown(usage: TokenUsage) -> v2.TokenUsageBreakdown:
+    return v2.TokenUsageBreakdown(
+        total_tokens=usage.total_tokens, input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens, output_tokens=usage.output_tokens,
+        reasoning_output_tokens=usage.reasoning_output_tokens,
+    )
+
+
+def token_usage(info: TokenUsageInfo) -> v2.ThreadTokenUsage:
+    return v2.ThreadTokenUsage(
+        total=_breakdown(info.total_token_usage), last=_breakdown(info.last_token_usage),
+        model_context_window=info.model_context_window,
+    )
