@@ -35,7 +35,7 @@ RESULTS = Path("bench-results")
 
 def start_mock() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "actors.cli", "mock-model"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "spindle.actors.cli", "mock-model"], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
@@ -230,7 +230,7 @@ async def scaling(config: Config) -> dict[str, float]:
     for n in (100, 1_000, 10_000):
         with tempfile.TemporaryDirectory(prefix="spindle-scale-") as tmp:
             report = Path(tmp) / "load.json"
-            argv = [sys.executable, "-m", "actors.cli", "load", "--threads", str(n), "--turns", "1",
+            argv = [sys.executable, "-m", "spindle.actors.cli", "load", "--threads", str(n), "--turns", "1",
                     "--reply-tokens", "4", "--no-progress", "--home", tmp, "--json", str(report)]
             await trio.run_process(argv, stdout=subprocess.DEVNULL)
             summary = json.loads(report.read_text())

@@ -10,8 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from spindle.actors.appserver.connection import AppServer
-from spindle.actors.runtime import app_server
+from spindle.actors.appserver import AppServer, connection
 from spindle.actors.runtime.manager import open_runtime
 from spindle.actors.testing.mock_model import MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
@@ -287,7 +286,7 @@ async def test_fork_copies_history_and_subscribes(client: RpcClient) -> None:
 
 
 async def test_a_full_request_queue_answers_overloaded(monkeypatch: pytest.MonkeyPatch, make_config: Callable[..., Config]) -> None:
-    monkeypatch.setattr(app_server, "REQUEST_QUEUE", 2)
+    monkeypatch.setattr(connection, "REQUEST_QUEUE", 2)
     async with open_runtime(make_config()) as manager, trio.open_nursery() as nursery:
         server: AppServer = await nursery.start(AppServer(manager).run)
         async with in_memory(server) as client:
@@ -306,8 +305,13 @@ async def test_a_full_request_queue_answers_overloaded(monkeypatch: pytest.Monke
         nursery.cancel_scope.cancel()
 
 
-async def test_a_client_that_never_reads_does_not_stall_the_thread(make_config: Callable[..., Config], mock_model: MockModel) -> None:
-    """Its outgoing queue fills, its pump waits, its subscription lags; the actor runs on."""
+async def test_a_client_that_never_reads_does_not_stall_the_thread(
+    monkeypatch: pytest.MonkeyPatch, make_config: Callable[..., Config], mock_model: MockModel
+) -> None:
+    """Its outgoing queue fills, its pump waits, its subscription lags; the actor runs on, and the
+    client learns, once it reads again, how many events it lost."""
+    monkeypatch.setattr(connection, "OUTGOING_QUEUE", 4)
+    monkeypatch.setattr(connection, "PUMP_BUFFER", 8)
     mock_model.default = lambda _: Text(text="x" * 50, chunks=50)
     async with open_runtime(make_config()) as manager, trio.open_nursery() as nursery:
         server: AppServer = await nursery.start(AppServer(manager).run)
@@ -321,4 +325,11 @@ async def test_a_client_that_never_reads_does_not_stall_the_thread(make_config: 
         with trio.fail_after(20):
             for n in range(5):
                 assert (await handle.ask(f"turn {n}")) == "x" * 50
+        dropped = b"because this client read too slowly"
+        seen = b""
+        with trio.fail_after(10):
+            while dropped not in seen:
+                seen += await client_side.receive_some()
+        warning = next(json.loads(line) for line in seen.splitlines() if dropped in line)
+        assert warning["method"] == "warning" and warning["params"]["threadId"] == handle.thread_id
         nursery.cancel_scope.cancel()

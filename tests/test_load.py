@@ -54,12 +54,12 @@ async def test_an_unreachable_provider_is_refused_before_anything_starts(tmp_pat
 def test_cli_writes_json_and_rejects_zero_threads(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     done = subprocess.run(
-        [sys.executable, "-m", "actors.cli", "load", "--threads", "3", "--turns", "1", "--no-progress", "--json", str(out)],
+        [sys.executable, "-m", "spindle.actors.cli", "load", "--threads", "3", "--turns", "1", "--no-progress", "--json", str(out)],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     assert figures["turns_done"] == 3 and "turn latency" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "actors.cli", "load", "--threads", "0"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([sys.executable, "-m", "spindle.actors.cli", "load", "--threads", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "spindle load: --threads must be at least 1, got 0"

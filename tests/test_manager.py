@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import trio
 
-from spindle.actors.runtime import ThreadClosedError, ThreadManager
+from spindle.actors.runtime import ThreadClosedError, ThreadManager, ThreadNotFoundError
 from spindle.actors.runtime.config import ConfigError
-from spindle.actors.runtime.manager import ThreadNotFoundError
 from spindle.actors.runtime.tools import ShellTool, ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.events import ItemStartedEvent
 from spindle.protocol.items import CommandExecutionItem, TextInput
 from spindle.protocol.ops import UserInputOp
+from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until
 
@@ -33,7 +33,7 @@ class StubbornTool:
         return {"type": "function", "name": self.name, "parameters": {"type": "object", "properties": {}}}
 
     async def run(self, arguments: str, ctx: ToolContext) -> str:
-        ctx.item_started(CommandExecutionItem(id=ctx.call_id, command="stubborn", cwd=ctx.cwd, status="inProgress"))
+        ctx.item_started(CommandExecutionItem(id=ctx.call_id, command="stubborn", cwd=ctx.settings.cwd, status="inProgress"))
         self.entered.set()
         with trio.CancelScope(shield=True):
             await self.release.wait()
@@ -55,7 +55,7 @@ async def test_tracking_and_created_notices(runtime: ThreadManager) -> None:
 
 async def test_unknown_provider_is_a_clear_error(runtime: ThreadManager) -> None:
     with pytest.raises(ConfigError, match="unknown model provider 'nowhere'"):
-        await runtime.start_thread(model_provider="nowhere")
+        await runtime.start_thread(SettingsUpdate(provider_id="nowhere"))
     with pytest.raises(ValueError, match="invalid thread id '../../etc/passwd'"):
         await runtime.start_thread(thread_id="../../etc/passwd")
 

@@ -14,6 +14,7 @@ from spindle.protocol.config import Config
 from spindle.protocol.events import ErrorEvent, StreamErrorEvent, TaskCompleteEvent
 from spindle.protocol.items import TextInput
 from spindle.protocol.ops import UserInputOp
+from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until
 
@@ -112,7 +113,7 @@ async def test_connection_refused_fails_the_turn_and_the_runtime_survives(make_c
         }
     )
     async with open_runtime(config) as rt:
-        dead = await rt.start_thread(model_provider="dead")
+        dead = await rt.start_thread(SettingsUpdate(provider_id="dead"))
         with pytest.raises(TurnError, match="error sending request"):
             await dead.ask("hello?")
         alive = await rt.start_thread()

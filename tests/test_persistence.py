@@ -27,6 +27,7 @@ from spindle.protocol.events import (
 from spindle.protocol.items import Message, TextInput
 from spindle.protocol.ops import ThreadRollbackOp, UserInputOp, UserTurnOp
 from spindle.protocol.rollout import SessionMeta, TurnContextItem
+from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until
 
@@ -75,7 +76,7 @@ async def test_first_turn_overrides_are_in_the_initial_context(runtime: ThreadMa
     other.mkdir()
     thread = await runtime.start_thread()
     with thread.events() as events:
-        await thread.submit(UserTurnOp(items=[TextInput(text="hi")], cwd=str(other)))
+        await thread.submit(UserTurnOp(items=[TextInput(text="hi")], settings=SettingsUpdate(cwd=str(other))))
         await collect_until(events, TaskCompleteEvent)
     await thread.rollout.flush()
     rows = lines(thread.rollout_path)
@@ -151,7 +152,7 @@ async def test_resume_reference_codex_rollouts(runtime: ThreadManager, mock_mode
 
     with pytest.raises(ConfigError, match="unknown model provider 'mock_provider'"):
         await runtime.resume_thread(live)  # recorded with a provider this config lacks
-    thread = await runtime.resume_thread(live, model_provider="mock", cwd=str(runtime.home))
+    thread = await runtime.resume_thread(live, SettingsUpdate(provider_id="mock", cwd=str(runtime.home)))
     assert thread.history and thread.settings.model == "mock-model"
     assert await thread.ask("continue") == "echo: continue"
 

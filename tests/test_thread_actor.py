@@ -27,6 +27,7 @@ from spindle.protocol.ops import (
     ShutdownOp,
     UserInputOp,
 )
+from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until, kinds
 
@@ -62,10 +63,10 @@ async def test_ask_returns_final_message_and_request_shape(runtime: ThreadManage
 async def test_ops_are_handled_in_submission_order(runtime: ThreadManager, mock_model: MockModel) -> None:
     thread = await runtime.start_thread()
     with thread.events() as events:
-        first = await thread.submit(OverrideTurnContextOp(model="model-a"))
+        first = await thread.submit(OverrideTurnContextOp(settings=SettingsUpdate(model="model-a")))
         second = await thread.submit(say("one"))
         seen = await collect_until(events, TaskCompleteEvent)
-        third = await thread.submit(OverrideTurnContextOp(model="model-b"))
+        third = await thread.submit(OverrideTurnContextOp(settings=SettingsUpdate(model="model-b")))
         fourth = await thread.submit(say("two"))
         seen += await collect_until(events, TaskCompleteEvent)
     assert [int(x) for x in (first, second, third, fourth)] == [1, 2, 3, 4]
@@ -134,7 +135,7 @@ async def test_user_input_during_a_turn_is_steered_into_it(runtime: ThreadManage
 
 
 async def test_shell_function_call_round_trip(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
-    thread = await runtime.start_thread(cwd=str(tmp_path))
+    thread = await runtime.start_thread(SettingsUpdate(cwd=str(tmp_path)))
     mock_model.script(
         Call(name="shell", arguments={"command": ["sh", "-c", "pwd; echo out; exit 3"]}, call_id="call_1"),
         Text(text="ran it"),
@@ -155,7 +156,7 @@ async def test_shell_function_call_round_trip(runtime: ThreadManager, mock_model
 
 async def test_shell_is_refused_unless_settings_allow_it(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
     marker = tmp_path / "created"
-    thread = await runtime.start_thread(sandbox_mode="read-only", approval_policy="on-request")
+    thread = await runtime.start_thread(SettingsUpdate(sandbox_mode="read-only", approval_policy="on-request"))
     mock_model.script(
         Call(name="shell", arguments={"command": ["touch", str(marker)]}),
         Text(text="ok"),
@@ -198,7 +199,7 @@ async def test_bad_override_is_an_error_and_changes_nothing(runtime: ThreadManag
     thread = await runtime.start_thread()
     before = thread.settings
     with thread.events() as events:
-        await thread.submit(OverrideTurnContextOp(cwd="/no/such/dir", model="other"))
+        await thread.submit(OverrideTurnContextOp(settings=SettingsUpdate(cwd="/no/such/dir", model="other")))
         seen = await collect_until(events, ErrorEvent)
     assert "is not a directory" in seen[-1].msg.message  # type: ignore[union-attr]
     assert thread.settings == before

@@ -43,6 +43,14 @@ class HistoryView(Sequence[ResponseItem]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence (a list, another view) of the same items."""
+        if isinstance(other, HistoryView):
+            return self._items == other._items
+        return isinstance(other, Sequence) and not isinstance(other, str) and self._items == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # it changes as the thread goes on
+
     def __repr__(self) -> str:
         return f"<HistoryView of {len(self._items)} items>"
 

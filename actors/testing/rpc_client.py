@@ -181,7 +181,7 @@ def write_config(home: Path, mock: MockModel | str, **extra: str) -> None:
 
 def spindle_argv() -> list[str]:
     """How to run this installation's `spindle` (the interpreter running now, so no PATH lookup)."""
-    return [sys.executable, "-m", "actors.cli"]
+    return [sys.executable, "-m", "spindle.actors.cli"]
 
 
 @asynccontextmanager
