@@ -1,4 +1,4 @@
-"""Rebuilding model history from rollout items, and the fork snapshot rules (seed 002)."""
+"""Rebuilding model history from rollout items, and the rules of fork snapshots."""
 
 from __future__ import annotations
 
@@ -61,10 +61,6 @@ def last_turn_context(items: Sequence[RolloutItem]) -> TurnContextItem | None:
         if isinstance(item, TurnContextItem):
             return item
     return None
-
-
-def count_user_turns(items: Iterable[RolloutItem]) -> int:
-    return sum(1 for item in items if is_user_turn_boundary(item))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from typing import Any
 
 import trio
 
-from spindle.actors.loadtest.driver import LoadSpec, percentile, rss_kib, run_load
+from spindle.actors.loadtest.driver import LoadSpec, run_load
+from spindle.actors.loadtest.stats import percentile, rss_kib
 from spindle.actors.runtime import open_runtime
 from spindle.actors.testing.mock_model import NO_RETRIES, mock_config
 from spindle.actors.testing.rpc_client import subprocess_server, write_config

@@ -87,7 +87,10 @@ async def test_resume_in_a_new_process_returns_the_original_thread(home: Path) -
     assert process.returncode == 0
 
 
-async def test_archive_clears_stale_subscriptions_before_resume(home: Path) -> None:
+async def test_archive_unloads_so_another_server_can_take_the_thread(home: Path) -> None:
+    """Two app-servers on one CODEX_HOME: once the first archives (and unarchives) a thread it has
+    let go of it, the second resumes it and runs a turn, and the first reads that turn from disk
+    without having run or seen it."""
     async with subprocess_server(home) as (primary, _), subprocess_server(home) as (secondary, _):
         await primary.initialize()
         await secondary.initialize()
@@ -95,13 +98,21 @@ async def test_archive_clears_stale_subscriptions_before_resume(home: Path) -> N
         await primary.run_turn(thread["id"], "materialize")
         await primary.call("thread/archive", {"threadId": thread["id"]})
         await primary.call("thread/unarchive", {"threadId": thread["id"]})
+        assert (await primary.call("thread/loaded/list", {}))["data"] == []
         mark = len(primary.notifications)
 
         resumed = await secondary.call("thread/resume", {"threadId": thread["id"]})
         assert resumed["thread"]["status"] == {"type": "idle"}
         turn = await secondary.run_turn(thread["id"], "secondary turn")
         assert turn["status"] == "completed"
-        await trio.sleep(0.25)
+        with trio.fail_after(10):
+            while True:
+                read = (await primary.call("thread/read", {"threadId": thread["id"], "includeTurns": True}))["thread"]
+                if len(read["turns"]) == 2 and read["turns"][1]["status"] == "completed":
+                    break
+                await trio.sleep(0.05)
+        assert read["status"] == {"type": "notLoaded"}
+        assert read["turns"][1]["items"][0]["content"][0]["text"] == "secondary turn"
         assert "turn/started" not in primary.methods(mark)
 
 

@@ -1,4 +1,4 @@
-"""The thread manager: tracking, creation notices, bounded shutdown (seed 002)."""
+"""The thread manager: tracking, creation notices, bounded shutdown."""
 
 from __future__ import annotations
 

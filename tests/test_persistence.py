@@ -1,4 +1,4 @@
-"""Rollouts: lazy materialization (seed 000), resume (001), fork (002), rollback (003), archive (004)."""
+"""Rollouts: lazy materialization, resume, fork, rollback, archive."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "rollouts"
+REFERENCE = Path(__file__).parent / "fixtures" / "codex-0.169-rollouts"
+"""Rollouts the real Codex 0.169 wrote, kept verbatim."""
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -138,7 +139,6 @@ async def test_resume_by_path_outside_home_is_refused(runtime: ThreadManager, tm
         await runtime.archive_thread("../../etc/passwd")
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="reference rollouts not present")
 async def test_resume_reference_codex_rollouts(runtime: ThreadManager, mock_model: MockModel) -> None:
     target = runtime.home / "sessions"
     shutil.copytree(REFERENCE / "sessions", target)
@@ -332,7 +332,7 @@ async def test_write_failure_is_an_error_and_nothing_is_lost_or_doubled(runtime:
 
 
 def test_processes_sharing_a_home_can_open_the_index_at_once(tmp_path: Path) -> None:
-    """Two app-servers on one CODEX_HOME (seed 004) both create the index: neither may fail."""
+    """Two app-servers on one CODEX_HOME both create the index: neither may fail."""
     import threading
 
     from spindle.persistence.store import LocalThreadStore
