@@ -9,25 +9,8 @@ out. The layers live in `spindle.protocol` (data), `spindle.persistence` (rollou
 `spindle.actors` (runtime, app-server, CLI, load tool, test helpers).
 """
 
-from spindle.actors.runtime import (
-    ConfigError,
-    HistoryView,
-    Lagged,
-    SubmissionOutcome,
-    Subscription,
-    ThreadClosedError,
-    ThreadHandle,
-    ThreadManager,
-    ThreadNotFoundError,
-    ThreadShutdownReport,
-    Tool,
-    ToolContext,
-    ToolRegistry,
-    TurnAbortedError,
-    TurnError,
-    load_config,
-    open_runtime,
-)
+from spindle.actors.runtime import *  # noqa: F403 - the runtime's public API
+from spindle.actors.runtime import __all__ as _runtime_all
 from spindle.actors.runtime.version import SPINDLE_VERSION as __version__
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.store import ThreadStoreError
@@ -37,25 +20,9 @@ from spindle.protocol.config import Config
 
 __all__ = [
     "Config",
-    "ConfigError",
     "ForkSnapshot",
-    "HistoryView",
-    "Lagged",
-    "Subscription",
-    "SubmissionOutcome",
-    "ThreadClosedError",
-    "ThreadHandle",
-    "ThreadManager",
-    "ThreadNotFoundError",
-    "ThreadShutdownReport",
     "ThreadStoreError",
-    "Tool",
-    "ToolContext",
-    "ToolRegistry",
-    "TurnAbortedError",
-    "TurnError",
     "__version__",
-    "load_config",
-    "open_runtime",
+    *_runtime_all,
     *_protocol_all,
 ]
