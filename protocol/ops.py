@@ -17,9 +17,13 @@ class OpBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_d
 
 
 class UserInputOp(OpBase, tag="user_input", kw_only=True, frozen=True):
-    """User input: steered into the active turn, or starts a turn when none is active."""
+    """User input: steered into the active turn, or starts a turn when none is active.
+
+    With `expected_turn_id` it is a steer only: refused unless that turn is the active one.
+    """
 
     items: list[UserInput]
+    expected_turn_id: str | None = None
 
 
 class UserTurnOp(OpBase, tag="user_turn", kw_only=True, frozen=True):
@@ -36,7 +40,12 @@ class OverrideTurnContextOp(OpBase, tag="override_turn_context", kw_only=True, f
 
 
 class InterruptOp(OpBase, tag="interrupt", kw_only=True, frozen=True):
-    """Abort the active turn; it ends with `turn_aborted` (reason interrupted)."""
+    """Abort the active turn; it ends with `turn_aborted` (reason interrupted).
+
+    With `turn_id` it is refused unless that turn is the active one.
+    """
+
+    turn_id: str | None = None
 
 
 class ShutdownOp(OpBase, tag="shutdown", kw_only=True, frozen=True):

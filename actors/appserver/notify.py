@@ -59,6 +59,11 @@ class EventTranslator:
                 return [("item/agentMessage/delta", v2.AgentMessageDelta(thread_id=tid, turn_id=self._turn.id, item_id=item_id, delta=delta))]
             case TokenCountEvent(info=info) if info is not None and self._turn is not None:
                 return [("thread/tokenUsage/updated", v2.TokenUsageUpdated(thread_id=tid, turn_id=self._turn.id, token_usage=token_usage(info)))]
+            case ErrorEvent(message=message, codex_error_info="internal_server_error", turn_id=None):
+                return [
+                    ("warning", v2.WarningNotice(message=message, thread_id=tid)),
+                    ("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.SYSTEM_ERROR)),
+                ]
             case ErrorEvent(message=message, codex_error_info=info, turn_id=turn_id):
                 return self._error(message, info, turn_id, will_retry=False)
             case StreamErrorEvent(message=message, codex_error_info=info):

@@ -21,21 +21,17 @@ async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.Turn
 
 
 async def turn_steer(ctx: RequestContext, params: v2.TurnSteerParams) -> v2.TurnSteerResult:
+    """Input into the running turn `expectedTurnId`; the actor refuses it if that turn is not active."""
     handle = loaded(ctx, thread_id_param(params.thread_id))
-    active = handle.active_turn_id
-    if active != params.expected_turn_id:
-        raise invalid_request(f"expected active turn `{params.expected_turn_id}` but found `{active}`")
-    outcome = await dispatch(handle, UserInputOp(items=user_inputs(params.input)))
+    op = UserInputOp(items=user_inputs(params.input), expected_turn_id=params.expected_turn_id)
+    outcome = await dispatch(handle, op)
     if outcome.turn_id is None:
         raise invalid_request("no active turn to steer")
     return v2.TurnSteerResult(turn_id=outcome.turn_id)
 
 
 async def turn_interrupt(ctx: RequestContext, params: v2.TurnInterruptParams) -> v2.EmptyResult:
+    """Abort the turn `turnId`; the actor refuses it if that turn is not active."""
     handle = loaded(ctx, thread_id_param(params.thread_id))
-    if handle.active_turn_id is None or handle.active_turn_id != params.turn_id:
-        raise invalid_request("no active turn to interrupt")
-    await handle.submit_and_wait(InterruptOp())
+    await dispatch(handle, InterruptOp(turn_id=params.turn_id))
     return v2.EmptyResult()
-
-

@@ -54,6 +54,11 @@ class ThreadHandle:
         return self._actor.closed.is_set()
 
     @property
+    def fault(self) -> str | None:
+        """Why the thread stopped on an internal error, if it did (its `systemError`)."""
+        return self._actor.fault
+
+    @property
     def settings(self) -> ThreadSettings:
         return self._actor.settings
 

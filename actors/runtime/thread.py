@@ -91,6 +91,9 @@ class ThreadActor:
         self._usage = UsageMeter()
         self._active: Turn | None = None
         self._nursery: trio.Nursery | None = None
+        self._writers: trio.Nursery | None = None
+        self.fault: str | None = None
+        """Why the actor stopped on an error of its own (the thread's `systemError`), if it did."""
 
     @property
     def rollout(self) -> ThreadRollout:
@@ -146,51 +149,93 @@ class ThreadActor:
         )
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve submissions until shutdown. A fault of the actor's own ends this thread only: it
+        is logged, reported as an `error` event, callers waiting on it are answered, and the
+        rollout is closed; nothing propagates to the runtime. Cancellation propagates."""
         with structlog.contextvars.bound_contextvars(thread_id=self.thread_id):
             try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.rollout.persisted:  # resumed or forked: append to the existing file
-                        await self.rollout.start(nursery, create=False)
-                    self.emit(INITIAL_SUB_ID, self.session_configured())
-                    task_status.started()
-                    await self._submission_loop()
+                async with trio.open_nursery() as writers:  # the rollout writer outlives the turns
+                    await self._supervised(writers, task_status)
             finally:
                 self._events.close()
                 self.outcomes.settle_all(ErrorEvent(message=f"thread {self.thread_id} has shut down"))
                 self.closed.set()
 
-    async def _submission_loop(self) -> None:
+    async def _supervised(self, writers: trio.Nursery, task_status: TaskStatus[None]) -> None:
+        started = False
+        try:
+            if self.rollout.persisted:  # resumed or forked: append to the existing file
+                await self.rollout.start(writers, create=False)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.emit(INITIAL_SUB_ID, self.session_configured())
+                task_status.started()
+                started = True
+                await self._submission_loop(writers)
+        except* Exception as group:
+            if not started:
+                raise
+            self._fail(group)
+        finally:
+            await self._close_rollout(INITIAL_SUB_ID)
+
+    def _fail(self, group: BaseExceptionGroup[Exception]) -> None:
+        cause = group.exceptions[0]
+        while isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        self.fault = f"{type(cause).__name__}: {cause}"
+        log.error("thread actor failed", error=self.fault, exc_info=group)
+        self._deliver(INITIAL_SUB_ID, ErrorEvent(
+            message=f"thread {self.thread_id} stopped after an internal error: {self.fault}",
+            codex_error_info="internal_server_error"))
+
+    async def _submission_loop(self, writers: trio.Nursery) -> None:
+        self._writers = writers
         with self._receive:
             async for sub in self._receive:
                 try:
                     if await self._dispatch(sub):
                         return
+                except Exception as exc:
+                    self.outcomes.set_error(sub.id, ErrorEvent(
+                        message=f"thread {self.thread_id} failed on an internal error: {type(exc).__name__}: {exc}",
+                        codex_error_info="internal_server_error"))
+                    raise
                 finally:
                     self.outcomes.settle(sub.id)
         log.debug("submission channel closed without shutdown")
         await self._abort_turn("interrupted")
-        await self._close_rollout(INITIAL_SUB_ID)
 
     async def _close_rollout(self, sub_id: str) -> None:
+        """Flush and close the rollout (shielded, within the writer's reply deadline); idempotent."""
         try:
             with trio.CancelScope(shield=True):
                 await self.rollout.shutdown()
-        except (OSError, trio.TooSlowError) as exc:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.warning("failed to shut down thread persistence", error=str(exc))
             self._deliver(sub_id, ErrorEvent(message=f"Failed to shutdown thread persistence: {exc}", codex_error_info="other"))
 
     async def _dispatch(self, sub: Submission) -> bool:
         """Handle one submission; True when the actor should end."""
         match sub.op:
-            case UserInputOp(items=items):
+            case UserInputOp(items=items, expected_turn_id=None):
+                await self._user_input(sub.id, items)
+            case UserInputOp(items=items, expected_turn_id=expected):
+                if expected != self.active_turn_id:
+                    self.emit(sub.id, ErrorEvent(
+                        message=f"expected active turn `{expected}` but found `{self.active_turn_id}`",
+                        codex_error_info="bad_request"))
+                    return False
                 await self._user_input(sub.id, items)
             case UserTurnOp(items=items, settings=update):
                 if self._apply_settings(sub.id, update):
                     await self._user_input(sub.id, items)
             case OverrideTurnContextOp(settings=update):
                 self._apply_settings(sub.id, update)
-            case InterruptOp():
+            case InterruptOp(turn_id=expected):
+                if expected is not None and expected != self.active_turn_id:
+                    self.emit(sub.id, ErrorEvent(message=f"no active turn to interrupt (asked for `{expected}`, active: `{self.active_turn_id}`)", codex_error_info="bad_request"))
+                    return False
                 self.outcomes.set_turn(sub.id, self.active_turn_id)
                 await self._abort_turn("interrupted")
             case ShutdownOp():
@@ -227,7 +272,8 @@ class ThreadActor:
             return
         assert self._nursery is not None
         try:
-            await self.rollout.materialize(self._nursery)
+            assert self._writers is not None
+            await self.rollout.materialize(self._writers)
         except OSError as exc:
             self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
             return
@@ -250,6 +296,11 @@ class ThreadActor:
                     except SamplingFailed as err:
                         log.info("turn failed", error=err.message)
                         self.emit(turn.sub_id, ErrorEvent(message=err.message, codex_error_info=err.info, turn_id=turn.turn_id))
+                    except Exception as exc:  # a bug or a tool's fault ends this turn, not the thread
+                        log.exception("turn failed on an internal error")
+                        self.emit(turn.sub_id, ErrorEvent(
+                            message=f"turn failed on an internal error: {type(exc).__name__}: {exc}",
+                            codex_error_info="internal_server_error", turn_id=turn.turn_id))
                     finished = True
             finally:
                 if finished:

@@ -44,6 +44,7 @@ class ThreadStatus(Wire, kw_only=True):
 
 IDLE = ThreadStatus(type="idle")
 NOT_LOADED = ThreadStatus(type="notLoaded")
+SYSTEM_ERROR = ThreadStatus(type="systemError")
 
 
 def active_status() -> ThreadStatus:
