@@ -167,3 +167,12 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
 
     id: str
     msg: EventMsg
+
+
+LOSSY_EVENTS = (AgentMessageDeltaEvent, TokenCountEvent)
+"""Events a subscriber that lags may lose: streaming deltas and token counts. Every other event
+(items, turns, status, errors, server requests) is lifecycle, delivered in order."""
+
+
+def is_lifecycle(event: Event) -> bool:
+    return not isinstance(event.msg, LOSSY_EVENTS)

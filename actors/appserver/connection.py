@@ -118,9 +118,7 @@ class Connection:
                 try:
                     event = await events.receive()
                 except Lagged as lag:
-                    await self.notify("warning", v2.WarningNotice(
-                        message=f"{lag.missed} events of thread {handle.thread_id} were dropped because this client read too slowly",
-                        thread_id=handle.thread_id))
+                    await self.notify("warning", v2.WarningNotice(message=_lag_warning(handle.thread_id, lag), thread_id=handle.thread_id))
                     continue
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     break
@@ -234,3 +232,11 @@ class Connection:
             self._writer_done.set()
 
 
+def _lag_warning(thread_id: str, lag: Lagged) -> str:
+    """What a lagging client is told: what it lost, and how to catch up when it matters."""
+    if lag.lifecycle_missed:
+        return (
+            f"{lag.missed} events of thread {thread_id} were dropped because this client read too slowly, "
+            f"{lag.lifecycle_missed} of them item, turn or status events; re-read the thread with thread/read"
+        )
+    return f"{lag.missed} streaming deltas or token counts of thread {thread_id} were dropped because this client read too slowly"

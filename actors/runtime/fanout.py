@@ -1,10 +1,13 @@
 """Fan-out of a thread's events to any number of subscribers, lossy by policy.
 
-The actor never waits for a subscriber. Each subscription has a bounded buffer; when it is full
-the subscription is *lagging*: further events are dropped and counted until the subscriber has
-read everything buffered before the gap, at which point `receive()` raises `Lagged(missed=n)` once
-and delivery resumes. A slow subscriber therefore loses events, never slows the actor or the other
-subscribers (the policy of tractor's broadcast receiver).
+The actor never waits for a subscriber. Each subscription has a bounded buffer. When it is full,
+items the broadcaster's `keep` predicate marks as lifecycle (for threads: everything but deltas
+and token counts) are still buffered, up to `LIFECYCLE_HEADROOM` times the capacity; other items
+are dropped and counted. A subscriber that reads everything buffered before a gap gets
+`Lagged(missed, lifecycle_missed)` once, then delivery resumes in order. Only a subscriber that
+falls behind by more than the headroom loses lifecycle items, and `Lagged.lifecycle_missed` says
+so. A slow subscriber therefore never slows the actor or the other subscribers (the policy of
+tractor's broadcast receiver, with a class of items it keeps).
 """
 
 from __future__ import annotations
@@ -19,29 +22,37 @@ T = TypeVar("T")
 
 SUBSCRIBER_BUFFER = 1024
 """Events buffered per subscriber before it counts as lagging."""
+LIFECYCLE_HEADROOM = 4
+"""A lagging subscriber still buffers lifecycle items up to this many times its capacity."""
 
 
 class Lagged(Exception):
-    """The subscriber fell behind and `missed` events were dropped for it."""
+    """The subscriber fell behind: `missed` items were dropped for it, `lifecycle_missed` of them
+    lifecycle items (zero unless it fell behind by more than the headroom)."""
 
-    def __init__(self, missed: int) -> None:
-        super().__init__(f"subscriber lagged: {missed} events dropped")
+    def __init__(self, missed: int, lifecycle_missed: int = 0) -> None:
+        super().__init__(f"subscriber lagged: {missed} events dropped ({lifecycle_missed} lifecycle)")
         self.missed = missed
+        self.lifecycle_missed = lifecycle_missed
 
 
 class _Gap:
-    __slots__ = ("missed",)
+    __slots__ = ("missed", "lifecycle_missed")
 
     def __init__(self) -> None:
-        self.missed = 1
+        self.missed = 0
+        self.lifecycle_missed = 0
 
 
 class Subscription(Generic[T]):
     """The receiving side of one subscriber. Async-iterable; `close()` (or `with`) detaches it."""
 
-    def __init__(self, capacity: int, on_close: Callable[[Subscription[T]], None]) -> None:
+    def __init__(
+        self, capacity: int, on_close: Callable[[Subscription[T]], None], keep: Callable[[T], bool] | None = None
+    ) -> None:
         self._buf: deque[T | _Gap] = deque()
         self._capacity = capacity
+        self._keep = keep
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._on_close = on_close
@@ -50,15 +61,17 @@ class Subscription(Generic[T]):
     # producer side (called by the broadcaster, never blocks)
     def _offer(self, item: T) -> None:
         buf = self._buf
-        if buf and type(buf[-1]) is _Gap:
-            buf[-1].missed += 1  # type: ignore[union-attr]
-        elif len(buf) >= self._capacity:
-            buf.append(_Gap())
-        else:
+        lifecycle = self._keep is not None and self._keep(item)
+        if len(buf) < self._capacity or (lifecycle and len(buf) < self._capacity * LIFECYCLE_HEADROOM):
             buf.append(item)
-            self._lot.unpark()
-            return
-        self.dropped += 1
+        else:
+            gap = buf[-1] if buf and type(buf[-1]) is _Gap else None
+            if gap is None:
+                gap = _Gap()
+                buf.append(gap)
+            gap.missed += 1  # type: ignore[union-attr]
+            gap.lifecycle_missed += lifecycle  # type: ignore[union-attr]
+            self.dropped += 1
         self._lot.unpark()
 
     def _end(self) -> None:
@@ -73,7 +86,7 @@ class Subscription(Generic[T]):
             raise trio.WouldBlock
         item = self._buf.popleft()
         if type(item) is _Gap:
-            raise Lagged(item.missed)
+            raise Lagged(item.missed, item.lifecycle_missed)
         return item  # type: ignore[return-value]
 
     async def receive(self) -> T:
@@ -112,13 +125,15 @@ class Subscription(Generic[T]):
 class Broadcaster(Generic[T]):
     """Delivers each published item to every live subscription, without ever blocking."""
 
-    def __init__(self, capacity: int = SUBSCRIBER_BUFFER) -> None:
+    def __init__(self, capacity: int = SUBSCRIBER_BUFFER, *, keep: Callable[[T], bool] | None = None) -> None:
+        """`keep` marks the lifecycle items a lagging subscriber still gets (see the module doc)."""
         self._subs: list[Subscription[T]] = []
         self._capacity = capacity
+        self._keep = keep
         self._closed = False
 
     def subscribe(self, capacity: int | None = None) -> Subscription[T]:
-        sub: Subscription[T] = Subscription(capacity or self._capacity, self._detach)
+        sub: Subscription[T] = Subscription(capacity or self._capacity, self._detach, self._keep)
         if self._closed:
             sub._end()
         else:

@@ -11,7 +11,7 @@ import trio
 
 from spindle.persistence.paths import now_utc, rollout_path, timestamp
 from spindle.persistence.rollout import RolloutIndex, ThreadRollout
-from spindle.protocol.events import Event
+from spindle.protocol.events import Event, is_lifecycle
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.items import ResponseItem
 from spindle.protocol.ops import Submission
@@ -92,7 +92,7 @@ class ThreadRegistry:
     ) -> ThreadHandle:
         """Start the actor of a thread whose settings, rollout and history are known."""
         send, receive = trio.open_memory_channel[Submission](SUBMISSION_CAPACITY)
-        events: Broadcaster[Event] = Broadcaster()
+        events: Broadcaster[Event] = Broadcaster(keep=is_lifecycle)
         actor = ThreadActor(
             thread_id=thread_id,
             settings=settings,
