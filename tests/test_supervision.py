@@ -86,3 +86,35 @@ async def test_an_interrupt_for_another_turn_leaves_the_running_one(runtime: Thr
         gate.set()
         done = (await collect_until(events, TaskCompleteEvent))[-1].msg
     assert done.turn_id == started.turn_id and done.last_agent_message == "slow"  # type: ignore[union-attr]
+
+
+async def test_a_resume_waits_for_the_closing_actor_to_release_the_rollout(
+    runtime: ThreadManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last unsubscribe then resume at once: the resume must not start a second writer on the file."""
+    from spindle.actors.appserver import AppServer
+    from spindle.actors.testing.rpc_client import in_memory
+    from spindle.persistence.rollout import ThreadRollout
+
+    real_shutdown = ThreadRollout.shutdown
+
+    async def slow_shutdown(rollout: ThreadRollout) -> None:
+        await trio.sleep(0.2)  # the closing actor is still flushing when the resume arrives
+        await real_shutdown(rollout)
+
+    monkeypatch.setattr(ThreadRollout, "shutdown", slow_shutdown)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(runtime).run)
+        async with in_memory(server) as first, in_memory(server) as second:
+            await first.initialize()
+            await second.initialize()
+            thread = (await first.call("thread/start", {}))["thread"]
+            await first.run_turn(thread["id"], "hello")
+            old = runtime.get_thread(thread["id"])
+            assert await first.call("thread/unsubscribe", {"threadId": thread["id"]}) == {"status": "unsubscribed"}
+            await second.call("thread/resume", {"threadId": thread["id"]})
+            assert old.is_closed, "the resume started a second actor while the first still held the rollout"
+            assert (await second.run_turn(thread["id"], "again"))["status"] == "completed"
+        server.stop()
+    read = read_rollout(old.rollout_path)
+    assert read.torn is False and read.skipped == 0

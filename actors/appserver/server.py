@@ -52,7 +52,7 @@ class AppServer:
             return False
         peer.end_subscription(thread_id)
         if not self.subscribers(thread_id):
-            handle = self.manager.remove_thread(thread_id)
+            handle = self.manager.running(thread_id)  # tracked until closed: a resume waits for it
             if handle is not None:
                 assert self._nursery is not None, "AppServer.run is not running"
                 self._nursery.start_soon(self._close_thread, peer, handle)
@@ -67,6 +67,8 @@ class AppServer:
                 log.warning("thread did not shut down cleanly", thread_id=handle.thread_id, error=str(exc))
         if scope.cancelled_caught:
             log.warning("thread did not shut down in time", thread_id=handle.thread_id)
+        else:
+            self.manager.registry.forget(handle)
         conn.notify_nowait("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
         conn.notify_nowait("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
 

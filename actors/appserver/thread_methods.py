@@ -97,7 +97,7 @@ async def thread_list(ctx: RequestContext, params: v2.ThreadListParams) -> v2.Th
 
 
 async def thread_loaded_list(ctx: RequestContext, params: v2.ThreadLoadedListParams) -> v2.ThreadLoadedListResult:
-    ids = ctx.manager.list_thread_ids()
+    ids = [tid for tid in ctx.manager.list_thread_ids() if ctx.manager.running(tid) is not None]
     start = 0
     if params.cursor:
         start = next((i for i, tid in enumerate(ids) if tid > params.cursor), len(ids))

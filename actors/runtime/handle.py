@@ -44,6 +44,7 @@ class ThreadHandle:
         self._send = send
         self._events = events
         self._ids = itertools.count(1)
+        self._shutdown_requested = False
         self.session_configured = actor.session_configured()
 
     def __repr__(self) -> str:
@@ -141,9 +142,18 @@ class ThreadHandle:
         """Close the submission channel: the actor tears down as on `shutdown`."""
         self._send.close()
 
+    @property
+    def is_closing(self) -> bool:
+        """Shutdown was asked for and the actor has not ended yet (its rollout is not released)."""
+        return self._shutdown_requested and not self.is_closed
+
     async def shutdown_and_wait(self) -> None:
-        """Submit `shutdown` and wait until the actor has ended. ThreadClosedError if it cannot."""
-        await self.submit(ShutdownOp())
+        """Submit `shutdown` (once, however many callers ask) and wait until the actor has ended.
+
+        ThreadClosedError if the actor cannot take it."""
+        if not self._shutdown_requested:
+            self._shutdown_requested = True
+            await self.submit(ShutdownOp())
         await self._actor.closed.wait()
 
     async def wait_closed(self) -> None:

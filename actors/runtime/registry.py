@@ -11,6 +11,7 @@ import trio
 
 from spindle.persistence.paths import now_utc, rollout_path, timestamp
 from spindle.persistence.rollout import RolloutIndex, ThreadRollout
+from spindle.persistence.store import ThreadStoreError
 from spindle.protocol.events import Event, is_lifecycle
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.items import ResponseItem
@@ -27,6 +28,9 @@ from .thread import SUBMISSION_CAPACITY, ThreadActor
 from .version import SPINDLE_VERSION
 
 log = structlog.get_logger(__name__)
+
+RELEASE_TIMEOUT_S = 15.0
+"""How long a resume waits for a closing actor of the same thread to release its rollout."""
 
 
 @dataclass
@@ -115,9 +119,27 @@ class ThreadRegistry:
             raise ThreadNotFoundError(thread_id) from None
 
     def running(self, thread_id: str) -> ThreadHandle | None:
-        """The tracked thread `thread_id` if its actor is still running, else None."""
+        """The tracked thread `thread_id` if its actor runs and is not closing, else None."""
         handle = self._threads.get(thread_id)
-        return handle if handle is not None and not handle.is_closed else None
+        return handle if handle is not None and not handle.is_closed and not handle.is_closing else None
+
+    async def wait_released(self, thread_id: str) -> None:
+        """Wait until a closing actor of `thread_id` has ended, so its rollout has one writer at most.
+
+        ThreadStoreError if it takes longer than `RELEASE_TIMEOUT_S`."""
+        handle = self._threads.get(thread_id)
+        if handle is None or not handle.is_closing:
+            return
+        with trio.move_on_after(RELEASE_TIMEOUT_S):
+            await handle.wait_closed()
+            self.forget(handle)
+            return
+        raise ThreadStoreError(f"thread {thread_id} is still closing; try again")
+
+    def forget(self, handle: ThreadHandle) -> None:
+        """Stop tracking `handle` (an actor that has ended), unless its id now names another one."""
+        if self._threads.get(handle.thread_id) is handle:
+            del self._threads[handle.thread_id]
 
     def list_thread_ids(self) -> list[str]:
         return sorted(self._threads)

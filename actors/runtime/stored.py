@@ -66,6 +66,7 @@ class StoredThreads:
         """
         if thread_id is not None:
             thread_id = parse_thread_id(thread_id)
+            await self.registry.wait_released(thread_id)
             running = self.registry.running(thread_id)
             if running is not None:
                 if path is not None and not _same_path(path, running.rollout_path):
@@ -77,6 +78,7 @@ class StoredThreads:
         read = await trio.to_thread.run_sync(read_rollout, located)
         if read.skipped or read.torn:
             log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
+        await self.registry.wait_released(read.meta.id)
         running = self.registry.running(read.meta.id)
         if running is not None:
             return running
@@ -103,6 +105,8 @@ class StoredThreads:
         """
         if isinstance(snapshot, int):
             snapshot = ForkSnapshot.truncate_before(snapshot)
+        if thread_id is not None:
+            await self.registry.wait_released(parse_thread_id(thread_id))
         running = self.registry.running(parse_thread_id(thread_id)) if thread_id else None
         if running is not None and running.rollout.persisted:
             await running.rollout.flush()
