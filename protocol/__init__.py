@@ -33,9 +33,15 @@ from .items import (
 )
 from .ops import (
     CompactOp,
+    ExecApprovalOp,
     InterruptOp,
     Op,
     OverrideTurnContextOp,
+    PatchApprovalOp,
+    RefreshMcpServersOp,
+    ReloadUserConfigOp,
+    RunUserShellCommandOp,
+    SetThreadMemoryModeOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -45,6 +51,12 @@ from .ops import (
 from .settings import ApprovalPolicy, SandboxMode, SettingsUpdate, ThreadSettings
 
 __all__ = [
+    "ExecApprovalOp",
+    "PatchApprovalOp",
+    "RefreshMcpServersOp",
+    "ReloadUserConfigOp",
+    "RunUserShellCommandOp",
+    "SetThreadMemoryModeOp",
     "ApprovalPolicy",
     "SandboxMode",
     "SettingsUpdate",

@@ -115,10 +115,10 @@ async def single_turn(config: Config, n: int = 200) -> dict[str, float]:
 
 async def persistence(config: Config) -> dict[str, float]:
     """Write cost per turn (persisted vs ephemeral), fsync cost, cold resume of 2000 turns."""
-    from protocol.rollout import SessionMeta
     from spindle.persistence.paths import timestamp
     from spindle.persistence.reader import read_rollout
     from spindle.persistence.store import LocalThreadStore
+    from spindle.protocol.rollout import SessionMeta
 
     out: dict[str, float] = {}
     async with open_runtime(config) as rt:

@@ -218,7 +218,7 @@ async def test_archive_unloads_and_unarchive_restores(client: RpcClient) -> None
 
 
 async def test_archive_clears_stale_subscriptions_before_resume(server: AppServer, client: RpcClient) -> None:
-    """Seed 004 inside one server: after archive and unarchive, a resume elsewhere is the thread's
+    """Inside one server: after archive and unarchive, a resume elsewhere is the thread's
     only subscriber, so this client sees none of its turns and its unsubscribe closes the thread."""
     thread = await start_thread(client)
     await client.run_turn(thread["id"], "materialize")

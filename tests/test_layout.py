@@ -116,6 +116,13 @@ def test_rooms_import_only_downward(module: str) -> None:
         )
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("*.py")), ids=lambda p: p.name)
+def test_tests_import_spindle_by_its_installed_names(path: Path) -> None:
+    """The repo root is on sys.path under pytest, so a bare `protocol.x` would load a second copy."""
+    for target in imports(f"tests.{path.stem}", path, top_level_only=False):
+        assert target.split(".")[0] not in FOLDERS, f"{path.name} imports {target}: use spindle.{target}"
+
+
 def test_no_import_cycle() -> None:
     graph = {m: {t for t in imports(m, p, top_level_only=True) if t in MODULES} for m, p in MODULES.items()}
     state: dict[str, int] = {}

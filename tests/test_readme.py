@@ -53,6 +53,8 @@ def test_readme_has_the_blocks_it_promises() -> None:
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.splitlines()[0][:40] for b in PYTHON_BLOCKS])
 def test_python_block_runs(block: str, home: Path) -> None:
+    if "openai_codex" in block:
+        pytest.importorskip("openai_codex", reason="make setup installs the SDK; without it its block cannot run")
     result = run([sys.executable, "-c", block], home)
     assert result.returncode == 0, result.stderr
     assert "echo: " in result.stdout  # it reached the mock model and printed its answer

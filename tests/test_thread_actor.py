@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 
-from spindle.actors.runtime import ThreadManager, TurnAbortedError
+from spindle.actors.runtime import ConfigError, ThreadManager, TurnAbortedError, open_runtime
 from spindle.actors.testing.mock_model import Call, MockModel, Text
+from spindle.protocol.config import Config
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ErrorEvent,
@@ -16,6 +18,7 @@ from spindle.protocol.events import (
     SessionConfiguredEvent,
     ShutdownCompleteEvent,
     TaskCompleteEvent,
+    TaskStartedEvent,
     TurnAbortedEvent,
 )
 from spindle.protocol.items import CommandExecutionItem, FunctionCallOutput, TextInput
@@ -233,3 +236,35 @@ async def test_closing_the_channel_tears_down_like_shutdown(runtime: ThreadManag
     gate.set()
     assert kinds(seen)[-1] == "turn_aborted"
     assert thread.is_closed
+
+
+async def test_handle_interrupt_names_the_turn_it_aborted(runtime: ThreadManager, mock_model: MockModel) -> None:
+    thread = await runtime.start_thread()
+    assert await thread.interrupt() is None  # idle: nothing to abort
+    gate = trio.Event()
+    mock_model.script(Text(text="slow", gate=gate), thread_id=thread.thread_id)
+    with thread.events() as events:
+        await thread.submit(UserInputOp(items=[TextInput(text="go")]))
+        started = (await collect_until(events, TaskStartedEvent))[-1].msg
+        aborted_id = await thread.interrupt()
+        aborted = (await collect_until(events, TurnAbortedEvent))[-1].msg
+    assert aborted_id == started.turn_id == aborted.turn_id  # type: ignore[union-attr]
+    gate.set()
+
+
+async def test_history_is_a_read_only_live_view(runtime: ThreadManager) -> None:
+    thread = await runtime.start_thread()
+    view = thread.history
+    assert len(view) == 0
+    await thread.ask("hi")
+    assert len(view) == 3 and view == list(view)  # it follows the thread: context, question, answer
+    assert not hasattr(view, "append") and not hasattr(view, "__setitem__")
+    with pytest.raises(TypeError):
+        view[0] = view[1]  # type: ignore[index]
+
+
+async def test_an_unknown_default_provider_is_refused_at_start(tmp_path: Path) -> None:
+    """A Config built in code is not validated like a file: start_thread checks its provider."""
+    async with open_runtime(Config(model_provider="nowhere", codex_home=str(tmp_path))) as rt:
+        with pytest.raises(ConfigError, match="unknown model provider 'nowhere'"):
+            await rt.start_thread()

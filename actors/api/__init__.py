@@ -13,6 +13,7 @@ from spindle.actors.runtime import *  # noqa: F403 - the runtime's public API
 from spindle.actors.runtime import __all__ as _runtime_all
 from spindle.actors.runtime.version import SPINDLE_VERSION as __version__
 from spindle.persistence.history import ForkSnapshot
+from spindle.persistence.reader import RolloutReadError
 from spindle.persistence.store import ThreadStoreError
 from spindle.protocol import *  # noqa: F403 - the op, event and item types
 from spindle.protocol import __all__ as _protocol_all
@@ -21,6 +22,7 @@ from spindle.protocol.config import Config
 __all__ = [
     "Config",
     "ForkSnapshot",
+    "RolloutReadError",
     "ThreadStoreError",
     "__version__",
     *_runtime_all,

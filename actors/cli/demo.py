@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from spindle.actors.runtime import open_runtime
+from spindle.actors.runtime.config import apply_overrides
 from spindle.actors.testing.mock_model import MockModel, Text, mock_config
 from spindle.protocol.events import AgentMessageDeltaEvent, TaskCompleteEvent
 from spindle.protocol.items import TextInput
@@ -22,7 +23,7 @@ async def run_demo(threads: int, overrides: Sequence[str]) -> int:
     async with trio.open_nursery() as nursery:
         reply = Text(text="Hello from the mock model, streamed in pieces.", chunks=8, delay=0.02)
         mock = await nursery.start(MockModel(default=lambda _: reply, record=False).run)
-        config = mock_config(mock, home)
+        config = mock_config(mock, home, **apply_overrides({}, overrides))
         async with open_runtime(config) as rt:
             handles = [await rt.start_thread() for _ in range(threads)]
             out = sys.stdout

@@ -52,7 +52,7 @@ def initial_settings(config: Config, update: SettingsUpdate | None = None) -> Th
         instructions=config.instructions or DEFAULT_INSTRUCTIONS,
         model_context_window=config.model_context_window,
     )
-    requested = SettingsUpdate(cwd=defaults.cwd).then(update or SettingsUpdate())
+    requested = SettingsUpdate(cwd=defaults.cwd, provider_id=defaults.provider_id).then(update or SettingsUpdate())
     return apply_update(config, defaults, requested)
 
 

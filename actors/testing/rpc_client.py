@@ -159,7 +159,7 @@ async def in_memory(server: Any) -> AsyncIterator[RpcClient]:
 
 
 def write_config(home: Path, mock: MockModel | str, **extra: str) -> None:
-    """The seeds' config.toml, pointing at `mock` (a MockModel or its base URL)."""
+    """A config.toml in `home` whose model is `mock` (a MockModel or its base URL)."""
     base_url = mock if isinstance(mock, str) else mock.base_url
     home.mkdir(parents=True, exist_ok=True)
     lines = [
