@@ -7,24 +7,55 @@ The embedding API in one place::
 `open_runtime()` yields a `ThreadManager`; threads are `ThreadHandle`s; ops go in, `Event`s come
 out. The layers live in `spindle.protocol` (data), `spindle.persistence` (rollouts) and
 `spindle.actors` (runtime, app-server, CLI, load tool, test helpers).
+
+Names are imported on first use, so `spindle`'s own commands start without loading the runtime
+before they need it.
 """
 
-from spindle.actors.runtime import *  # noqa: F403 - the runtime's public API
-from spindle.actors.runtime import __all__ as _runtime_all
-from spindle.actors.runtime.version import SPINDLE_VERSION as __version__
-from spindle.persistence.history import ForkSnapshot
-from spindle.persistence.reader import RolloutReadError
-from spindle.persistence.store import ThreadStoreError
-from spindle.protocol import *  # noqa: F403 - the op, event and item types
-from spindle.protocol import __all__ as _protocol_all
-from spindle.protocol.config import Config
+from __future__ import annotations
 
-__all__ = [
-    "Config",
-    "ForkSnapshot",
-    "RolloutReadError",
-    "ThreadStoreError",
-    "__version__",
-    *_runtime_all,
-    *_protocol_all,
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spindle.actors.runtime import *  # noqa: F403
+    from spindle.actors.runtime.version import SPINDLE_VERSION as __version__  # noqa: F401
+    from spindle.persistence.history import ForkSnapshot as ForkSnapshot
+    from spindle.persistence.reader import RolloutReadError as RolloutReadError
+    from spindle.persistence.store import ThreadStoreError as ThreadStoreError
+    from spindle.protocol import *  # noqa: F403
+    from spindle.protocol.config import Config as Config
+
+_MODULES = ("spindle.actors.runtime", "spindle.protocol")
+"""Packages whose `__all__` is spindle's too."""
+_SINGLE = {
+    "ForkSnapshot": "spindle.persistence.history",
+    "RolloutReadError": "spindle.persistence.reader",
+    "ThreadStoreError": "spindle.persistence.store",
+    "Config": "spindle.protocol.config",
+}
+
+
+def _public() -> list[str]:
+    names = ["__version__", *_SINGLE]
+    for module in _MODULES:
+        names.extend(importlib.import_module(module).__all__)
+    return names
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__all__":
+        return _public()
+    if name == "__version__":
+        return importlib.import_module("spindle.actors.runtime.version").SPINDLE_VERSION
+    if name in _SINGLE:
+        return getattr(importlib.import_module(_SINGLE[name]), name)
+    for module in _MODULES:
+        imported = importlib.import_module(module)
+        if name in imported.__all__:
+            return getattr(imported, name)
+    raise AttributeError(f"module 'spindle' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_public()})

@@ -23,7 +23,7 @@ from .signals import on_signal
 async def _run(spec: LoadSpec, config: Config | None, progress: ui.ProgressBar) -> LoadStats:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(on_signal, signal.SIGINT, then=stop.set))
+        nursery.start_soon(partial(on_signal, signal.SIGINT, then=lambda _signum: stop.set()))
         stats = await run_load(spec, config, progress, stop=stop)
         nursery.cancel_scope.cancel()
     return stats

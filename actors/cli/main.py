@@ -13,6 +13,7 @@ import trio
 
 from spindle.actors.runtime.config import ConfigError, load_config
 
+from .early import restore_stop_signals
 from .logs import configure_logging
 
 
@@ -71,38 +72,47 @@ async def run_mock(port: int, latency_ms: float | None, reply_tokens: int) -> in
     return 0
 
 
+LISTENING_COMMANDS = frozenset({"app-server", "load"})
+"""Commands that stop on SIGINT/SIGTERM through `signals.on_signal` (the others on KeyboardInterrupt)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `spindle` command; its exit code. Errors a user can fix are one line on stderr."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    code = 2
     try:
-        if args.command == "demo":
-            if args.threads < 1:
-                raise SystemExit("spindle demo: --threads must be at least 1")
-            from .demo import (
-                run_demo,  # imported here: `spindle app-server` starts faster without it
-            )
+        if args.command not in LISTENING_COMMANDS:
+            restore_stop_signals()
+        code = _run(args)
+    except* KeyboardInterrupt:
+        code = 130
+    except* ConfigError as group:
+        for exc in group.exceptions:
+            sys.stderr.write(f"spindle: {exc}\n")
+        code = 2
+    return code
 
-            return trio.run(run_demo, args.threads, args.config)
-        if args.command == "app-server":
-            if args.listen != "stdio://":
-                raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
-            from .serve import serve_stdio
 
-            return trio.run(serve_stdio, load_config(overrides=args.config))
-        if args.command == "load":
-            from . import load
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        if args.threads < 1:
+            raise SystemExit("spindle demo: --threads must be at least 1")
+        from .demo import run_demo  # imported here: `spindle app-server` starts faster without it
 
-            return load.main(args)
-        if args.command == "mock-model":
-            if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):
-                raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
-            return trio.run(run_mock, args.port, args.latency_ms, args.reply_tokens)
-    except ConfigError as exc:
-        sys.stderr.write(f"spindle: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        return trio.run(run_demo, args.threads, args.config)
+    if args.command == "app-server":
+        if args.listen != "stdio://":
+            raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
+        from .serve import serve_stdio
+
+        return trio.run(serve_stdio, load_config(overrides=args.config))
+    if args.command == "load":
+        from . import load
+
+        return load.main(args)
+    if args.command == "mock-model":
+        if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):
+            raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
+        return trio.run(run_mock, args.port, args.latency_ms, args.reply_tokens)
     return 2
-
-if __name__ == "__main__":
-    sys.exit(main())

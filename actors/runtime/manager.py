@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 import trio
+from trio_typing import TaskStatus
 
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.store import LocalThreadStore, ThreadPage
@@ -100,14 +101,20 @@ async def open_runtime(
     tools: ToolRegistry | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
 ) -> AsyncIterator[ThreadManager]:
-    """Run a Spindle runtime; yields its ThreadManager. On exit every thread is shut down
-    (bounded by `shutdown_timeout`), then whatever is left is cancelled."""
+    """Run a Spindle runtime; yields its ThreadManager.
+
+    On exit, however it comes (the block ends, raises, or is cancelled from outside), every thread
+    is shut down within `shutdown_timeout`: running turns are aborted with their event and every
+    rollout is flushed. The thread actors are shielded from the caller's cancellation until then;
+    whatever is still running afterwards is cancelled.
+    """
     config = config if config is not None else load_config()
     resources = RuntimeResources(config, tools)
     store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
     try:
-        async with trio.open_nursery() as nursery:
-            manager = ThreadManager(resources, nursery, store)
+        async with trio.open_nursery() as host:
+            actors: trio.Nursery = await host.start(_host_actors)
+            manager = ThreadManager(resources, actors, store)
             try:
                 yield manager
             finally:
@@ -115,8 +122,17 @@ async def open_runtime(
                     report = await manager.shutdown_all_threads_bounded(shutdown_timeout)
                 if report.timed_out or report.submit_failed:
                     log.warning("threads did not shut down cleanly", timed_out=report.timed_out, submit_failed=report.submit_failed)
-                nursery.cancel_scope.cancel()
+                actors.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await resources.aclose()
         store.close()
+
+
+async def _host_actors(*, task_status: TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+    """The nursery thread actors run in, shielded from outside cancellation: `open_runtime`
+    shuts them down first, then cancels this nursery itself."""
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as actors:
+            task_status.started(actors)
+            await trio.sleep_forever()
