@@ -43,6 +43,7 @@ async def start(config: Config | None = None, *, mock: bool = False) -> ThreadMa
         raise RuntimeError("a REPL runtime is already running; call `await repl.stop()` first")
     ready: trio.Event = trio.Event()
     box: list[ThreadManager] = []
+    failed: list[Exception] = []
     stop, stopped = trio.Event(), trio.Event()
 
     async def host() -> None:
@@ -57,11 +58,16 @@ async def start(config: Config | None = None, *, mock: bool = False) -> ThreadMa
                     ready.set()
                     await stop.wait()
                 nursery.cancel_scope.cancel()
+        except* Exception as group:  # a system task must not raise: the caller gets the error
+            failed.extend(_leaves(group))
         finally:
             stopped.set()
+            ready.set()
 
     trio.lowlevel.spawn_system_task(host)
     await ready.wait()
+    if failed:
+        raise failed[0]
     _stop, _stopped = stop, stopped
     return box[0]
 
@@ -89,3 +95,11 @@ async def tail(thread: ThreadHandle, *, until_turn_end: bool = True, out: TextIO
             if until_turn_end and isinstance(ev.msg, TaskCompleteEvent | TurnAbortedEvent):
                 break
     return seen
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    """The exceptions inside `group`, however deeply nested."""
+    found: list[Exception] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
