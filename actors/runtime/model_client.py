@@ -1,16 +1,23 @@
 """The Responses API client: one `httpx.AsyncClient` per provider, errors mapped to ModelError.
 
 `ModelClient.stream()` posts a request and yields decoded stream events; it makes no retry
-decisions (the turn loop does, because a retry must also reset the turn's partial output).
+decisions (the turn loop does, because a retry must also reset the turn's partial output). It is
+the edge where foreign failures become ModelError: httpx errors, bad SSE framing, events that are
+not JSON, too deep or too large. A stream that sends no byte for the provider's
+`stream_idle_timeout_ms` (httpx's read timeout, which every received byte resets, keepalive
+events included) fails as "stream idle".
 httpx is imported when the first client is made, not at start-up: `spindle app-server` answers
 `initialize` sooner, and a runtime that never calls a model never loads it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -19,7 +26,7 @@ import trio
 
 from spindle.protocol.config import ModelProviderInfo
 from spindle.protocol.events import CodexErrorInfo
-from spindle.protocol.responses import StreamEvent, TypeOnly
+from spindle.protocol.responses import SSEDecoder, SSEEventTooLarge, StreamEvent, TypeOnly, Usage
 
 if TYPE_CHECKING:
     import httpx
@@ -32,16 +39,21 @@ CONNECT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 POOL_TIMEOUT_S = 60.0
 USER_AGENT = "spindle/0.1.0"
+MAX_SSE_EVENT_BYTES = 16 * 1024 * 1024
+"""The largest SSE event accepted; a whole model reply is far smaller, so a bigger one is a fault."""
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 _event_decoder = msgspec.json.Decoder(StreamEvent)
 _type_decoder = msgspec.json.Decoder(TypeOnly)
+_usage_decoder = msgspec.json.Decoder(Usage | None)
 
 
 class ModelError(Exception):
     """A provider failure, as the turn reports it.
 
     `phase` is "request" (no stream was opened) or "stream" (the stream broke); `retryable` says
-    whether another attempt could succeed; `info` is the error kind reported to clients.
+    whether another attempt could succeed; `info` is the error kind reported to clients;
+    `retry_after` is the wait in seconds the provider asked for (`Retry-After`), if it did.
     """
 
     def __init__(
@@ -52,6 +64,7 @@ class ModelError(Exception):
         retryable: bool,
         info: CodexErrorInfo = "other",
         status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -59,6 +72,16 @@ class ModelError(Exception):
         self.retryable = retryable
         self.info = info
         self.status = status
+        self.retry_after = retry_after
+
+
+def _stream_error(detail: str, *, retryable: bool = True) -> ModelError:
+    return ModelError(
+        f"stream disconnected before completion: {detail}",
+        phase="stream",
+        retryable=retryable,
+        info="response_stream_disconnected",
+    )
 
 
 def status_text(status: int) -> str:
@@ -68,29 +91,52 @@ def status_text(status: int) -> str:
         return str(status)
 
 
-def decode_stream_event(data: str, index: int) -> StreamEvent | None:
-    """Decode one SSE data payload; None for event kinds Spindle does not use."""
+def parse_retry_after(value: str, *, now: datetime | None = None) -> float | None:
+    """The wait a `Retry-After` header asks for, in seconds (delay-seconds or an HTTP-date; a date
+    already past is 0); None when the value is neither."""
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def decode_stream_event(data: bytes | str, index: int) -> StreamEvent | None:
+    """Decode one SSE data payload; None for event kinds Spindle does not use. Raises ModelError."""
     try:
         return _event_decoder.decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         try:
             kind = _type_decoder.decode(data).type
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             kind = ""
         if kind and kind not in _KNOWN_TAGS:
             return None
-        raise ModelError(
-            f"stream disconnected before completion: invalid event {index} ({kind or 'no type'}): {exc}",
-            phase="stream",
-            retryable=True,
-            info="response_stream_disconnected",
-        ) from None
+        raise _stream_error(f"invalid event {index} ({kind or 'no type'}): {exc}") from None
     except msgspec.DecodeError as exc:
+        raise _stream_error(f"event {index} is not JSON: {exc}: {data[:80]!r}") from None
+    except RecursionError:
+        raise _stream_error(f"event {index} is nested too deeply") from None
+
+
+def decode_usage(raw: msgspec.Raw) -> Usage | None:
+    """The `usage` of a `response.completed`; a malformed one fails the turn (a retry would sample
+    the whole reply again for a figure the provider got wrong). Raises ModelError."""
+    try:
+        return _usage_decoder.decode(raw)  # type: ignore[no-any-return]
+    except (msgspec.MsgspecError, RecursionError) as exc:
         raise ModelError(
-            f"stream disconnected before completion: event {index} is not JSON: {exc}: {data[:80]!r}",
+            f"the model's response.completed carried a malformed usage: {exc}",
             phase="stream",
-            retryable=True,
-            info="response_stream_disconnected",
+            retryable=False,
+            info="other",
         ) from None
 
 
@@ -152,28 +198,19 @@ class ModelClient:
     async def stream(self, body: bytes, *, thread_id: str) -> AsyncIterator[AsyncIterator[StreamEvent]]:
         """POST `body`; yields an iterator of stream events. Raises ModelError."""
         import httpx
-        import httpx_sse
 
         headers = self._headers(thread_id)
+        idle_ms = self.provider.stream_idle_timeout_ms
         try:
             async with self._slots, self._http.stream("POST", self._url, content=body, headers=headers) as response:
                 if response.status_code != 200:
                     await _raise_for_status(response)
+                content_type = response.headers.get("content-type", "")
+                if "text/event-stream" not in content_type:
+                    raise _stream_error(f"not an event stream: content-type {content_type!r}")
                 yield _events(response)
-        except httpx_sse.SSEError as exc:
-            raise ModelError(
-                f"stream disconnected before completion: not an event stream: {exc}",
-                phase="stream",
-                retryable=True,
-                info="response_stream_disconnected",
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise ModelError(
-                f"stream disconnected before completion: timed out ({type(exc).__name__})",
-                phase="stream",
-                retryable=True,
-                info="response_stream_disconnected",
-            ) from None
+        except httpx.ReadTimeout:
+            raise _stream_error(f"stream idle for {idle_ms} ms (stream_idle_timeout_ms)") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ModelError(
                 f"error sending request for url ({self._url}): {exc or type(exc).__name__}",
@@ -181,12 +218,22 @@ class ModelClient:
                 retryable=True,
                 info="http_connection_failed",
             ) from None
-        except httpx.TransportError as exc:
+        except (httpx.WriteTimeout, httpx.PoolTimeout) as exc:
             raise ModelError(
-                f"stream disconnected before completion: {exc or type(exc).__name__}",
-                phase="stream",
+                f"error sending request for url ({self._url}): timed out ({type(exc).__name__})",
+                phase="request",
                 retryable=True,
-                info="response_stream_disconnected",
+                info="http_connection_failed",
+            ) from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise _stream_error(str(exc) or type(exc).__name__) from None
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
+            raise ModelError(
+                f"cannot talk to model provider {self.provider_id!r} at {self._url}: "
+                f"{type(exc).__name__}: {exc}",
+                phase="request",
+                retryable=False,
+                info="other",
             ) from None
 
 
@@ -194,12 +241,16 @@ async def _raise_for_status(response: httpx.Response) -> None:
     body = (await response.aread()).decode("utf-8", "replace")
     status = response.status_code
     if status == 429 or status >= 500:
+        retry_after = None
+        if status in RETRY_AFTER_STATUSES and (value := response.headers.get("retry-after")) is not None:
+            retry_after = parse_retry_after(value)
         raise ModelError(
             f"exceeded retry limit, last status: {status_text(status)}",
             phase="request",
             retryable=True,
             info="response_too_many_failed_attempts",
             status=status,
+            retry_after=retry_after,
         )
     info: CodexErrorInfo = "bad_request" if status == 400 else "other"
     if "context_length_exceeded" in body:
@@ -208,14 +259,20 @@ async def _raise_for_status(response: httpx.Response) -> None:
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[StreamEvent]:
-    import httpx_sse
-
-    source = httpx_sse.EventSource(response)
+    decoder = SSEDecoder(MAX_SSE_EVENT_BYTES)
     index = 0
-    async for sse in source.aiter_sse():
-        if not sse.data:
-            continue
-        index += 1
-        event = decode_stream_event(sse.data, index)
-        if event is not None:
-            yield event
+    async for chunk in response.aiter_bytes():
+        try:
+            payloads = decoder.feed(chunk)
+        except SSEEventTooLarge:
+            raise ModelError(
+                f"the model sent a stream event larger than {MAX_SSE_EVENT_BYTES // (1024 * 1024)} MiB",
+                phase="stream",
+                retryable=False,
+                info="other",
+            ) from None
+        for data in payloads:
+            index += 1
+            event = decode_stream_event(data, index)
+            if event is not None:
+                yield event

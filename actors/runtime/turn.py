@@ -2,6 +2,11 @@
 
 A `Turn` holds what one turn needs (settings, cancel scope, steering queue); `run_turn` drives
 it against a `TurnHost` (the thread actor), which owns the history and the event fan-out.
+
+A failed sample is retried within the provider's `request_max_retries` (no stream opened) or
+`stream_max_retries` (the stream broke, reported as a "Reconnecting..." stream error), waiting with
+exponential backoff, or for what a `Retry-After` asks up to RETRY_AFTER_CAP_S. An output item that
+cannot be decoded is skipped with a warning, as Codex does, and the turn goes on.
 """
 
 from __future__ import annotations
@@ -53,13 +58,15 @@ from spindle.protocol.responses import (
 )
 from spindle.protocol.settings import ThreadSettings
 
-from .model_client import ModelClient, ModelError
+from .model_client import ModelClient, ModelError, decode_usage
 from .tools import ToolContext, ToolRegistry
 
 log = structlog.get_logger(__name__)
 
 RETRY_BASE_DELAY_S = 0.2
 RETRY_MAX_DELAY_S = 10.0
+RETRY_AFTER_CAP_S = 30.0
+"""The longest wait a provider's `Retry-After` gets; a longer ask waits this long, then retries."""
 
 _item_decoder = msgspec.json.Decoder(ResponseItem)
 _type_decoder = msgspec.json.Decoder(TypeOnly)
@@ -171,8 +178,18 @@ def backoff(attempt: int) -> float:
     return delay * random.uniform(0.9, 1.1)
 
 
+def retry_delay(err: ModelError, attempt: int) -> float:
+    """How long to wait before retry number `attempt` after `err`."""
+    if err.retry_after is not None:
+        return min(err.retry_after, RETRY_AFTER_CAP_S)
+    return backoff(attempt)
+
+
 async def _sample_with_retries(turn: Turn, host: TurnHost) -> _Sample:
-    client = host.client(turn.settings.provider_id)
+    try:
+        client = host.client(turn.settings.provider_id)
+    except KeyError as exc:
+        raise SamplingFailed(str(exc.args[0]), "other") from None
     provider = client.provider
     body = build_request(turn, host)
     request_retries = stream_retries = 0
@@ -186,8 +203,9 @@ async def _sample_with_retries(turn: Turn, host: TurnHost) -> _Sample:
                 if request_retries >= provider.request_max_retries:
                     raise SamplingFailed(err.message, err.info) from None
                 request_retries += 1
-                log.info("retrying model request", attempt=request_retries, error=err.message)
-                await trio.sleep(backoff(request_retries))
+                delay = retry_delay(err, request_retries)
+                log.info("retrying model request", attempt=request_retries, error=err.message, delay_s=round(delay, 3))
+                await trio.sleep(delay)
                 continue
             if stream_retries >= provider.stream_max_retries:
                 raise SamplingFailed(err.message, err.info) from None
@@ -200,7 +218,7 @@ async def _sample_with_retries(turn: Turn, host: TurnHost) -> _Sample:
                     additional_details=err.message,
                 ),
             )
-            await trio.sleep(backoff(stream_retries))
+            await trio.sleep(retry_delay(err, stream_retries))
 
 
 async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: bytes) -> _Sample:
@@ -210,21 +228,22 @@ async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: by
         async for event in events:
             match event:
                 case OutputItemAdded(item=raw):
-                    item = _decode_item(raw)
+                    item = _decode_item(raw, "response.output_item.added")
                     if item is not None:
                         _item_started(turn, host, item, started)
                 case OutputTextDelta(item_id=item_id, delta=delta):
                     host.emit(turn.sub_id, AgentMessageDeltaEvent(delta=delta, item_id=item_id))
                 case OutputItemDone(item=raw):
-                    item = _decode_item(raw)
+                    item = _decode_item(raw, "response.output_item.done")
                     if item is not None:
                         item = _with_id(item)
                         items.append(item)
                         _item_started(turn, host, item, started)
                         _item_completed(turn, host, item)
                 case ResponseCompleted(response=response):
-                    if response.usage is not None:
-                        info = host.add_usage(_token_usage(response.usage), turn.settings.model_context_window)
+                    usage = decode_usage(response.usage)
+                    if usage is not None:
+                        info = host.add_usage(_token_usage(usage), turn.settings.model_context_window)
                         host.emit(turn.sub_id, TokenCountEvent(info=info))
                     return _Sample(items)
                 case ResponseFailed(response=response) | ResponseIncomplete(response=response):
@@ -255,20 +274,21 @@ def _failure(code: str | None, message: str) -> ModelError:
     )
 
 
-def _decode_item(raw: msgspec.Raw | bytes | str) -> ResponseItem | None:
+def _decode_item(raw: msgspec.Raw, stream_event: str) -> ResponseItem | None:
+    """The item of an `output_item` event; None, with a log line, for one of an unknown type or
+    one that does not decode (a type that is not a string, a non-object, wrong field types)."""
     try:
-        return _item_decoder.decode(raw)  # type: ignore[arg-type,no-any-return]
-    except msgspec.ValidationError as exc:
-        kind = _type_decoder.decode(raw).type  # type: ignore[arg-type]
-        if kind not in KNOWN_ITEM_TYPES:
-            log.debug("ignoring output item of unknown type", type=kind)
-            return None
-        raise ModelError(
-            f"stream disconnected before completion: invalid {kind} item: {exc}",
-            phase="stream",
-            retryable=True,
-            info="response_stream_disconnected",
-        ) from None
+        return _item_decoder.decode(raw)  # type: ignore[no-any-return]
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        try:
+            kind: str | None = _type_decoder.decode(raw).type
+        except (msgspec.MsgspecError, RecursionError):
+            kind = None
+        if kind and kind not in KNOWN_ITEM_TYPES:
+            log.debug("ignoring output item of unknown type", type=kind, stream_event=stream_event)
+        else:
+            log.warning("skipping malformed output item", type=kind, stream_event=stream_event, error=str(exc))
+        return None
 
 
 def _with_id(item: ResponseItem) -> ResponseItem:

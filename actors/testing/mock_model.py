@@ -8,6 +8,7 @@ thread id), then a global script, then the default reply function.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class HttpError:
     status: int
     message: str = "mock error"
     code: str = "server_error"
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra response headers, such as `("retry-after", "3")`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +89,21 @@ class Raw:
     """These exact bytes as the SSE body (garbage tests)."""
 
     body: bytes
+    cut: bool = False
+    """Close the connection after `body`, without the chunked body's terminating chunk."""
 
 
-Reply = Text | Call | HttpError | Failed | Truncated | Raw
+@dataclass(frozen=True, kw_only=True)
+class Stall:
+    """`response.created`, then no event for `seconds` (None: until the client hangs up), with a
+    `keepalive` event every `keepalive_every` seconds if set; then the `then` reply, if any."""
+
+    seconds: float | None = None
+    keepalive_every: float | None = None
+    then: Text | None = None
+
+
+Reply = Text | Call | HttpError | Failed | Truncated | Raw | Stall
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,7 @@ class MockModel:
     async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, reply: Reply) -> bool:
         if isinstance(reply, HttpError):
             body = _enc.encode({"error": {"message": reply.message, "type": "mock", "param": None, "code": reply.code}})
-            headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+            headers = [("content-type", "application/json"), ("content-length", str(len(body))), *reply.headers]
             await self._send(conn, stream, h11.Response(status_code=reply.status, headers=headers))
             await self._send(conn, stream, h11.Data(data=body))
             await self._send(conn, stream, h11.EndOfMessage())
@@ -228,6 +243,8 @@ class MockModel:
             ("transfer-encoding", "chunked"),
         ]
         await self._send(conn, stream, h11.Response(status_code=200, headers=headers))
+        if isinstance(reply, Stall):
+            return await self._stall(conn, stream, reply)
         gate = reply.gate if isinstance(reply, Text) else None
         for chunk, delay in self._stream(reply):
             if delay:
@@ -236,6 +253,29 @@ class MockModel:
             if gate is not None and chunk.startswith(b"event: response.output_text.delta"):
                 await gate.wait()
                 gate = None
+        if isinstance(reply, Raw) and reply.cut:
+            return False
+        await self._send(conn, stream, h11.EndOfMessage())
+        return True
+
+    async def _stall(self, conn: h11.Connection, stream: trio.SocketStream, reply: Stall) -> bool:
+        await self._send(conn, stream, h11.Data(data=sse({"type": "response.created", "response": {"id": "resp_stall"}})))
+        if reply.seconds is None and reply.keepalive_every is None:
+            while await stream.receive_some(READ_CHUNK):
+                pass  # silent until the client hangs up
+            return False
+        deadline = trio.current_time() + (reply.seconds if reply.seconds is not None else math.inf)
+        every = reply.keepalive_every if reply.keepalive_every is not None else math.inf
+        for sequence in itertools.count():
+            await trio.sleep(min(every, deadline - trio.current_time()))
+            if trio.current_time() >= deadline:
+                break
+            keepalive = {"type": "keepalive", "sequence_number": sequence}
+            await self._send(conn, stream, h11.Data(data=sse(keepalive)))
+        if reply.then is None:
+            return False
+        for chunk, _delay in self._stream(reply.then):
+            await self._send(conn, stream, h11.Data(data=chunk))
         await self._send(conn, stream, h11.EndOfMessage())
         return True
 
