@@ -28,6 +28,8 @@ from spindle.protocol.config import ModelProviderInfo
 from spindle.protocol.events import CodexErrorInfo
 from spindle.protocol.responses import SSEDecoder, SSEEventTooLarge, StreamEvent, TypeOnly, Usage
 
+from .version import SPINDLE_VERSION
+
 if TYPE_CHECKING:
     import httpx
 
@@ -38,7 +40,7 @@ costs CPU quadratic in the number of waiting turns."""
 CONNECT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 POOL_TIMEOUT_S = 60.0
-USER_AGENT = "spindle/0.1.0"
+USER_AGENT = f"spindle/{SPINDLE_VERSION}"
 MAX_SSE_EVENT_BYTES = 16 * 1024 * 1024
 """The largest SSE event accepted; a whole model reply is far smaller, so a bigger one is a fault."""
 RETRY_AFTER_STATUSES = frozenset({429, 503})
