@@ -1,17 +1,22 @@
 """One app-server client: Codex v2 JSON-RPC over JSON lines.
 
-Each transport connection (stdio, or an in-memory stream in tests) is a `Connection` with three
+Each transport connection (stdio, or an in-memory stream in tests) is a `Connection` with four
 kinds of task:
 
-* the reader splits input into lines and puts requests on a bounded queue; when the queue is full
-  it answers `-32001` at once, so a flood never grows memory;
-* the worker takes requests in order, runs their handler and queues the answer;
-* one pump per subscribed thread turns its events into notifications.
+* the reader splits input into lines, answers at once the lines that are not usable requests, and
+  puts each request in its lane; when the lane, or the thread lanes together, hold too many it
+  answers `-32001`, so a flood never grows memory;
+* the lanes: the connection's own, for the requests that name no thread, and one per thread that
+  requests name (their params' `threadId`), started on demand and ended once empty. A lane runs
+  its requests one at a time in arrival order, and lanes run side by side, so a thread that is
+  stuck holds up only its own requests;
+* one pump per subscribed thread turns its events into notifications;
+* the writer batches the lines of one bounded outgoing channel into a single write.
 
-Everything the connection says goes through one bounded outgoing channel to the writer task,
-which batches lines into a single write. A client that stops reading fills that channel; the
-pumps then wait, their thread subscriptions lag and drop events, and the thread actors never
-wait for anyone.
+Every answer is awaited onto the outgoing channel, never dropped. A client that stops reading
+fills that channel: the lanes and then the reader wait, so the server stops reading that client's
+input (backpressure), and the pumps wait too, their thread subscriptions lagging, while the
+thread actors never wait for anyone.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from spindle.actors.runtime import Lagged, Subscription, ThreadHandle, ThreadMan
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import (
     INTERNAL_ERROR,
+    AnswerId,
     Handshake,
     Invalid,
     Notification,
@@ -31,9 +37,12 @@ from spindle.protocol.appserver.jsonrpc import (
     RpcError,
     Writer,
     decode_params,
+    invalid_request,
     method_error,
     overloaded,
     parse_line,
+    recover_id,
+    thread_timeout,
 )
 from spindle.protocol.events import Event
 
@@ -45,11 +54,14 @@ from .notify import EventTranslator
 log = structlog.get_logger(__name__)
 
 REQUEST_QUEUE = 256
-"""Requests read ahead of the worker before the server answers "overloaded"."""
+"""Requests waiting in the connection's own lane, and requests in all thread lanes together, before
+the server answers "overloaded"."""
+THREAD_QUEUE = 32
+"""Requests waiting in one thread's lane before the server answers "overloaded"."""
 OUTGOING_QUEUE = 4096
 """Lines queued for the writer before producers wait."""
 MAX_LINE_BYTES = 64 * 1024 * 1024
-"""Longest input line accepted; a longer one is dropped with an error on stderr."""
+"""Longest input line accepted; a longer one is refused (`-32600`) and skipped to its end."""
 PUMP_BUFFER = 4096
 """Events buffered per (connection, thread) before that subscription lags."""
 CLOSE_DRAIN_S = 5.0
@@ -67,12 +79,18 @@ class Connection:
         self.writer = Writer()
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTGOING_QUEUE)
         self._req_send, self._req_recv = trio.open_memory_channel[Request](REQUEST_QUEUE)
+        self._own_pending = 0  # requests in the connection's own lane, waiting or running
+        self._lanes: dict[str, trio.MemorySendChannel[Request]] = {}
+        self._in_lanes = 0  # requests in thread lanes, waiting or running
+        self._threads_apart = False  # whether requests naming a thread go to that thread's lane
         self._pumps: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._lanes_nursery: trio.Nursery | None = None
         self._writer_done = trio.Event()
 
     # --- output ---------------------------------------------------------
     def _emit_nowait(self, line: bytes) -> None:
+        """Queue a notification without waiting; dropped, with a log line, if the queue is full."""
         try:
             self._out_send.send_nowait(line)
         except trio.WouldBlock:
@@ -81,8 +99,23 @@ class Connection:
             pass
 
     async def _emit(self, line: bytes) -> None:
+        """Queue `line`, waiting while the queue is full; only a closed client loses it."""
         try:
             await self._out_send.send(line)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _answer_error(self, request_id: AnswerId, error: RpcError) -> None:
+        await self._emit(self.writer.error(request_id, error))
+
+    async def _refuse(self, request_id: AnswerId, error: RpcError) -> None:
+        """The reader's answer to a line: queued at once while there is room, so a burst is read
+        without a pause per line; when the queue is full the reader waits, and stops reading."""
+        line = self.writer.error(request_id, error)
+        try:
+            self._out_send.send_nowait(line)
+        except trio.WouldBlock:
+            await self._emit(line)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -127,16 +160,18 @@ class Connection:
         if self._pumps.get(handle.thread_id) is scope:
             del self._pumps[handle.thread_id]
 
-    # --- the three loops --------------------------------------------------
+    # --- reader, lanes, writer ---------------------------------------------
     async def run(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream) -> None:
         """Serve this connection until its input ends; then let go of its threads."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._write_loop, send)
-            async with trio.open_nursery() as work:
-                work.start_soon(self._work_loop)
-                await self._read_loop(receive)
-            # input ended and every queued request is answered: let go of the threads
+            async with trio.open_nursery() as lanes:
+                self._lanes_nursery = lanes
+                lanes.start_soon(self._work_loop)
+                with self._req_send:
+                    await self._read_loop(receive)
+            # input ended and every request read is answered: let go of the threads
             for thread_id in list(self._pumps):
                 self.index.unsubscribe(self, thread_id)
             self._out_send.close()
@@ -147,47 +182,114 @@ class Connection:
 
     async def _read_loop(self, receive: trio.abc.ReceiveStream) -> None:
         buffer = bytearray()
+        searched = 0  # bytes of `buffer` known to hold no newline
+        skipping = False  # in the rest of a line too long to keep
         try:
             async for chunk in receive:
                 buffer += chunk
                 start = 0
-                while (end := buffer.find(b"\n", start)) >= 0:
-                    self._take(buffer[start:end])
+                while (end := buffer.find(b"\n", max(start, searched))) >= 0:
+                    if not skipping:
+                        await self._take(buffer[start:end])
+                    skipping = False
                     start = end + 1
                 del buffer[:start]
+                searched = len(buffer)
                 if len(buffer) > MAX_LINE_BYTES:
-                    log.error("input line too long; dropped", connection=self.name, bytes=len(buffer))
+                    if not skipping:
+                        await self._refuse_long_line(buffer)
+                    skipping = True
                     buffer.clear()
+                    searched = 0
         except trio.BrokenResourceError:
             pass
-        self._take(buffer)
-        self._req_send.close()
+        if not skipping:
+            await self._take(buffer)
 
-    def _take(self, line: bytearray) -> None:
-        """Handle one input line (a copy: decoded params may keep a reference to it)."""
+    async def _refuse_long_line(self, head: bytearray) -> None:
+        log.error("input line too long; skipped", connection=self.name, bytes=len(head))
+        error = invalid_request(f"Invalid request: line longer than {MAX_LINE_BYTES} bytes")
+        await self._refuse(recover_id(head), error)
+
+    async def _take(self, line: bytearray) -> None:
+        """Handle one input line (a copy: decoded params may keep a reference to it).
+
+        Waits while the outgoing queue is full, so a client that does not read stops being read.
+        """
         if not line or line.isspace():
             return
         match parse_line(line):
             case Request() as request:
-                try:
-                    self._req_send.send_nowait(request)
-                except trio.WouldBlock:
-                    self._emit_nowait(self.writer.error(request.id, overloaded()))
+                await self._admit(request)
             case Invalid(error=error, id=request_id):
                 if request_id is None:
-                    log.warning("ignored input line", connection=self.name, reason=error.message, line=line[:200].decode("utf-8", "replace"))
-                else:
-                    self._emit_nowait(self.writer.error(request_id, error))
+                    log.warning("unusable input line", connection=self.name, reason=error.message, line=line[:200].decode("utf-8", "replace"))
+                await self._refuse(request_id, error)
             case Notification(method=method):
                 if method != "initialized":
                     log.info("ignored client notification", connection=self.name, method=method)
             case Reply(id=reply_id):
                 log.info("ignored response to an unknown server request", connection=self.name, id=reply_id)
 
+    async def _admit(self, request: Request) -> None:
+        """Put `request` in its lane, or answer "overloaded" if too many are waiting."""
+        thread_id = self._thread_lane_of(request)
+        if thread_id is None:
+            admitted = _offer(self._req_send, request)
+            self._own_pending += admitted
+        else:
+            admitted = self._in_lanes < REQUEST_QUEUE and _offer(self._thread_lane(thread_id), request)
+            self._in_lanes += admitted
+        if not admitted:
+            await self._refuse(request.id, overloaded())
+
+    def _thread_lane_of(self, request: Request) -> str | None:
+        """The thread whose lane `request` joins; None for the connection's own lane.
+
+        Until the handshake is done and every request read before it is answered, all requests
+        go to the connection's lane, so none overtakes `initialize`.
+        """
+        if not self._threads_apart:
+            self._threads_apart = self.handshake.initialized and self._own_pending == 0
+        return request.thread_id if self._threads_apart else None
+
+    def _thread_lane(self, thread_id: str) -> trio.MemorySendChannel[Request]:
+        lane = self._lanes.get(thread_id)
+        if lane is None:
+            assert self._lanes_nursery is not None, "Connection.run is not running"
+            lane, requests = trio.open_memory_channel[Request](THREAD_QUEUE)
+            self._lanes[thread_id] = lane
+            self._lanes_nursery.start_soon(self._run_thread_lane, thread_id, lane, requests)
+        return lane
+
     async def _work_loop(self) -> None:
-        async with self._req_recv:
+        """The connection's own lane: the requests that name no thread, in order, for as long as
+        the reader runs."""
+        with self._req_recv:
             async for request in self._req_recv:
-                await self._handle(request)
+                try:
+                    await self._handle(request)
+                finally:
+                    self._own_pending -= 1
+
+    async def _run_thread_lane(
+        self, thread_id: str, lane: trio.MemorySendChannel[Request], requests: trio.MemoryReceiveChannel[Request]
+    ) -> None:
+        """One thread's requests, in order; the lane ends (and is forgotten) once it is empty."""
+        try:
+            with lane, requests:
+                while True:
+                    try:
+                        request = requests.receive_nowait()
+                    except trio.WouldBlock:
+                        return
+                    try:
+                        await self._handle(request)
+                    finally:
+                        self._in_lanes -= 1
+                    await trio.lowlevel.checkpoint()  # a turn for the others between requests
+        finally:  # on return, no checkpoint since the lane was found empty: nothing was added since
+            del self._lanes[thread_id]
 
     async def _handle(self, request: Request) -> None:
         ctx = RequestContext(manager=self.manager, peer=self, index=self.index)
@@ -199,14 +301,18 @@ class Connection:
             params = decode_params(request.method, request.params)
             result = await handler(ctx, params)
         except RpcError as exc:
-            await self._emit(self.writer.error(request.id, exc))
+            await self._answer_error(request.id, exc)
+            return
+        except trio.TooSlowError:  # a thread did not take the request up within its deadline
+            log.warning("thread did not take up a request in time", method=request.method, thread_id=request.thread_id)
+            await self._answer_error(request.id, thread_timeout(request.method, request.thread_id))
             return
         except Exception as exc:
             error = rpc_error(exc)
             if error is None:  # a bug must not kill the server: answer, log, go on
                 log.exception("request failed", method=request.method)
                 error = RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc}")
-            await self._emit(self.writer.error(request.id, error))
+            await self._answer_error(request.id, error)
             return
         await self._emit(self.writer.response(request.id, result))
         for (method, notice), others in ctx.notices:
@@ -240,3 +346,12 @@ def _lag_warning(thread_id: str, lag: Lagged) -> str:
             f"{lag.lifecycle_missed} of them item, turn or status events; re-read the thread with thread/read"
         )
     return f"{lag.missed} streaming deltas or token counts of thread {thread_id} were dropped because this client read too slowly"
+
+
+def _offer(lane: trio.MemorySendChannel[Request], request: Request) -> bool:
+    """Whether `lane` had room for `request` (it is in the lane if so)."""
+    try:
+        lane.send_nowait(request)
+    except trio.WouldBlock:
+        return False
+    return True

@@ -91,10 +91,9 @@ class ThreadHandle:
         TooSlowError when the actor does not get to it within `DISPATCH_TIMEOUT_S` seconds.
         """
         sub_id = new_id()
-        with self._actor.outcomes.awaiting(sub_id) as outcome:
-            await self.submit(op, id=sub_id)
-            with trio.fail_after(DISPATCH_TIMEOUT_S):
-                await outcome.settled.wait()
+        with self._actor.outcomes.awaiting(sub_id) as outcome, trio.fail_after(DISPATCH_TIMEOUT_S):
+            await self.submit(op, id=sub_id)  # a full submission channel counts against the deadline too
+            await outcome.settled.wait()
         return outcome
 
     async def submit(self, op: Op, *, id: str | None = None) -> str:

@@ -1,23 +1,33 @@
 """JSON-RPC over JSON lines, the way the Codex app-server speaks it: the sans-IO core.
 
-`ServerProtocol.receive(line)` turns one input line into an `Inbound` (a decoded request, a
-notification, or an error to answer or log); `response`, `error` and `notification` turn outgoing
-messages into bytes ending in `\\n`. The method table says which methods exist and how each one's
-params decode. Nothing here does I/O or knows about threads.
+`parse_line(line)` turns one input line into an `Inbound`: a request (its params left undecoded,
+the thread it targets read cheaply), a notification, a reply, or an error to answer. A line that
+is not a usable request is answered with its id when the id can be recovered from the raw bytes,
+else with `"id": null` as JSON-RPC 2.0 says; nesting deeper than `MAX_NESTING` is refused before
+any decoder recurses into it. `Writer` turns outgoing messages into bytes ending in `\\n`. The
+method table says which methods exist and how each one's params decode. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
+from ..ids import parse_thread_id
 from . import v2
 
 RequestId = int | str
+AnswerId = RequestId | msgspec.Raw | None
+"""The id an answer carries: the request's, its raw JSON text when only that can be echoed (a
+string with a lone surrogate), or None (`null`) when no id can be recovered."""
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -25,6 +35,8 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_OVERLOADED = -32001
+THREAD_TIMEOUT = -32000
+"""A thread did not take up a request in time (it may still act on it later)."""
 
 OVERLOADED_MESSAGE = "Server overloaded; retry later."
 
@@ -45,6 +57,20 @@ def invalid_request(message: str) -> RpcError:
 
 def overloaded() -> RpcError:
     return RpcError(SERVER_OVERLOADED, OVERLOADED_MESSAGE, {"codexErrorInfo": "server_overloaded"})
+
+
+def thread_timeout(method: str, thread_id: str | None) -> RpcError:
+    """The answer to a request whose thread did not take it up in time.
+
+    Not "overloaded": the submission may still reach the thread, so a blind retry could act twice.
+    """
+    if thread_id is None:
+        return RpcError(THREAD_TIMEOUT, f"`{method}` timed out waiting for a thread")
+    return RpcError(
+        THREAD_TIMEOUT,
+        f"thread {thread_id} did not take up `{method}` in time; it may be stuck, and the request may still take effect",
+        {"threadId": thread_id},
+    )
 
 
 # --- the method table -------------------------------------------------------
@@ -112,6 +138,8 @@ def decode_params(method: str, raw: msgspec.Raw | None) -> msgspec.Struct:
         return _decoders[method].decode(raw)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise RpcError(INVALID_PARAMS, f"Invalid params for {method}: {exc}") from None
+    except msgspec.DecodeError as exc:  # bytes the envelope skipped over: bad UTF-8, a lone surrogate
+        raise RpcError(PARSE_ERROR, f"Invalid JSON in params for {method}: {exc}") from None
 
 
 def method_error(method: str) -> RpcError:
@@ -126,6 +154,11 @@ def method_error(method: str) -> RpcError:
 
 # --- inbound ----------------------------------------------------------------
 
+MAX_NESTING = 128
+"""Deepest nesting of arrays and objects a line may have (the Codex app-server's serde_json limit);
+a deeper line is refused before any decoder recurses into it."""
+ID_SCAN_BYTES = 1024 * 1024
+"""How far into an undecodable line its id is looked for."""
 
 _ABSENT = msgspec.Raw(b"")
 _NULL = msgspec.Raw(b"null")
@@ -133,13 +166,18 @@ _NULL = msgspec.Raw(b"null")
 
 class _Envelope(msgspec.Struct, kw_only=True):
     id: Any = UNSET
-    method: str | UnsetType = UNSET
+    method: Any = UNSET  # checked after decoding, so a wrong type still leaves the id usable
     params: msgspec.Raw = _ABSENT  # left undecoded: the method's own decoder reads it
     result: msgspec.Raw = _ABSENT
     error: msgspec.Raw = _ABSENT
 
 
+class _ThreadTarget(msgspec.Struct, rename="camel"):
+    thread_id: Any = None
+
+
 _envelope = msgspec.json.Decoder(_Envelope)
+_thread_target = msgspec.json.Decoder(_ThreadTarget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +185,8 @@ class Request:
     id: RequestId
     method: str
     params: msgspec.Raw | None
+    thread_id: str | None = None
+    """The thread the request targets (its params' `threadId`), if it names one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +203,10 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A line that is not a usable message. With an `id`, it is answered; without, only logged."""
+    """A line that is not a usable request: answered with `id`, or with `null` when `id` is None."""
 
     error: RpcError
-    id: RequestId | None = None
+    id: AnswerId = None
 
 
 Inbound = Request | Notification | Reply | Invalid
@@ -178,25 +218,146 @@ def _usable_id(value: Any) -> bool:
 
 def parse_line(line: bytes | bytearray) -> Inbound:
     """Classify one input line (without its newline)."""
+    if too_deep(line):
+        return _refuse(line, invalid_request(f"Invalid request: JSON nested deeper than {MAX_NESTING} levels"))
     try:
         env = _envelope.decode(line)
     except msgspec.ValidationError as exc:
-        return Invalid(RpcError(INVALID_REQUEST, f"not a JSON-RPC message object: {exc}"))
+        return _refuse(line, invalid_request(f"not a JSON-RPC message object: {exc}"))
     except msgspec.DecodeError as exc:
-        return Invalid(RpcError(PARSE_ERROR, f"malformed JSON: {exc}"))
+        return _refuse(line, RpcError(PARSE_ERROR, f"Parse error: {_decode_problem(line, exc)}"))
     has_id = env.id is not UNSET
+    request_id = env.id if has_id and _usable_id(env.id) else None
     if env.method is UNSET:
         if has_id and (len(env.result) or len(env.error)):
             return Reply(env.id)
-        if has_id and _usable_id(env.id):
-            return Invalid(invalid_request("Invalid request: missing field `method`"), env.id)
+        if request_id is not None:
+            return Invalid(invalid_request("Invalid request: missing field `method`"), request_id)
         return Invalid(invalid_request("message has neither a method nor a usable id"))
-    params = None if env.params == _ABSENT or env.params == _NULL else env.params
+    if not isinstance(env.method, str):
+        return Invalid(invalid_request(f"Invalid request: `method` must be a string, not {env.method!r:.40}"), request_id)
     if not has_id:
         return Notification(env.method)
-    if not _usable_id(env.id):
-        return Invalid(invalid_request(f"request {env.method!r} has an unusable id {env.id!r}"))
-    return Request(env.id, env.method, params)
+    if request_id is None:
+        return Invalid(invalid_request(f"request {env.method!r} has an unusable id {env.id!r:.40}"))
+    params = None if env.params == _ABSENT or env.params == _NULL else env.params
+    return Request(request_id, env.method, params, thread_target(params))
+
+
+def thread_target(params: msgspec.Raw | None) -> str | None:
+    """The `threadId` `params` names, canonical when it is a UUID; None if it names none.
+
+    Reads only that one field; the params' own decoder checks everything later.
+    """
+    if params is None:
+        return None
+    try:
+        value = _thread_target.decode(params).thread_id
+    except msgspec.DecodeError:  # not an object: the method's decoder will say so
+        return None
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_thread_id(value)
+    except ValueError:
+        return value
+
+
+def _refuse(line: bytes | bytearray, error: RpcError) -> Invalid:
+    return Invalid(error, recover_id(line))
+
+
+# --- reading a line that does not decode ---------------------------------------
+
+_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+_NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
+_QUOTED = re.compile(rb'"[^"]*"')
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+_TOKENS = re.compile(_STRING + rb"|[\[\]{}:]", re.DOTALL)
+_ID_VALUE = re.compile(rb"\s*(" + _STRING + rb"|-?\d+)\s*[,}]", re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LOW_SURROGATE = frozenset(b"cdefCDEF")
+_OPENERS = frozenset(b"[{")
+_CLOSERS = frozenset(b"]}")
+
+
+def too_deep(line: bytes | bytearray) -> bool:
+    """Whether arrays and objects nest more than `MAX_NESTING` levels deep in `line`.
+
+    Found without decoding (so without recursion): brackets inside strings do not count. A line
+    with too few brackets to get that deep costs two `count`s.
+    """
+    if line.count(b"{") + line.count(b"[") <= MAX_NESTING:
+        return False
+    # escaped backslashes go first: in `\\"` the backslash is escaped and the quote ends the string
+    unescaped = line.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in line else line
+    structure = unescaped.translate(None, _NOT_STRUCTURE)  # quotes and brackets, nothing else
+    brackets = _QUOTED.sub(b"", structure)
+    return max(accumulate(array("b", brackets.translate(_BRACKET_STEPS))), default=0) > MAX_NESTING
+
+
+def recover_id(line: bytes | bytearray) -> AnswerId:
+    """The id of a line that does not decode, read from its raw bytes, or None.
+
+    Only a member `"id"` of the top-level object counts, and only when its value is an integer or
+    a string. A string that is valid UTF-8 but not decodable by the strict decoder (it holds a
+    lone surrogate escape) is returned as its raw JSON text, to be echoed byte for byte.
+    """
+    head = bytes(line[:ID_SCAN_BYTES])
+    if not head.lstrip().startswith(b"{"):
+        return None  # not an object: an array (a batch), a scalar, or garbage
+    depth = 0
+    previous = b""
+    for match in _TOKENS.finditer(head):
+        token = match.group()
+        if depth == 0 and previous:
+            return None  # the top-level object has ended
+        if token[0] in _OPENERS:
+            depth += 1
+        elif token[0] in _CLOSERS:
+            depth -= 1
+        elif depth == 1 and token == b":" and previous == b'"id"':
+            return _id_value(head, match.end())
+        previous = token
+    return None
+
+
+def _id_value(line: bytes, start: int) -> AnswerId:
+    found = _ID_VALUE.match(line, start)
+    if found is None:
+        return None
+    raw = found.group(1)
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        try:
+            json.loads(raw.decode("utf-8"))  # lenient: accepts lone surrogates, not bad UTF-8
+        except ValueError:
+            return None
+        return msgspec.Raw(raw)
+    return value if _usable_id(value) else None
+
+
+def _decode_problem(line: bytes | bytearray, exc: msgspec.DecodeError) -> str:
+    if (lone := _lone_surrogate(line)) is not None:
+        return f"a string holds a lone UTF-16 surrogate escape `{lone.decode()}`, which is not valid Unicode"
+    return str(exc)
+
+
+def _lone_surrogate(line: bytes | bytearray) -> bytes | None:
+    """The first surrogate escape in `line` that is not half of a pair, if any."""
+    high: re.Match[bytes] | None = None
+    for escape in _SURROGATE_ESCAPE.finditer(line):
+        is_low = escape.group()[3] in _LOW_SURROGATE
+        if high is not None:
+            if is_low and escape.start() == high.end():
+                high = None
+                continue
+            return high.group()
+        if is_low:
+            return escape.group()
+        high = escape
+    return None if high is None else high.group()
 
 
 # --- outbound ---------------------------------------------------------------
@@ -215,7 +376,7 @@ class _ErrorBody(msgspec.Struct, omit_defaults=True):
 
 class _ErrorResponse(msgspec.Struct):
     error: _ErrorBody
-    id: RequestId
+    id: Any  # an AnswerId: a raw id is written as it came, None as `null`
 
 
 class _Notification(msgspec.Struct, rename="camel"):
@@ -239,7 +400,7 @@ class Writer:
     def response(self, request_id: RequestId, result: Any) -> bytes:
         return self._line(_Response(request_id, result))
 
-    def error(self, request_id: RequestId, error: RpcError) -> bytes:
+    def error(self, request_id: AnswerId, error: RpcError) -> bytes:
         return self._line(_ErrorResponse(_ErrorBody(error.code, error.message, error.data), request_id))
 
     def notification(self, method: str, params: Any) -> bytes:
