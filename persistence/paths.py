@@ -1,10 +1,13 @@
 """Where rollouts live: `sessions/YYYY/MM/DD/rollout-YYYY-MM-DDThh-mm-ss-<id>.jsonl` under CODEX_HOME.
 
-Every path is built from a validated UUID, so no id can point outside `$CODEX_HOME`.
+Every path is built from a validated UUID, so no id can point outside `$CODEX_HOME`. When
+CODEX_HOME cannot be used, `store_error` turns the operating system's error into one sentence
+naming the path, the cause and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,3 +75,38 @@ def is_within(home: Path, path: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+class ThreadStoreError(Exception):
+    """A store operation that cannot be done; the message says why."""
+
+
+class ThreadStoreUnavailableError(ThreadStoreError):
+    """CODEX_HOME, a rollout or the index cannot be read or written (permissions, a full disk, a
+    damaged index); the message names the path, the cause and what to do."""
+
+
+def home_advice(home: Path, code: int | None) -> str:
+    """What to do about an OS error `code` met under CODEX_HOME `home`."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding CODEX_HOME ({home}) is full: free some space"
+    if code == errno.EROFS:
+        return f"CODEX_HOME ({home}) is on a read-only file system: set CODEX_HOME to a writable directory"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return f"part of that path is a file, not a directory: move it aside, or set CODEX_HOME (now {home}) to a directory"
+    return f"check that CODEX_HOME ({home}) is writable"
+
+
+def store_error(action: str, path: Path, exc: OSError, *, home: Path) -> ThreadStoreUnavailableError:
+    """`cannot <action> <path>: <cause>; <what to do>`, for an OSError met under `home`."""
+    return ThreadStoreUnavailableError(f"cannot {action} {path}: {exc.strerror or exc}; {home_advice(home, exc.errno)}")
+
+
+def home_of_rollout(path: Path) -> Path:
+    """The CODEX_HOME a rollout path lies in (its parent directory when it is not laid out as usual)."""
+    if path.parent.name == ARCHIVED_SESSIONS_SUBDIR:
+        return path.parent.parent
+    parents = path.parents
+    if len(parents) > 4 and parents[3].name == SESSIONS_SUBDIR:
+        return parents[4]
+    return path.parent

@@ -2,6 +2,10 @@
 
 The thread actor records items here as it goes; at each await point the outbox goes to the
 `RolloutWriter` as one batch. Nothing reaches disk before `materialize` (the first user turn).
+
+The thread index hears about the rollout from a reporter task beside the writer: `touch()` only
+marks the rollout changed (it never waits), and the reporter sends the rollout's state to the
+index off the loop. Marks that arrive while an update is queued are folded into it.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import structlog
 import trio
 
 from spindle.protocol.rollout import RolloutItem, SessionMeta
 
+from .paths import ThreadStoreError, timestamp
 from .source import InMemoryRolloutSource
 from .writer import (
     WRITER_CHANNEL_CAPACITY,
@@ -26,8 +32,14 @@ from .writer import (
     Shutdown,
 )
 
+log = structlog.get_logger(__name__)
+
 REPLY_TIMEOUT_S = 30.0
 """How long a flush or shutdown waits for the writer's answer."""
+INDEX_MARK_CAPACITY = 1
+"""Index updates queued for a rollout's reporter: one, since each carries the rollout's whole state."""
+INDEX_REPORT_DEADLINE_S = 2.0
+"""How long closing a rollout waits for its last index update (the index is rebuilt from files)."""
 
 
 class ThreadRollout:
@@ -57,6 +69,11 @@ class ThreadRollout:
         self._good_size = good_size
         self._outbox: list[RolloutItem] = []
         self._send: trio.MemorySendChannel[Command] | None = None
+        self._writer: RolloutWriter | None = None
+        self._batches_sent = 0
+        self._marks: trio.MemorySendChannel[None] | None = None
+        self._reporter: tuple[trio.CancelScope, trio.Event] | None = None
+        self._updated_at = meta.timestamp
         self.on_error: Callable[[str], None] = lambda message: None
 
     @property
@@ -84,7 +101,44 @@ class ThreadRollout:
         except BaseException:
             send.close()
             raise
-        self._send = send
+        self._send, self._writer, self._batches_sent = send, writer, 0
+        self._start_reporter(nursery)
+
+    def _start_reporter(self, nursery: trio.Nursery) -> None:
+        if self.index is None or self._marks is not None:
+            return
+        marks, receive = trio.open_memory_channel[None](INDEX_MARK_CAPACITY)
+        scope, done = trio.CancelScope(), trio.Event()
+        self._marks, self._reporter = marks, (scope, done)
+        nursery.start_soon(self._report, self.index, receive, scope, done)
+
+    async def _report(
+        self, index: RolloutIndex, marks: trio.MemoryReceiveChannel[None], scope: trio.CancelScope, done: trio.Event
+    ) -> None:
+        """The reporter: for each mark, the rollout's current state goes to the index."""
+        try:
+            with scope, marks:
+                async for _ in marks:
+                    try:
+                        await index.record(self, updated_at=self._updated_at)
+                    except ThreadStoreError as exc:  # the file is the record; the index catches up later
+                        log.warning("could not update the thread index", path=str(self.path), error=str(exc))
+        finally:
+            done.set()
+
+    async def _stop_reporter(self) -> None:
+        """Let the reporter deliver what is marked (within a deadline), then end it."""
+        marks, self._marks = self._marks, None
+        reporter, self._reporter = self._reporter, None
+        if marks is None or reporter is None:
+            return
+        marks.close()
+        scope, done = reporter
+        try:
+            with trio.move_on_after(INDEX_REPORT_DEADLINE_S):
+                await done.wait()
+        finally:
+            scope.cancel()
 
     async def materialize(self, nursery: trio.Nursery) -> None:
         """Create the file: `session_meta` first, then whatever was recorded so far; then index it."""
@@ -94,19 +148,35 @@ class ThreadRollout:
         self.materialized = True
         self._outbox.insert(0, self.meta)
         await self.drain()
-        if self.index is not None:
-            self.index.materialized(self)
+        self.touch()
 
     def touch(self) -> None:
-        """Tell the index this thread was just updated."""
-        if self.index is not None and self.persisted:
-            self.index.touched(self)
+        """Mark the thread updated now; the index hears of it soon, off the loop. Never waits."""
+        if not self.persisted or self._marks is None:
+            return
+        self._updated_at = timestamp()
+        try:
+            self._marks.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # an update is already queued; it carries this state too
+        except trio.BrokenResourceError:
+            log.debug("thread index reporter has ended", path=str(self.path))
 
     async def drain(self) -> None:
+        """Hand the outbox to the writer as one batch, once the previous batch is handled: one
+        batch is in flight at a time, so a failed write is reported before the thread goes on,
+        and items recorded meanwhile join this batch. Cancelled, the items stay in the outbox."""
         if self._send is None or not self._outbox:
             return
+        if self._writer is not None:
+            await self._writer.wait_handled(self._batches_sent)
         items, self._outbox = self._outbox, []
-        await self._send.send(AddItems(items))
+        try:
+            await self._send.send(AddItems(items))
+        except BaseException:
+            self._outbox[:0] = items
+            raise
+        self._batches_sent += 1
 
     async def _call(self, make: Callable[[Reply], Command]) -> None:
         if self._send is None:
@@ -131,12 +201,13 @@ class ThreadRollout:
             await self._call(lambda reply: Shutdown(reply))
         finally:
             self._send.close()
-            self._send = None
+            self._send, self._writer = None, None
+            await self._stop_reporter()
 
 
 class RolloutIndex(Protocol):
-    """Told when a rollout file comes to exist and when it changes (the thread store's index)."""
+    """Told, by the rollout's reporter, that a rollout file exists and was updated at `updated_at`
+    (the thread store's index). Each call carries the whole state, so a lost one is repaired by
+    the next. Raises ThreadStoreError when the index cannot be written."""
 
-    def materialized(self, rollout: ThreadRollout) -> None: ...
-
-    def touched(self, rollout: ThreadRollout) -> None: ...
+    async def record(self, rollout: ThreadRollout, *, updated_at: str) -> None: ...

@@ -5,6 +5,11 @@ queued, encodes it to whole lines and appends them with one `os.write`, in order
 short write is cut back to the last whole line (`ftruncate`), and the lines stay queued for the
 next attempt: never duplicated, never lost, never torn. Data reaches the kernel at every batch
 (so `kill -9` loses at most a line being written); `fsync` happens on flush and on shutdown.
+
+Opening, writing, truncating, syncing and closing the file run in a worker thread
+(`trio.to_thread`), one call per batch, so the event loop never waits on the disk; the writer's
+state is touched by one call at a time, since the actor awaits each before the next. A failure
+is reported (`on_error`) before the batch counts as handled (`wait_handled`).
 """
 
 from __future__ import annotations
@@ -22,18 +27,21 @@ from trio_typing import TaskStatus
 
 from spindle.protocol.rollout import RolloutItem, RolloutLineOut, line_type
 
-from .paths import timestamp
+from .paths import home_advice, home_of_rollout, timestamp
 
 log = structlog.get_logger(__name__)
 
 WRITER_CHANNEL_CAPACITY = 64
 """Batches queued for a writer before the thread actor waits (lossless backpressure)."""
+CLOSE_DEADLINE_S = 5.0
+"""How long closing the file may wait for a worker thread, even when cancelled."""
 
 _encoder = msgspec.json.Encoder()
 
 
 class RolloutWriteError(OSError):
-    pass
+    """A rollout that cannot be created, written or synced; the message names the file, the cause
+    and what to do."""
 
 
 @dataclass(kw_only=True)
@@ -82,18 +90,41 @@ class RolloutWriter:
         self._size = 0
         self._failing = False
         self._on_error = on_error
+        self._handled = 0
+        self._progress = trio.Event()
+        self._ended = False
+
+    async def wait_handled(self, count: int) -> None:
+        """Until `count` AddItems have been handled (written, or failed and reported), or the writer ended."""
+        while self._handled < count and not self._ended:
+            await self._progress.wait()
+
+    def _advance(self, handled: int) -> None:
+        self._handled += handled
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _fail(self, action: str, exc: OSError) -> RolloutWriteError:
+        advice = home_advice(home_of_rollout(self.path), exc.errno)
+        error = RolloutWriteError(f"failed to {action} rollout {self.path}: {exc.strerror or exc}; {advice}")
+        error.errno = exc.errno
+        return error
 
     def _open(self) -> None:
-        if self._create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
-        else:
-            flags = os.O_WRONLY | os.O_APPEND
-        self._fd = os.open(self.path, flags, 0o644)
-        self._size = os.fstat(self._fd).st_size
-        if self._truncate_to is not None and self._size > self._truncate_to:
-            os.ftruncate(self._fd, self._truncate_to)  # drop a torn last line before appending
-            self._size = self._truncate_to
+        """Open (or create) the file; in a worker thread. RolloutWriteError names the cause."""
+        try:
+            if self._create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
+            else:
+                flags = os.O_WRONLY | os.O_APPEND
+            self._fd = os.open(self.path, flags, 0o644)
+            self._size = os.fstat(self._fd).st_size
+            if self._truncate_to is not None and self._size > self._truncate_to:
+                os.ftruncate(self._fd, self._truncate_to)  # drop a torn last line before appending
+                self._size = self._truncate_to
+        except OSError as exc:
+            raise self._fail("create" if self._create else "open", exc) from None
 
     def _encode(self, items: list[RolloutItem]) -> None:
         ts = timestamp()
@@ -117,15 +148,21 @@ class RolloutWriter:
                 os.ftruncate(self._fd, self._size)
             except OSError:
                 log.exception("could not cut a failed rollout write back", path=str(self.path))
-            message = f"failed to write rollout {self.path}: {exc.strerror or exc}"
-            if not self._failing:
-                self._failing = True
-                self._on_error(message)
-            return message
+            return str(self._fail("write", exc))
         self._size += len(data)
         self._pending.clear()
-        self._failing = False
         return None
+
+    def _write_and_sync(self, sync: bool) -> tuple[str | None, str | None]:
+        """(write error, sync error) of one batch; in a worker thread. Syncs only after a good write."""
+        write_error = self._write()
+        if write_error is not None or not sync:
+            return write_error, None
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            return None, str(self._fail("sync", exc))
+        return None, None
 
     async def run(
         self,
@@ -133,9 +170,9 @@ class RolloutWriter:
         *,
         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self._open()
-        task_status.started()
         try:
+            await trio.to_thread.run_sync(self._open)
+            task_status.started()
             with receive:
                 async for command in receive:
                     batch = [command]
@@ -144,26 +181,49 @@ class RolloutWriter:
                             batch.append(receive.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    if self._handle(batch):
+                    if await self._handle(batch):
                         return
         finally:
-            os.close(self._fd)
+            self._ended = True
+            self._progress.set()
+            await self._close()
 
-    def _handle(self, batch: list[Command]) -> bool:
+    async def _close(self) -> None:
+        """Close the file, even when cancelled (a worker call that already opened it left `_fd` set)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            closed: list[bool] = []
+
+            def close() -> None:
+                try:
+                    os.close(fd)
+                finally:  # the descriptor is released even when close reports an error
+                    closed.append(True)
+
+            with trio.move_on_after(CLOSE_DEADLINE_S) as cleanup:
+                cleanup.shield = True
+                await trio.to_thread.run_sync(close)
+            if not closed:  # no worker thread came free in time: never leak the descriptor
+                os.close(fd)
+
+    async def _handle(self, batch: list[Command]) -> bool:
         """Process one drained batch; True after a Shutdown."""
         for command in batch:
             if isinstance(command, AddItems):
                 self._encode(command.items)
-        error = self._write()
+        sync = any(isinstance(c, Shutdown) or (isinstance(c, Flush) and c.fsync) for c in batch)
+        write_error, sync_error = await trio.to_thread.run_sync(self._write_and_sync, sync)
+        if write_error is None:
+            self._failing = False
+        elif not self._failing:
+            self._failing = True
+            self._on_error(write_error)
+        self._advance(sum(isinstance(c, AddItems) for c in batch))
         stop = False
         for command in batch:
             if isinstance(command, Flush | Shutdown):
-                if error is None and (isinstance(command, Shutdown) or command.fsync):
-                    try:
-                        os.fsync(self._fd)
-                    except OSError as exc:
-                        error = f"failed to sync rollout {self.path}: {exc.strerror}"
-                command.reply.error = error
+                syncs = isinstance(command, Shutdown) or command.fsync
+                command.reply.error = write_error or (sync_error if syncs else None)
                 command.reply.done.set()
                 stop = stop or isinstance(command, Shutdown)
         return stop

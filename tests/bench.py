@@ -167,7 +167,7 @@ async def persistence(config: Config) -> dict[str, float]:
     lat = []
     for _ in range(50):
         t0 = time.perf_counter()
-        page = store.list_threads(limit=50)
+        page = await store.list_threads(limit=50)
         lat.append((time.perf_counter() - t0) * 1000)
     assert len(page.entries) == 50
     out["list_first_page_of_10k_ms"] = statistics.median(lat)

@@ -49,8 +49,8 @@ async def test_fresh_thread_writes_nothing_until_its_first_turn(runtime: ThreadM
     assert thread.session_configured.rollout_path == str(thread.rollout_path)
     assert not thread.rollout_path.exists()
     assert find_thread_path_by_id(home, thread.thread_id) is None
-    assert runtime.store.find_path(thread.thread_id) is None
-    assert runtime.list_threads().entries == []
+    assert await runtime.store.find_path(thread.thread_id) is None
+    assert (await runtime.list_threads()).entries == []
     await thread.ask("first")
     await thread.rollout.flush()
     assert find_thread_path_by_id(home, thread.thread_id) == thread.rollout_path
@@ -273,11 +273,11 @@ async def test_archive_round_trip_and_error_before_materialization(runtime: Thre
     archived = await runtime.archive_thread(thread.thread_id)
     assert archived == runtime.home / "archived_sessions" / live.name and not live.exists()
     assert thread.is_closed and thread.thread_id not in runtime.list_thread_ids()
-    assert [e.id for e in runtime.list_threads(archived=True).entries] == [thread.thread_id]
-    assert runtime.list_threads().entries == []
+    assert [e.id for e in (await runtime.list_threads(archived=True)).entries] == [thread.thread_id]
+    assert (await runtime.list_threads()).entries == []
     back = await runtime.unarchive_thread(thread.thread_id)
     assert back == live and live.exists()
-    [entry] = runtime.list_threads().entries
+    [entry] = (await runtime.list_threads()).entries
     assert entry.id == thread.thread_id and entry.preview == "keep me" and not entry.archived
     resumed = await runtime.resume_thread(thread.thread_id)
     assert await resumed.ask("back again") == "echo: back again"
@@ -289,16 +289,16 @@ async def test_listing_pages_by_update_time_and_the_index_rebuilds(runtime: Thre
         thread = await runtime.start_thread()
         await thread.ask(f"thread {n}")
         ids.append(thread.thread_id)
-    page = runtime.list_threads(limit=2)
+    page = await runtime.list_threads(limit=2)
     seen = [e.id for e in page.entries]
     while page.next_cursor:
-        page = runtime.list_threads(limit=2, cursor=page.next_cursor)
+        page = await runtime.list_threads(limit=2, cursor=page.next_cursor)
         seen += [e.id for e in page.entries]
     assert seen == ids[::-1]
-    assert runtime.store.rebuild_index() == 5
-    assert {e.id for e in runtime.list_threads(limit=10).entries} == set(ids)
+    assert await runtime.store.rebuild_index() == 5
+    assert {e.id for e in (await runtime.list_threads(limit=10)).entries} == set(ids)
     with pytest.raises(ThreadStoreError, match="invalid cursor"):
-        runtime.list_threads(cursor="garbage")
+        await runtime.list_threads(cursor="garbage")
 
 
 async def test_write_failure_is_an_error_and_nothing_is_lost_or_doubled(runtime: ThreadManager, monkeypatch: pytest.MonkeyPatch) -> None:

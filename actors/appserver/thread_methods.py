@@ -23,7 +23,7 @@ MAX_PAGE = 500
 async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.ThreadSessionResult:
     handle = await ctx.manager.start_thread(ephemeral=bool(params.ephemeral), settings=thread_settings_update(params))
     ctx.peer.subscribe(handle)
-    result = session_result(ctx.manager, handle, include_turns=False)
+    result = await session_result(ctx.manager, handle, include_turns=False)
     ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
     return result
 
@@ -32,7 +32,7 @@ async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v
     tid = thread_id_param(params.thread_id)
     handle = await ctx.manager.resume_thread(tid, path=params.path, settings=thread_settings_update(params))
     ctx.peer.subscribe(handle)
-    return session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
+    return await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
 
 
 async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.ThreadSessionResult:
@@ -42,8 +42,8 @@ async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.Th
         snapshot = await _snapshot_through(ctx, tid, params.last_turn_id)
     handle = await ctx.manager.fork_thread(snapshot, tid, path=params.path, settings=thread_settings_update(params))
     ctx.peer.subscribe(handle)
-    result = session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
-    ctx.after(("thread/started", v2.ThreadStarted(thread=live_thread(ctx.manager, handle))))
+    result = await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
+    ctx.after(("thread/started", v2.ThreadStarted(thread=await live_thread(ctx.manager, handle))))
     return result
 
 
@@ -60,7 +60,7 @@ async def _turn_ids(ctx: RequestContext, thread_id: str) -> list[str]:
     if running is not None:
         turns = build_turns(running.rollout.source.iter_forward_from(0), live_turn_id=running.active_turn_id)
     else:
-        path = ctx.manager.store.find_path(thread_id)
+        path = await ctx.manager.store.find_path(thread_id)
         if path is None:
             raise invalid_request(f"no rollout found for thread id {thread_id}")
         read = await trio.to_thread.run_sync(read_rollout, path)
@@ -72,11 +72,11 @@ async def thread_read(ctx: RequestContext, params: v2.ThreadReadParams) -> v2.Th
     tid = thread_id_param(params.thread_id)
     running = ctx.manager.running(tid)
     if running is not None:
-        return v2.ThreadResult(thread=live_thread(ctx.manager, running, include_turns=params.include_turns))
-    entry = ctx.manager.store.entry(tid)
+        return v2.ThreadResult(thread=await live_thread(ctx.manager, running, include_turns=params.include_turns))
+    entry = await ctx.manager.store.entry(tid)
     if entry is None:
         raise invalid_request(f"thread not loaded: {tid}")
-    thread = await trio.to_thread.run_sync(lambda: stored_thread(ctx.manager, entry, include_turns=params.include_turns))
+    thread = await stored_thread(ctx.manager, entry, include_turns=params.include_turns)
     return v2.ThreadResult(thread=thread)
 
 
@@ -90,10 +90,10 @@ def _limit(value: int | None) -> int:
 
 async def thread_list(ctx: RequestContext, params: v2.ThreadListParams) -> v2.ThreadListResult:
     try:
-        page = ctx.manager.list_threads(limit=_limit(params.limit), cursor=params.cursor, archived=bool(params.archived))
+        page = await ctx.manager.list_threads(limit=_limit(params.limit), cursor=params.cursor, archived=bool(params.archived))
     except ThreadStoreError as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
-    return v2.ThreadListResult(data=[stored_thread(ctx.manager, entry) for entry in page.entries], next_cursor=page.next_cursor)
+    return v2.ThreadListResult(data=[await stored_thread(ctx.manager, entry) for entry in page.entries], next_cursor=page.next_cursor)
 
 
 async def thread_loaded_list(ctx: RequestContext, params: v2.ThreadLoadedListParams) -> v2.ThreadLoadedListResult:
@@ -124,11 +124,11 @@ async def thread_unarchive(ctx: RequestContext, params: v2.ThreadIdParams) -> v2
     if ctx.manager.running(tid) is not None:
         raise invalid_request(f"thread {tid} already has an active writer")
     await ctx.manager.unarchive_thread(tid)
-    entry = ctx.manager.store.entry(tid)
+    entry = await ctx.manager.store.entry(tid)
     if entry is None:
         raise invalid_request(f"no rollout found for thread id {tid}")
     ctx.after(("thread/unarchived", v2.ThreadIdNotice(thread_id=tid)))
-    return v2.ThreadResult(thread=stored_thread(ctx.manager, entry))
+    return v2.ThreadResult(thread=await stored_thread(ctx.manager, entry))
 
 
 async def thread_unsubscribe(ctx: RequestContext, params: v2.ThreadIdParams) -> v2.UnsubscribeResult:
@@ -142,12 +142,12 @@ async def thread_unsubscribe(ctx: RequestContext, params: v2.ThreadIdParams) -> 
 
 async def thread_name_set(ctx: RequestContext, params: v2.ThreadSetNameParams) -> v2.EmptyResult:
     tid = thread_id_param(params.thread_id)
-    if ctx.manager.running(tid) is None and ctx.manager.store.entry(tid) is None:
+    if ctx.manager.running(tid) is None and await ctx.manager.store.entry(tid) is None:
         raise invalid_request(f"thread not found: {tid}")
     name = params.name.strip()
     if not name:
         raise RpcError(INVALID_PARAMS, "Invalid params: name must not be empty")
-    ctx.manager.store.set_name(tid, name)
+    await ctx.manager.store.set_name(tid, name)
     ctx.after(("thread/name/updated", v2.ThreadNameUpdated(thread_id=tid, thread_name=name)), also=ctx.index.subscribers(tid))
     return v2.EmptyResult()
 
@@ -157,7 +157,7 @@ async def _rollback(ctx: RequestContext, tid: str, num_turns: int) -> v2.ThreadR
     if num_turns < 1:
         raise RpcError(INVALID_PARAMS, "Invalid params: numTurns must be >= 1")
     await dispatch(handle, ThreadRollbackOp(num_turns=num_turns))
-    return v2.ThreadResult(thread=live_thread(ctx.manager, handle, include_turns=True))
+    return v2.ThreadResult(thread=await live_thread(ctx.manager, handle, include_turns=True))
 
 
 async def thread_rollback(ctx: RequestContext, params: v2.ThreadRollbackParams) -> v2.ThreadResult:

@@ -6,6 +6,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import trio
+
 from spindle.actors.runtime import ThreadHandle, ThreadManager
 from spindle.persistence.reader import RolloutReadError, read_rollout
 from spindle.persistence.store import ThreadEntry, preview_of
@@ -23,12 +25,12 @@ def _epoch(stamp: str) -> int:
         return int(time.time())
 
 
-def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool = False) -> v2.Thread:
+async def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool = False) -> v2.Thread:
     rollout = handle.rollout
     meta = rollout.meta
     settings = handle.settings
     store = manager.store
-    entry = store.entry(handle.thread_id) if rollout.persisted else None
+    entry = await store.entry(handle.thread_id) if rollout.persisted else None
     turns = build_turns(rollout.source.iter_forward_from(0), live_turn_id=handle.active_turn_id) if include_turns else []
     created = _epoch(meta.timestamp)
     return v2.Thread(
@@ -38,23 +40,21 @@ def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_turns: 
         updated_at=_epoch(entry.updated_at) if entry else created,
         status=v2.active_status() if handle.active_turn_id else v2.IDLE,
         path=None if rollout.ephemeral else str(rollout.path), cwd=settings.cwd,
-        cli_version=meta.cli_version, name=entry.name if entry else store.name(handle.thread_id), turns=turns,
+        cli_version=meta.cli_version, name=entry.name if entry else await store.name(handle.thread_id), turns=turns,
     )
 
 
-def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_turns: bool = False) -> v2.Thread:
+async def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_turns: bool = False) -> v2.Thread:
     running = manager.running(entry.id)
     if running is not None:
-        return live_thread(manager, running, include_turns=include_turns)
+        return await live_thread(manager, running, include_turns=include_turns)
     turns: list[v2.Turn] = []
     cli_version = ""
     if include_turns:
         try:
-            read = read_rollout(Path(entry.path))
+            turns, cli_version = await trio.to_thread.run_sync(_read_turns, Path(entry.path))
         except (OSError, RolloutReadError) as exc:
             raise invalid_request(f"cannot read rollout {entry.path}: {exc}") from None
-        turns = build_turns(read.source.iter_forward_from(0))
-        cli_version = read.meta.cli_version
     return v2.Thread(
         id=entry.id, session_id=entry.id, forked_from_id=entry.forked_from_id, preview=entry.preview,
         ephemeral=False, model_provider=entry.model_provider, model=None,
@@ -63,10 +63,16 @@ def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_turns: 
     )
 
 
-def session_result(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool) -> v2.ThreadSessionResult:
+def _read_turns(path: Path) -> tuple[list[v2.Turn], str]:
+    """A stored thread's turns and CLI version, read from its rollout (in a worker thread)."""
+    read = read_rollout(path)
+    return build_turns(read.source.iter_forward_from(0)), read.meta.cli_version
+
+
+async def session_result(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool) -> v2.ThreadSessionResult:
     s = handle.settings
     return v2.ThreadSessionResult(
-        thread=live_thread(manager, handle, include_turns=include_turns), model=s.model,
+        thread=await live_thread(manager, handle, include_turns=include_turns), model=s.model,
         model_provider=s.provider_id, cwd=s.cwd, approval_policy=s.approval_policy,
         approvals_reviewer="user", sandbox=sandbox_out(s.sandbox_mode), reasoning_effort=s.effort,
     )

@@ -90,8 +90,8 @@ class ThreadManager:
     async def unarchive_thread(self, thread_id: str) -> Path:
         return await self.stored.unarchive_thread(thread_id)
 
-    def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
-        return self.stored.list_threads(limit=limit, cursor=cursor, archived=archived)
+    async def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
+        return await self.stored.list_threads(limit=limit, cursor=cursor, archived=archived)
 
 
 @asynccontextmanager

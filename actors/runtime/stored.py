@@ -36,15 +36,15 @@ class StoredThreads:
         self.home = store.home
         self.config = registry.resources.config
 
-    def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
+    async def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
         if path is not None:
             located = Path(path)
-            if not is_within(self.home, located):
+            if not await trio.to_thread.run_sync(is_within, self.home, located):
                 raise ThreadStoreError(f"rollout path {located} is outside {self.home}")
             return located
         if thread_id is None:
             raise ValueError("give a thread id or a rollout path")
-        found = self.store.find_path(thread_id)
+        found = await self.store.find_path(thread_id)
         if found is None:
             raise ThreadStoreError(f"no rollout found for thread id {parse_thread_id(thread_id)}")
         return found
@@ -74,7 +74,7 @@ class StoredThreads:
                         f"thread {thread_id} is already running with rollout {running.rollout_path}, not {path}"
                     )
                 return running
-        located = self._locate(thread_id, path)
+        located = await self._locate(thread_id, path)
         read = await trio.to_thread.run_sync(read_rollout, located)
         if read.skipped or read.torn:
             log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
@@ -114,7 +114,7 @@ class StoredThreads:
             source_meta = running.rollout.meta
             resolved = apply_update(self.config, running.settings, settings or SettingsUpdate())
         else:
-            read = await trio.to_thread.run_sync(read_rollout, self._locate(thread_id, path))
+            read = await trio.to_thread.run_sync(read_rollout, await self._locate(thread_id, path))
             items, source_meta = read.source.items(), read.meta
             resolved = self._resumed_settings(read, settings)
         fork_id = new_id()
@@ -129,19 +129,19 @@ class StoredThreads:
     async def archive_thread(self, thread_id: str) -> Path:
         """Unload the thread (if running) and move its rollout to `archived_sessions/`."""
         tid = parse_thread_id(thread_id)
-        if self.store.find_path(tid) is None:
+        if await self.store.find_path(tid) is None:
             raise ThreadStoreError(f"no rollout found for thread id {tid}")
         running = self.registry.remove_thread(tid)
         if running is not None and not running.is_closed:
             await running.shutdown_and_wait()
-        return self.store.archive(tid)
+        return await self.store.archive(tid)
 
     async def unarchive_thread(self, thread_id: str) -> Path:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
-        return self.store.unarchive(thread_id)
+        return await self.store.unarchive(thread_id)
 
-    def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
-        return self.store.list_threads(limit=limit, cursor=cursor, archived=archived)
+    async def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
+        return await self.store.list_threads(limit=limit, cursor=cursor, archived=archived)
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:
