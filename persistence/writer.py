@@ -35,6 +35,8 @@ WRITER_CHANNEL_CAPACITY = 64
 """Batches queued for a writer before the thread actor waits (lossless backpressure)."""
 CLOSE_DEADLINE_S = 5.0
 """How long closing the file may wait for a worker thread, even when cancelled."""
+CANCEL_DRAIN_S = 10.0
+"""How long a cancelled writer keeps writing what its thread still hands it before it ends."""
 
 _encoder = msgspec.json.Encoder()
 
@@ -174,19 +176,33 @@ class RolloutWriter:
             await trio.to_thread.run_sync(self._open)
             task_status.started()
             with receive:
-                async for command in receive:
-                    batch = [command]
-                    while True:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    if await self._handle(batch):
-                        return
+                try:
+                    await self._serve(receive)
+                except trio.Cancelled:
+                    # The thread actor, cancelled too, closes its rollout in a shielded scope as it
+                    # ends: write what is queued and what it still sends, then end as cancelled.
+                    with trio.move_on_after(CANCEL_DRAIN_S) as drain:
+                        drain.shield = True
+                        await self._serve(receive)
+                    raise
         finally:
             self._ended = True
             self._progress.set()
             await self._close()
+
+    async def _serve(self, receive: trio.MemoryReceiveChannel[Command]) -> None:
+        """Handle commands in batches until `Shutdown` or the channel's end."""
+        async for command in receive:
+            batch = [command]
+            while True:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            with trio.CancelScope(shield=True):  # a batch is written whole, or its replies would never come
+                stop = await self._handle(batch)
+            if stop:
+                return
 
     async def _close(self) -> None:
         """Close the file, even when cancelled (a worker call that already opened it left `_fd` set)."""

@@ -110,3 +110,27 @@ def test_sigint_at_a_random_moment_of_spindle_load(tmp_path: Path, run: int) -> 
     for path in home.rglob("rollout-*.jsonl"):
         read = read_rollout(path)
         assert read.torn is False and read.skipped == 0, path
+
+
+async def test_a_cancelled_writer_still_writes_what_its_thread_hands_it(tmp_path: Path) -> None:
+    """Cancellation reaches the writer and its thread at once: the thread's shielded close still
+    gets every queued line written, in order, and the file ends whole."""
+    from spindle.persistence.rollout import ThreadRollout
+    from spindle.protocol.ids import new_id
+    from spindle.protocol.items import Message, user_message
+    from spindle.protocol.rollout import SessionMeta
+
+    path = tmp_path / "rollout.jsonl"
+    rollout = ThreadRollout(path=path, meta=SessionMeta(id=new_id(), timestamp="2026-12-01T00:00:00.000Z", cwd="/"))
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await rollout.materialize(nursery)
+            for n in range(50):
+                rollout.record([user_message([TextInput(text=f"line {n}")])])
+                await rollout.drain()
+            scope.cancel()
+            with trio.CancelScope(shield=True):  # what the thread actor does as it ends
+                await rollout.shutdown()
+    read = read_rollout(path)
+    texts = [item.text() for item in read.source.items() if isinstance(item, Message)]
+    assert texts == [f"line {n}" for n in range(50)] and read.torn is False

@@ -20,3 +20,33 @@ def test_the_repl_reports_a_bad_config_instead_of_crashing_trio(tmp_path: Path) 
     assert "TrioInternalError" not in result.stderr
     assert "config.toml: key 'model': Expected `str`, got `int`" in result.stderr
     assert "still here" in result.stdout  # the REPL goes on
+
+
+def unusable_home(tmp_path: Path) -> Path:
+    """A CODEX_HOME that cannot be created: its parent is a regular file (works as root too)."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    return blocker / "home"
+
+
+def test_the_app_server_names_an_unusable_home(tmp_path: Path) -> None:
+    home = unusable_home(tmp_path)
+    result = run([sys.executable, "-m", "spindle.actors.cli", "app-server"], home, stdin="")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and str(home) in result.stderr, result.stderr
+    assert result.stderr.startswith("spindle: ") and result.stdout == ""
+
+
+def test_spindle_load_names_an_unusable_home(tmp_path: Path) -> None:
+    home = unusable_home(tmp_path)
+    argv = [sys.executable, "-m", "spindle.actors.cli", "load", "--threads", "2", "--turns", "1", "--no-progress", "--home", str(home)]
+    result = run(argv, home)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and str(home) in result.stderr, result.stderr
+
+
+def test_the_repl_names_an_unusable_home(tmp_path: Path) -> None:
+    home = unusable_home(tmp_path)
+    session = "from spindle.actors.cli import repl\nrt = await repl.start(mock=True)\n"
+    result = run([sys.executable, "-m", "trio"], home, stdin=session)
+    assert "TrioInternalError" not in result.stderr and str(home) in result.stderr, result.stderr

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from spindle.actors.runtime import ConfigError, ThreadNotFoundError
 from spindle.persistence.reader import RolloutReadError
-from spindle.persistence.store import ThreadStoreError
-from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, RpcError
+from spindle.persistence.store import ThreadStoreError, ThreadStoreUnavailableError
+from spindle.protocol.appserver.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    RpcError,
+)
 from spindle.protocol.appserver.v2map import UnsupportedInput
 
 DOMAIN_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (ThreadStoreUnavailableError, INTERNAL_ERROR),
     (ThreadStoreError, INVALID_REQUEST),
     (RolloutReadError, INVALID_REQUEST),
     (ThreadNotFoundError, INVALID_REQUEST),

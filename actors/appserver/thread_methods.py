@@ -6,7 +6,7 @@ import trio
 
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.reader import read_rollout
-from spindle.persistence.store import ThreadStoreError
+from spindle.persistence.store import ThreadStoreError, ThreadStoreUnavailableError
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import thread_settings_update
@@ -91,7 +91,9 @@ def _limit(value: int | None) -> int:
 async def thread_list(ctx: RequestContext, params: v2.ThreadListParams) -> v2.ThreadListResult:
     try:
         page = await ctx.manager.list_threads(limit=_limit(params.limit), cursor=params.cursor, archived=bool(params.archived))
-    except ThreadStoreError as exc:
+    except ThreadStoreUnavailableError:
+        raise
+    except ThreadStoreError as exc:  # a cursor the store does not know
         raise RpcError(INVALID_PARAMS, str(exc)) from None
     return v2.ThreadListResult(data=[await stored_thread(ctx.manager, entry) for entry in page.entries], next_cursor=page.next_cursor)
 

@@ -18,9 +18,9 @@ def defer_stop_signals() -> None:
 
 
 def restore_stop_signals() -> None:
-    """Python's own handling again, for commands that stop on KeyboardInterrupt; a Ctrl-C that
-    came early is raised now."""
+    """Python's own handling again, for commands that stop on KeyboardInterrupt or SIGTERM's
+    default; a stop signal that came early is delivered again now, so none is lost."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if signal.SIGINT in early:
-        raise KeyboardInterrupt
+    for signum in dict.fromkeys(early):
+        signal.raise_signal(signum)

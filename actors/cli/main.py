@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from spindle.actors.runtime.config import ConfigError, load_config
+from spindle.persistence.store import ThreadStoreError
 
 from .early import restore_stop_signals
 from .logs import configure_logging
@@ -87,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _run(args)
     except* KeyboardInterrupt:
         code = 130
-    except* ConfigError as group:
-        for exc in group.exceptions:
+    except* (ConfigError, ThreadStoreError) as group:  # a config or a CODEX_HOME the user can fix
+        for exc in leaves(group):
             sys.stderr.write(f"spindle: {exc}\n")
         code = 2
     return code
@@ -116,3 +117,11 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
         return trio.run(run_mock, args.port, args.latency_ms, args.reply_tokens)
     return 2
+
+
+def leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    """The exceptions inside `group`, however deeply nested."""
+    found: list[Exception] = []
+    for exc in group.exceptions:
+        found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

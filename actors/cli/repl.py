@@ -32,6 +32,8 @@ from spindle.protocol.events import (
     TurnAbortedEvent,
 )
 
+from .main import leaves
+
 _stop: trio.Event | None = None
 _stopped: trio.Event | None = None
 
@@ -59,7 +61,7 @@ async def start(config: Config | None = None, *, mock: bool = False) -> ThreadMa
                     await stop.wait()
                 nursery.cancel_scope.cancel()
         except* Exception as group:  # a system task must not raise: the caller gets the error
-            failed.extend(_leaves(group))
+            failed.extend(leaves(group))
         finally:
             stopped.set()
             ready.set()
@@ -96,10 +98,3 @@ async def tail(thread: ThreadHandle, *, until_turn_end: bool = True, out: TextIO
                 break
     return seen
 
-
-def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
-    """The exceptions inside `group`, however deeply nested."""
-    found: list[Exception] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found

@@ -112,8 +112,10 @@ async def open_runtime(
     resources = RuntimeResources(config, tools)
     store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
     try:
+        await store.open()  # a home or index that cannot be used is one clear error, up front
         async with trio.open_nursery() as host:
-            actors: trio.Nursery = await host.start(_host_actors)
+            with trio.CancelScope(shield=True):  # once started, only the `finally` below ends it
+                actors: trio.Nursery = await host.start(_host_actors)
             manager = ThreadManager(resources, actors, store)
             try:
                 yield manager
@@ -126,7 +128,7 @@ async def open_runtime(
     finally:
         with trio.CancelScope(shield=True):
             await resources.aclose()
-        store.close()
+            await store.aclose()
 
 
 async def _host_actors(*, task_status: TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
