@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 import trio
 
+from spindle.actors.appserver import AppServer
 from spindle.actors.runtime import ThreadManager, open_runtime, turn
 from spindle.actors.runtime.config import config_from_mapping
 from spindle.actors.runtime.tools import ToolRegistry
 from spindle.actors.testing.mock_model import MockModel
+from spindle.actors.testing.rpc_client import RpcClient, in_memory
 from spindle.protocol.config import Config
 
 
@@ -58,3 +60,19 @@ def make_runtime(make_config: Callable[..., Config]) -> Callable[..., Any]:
         return open_runtime(make_config(**config), tools=tools)
 
     return make
+
+
+@pytest.fixture
+async def server(make_config: Callable[..., Config]) -> AsyncIterator[AppServer]:
+    """An app-server on a runtime whose sandbox is read-only."""
+    async with open_runtime(make_config(sandbox_mode="read-only")) as manager, trio.open_nursery() as nursery:
+        yield await nursery.start(AppServer(manager).run)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def client(server: AppServer) -> AsyncIterator[RpcClient]:
+    """An initialized in-memory client of `server`."""
+    async with in_memory(server) as client:
+        await client.initialize()
+        yield client

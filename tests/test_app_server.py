@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,20 +15,6 @@ from spindle.actors.runtime.manager import open_runtime
 from spindle.actors.testing.mock_model import MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.config import Config
-
-
-@pytest.fixture
-async def server(make_config: Callable[..., Config]) -> AsyncIterator[AppServer]:
-    async with open_runtime(make_config(sandbox_mode="read-only")) as manager, trio.open_nursery() as nursery:
-        yield await nursery.start(AppServer(manager).run)
-        nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def client(server: AppServer) -> AsyncIterator[RpcClient]:
-    async with in_memory(server) as client:
-        await client.initialize()
-        yield client
 
 
 async def start_thread(client: RpcClient, **params: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ being dropped, and a stuck thread holds up only its own requests."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from spindle.actors.testing.mock_model import MockModel
 from spindle.actors.testing.rpc_client import (
     RpcClient,
     RpcFailure,
-    in_memory,
     subprocess_server,
     write_config,
 )
@@ -39,20 +38,6 @@ from spindle.protocol.ops import Submission
 
 DEEP = 10_000
 NESTED = b"[" * DEEP + b"]" * DEEP
-
-
-@pytest.fixture
-async def server(make_config: Callable[..., Config]) -> AsyncIterator[AppServer]:
-    async with open_runtime(make_config(sandbox_mode="read-only")) as manager, trio.open_nursery() as nursery:
-        yield await nursery.start(AppServer(manager).run)
-        nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def client(server: AppServer) -> AsyncIterator[RpcClient]:
-    async with in_memory(server) as client:
-        await client.initialize()
-        yield client
 
 
 async def answer(client: RpcClient, request_id: Any) -> dict[str, Any]:
