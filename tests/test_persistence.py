@@ -329,27 +329,3 @@ async def test_write_failure_is_an_error_and_nothing_is_lost_or_doubled(runtime:
     texts = [r["payload"]["content"][0]["text"] for r in rows if r["type"] == "response_item"]
     assert texts.count("two") == 1 and texts.count("echo: two") == 1
     assert [r["ordinal"] for r in rows] == list(range(len(rows)))
-
-
-def test_processes_sharing_a_home_can_open_the_index_at_once(tmp_path: Path) -> None:
-    """Two app-servers on one CODEX_HOME both create the index: neither may fail."""
-    import threading
-
-    from spindle.persistence.store import LocalThreadStore
-
-    errors: list[Exception] = []
-    for round_ in range(30):
-        home = tmp_path / f"home-{round_}"
-
-        def open_store(home: Path = home) -> None:
-            try:
-                LocalThreadStore(home).close()
-            except Exception as exc:  # collected, asserted below
-                errors.append(exc)
-
-        openers = [threading.Thread(target=open_store) for _ in range(4)]
-        for opener in openers:
-            opener.start()
-        for opener in openers:
-            opener.join()
-    assert errors == []

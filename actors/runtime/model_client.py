@@ -169,6 +169,15 @@ class ModelClient:
         self._slots = trio.CapacityLimiter(MAX_CONNECTIONS_PER_PROVIDER)
         self._url = provider.base_url.rstrip("/") + "/responses"
 
+    def _request_error(self, cause: str) -> ModelError:
+        """The request never reached the provider: retried per `request_max_retries`."""
+        return ModelError(
+            f"error sending request for url ({self._url}): {cause}",
+            phase="request",
+            retryable=True,
+            info="http_connection_failed",
+        )
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -214,19 +223,9 @@ class ModelClient:
         except httpx.ReadTimeout:
             raise _stream_error(f"stream idle for {idle_ms} ms (stream_idle_timeout_ms)") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ModelError(
-                f"error sending request for url ({self._url}): {exc or type(exc).__name__}",
-                phase="request",
-                retryable=True,
-                info="http_connection_failed",
-            ) from None
+            raise self._request_error(str(exc) or type(exc).__name__) from None
         except (httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-            raise ModelError(
-                f"error sending request for url ({self._url}): timed out ({type(exc).__name__})",
-                phase="request",
-                retryable=True,
-                info="http_connection_failed",
-            ) from None
+            raise self._request_error(f"timed out ({type(exc).__name__})") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise _stream_error(str(exc) or type(exc).__name__) from None
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
