@@ -3,6 +3,9 @@
 The thread actor records items here as it goes; at each await point the outbox goes to the
 `RolloutWriter` as one batch. Nothing reaches disk before `materialize` (the first user turn).
 
+Before its writer starts, the rollout holds the thread's writer lease (`Leases`); it lets go when
+the rollout is shut down, so no other process appends meanwhile.
+
 The thread index hears about the rollout from a reporter task beside the writer: `touch()` only
 marks the rollout changed (it never waits), and the reporter sends the rollout's state to the
 index off the loop. Marks that arrive while an update is queued are folded into it.
@@ -19,6 +22,7 @@ import trio
 
 from spindle.protocol.rollout import RolloutItem, SessionMeta
 
+from .lease import WriterLease
 from .paths import ThreadStoreError, timestamp
 from .source import InMemoryRolloutSource
 from .writer import (
@@ -59,6 +63,8 @@ class ThreadRollout:
         ephemeral: bool = False,
         good_size: int | None = None,
         index: RolloutIndex | None = None,
+        leases: Leases | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
         self.path = path
         self.meta = meta
@@ -66,6 +72,8 @@ class ThreadRollout:
         self.ephemeral = ephemeral
         self.materialized = materialized
         self.index = index
+        self.leases = leases
+        self.lease = lease
         self._good_size = good_size
         self._outbox: list[RolloutItem] = []
         self._send: trio.MemorySendChannel[Command] | None = None
@@ -87,7 +95,18 @@ class ThreadRollout:
             self._outbox.extend(items)
 
     async def start(self, nursery: trio.Nursery, *, create: bool) -> None:
-        """Start the writer actor (creating the file when `create`). OSError if it cannot open."""
+        """Take the writer lease (unless held already), then start the writer actor (creating the
+        file when `create`). OSError if the file cannot be opened; WriterLeaseHeldError if another
+        process writes this thread."""
+        if self.lease is None and self.leases is not None:
+            self.lease = await self.leases.acquire_lease(self.meta.id)
+        try:
+            await self._start_writer(nursery, create=create)
+        except BaseException:
+            await self.release_lease()
+            raise
+
+    async def _start_writer(self, nursery: trio.Nursery, *, create: bool) -> None:
         send, receive = trio.open_memory_channel[Command](WRITER_CHANNEL_CAPACITY)
         writer = RolloutWriter(
             self.path,
@@ -194,15 +213,32 @@ class ThreadRollout:
         await self._call(lambda reply: Flush(reply))
 
     async def shutdown(self) -> None:
-        """Flush, sync and close the file; the writer actor ends."""
-        if self._send is None:
-            return
+        """Flush, sync and close the file; the writer actor ends and the lease is let go."""
         try:
-            await self._call(lambda reply: Shutdown(reply))
+            if self._send is not None:
+                try:
+                    await self._call(lambda reply: Shutdown(reply))
+                finally:
+                    self._send.close()
+                    self._send, self._writer = None, None
+                    await self._stop_reporter()
         finally:
-            self._send.close()
-            self._send, self._writer = None, None
-            await self._stop_reporter()
+            await self.release_lease()
+
+    async def release_lease(self) -> None:
+        """Let go of the writer lease, if held (shielded: a cancelled caller still lets go)."""
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lease.release)
+
+
+class Leases(Protocol):
+    """Hands out writer leases (the thread store). Raises WriterLeaseHeldError naming the holder
+    when another process writes the thread."""
+
+    async def acquire_lease(self, thread_id: str) -> WriterLease: ...
 
 
 class RolloutIndex(Protocol):

@@ -32,6 +32,14 @@ from spindle.protocol.items import Message
 from spindle.protocol.rollout import SessionMeta
 
 from .history import is_user_turn_boundary
+from .lease import (
+    COORDINATION_POLL_S,
+    COORDINATION_WAIT_S,
+    CoordinationBusy,
+    WriterLease,
+    acquire_lease,
+    coordination_stuck,
+)
 from .paths import (
     ARCHIVED_SESSIONS_SUBDIR,
     SESSIONS_SUBDIR,
@@ -140,6 +148,8 @@ class LocalThreadStore:
         self._previews: dict[str, str] = {}
         self._names: dict[str, str] | None = None
         self._names_lock = trio.Lock()
+        self.handoff_address: str | None = None
+        """Where this process takes handoff requests for the leases it holds (set by the runtime)."""
 
     # --- the index worker -----------------------------------------------
     async def open(self) -> None:
@@ -250,6 +260,20 @@ class LocalThreadStore:
         row = (meta.id, str(rollout.path), meta.timestamp, updated_at, meta.cwd, preview,
                meta.model_provider or "", meta.forked_from_id, name)
         await self._index(_execute(_RECORD, row), write=True)
+
+    # --- Leases ---------------------------------------------------------
+    async def acquire_lease(self, thread_id: str) -> WriterLease:
+        """Take `thread_id`'s writer lease (WriterLeaseHeldError names the holder if taken)."""
+        deadline = trio.current_time() + COORDINATION_WAIT_S
+        while True:
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: acquire_lease(self.home, thread_id, handoff=self.handoff_address)
+                )
+            except CoordinationBusy:
+                if trio.current_time() > deadline:
+                    raise coordination_stuck(self.home) from None
+            await trio.sleep(COORDINATION_POLL_S)
 
     # --- lookups --------------------------------------------------------
     async def entry(self, thread_id: str) -> ThreadEntry | None:

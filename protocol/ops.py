@@ -49,7 +49,11 @@ class InterruptOp(OpBase, tag="interrupt", kw_only=True, frozen=True):
 
 
 class ShutdownOp(OpBase, tag="shutdown", kw_only=True, frozen=True):
-    """Abort the active turn, flush persistence, emit `shutdown_complete`, end the actor."""
+    """Abort the active turn, flush persistence, emit `shutdown_complete`, end the actor.
+
+    `if_idle`: refuse (an `error` event, and the thread goes on) while a turn is running."""
+
+    if_idle: bool = False
 
 
 class CompactOp(OpBase, tag="compact", kw_only=True, frozen=True):

@@ -153,7 +153,9 @@ class Connection:
                 except Lagged as lag:
                     await self.notify("warning", v2.WarningNotice(message=_lag_warning(handle.thread_id, lag), thread_id=handle.thread_id))
                     continue
-                except (trio.EndOfChannel, trio.ClosedResourceError):
+                except (trio.EndOfChannel, trio.ClosedResourceError):  # the thread ended on its own
+                    await self.notify("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
+                    await self.notify("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
                     break
                 for method, params in translator.translate(event):
                     await self.notify(method, params)

@@ -26,7 +26,8 @@ Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 
 
 async def initialize(ctx: RequestContext, params: v2.InitializeParams) -> v2.InitializeResult:
-    ctx.peer.handshake.done()
+    capabilities = params.capabilities or {}
+    ctx.peer.handshake.done(experimental_api=capabilities.get("experimentalApi") is True)
     client = params.client_info
     agent = (
         f"spindle/{PROTOCOL_VERSION} (spindle {SPINDLE_VERSION}; {platform.system()} {platform.release()}; "

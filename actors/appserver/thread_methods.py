@@ -21,7 +21,13 @@ MAX_PAGE = 500
 
 
 async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.ThreadSessionResult:
-    handle = await ctx.manager.start_thread(ephemeral=bool(params.ephemeral), settings=thread_settings_update(params))
+    if params.persist_now is not None:
+        ctx.peer.handshake.require_experimental("thread/start.persistNow")
+    if params.persist_now and params.ephemeral:
+        raise RpcError(INVALID_PARAMS, "Invalid params: persistNow cannot be combined with ephemeral (an ephemeral thread is never written)")
+    handle = await ctx.manager.start_thread(
+        ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params)
+    )
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=False)
     ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
@@ -30,7 +36,11 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
 
 async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v2.ThreadSessionResult:
     tid = thread_id_param(params.thread_id)
-    handle = await ctx.manager.resume_thread(tid, path=params.path, settings=thread_settings_update(params))
+    if params.handoff is not None:
+        ctx.peer.handshake.require_experimental("thread/resume.handoff")
+    handle = await ctx.manager.resume_thread(
+        tid, path=params.path, settings=thread_settings_update(params), handoff=bool(params.handoff)
+    )
     ctx.peer.subscribe(handle)
     return await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
 

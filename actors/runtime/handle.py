@@ -155,5 +155,16 @@ class ThreadHandle:
             await self.submit(ShutdownOp())
         await self._actor.closed.wait()
 
+    async def shutdown_if_idle(self) -> str | None:
+        """Shut down unless a turn is running (the actor decides, so no turn can slip in between).
+
+        None once the actor has ended; else why it goes on."""
+        outcome = await self.submit_and_wait(ShutdownOp(if_idle=True))
+        if outcome.error is not None:
+            return outcome.error.message
+        self._shutdown_requested = True
+        await self._actor.closed.wait()
+        return None
+
     async def wait_closed(self) -> None:
         await self._actor.closed.wait()

@@ -19,6 +19,7 @@ from spindle.protocol.settings import SettingsUpdate
 from .config import codex_home, load_config
 from .fanout import Subscription
 from .handle import ThreadHandle
+from .handoff import serve_handoffs
 from .registry import ThreadRegistry, ThreadShutdownReport
 from .resources import RuntimeResources
 from .stored import StoredThreads
@@ -41,14 +42,19 @@ class ThreadManager:
         self.config = resources.config
         self.store = store
         self.home = store.home
-        self.registry = ThreadRegistry(resources, nursery, store.home, store)
+        self.registry = ThreadRegistry(resources, nursery, store.home, index=store, leases=store)
         self.stored = StoredThreads(self.registry, store)
 
     # --- running threads ------------------------------------------------
     async def start_thread(
-        self, settings: SettingsUpdate | None = None, *, thread_id: str | None = None, ephemeral: bool = False
+        self,
+        settings: SettingsUpdate | None = None,
+        *,
+        thread_id: str | None = None,
+        ephemeral: bool = False,
+        persist_now: bool = False,
     ) -> ThreadHandle:
-        return await self.registry.start_thread(settings, thread_id=thread_id, ephemeral=ephemeral)
+        return await self.registry.start_thread(settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now)
 
     def get_thread(self, thread_id: str) -> ThreadHandle:
         return self.registry.get_thread(thread_id)
@@ -68,11 +74,30 @@ class ThreadManager:
     async def shutdown_all_threads_bounded(self, timeout: float) -> ThreadShutdownReport:  # noqa: ASYNC109 - the documented API
         return await self.registry.shutdown_all_threads_bounded(timeout)
 
+    async def release_thread(self, thread_id: str) -> str | None:
+        """Unload a thread another process asked for (a lease handoff): flush, close its rollout,
+        let go of its lease. None once done (or if it is not loaded here); else why it stays:
+        a running turn is never cut short for a handoff."""
+        await self.registry.wait_released(thread_id)
+        handle = self.registry.running(thread_id)
+        if handle is None:
+            return None
+        refusal = await handle.shutdown_if_idle()
+        if refusal is not None:
+            return refusal
+        self.registry.forget(handle)
+        return None
+
     # --- stored threads -------------------------------------------------
     async def resume_thread(
-        self, thread_id: str | None = None, settings: SettingsUpdate | None = None, *, path: str | Path | None = None
+        self,
+        thread_id: str | None = None,
+        settings: SettingsUpdate | None = None,
+        *,
+        path: str | Path | None = None,
+        handoff: bool = False,
     ) -> ThreadHandle:
-        return await self.stored.resume_thread(thread_id, settings, path=path)
+        return await self.stored.resume_thread(thread_id, settings, path=path, handoff=handoff)
 
     async def fork_thread(
         self,
@@ -118,6 +143,7 @@ async def open_runtime(
                 actors: trio.Nursery = await host.start(_host_actors)
             manager = ThreadManager(resources, actors, store)
             try:
+                store.handoff_address = await actors.start(serve_handoffs, manager.release_thread)
                 yield manager
             finally:
                 with trio.CancelScope(shield=True):

@@ -10,7 +10,7 @@ import structlog
 import trio
 
 from spindle.persistence.paths import now_utc, rollout_path, timestamp
-from spindle.persistence.rollout import RolloutIndex, ThreadRollout
+from spindle.persistence.rollout import Leases, RolloutIndex, ThreadRollout
 from spindle.persistence.store import ThreadStoreError
 from spindle.protocol.events import Event, is_lifecycle
 from spindle.protocol.ids import new_id, parse_thread_id
@@ -45,10 +45,13 @@ class ThreadShutdownReport:
 class ThreadRegistry:
     """Every running thread of one runtime, by id."""
 
-    def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, home: Path, index: RolloutIndex) -> None:
+    def __init__(
+        self, resources: RuntimeResources, nursery: trio.Nursery, home: Path, index: RolloutIndex, leases: Leases
+    ) -> None:
         self.resources = resources
         self.home = home
         self._index = index
+        self._leases = leases
         self._nursery = nursery
         self._threads: dict[str, ThreadHandle] = {}
         self._created: Broadcaster[str] = Broadcaster()
@@ -59,15 +62,30 @@ class ThreadRegistry:
         *,
         thread_id: str | None = None,
         ephemeral: bool = False,
+        persist_now: bool = False,
     ) -> ThreadHandle:
         """Start a new thread actor (the config's settings, changed by `settings`); returns once
         it has emitted `session_configured`.
 
-        Nothing is written until the first user turn; `ephemeral` threads never touch disk.
+        Nothing is written until the first user turn, unless `persist_now`: then the rollout
+        (its `session_meta`) is written first, so the id can be resumed by another process
+        before any turn. `ephemeral` threads never touch disk.
         """
+        if persist_now and ephemeral:
+            raise ValueError("persist_now cannot be combined with ephemeral: an ephemeral thread is never written")
         resolved = initial_settings(self.resources.config, settings)
         tid = parse_thread_id(thread_id) if thread_id else new_id()
-        return await self.spawn(tid, resolved, self.new_rollout(tid, resolved, ephemeral=ephemeral))
+        rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral)
+        if persist_now:
+            await self.write_now(rollout)
+        return await self.spawn(tid, resolved, rollout)
+
+    async def write_now(self, rollout: ThreadRollout) -> None:
+        """Create a new thread's rollout with what it has recorded, before its actor runs (which
+        then appends to it); its lease is held meanwhile."""
+        async with trio.open_nursery() as nursery:  # a short-lived writer creates the file
+            await rollout.materialize(nursery)
+            await rollout.shutdown()
 
     def new_rollout(
         self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None
@@ -85,7 +103,7 @@ class ThreadRegistry:
             forked_from_id=forked_from,
         )
         path = rollout_path(self.home, thread_id, created)
-        return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index)
+        return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index, leases=self._leases)
 
     async def spawn(
         self,

@@ -13,7 +13,8 @@ import structlog
 import trio
 
 from spindle.persistence.history import ForkSnapshot, fork_items, last_turn_context, rebuild_history
-from spindle.persistence.paths import is_within
+from spindle.persistence.lease import WriterLease, WriterLeaseHeldError
+from spindle.persistence.paths import is_within, thread_id_of
 from spindle.persistence.reader import RolloutRead, read_rollout
 from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
@@ -21,6 +22,7 @@ from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
 from .handle import ThreadHandle
+from .handoff import request_handoff
 from .registry import ThreadRegistry
 from .settings import apply_update, initial_settings, recorded_settings
 
@@ -59,10 +61,13 @@ class StoredThreads:
         settings: SettingsUpdate | None = None,
         *,
         path: str | Path | None = None,
+        handoff: bool = False,
     ) -> ThreadHandle:
         """Resume a thread from its rollout (read once); a running thread is returned as it is.
 
-        Its settings are those its rollout last recorded, changed by `settings`.
+        Its settings are those its rollout last recorded, changed by `settings`. The thread's
+        writer lease is taken first: WriterLeaseHeldError names the process that writes it, unless
+        `handoff` asks that process (a Spindle runtime on this home) to let go, and it does.
         """
         if thread_id is not None:
             thread_id = parse_thread_id(thread_id)
@@ -75,20 +80,39 @@ class StoredThreads:
                     )
                 return running
         located = await self._locate(thread_id, path)
-        read = await trio.to_thread.run_sync(read_rollout, located)
-        if read.skipped or read.torn:
-            log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
-        await self.registry.wait_released(read.meta.id)
-        running = self.registry.running(read.meta.id)
+        tid = thread_id or thread_id_of(located)
+        if tid is None:  # a rollout under a name of its own: its session_meta says whose it is
+            tid = (await trio.to_thread.run_sync(read_rollout, located)).meta.id
+        await self.registry.wait_released(tid)
+        running = self.registry.running(tid)
         if running is not None:
             return running
-        resolved = self._resumed_settings(read, settings)
-        rollout = ThreadRollout(
-            path=located, meta=read.meta, source=read.source, materialized=True,
-            good_size=read.good_size, index=self.store,
-        )
-        history = rebuild_history(read.source.iter_forward_from(0))
-        return await self.registry.spawn(read.meta.id, resolved, rollout, history)
+        lease = await self._take_lease(tid, handoff=handoff)  # before reading: the file is final then
+        try:
+            read = await trio.to_thread.run_sync(read_rollout, located)
+            if read.meta.id != tid:
+                raise ThreadStoreError(f"rollout {located} belongs to thread {read.meta.id}, not {tid}")
+            if read.skipped or read.torn:
+                log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
+            rollout = ThreadRollout(
+                path=located, meta=read.meta, source=read.source, materialized=True,
+                good_size=read.good_size, index=self.store, leases=self.store, lease=lease,
+            )
+            history = rebuild_history(read.source.iter_forward_from(0))
+            return await self.registry.spawn(tid, self._resumed_settings(read, settings), rollout, history)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lease.release)
+            raise
+
+    async def _take_lease(self, thread_id: str, *, handoff: bool) -> WriterLease:
+        try:
+            return await self.store.acquire_lease(thread_id)
+        except WriterLeaseHeldError as held:
+            if not handoff:
+                raise
+            await request_handoff(held.holder, thread_id)
+        return await self.store.acquire_lease(thread_id)
 
     async def fork_thread(
         self,
@@ -120,21 +144,25 @@ class StoredThreads:
         fork_id = new_id()
         rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id)
         rollout.record(fork_items(items, snapshot))
-        async with trio.open_nursery() as nursery:  # a short-lived writer creates the file
-            await rollout.materialize(nursery)
-            await rollout.shutdown()  # the fork's own actor reopens it for appending
+        await self.registry.write_now(rollout)
         history = rebuild_history(rollout.source.iter_forward_from(0))
         return await self.registry.spawn(fork_id, resolved, rollout, history)
 
     async def archive_thread(self, thread_id: str) -> Path:
-        """Unload the thread (if running) and move its rollout to `archived_sessions/`."""
+        """Unload the thread (if running) and move its rollout to `archived_sessions/`, holding its
+        lease meanwhile (WriterLeaseHeldError if another process writes it)."""
         tid = parse_thread_id(thread_id)
         if await self.store.find_path(tid) is None:
             raise ThreadStoreError(f"no rollout found for thread id {tid}")
         running = self.registry.remove_thread(tid)
         if running is not None and not running.is_closed:
             await running.shutdown_and_wait()
-        return await self.store.archive(tid)
+        lease = await self.store.acquire_lease(tid)  # no other process may be appending meanwhile
+        try:
+            return await self.store.archive(tid)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lease.release)
 
     async def unarchive_thread(self, thread_id: str) -> Path:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""

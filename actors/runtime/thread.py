@@ -13,6 +13,7 @@ import structlog
 import trio
 from trio_typing import TaskStatus
 
+from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.events import (
     ErrorEvent,
@@ -238,6 +239,8 @@ class ThreadActor:
                     return False
                 self.outcomes.set_turn(sub.id, self.active_turn_id)
                 await self._abort_turn("interrupted")
+            case ShutdownOp(if_idle=True) if self._active is not None:
+                self.emit(sub.id, ErrorEvent(message=f"turn {self._active.turn_id} is running", codex_error_info="bad_request"))
             case ShutdownOp():
                 await self._abort_turn("interrupted")
                 await self._close_rollout(sub.id)
@@ -274,7 +277,7 @@ class ThreadActor:
         try:
             assert self._writers is not None
             await self.rollout.materialize(self._writers)
-        except OSError as exc:
+        except (OSError, ThreadStoreError) as exc:
             self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
             return
         turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings)

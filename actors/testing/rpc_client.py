@@ -98,8 +98,11 @@ class RpcClient:
             raise RpcFailure(reply["error"])
         return reply["result"]  # type: ignore[no-any-return]
 
-    async def initialize(self) -> dict[str, Any]:
-        result = await self.call("initialize", {"clientInfo": {"name": "spindle-tests", "version": "1.0"}})
+    async def initialize(self, *, experimental: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = {"clientInfo": {"name": "spindle-tests", "version": "1.0"}}
+        if experimental:
+            params["capabilities"] = {"experimentalApi": True}
+        result = await self.call("initialize", params)
         await self.send_raw(b'{"method":"initialized"}\n')
         return result
 

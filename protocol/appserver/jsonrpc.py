@@ -419,6 +419,8 @@ class Handshake:
 
     def __init__(self) -> None:
         self.initialized = False
+        self.experimental_api = False
+        """The client opted into experimental methods and fields (`capabilities.experimentalApi`)."""
 
     def check(self, method: str) -> None:
         """RpcError unless `method` may run now."""
@@ -428,5 +430,11 @@ class Handshake:
         elif not self.initialized:
             raise invalid_request("Not initialized")
 
-    def done(self) -> None:
+    def done(self, *, experimental_api: bool = False) -> None:
         self.initialized = True
+        self.experimental_api = experimental_api
+
+    def require_experimental(self, what: str) -> None:
+        """RpcError unless the client opted into experimental API (`what`: a method or `method.field`)."""
+        if not self.experimental_api:
+            raise invalid_request(f"{what} requires experimentalApi capability")

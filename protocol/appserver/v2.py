@@ -185,12 +185,16 @@ class ThreadSettingsParams(Inbound, kw_only=True, frozen=True):
 
 class ThreadStartParams(ThreadSettingsParams, kw_only=True, frozen=True):
     ephemeral: bool | None = None
+    persist_now: bool | None = None
+    """Spindle (experimental): write the rollout now, so the id is durable before the first turn."""
 
 
 class ThreadResumeParams(ThreadSettingsParams, kw_only=True, frozen=True):
     thread_id: str
     path: str | None = None
     exclude_turns: bool = False
+    handoff: bool | None = None
+    """Spindle (experimental): ask the Spindle process that writes the thread to let go of it."""
 
 
 class ThreadForkParams(ThreadSettingsParams, kw_only=True, frozen=True):
