@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SDK_VERSION := 0.163.0
+CODEX_VERSION := 0.171.0
+CODEX_DIR := .cache/codex-$(CODEX_VERSION)
+CODEX_BIN := $(CODEX_DIR)/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
 
-.PHONY: setup test lint unit run bench clean
+.PHONY: setup test lint unit run bench clean interop
 
 setup: $(STAMP)
 
@@ -33,6 +36,14 @@ unit: setup
 
 test: lint unit
 
+# The real Codex on a CODEX_HOME Spindle writes (and the reverse): needs npm and the npm registry.
+$(CODEX_BIN):
+	mkdir -p $(CODEX_DIR)
+	cd $(CODEX_DIR) && npm install --silent --no-audit --no-fund @openai/codex@$(CODEX_VERSION)
+
+interop: setup $(CODEX_BIN)
+	SPINDLE_CODEX_BIN=$(abspath $(CODEX_BIN)) $(BIN)/pytest tests/test_codex_interop.py
+
 run: setup
 	$(BIN)/spindle load --threads 300 --turns 3
 
@@ -40,4 +51,4 @@ bench: setup
 	$(BIN)/python -m tests.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

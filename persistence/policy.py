@@ -19,6 +19,7 @@ from spindle.protocol.events import (
     ThreadRolledBackEvent,
     TokenCountEvent,
     TurnAbortedEvent,
+    UserMessageEvent,
 )
 from spindle.protocol.items import AgentMessageItem, UserMessageItem
 
@@ -30,6 +31,7 @@ PERSISTED_EVENTS = (
     ErrorEvent,
     ThreadRolledBackEvent,
     AgentMessageEvent,
+    UserMessageEvent,
 )
 
 

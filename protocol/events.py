@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from .items import TurnItem
+from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
 from .settings import ApprovalPolicy, SandboxMode
 
 
@@ -84,6 +84,25 @@ class AgentMessageEvent(EventMsgBase, tag="agent_message", kw_only=True, frozen=
     message: str
 
 
+class UserMessageEvent(EventMsgBase, tag="user_message", kw_only=True, frozen=True):
+    """A user's input as it joined a turn: its text, image URLs and local image paths. Codex's
+    readers rebuild a thread's user turns from these (with `agent_message` for the answers)."""
+
+    message: str
+    images: list[str] = msgspec.field(default_factory=list)
+    local_images: list[str] = msgspec.field(default_factory=list)
+    text_elements: list[Any] = msgspec.field(default_factory=list)
+
+
+def user_message_event(items: list[UserInput]) -> UserMessageEvent:
+    """The `user_message` event of one user input: texts joined by newlines, then its images."""
+    return UserMessageEvent(
+        message="\n".join(item.text for item in items if isinstance(item, TextInput)),
+        images=[item.image_url for item in items if isinstance(item, ImageInput)],
+        local_images=[item.path for item in items if isinstance(item, LocalImageInput)],
+    )
+
+
 class ItemStartedEvent(EventMsgBase, tag="item_started", kw_only=True, frozen=True):
     thread_id: str
     turn_id: str
@@ -151,6 +170,7 @@ EventMsg = (
     | TurnAbortedEvent
     | AgentMessageDeltaEvent
     | AgentMessageEvent
+    | UserMessageEvent
     | ItemStartedEvent
     | ItemCompletedEvent
     | TokenCountEvent

@@ -27,7 +27,9 @@ class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
     cwd: str
     originator: str = "spindle"
     cli_version: str = ""
-    source: str = "spindle"
+    source: Any = "vscode"
+    """Where the thread came from: Codex writes "vscode" or "cli" for interactive threads (which its
+    `thread/list` shows by default), "exec", or an object for sub-agents."""
     model_provider: str | None = None
     base_instructions: BaseInstructions | None = None
     forked_from_id: str | None = None

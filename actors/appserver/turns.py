@@ -7,12 +7,24 @@ from collections.abc import Iterable
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.v2map import thread_item, turn_error
 from spindle.protocol.events import (
+    AgentMessageEvent,
     ErrorEvent,
     ItemCompletedEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
     ThreadRolledBackEvent,
     TurnAbortedEvent,
+    UserMessageEvent,
+)
+from spindle.protocol.items import (
+    AgentMessageContent,
+    AgentMessageItem,
+    ImageInput,
+    LocalImageInput,
+    TextInput,
+    TurnItem,
+    UserInput,
+    UserMessageItem,
 )
 from spindle.protocol.rollout import RolloutItem
 
@@ -20,17 +32,22 @@ from spindle.protocol.rollout import RolloutItem
 def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None) -> list[v2.Turn]:
     """One Turn per `task_started`, with its user and agent messages and how it ended.
 
-    Rollbacks drop turns as they dropped history. A turn with no end that is not `live_turn_id`
+    A turn's messages come from its `item_completed` events; a turn that has none (written by
+    Codex in its legacy history mode) takes them from its `user_message` and `agent_message`
+    events instead. Rollbacks drop turns as they dropped history. A turn with no end that is not `live_turn_id`
     (the process stopped mid-turn) is reported `interrupted`.
     """
     turns: list[v2.Turn] = []
     by_id: dict[str, v2.Turn] = {}
-    for item in items:
+    legacy: dict[str, list[TurnItem]] = {}
+    for n, item in enumerate(items):
         match item:
             case TaskStartedEvent(turn_id=turn_id):
                 turn = v2.Turn(id=turn_id)
                 turns.append(turn)
                 by_id[turn_id] = turn
+            case UserMessageEvent() | AgentMessageEvent() if turns:
+                legacy.setdefault(turns[-1].id, []).append(_legacy_item(item, f"{turns[-1].id}-{n}"))
             case ItemCompletedEvent(turn_id=turn_id, item=turn_item):
                 if (owner := by_id.get(turn_id)) is not None:
                     owner.items.append(thread_item(turn_item))
@@ -48,4 +65,15 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
     for turn in turns:
         if turn.status == "inProgress" and turn.id != live_turn_id:
             turn.status = "interrupted"
+        if not turn.items and turn.id in legacy:
+            turn.items = [thread_item(message) for message in legacy[turn.id]]
     return turns
+
+
+def _legacy_item(event: UserMessageEvent | AgentMessageEvent, item_id: str) -> TurnItem:
+    if isinstance(event, AgentMessageEvent):
+        return AgentMessageItem(id=item_id, content=[AgentMessageContent(text=event.message)])
+    content: list[UserInput] = [TextInput(text=event.message)] if event.message else []
+    content += [ImageInput(image_url=url) for url in event.images]
+    content += [LocalImageInput(path=path) for path in event.local_images]
+    return UserMessageItem(id=item_id, content=content)

@@ -30,6 +30,7 @@ from spindle.protocol.events import (
     TokenUsageInfo,
     TurnAbortedEvent,
     WarningEvent,
+    user_message_event,
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
@@ -127,6 +128,7 @@ class ThreadActor:
         item = UserMessageItem(id=new_id(), content=items)
         self.emit(sub_id, ItemStartedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
         self.emit(sub_id, ItemCompletedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
+        self.journal.record_event(user_message_event(items))  # for Codex's readers; subscribers have the item
         await self.rollout.drain()
 
     async def commit(self, items: list[ResponseItem]) -> None:
