@@ -33,10 +33,9 @@ from spindle.actors.runtime.errors import TurnError
 from spindle.actors.testing.mock_model import HttpError, MockModel
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, write_config
 from spindle.persistence.lease import WriterLeaseHeldError
-from spindle.persistence.reader import read_rollout
 from spindle.protocol.config import Config
-from spindle.protocol.items import TextInput
 from spindle.protocol.events import TaskCompleteEvent
+from spindle.protocol.items import TextInput
 from spindle.protocol.ops import UserInputOp
 
 from .helpers import collect_until
