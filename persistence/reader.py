@@ -32,6 +32,9 @@ class RolloutRead:
     skipped: int
     torn: bool
     good_size: int
+    next_ordinal: int
+    """The ordinal the next appended line takes: past every ordinal in the file, including those
+    of lines Spindle skips (Codex's `world_state`, say), so none is ever repeated."""
 
 
 def parse_rollout(data: bytes) -> tuple[list[RolloutItem], int, bool, int]:
@@ -67,4 +70,28 @@ def read_rollout(path: Path) -> RolloutRead:
     meta = next((item for item in items if isinstance(item, SessionMeta)), None)
     if meta is None:
         raise RolloutReadError(f"rollout {path} has no session_meta line")
-    return RolloutRead(path, meta, InMemoryRolloutSource(items), skipped, torn, good_size)
+    ordinal = next_ordinal(data[:good_size]) if skipped else len(items)
+    return RolloutRead(path, meta, InMemoryRolloutSource(items), skipped, torn, good_size, ordinal)
+
+
+class _Ordinal(msgspec.Struct):
+    ordinal: int | None = None
+
+
+_ordinals = msgspec.json.Decoder(_Ordinal)
+
+
+def next_ordinal(body: bytes) -> int:
+    """One past the highest `ordinal` among the whole lines of `body` (their count if none has one)."""
+    highest, count = -1, 0
+    for raw in body.split(b"\n"):
+        if not raw.strip():
+            continue
+        count += 1
+        try:
+            ordinal = _ordinals.decode(raw).ordinal
+        except msgspec.MsgspecError:
+            continue
+        if ordinal is not None and ordinal > highest:
+            highest = ordinal
+    return highest + 1 if highest >= 0 else count

@@ -62,6 +62,7 @@ class ThreadRollout:
         materialized: bool = False,
         ephemeral: bool = False,
         good_size: int | None = None,
+        next_ordinal: int | None = None,
         index: RolloutIndex | None = None,
         leases: Leases | None = None,
         lease: WriterLease | None = None,
@@ -75,6 +76,7 @@ class ThreadRollout:
         self.leases = leases
         self.lease = lease
         self._good_size = good_size
+        self._next_ordinal = next_ordinal
         self._outbox: list[RolloutItem] = []
         self._send: trio.MemorySendChannel[Command] | None = None
         self._writer: RolloutWriter | None = None
@@ -111,7 +113,7 @@ class ThreadRollout:
         writer = RolloutWriter(
             self.path,
             create=create,
-            next_ordinal=0 if create else len(self.source) - len(self._outbox),
+            next_ordinal=0 if create else self._appended_from(),
             truncate_to=self._good_size,
             on_error=self.on_error,
         )
@@ -122,6 +124,12 @@ class ThreadRollout:
             raise
         self._send, self._writer, self._batches_sent = send, writer, 0
         self._start_reporter(nursery)
+
+    def _appended_from(self) -> int:
+        """The ordinal of the next line of an existing file: as its reader found it, else one per
+        item already written."""
+        written = len(self.source) - len(self._outbox)
+        return max(self._next_ordinal or 0, written)
 
     def _start_reporter(self, nursery: trio.Nursery) -> None:
         if self.index is None or self._marks is not None:

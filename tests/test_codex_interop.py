@@ -148,7 +148,14 @@ async def test_spindle_reads_and_resumes_what_codex_wrote(tmp_path: Path, mock_m
             await client.call("thread/resume", {"threadId": "01a23027-e24e-728d-93d4-6316e8418e5b"})
             turn = await client.run_turn("01a23027-e24e-728d-93d4-6316e8418e5b", "fourth from spindle")
             assert turn["status"] == "completed"
+            resumed = await client.call("thread/resume", {"threadId": "01a23027-be1a-77f3-8aab-1ee8d77cde0f"})
+            await client.run_turn(resumed["thread"]["id"], "spindle goes on")
+            await client.call("thread/unsubscribe", {"threadId": resumed["thread"]["id"]})
+            await client.wait_for("thread/closed")
         server.stop()
+    for path in (home / "sessions").glob("*/*/*/rollout-*.jsonl"):
+        ordinals = [line["ordinal"] for line in map(json.loads, path.read_text().splitlines()) if "ordinal" in line]
+        assert ordinals == sorted(set(ordinals)), f"an ordinal repeats or goes back in {path.name}"
     sent = mock_model.requests[-1].json()["input"]
     said = [part["text"] for item in sent if item.get("role") == "user" for part in item["content"]]
     assert [text for text in said if not text.startswith("<")] == [

@@ -96,7 +96,8 @@ class StoredThreads:
                 log.warning("rollout had unreadable lines", path=str(located), skipped=read.skipped, torn=read.torn)
             rollout = ThreadRollout(
                 path=located, meta=read.meta, source=read.source, materialized=True,
-                good_size=read.good_size, index=self.store, leases=self.store, lease=lease,
+                good_size=read.good_size, next_ordinal=read.next_ordinal,
+                index=self.store, leases=self.store, lease=lease,
             )
             history = rebuild_history(read.source.iter_forward_from(0))
             return await self.registry.spawn(tid, self._resumed_settings(read, settings), rollout, history)
