@@ -43,7 +43,7 @@ def user_item(text: str) -> dict[str, Any]:
 def write_rollout(
     home: Path, n: int, *, created: str = "2026-11-20T10:00:00.000Z", updated: str | None = None,
     day: str = "2026/11/20", text: str = "hello", source: Any = "cli", cwd: str = "/work",
-    provider: str = "openai", archived: bool = False, before: str = "", after: str = "",
+    provider: str = "openai", archived: bool = False, before: str = "", middle: str = "", after: str = "",
 ) -> Path:
     """A small rollout: session_meta, the environment context, a user message, its last line at `updated`."""
     meta: dict[str, Any] = {"id": tid(n), "timestamp": created, "cwd": cwd, "model_provider": provider}
@@ -52,7 +52,7 @@ def write_rollout(
     folder = home / "archived_sessions" if archived else home / "sessions" / day
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"rollout-{day.replace('/', '-')}T10-00-00-{tid(n)}.jsonl"
-    body = before + line("session_meta", meta, created)
+    body = before + line("session_meta", meta, created) + middle
     body += line("response_item", user_item("<environment_context>\n</environment_context>"), created)
     body += line("response_item", user_item(text), created) + after
     body += line("event_msg", {"type": "task_complete", "turn_id": "t"}, updated or created)
@@ -109,6 +109,22 @@ async def test_a_restarted_store_reads_nothing_unchanged(tmp_path: Path, monkeyp
     await again.aclose()
 
 
+async def test_only_changed_folders_are_listed(store: LocalThreadStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n, day in enumerate(("2026/11/01", "2026/11/20", "2026/11/21")):
+        write_rollout(store.home, n, day=day)
+    hour_ago = time.time() - 3600  # older than the racy window: these mtimes are trusted
+    for folder in [store.home / "sessions", *store.home.glob("sessions/**/")]:
+        os.utime(folder, (hour_ago, hour_ago))
+    await store.reconcile()
+    listed: list[str] = []
+    real = scan_module._Scan._list
+    monkeypatch.setattr(scan_module._Scan, "_list", lambda self, path, **kw: listed.append(path) or real(self, path, **kw))
+    assert len(await ids(store)) == 3 and listed == []
+    write_rollout(store.home, 9, day="2026/11/01")
+    assert len(await ids(store)) == 4
+    assert listed == [str(store.home / "sessions" / "2026" / "11" / "01")]
+
+
 async def test_appending_moves_updated_at_and_the_order(store: LocalThreadStore) -> None:
     copy_reference(store.home)
     assert await ids(store, sort_key="updated_at") == [PROBE, LIVE]
@@ -163,7 +179,7 @@ async def test_torn_last_line_foreign_lines_and_meta_not_first_are_still_listed(
         f.write('{"timestamp":"2026-11-20T12:00:00.000Z","type":"response_it')
     foreign = (line("world_state", {"full": True}) + line("token_usage_record", {"usage": {}})
                + line("some_future_type", [1, 2, 3]) + "not json at all\n")
-    write_rollout(store.home, 2, text="foreign", after=foreign)
+    write_rollout(store.home, 2, text="foreign", middle=foreign, after=foreign)
     write_rollout(store.home, 3, text="meta second", before=line("world_state", {"full": True}))
     entries = {e.id: e for e in (await store.list_threads()).entries}
     assert {i: e.preview for i, e in entries.items()} == {tid(1): "torn", tid(2): "foreign", tid(3): "meta second"}
@@ -389,3 +405,16 @@ def test_the_scan_reads_only_the_head_of_a_big_rollout(tmp_path: Path, monkeypat
     facts = scan_module.read_facts(str(path), st.st_size, st.st_mtime_ns)
     assert facts.preview == "first" and facts.head_done
     assert st.st_size > 3_000_000 and sum(reads) < 2 * scan_module.HEAD_CHUNK + scan_module.TAIL_BYTES
+
+
+def test_a_folder_changed_within_the_racy_window_is_listed_again(tmp_path: Path) -> None:
+    write_rollout(tmp_path, 1)
+    day = tmp_path / "sessions" / "2026" / "11" / "20"
+    first = scan_module.scan(str(tmp_path), scan_module.Known())
+    before = os.stat(day)
+    write_rollout(tmp_path, 2)
+    os.utime(day, ns=(before.st_atime_ns, before.st_mtime_ns))  # a coarse clock: the second file left the mtime as it was
+    files = {str(day): {os.path.basename(c.path): c.known for c in first.changes}}
+    known = scan_module.Known(dirs=first.dirs, subdirs=first.subdirs, files=files, names_stamp=first.names_stamp)
+    second = scan_module.scan(str(tmp_path), known)
+    assert [c.facts.thread_id for c in second.changes if c.facts] == [tid(2)]
