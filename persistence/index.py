@@ -21,8 +21,9 @@ from typing import TypeVar
 
 import trio
 
+from .heads import Facts
 from .paths import ThreadStoreUnavailableError, store_error
-from .scan import Facts, FileChange, KnownFile, ScanResult
+from .scan import KnownFile, ScanResult
 
 T = TypeVar("T")
 
@@ -80,7 +81,7 @@ _UPSERT_FILE = (
     " interactive = excluded.interactive, forked_from_id = excluded.forked_from_id"
     " WHERE excluded.mtime_ns >= files.mtime_ns"  # a scan never undoes a newer record()
 )
-_TAIL = "UPDATE files SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ? AND mtime_ns <= ? RETURNING thread_id"
+_TAIL = "UPDATE files SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ? AND mtime_ns <= ?"
 _THREAD_COLUMNS = ("id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id, name,"
                    " source_kind, interactive")
 _UPSERT_THREAD = f"INSERT OR REPLACE INTO threads ({_THREAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -234,8 +235,12 @@ def apply_scan(db: sqlite3.Connection, result: ScanResult, names: Mapping[str, s
     touched: set[str] = set()
     for path in result.removed:
         touched.update(tid for (tid,) in db.execute("DELETE FROM files WHERE path = ? RETURNING thread_id", (path,)) if tid)
-    for change in result.changes:
-        touched.update(_apply_change(db, change))
+    tails = [c for c in result.changes if c.updated_at is not None]
+    heads = [c for c in result.changes if c.updated_at is None]
+    db.executemany(_TAIL, [(c.size, c.mtime_ns, c.updated_at, c.path, c.mtime_ns) for c in tails])
+    db.executemany(_UPSERT_FILE, [_file_row(c.path, c.archived, c.size, c.mtime_ns, c.facts) for c in heads])
+    touched.update(c.was for c in result.changes if c.was)
+    touched.update(c.facts.thread_id for c in heads if c.facts)
     db.execute("DELETE FROM dirs")
     db.executemany("INSERT INTO dirs (path, mtime_ns, children) VALUES (?, ?, ?)",
                    [(path, mtime, "\n".join(result.subdirs[path]) if path in result.subdirs else None)
@@ -248,16 +253,6 @@ def apply_scan(db: sqlite3.Connection, result: ScanResult, names: Mapping[str, s
     if result.names is not None:
         db.executemany("UPDATE threads SET name = ? WHERE id = ? AND name IS NOT ?",
                        [(name, tid, name) for tid, name in result.names.items()])
-
-
-def _apply_change(db: sqlite3.Connection, change: FileChange) -> set[str]:
-    """The thread ids a changed file row belongs (or belonged) to."""
-    before = {tid for (tid,) in db.execute("SELECT thread_id FROM files WHERE path = ?", (change.path,)) if tid}
-    if change.updated_at is not None:
-        row = (change.size, change.mtime_ns, change.updated_at, change.path, change.mtime_ns)
-        return before | {tid for (tid,) in db.execute(_TAIL, row) if tid}
-    db.execute(_UPSERT_FILE, _file_row(change.path, change.archived, change.size, change.mtime_ns, change.facts))
-    return before | ({change.facts.thread_id} if change.facts else set())
 
 
 def record_file(db: sqlite3.Connection, path: str, *, archived: bool, size: int, mtime_ns: int, facts: Facts,

@@ -182,7 +182,8 @@ class ThreadQuery:
 
     def select(self) -> tuple[str, list[object]]:
         """The SQL (one page plus one row, to know if there is more) and its arguments."""
-        where, args = ["archived = ?"], [int(self.archived)]
+        where: list[str] = ["archived = ?"]
+        args: list[object] = [int(self.archived)]
         if self.source_kinds:
             kinds = {k for s in self.source_kinds for k in ((s, *SUBAGENT_KINDS) if s == "subAgent" else (s,))}
             where.append(_in("source_kind", len(kinds)))

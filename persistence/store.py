@@ -33,6 +33,16 @@ from trio_typing import TaskStatus
 from spindle.protocol.ids import parse_thread_id
 
 from . import index as ix
+from .heads import (
+    NAMES_FILE,
+    Facts,
+    NameEntry,
+    NotRollout,
+    normalize_timestamp,
+    preview_of,
+    read_facts,
+    read_names,
+)
 from .index import INDEX_BUSY_DEADLINE_S, INDEX_FILE, IndexBusyError, ThreadIndex
 from .paths import (
     ThreadStoreError,
@@ -45,21 +55,7 @@ from .paths import (
 )
 from .query import ENTRY_COLUMNS, ThreadEntry, ThreadPage, ThreadQuery, classify_source, entry_of
 from .rollout import ThreadRollout
-from .scan import (
-    NAMES_FILE,
-    Facts,
-    Known,
-    KnownFile,
-    NameEntry,
-    NotRollout,
-    ScanResult,
-    normalize_timestamp,
-    preview_of,
-    read_facts,
-    read_names,
-    scan,
-    sweep,
-)
+from .scan import Known, KnownFile, ScanResult, scan, sweep
 
 __all__ = [
     "INDEX_FILE", "LocalThreadStore", "ThreadEntry", "ThreadPage", "ThreadQuery", "ThreadStoreError",

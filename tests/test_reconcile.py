@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from spindle.actors.runtime import ThreadManager
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure
+from spindle.persistence import heads as heads_module
 from spindle.persistence import scan as scan_module
 from spindle.persistence import store as store_module
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
@@ -60,6 +61,20 @@ def write_rollout(
     return path
 
 
+def count_head_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each file head the scan reads from now on (by its size)."""
+    reads: list[int] = []
+    real = heads_module.read_facts_fd
+
+    def counting(fd: int, size: int, mtime_ns: int) -> Any:
+        reads.append(size)
+        return real(fd, size, mtime_ns)
+
+    monkeypatch.setattr(heads_module, "read_facts_fd", counting)
+    monkeypatch.setattr(scan_module, "read_facts_fd", counting)
+    return reads
+
+
 def copy_reference(home: Path) -> None:
     shutil.copytree(REFERENCE, home, dirs_exist_ok=True)
 
@@ -100,9 +115,7 @@ async def test_a_restarted_store_reads_nothing_unchanged(tmp_path: Path, monkeyp
     first = LocalThreadStore(home)
     await first.open()
     await first.aclose()
-    reads: list[str] = []
-    real = scan_module.read_facts
-    monkeypatch.setattr(scan_module, "read_facts", lambda path, *a: reads.append(path) or real(path, *a))
+    reads = count_head_reads(monkeypatch)
     again = LocalThreadStore(home)
     await again.open()
     assert await ids(again) == [PROBE, LIVE] and reads == []
@@ -255,9 +268,7 @@ async def test_spindle_threads_are_recorded_not_reread(runtime: ThreadManager, m
     await thread.ask("my own")
     await runtime.store.set_name(thread.thread_id, "mine")
     await thread.shutdown_and_wait()  # its last index update is made
-    reads: list[str] = []
-    real = scan_module.read_facts
-    monkeypatch.setattr(scan_module, "read_facts", lambda path, *a: reads.append(path) or real(path, *a))
+    reads = count_head_reads(monkeypatch)
     [entry] = (await runtime.list_threads()).entries
     assert (entry.id, entry.preview, entry.name, entry.source_kind) == (thread.thread_id, "my own", "mine", "appServer")
     assert reads == []
@@ -377,34 +388,17 @@ def runtime_home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-def test_the_scan_reads_only_the_head_of_a_big_rollout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_scan_reads_only_the_head_and_tail_of_a_big_rollout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_rollout(tmp_path, 1, text="first", after=line("response_item", user_item("y" * 10_000)) * 300)
-    reads: list[int] = []
-    real_open = open
-
-    class Counting:
-        def __init__(self, f: Any) -> None:
-            self.f = f
-
-        def __enter__(self) -> Counting:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.f.close()
-
-        def read(self, n: int = -1) -> bytes:
-            data: bytes = self.f.read(n)
-            reads.append(len(data))
-            return data
-
-        def seek(self, at: int) -> int:
-            return int(self.f.seek(at))
-
-    monkeypatch.setattr(scan_module, "open", lambda p, mode: Counting(real_open(p, mode)), raising=False)
+    read: list[int] = []
+    real_read, real_pread = os.read, os.pread
+    monkeypatch.setattr(heads_module.os, "read", lambda fd, n: read.append(n) or real_read(fd, n))
+    monkeypatch.setattr(heads_module.os, "pread", lambda fd, n, at: read.append(n) or real_pread(fd, n, at))
     st = os.stat(path)
-    facts = scan_module.read_facts(str(path), st.st_size, st.st_mtime_ns)
-    assert facts.preview == "first" and facts.head_done
-    assert st.st_size > 3_000_000 and sum(reads) < 2 * scan_module.HEAD_CHUNK + scan_module.TAIL_BYTES
+    facts = heads_module.read_facts(str(path), st.st_size, st.st_mtime_ns)
+    monkeypatch.undo()
+    assert facts.preview == "first" and facts.head_done and facts.updated_at == "2026-11-20T10:00:00.000Z"
+    assert st.st_size > 3_000_000 and sum(read) <= heads_module.HEAD_CHUNK + heads_module.TAIL_BYTES
 
 
 def test_a_folder_changed_within_the_racy_window_is_listed_again(tmp_path: Path) -> None:
