@@ -175,7 +175,8 @@ async def test_the_background_pass_finds_them_within_seconds(
         f.write(line("event_msg", {"type": "task_started", "turn_id": "u"}, "2026-11-30T00:00:00.000Z"))
     start = trio.current_time()
     with trio.fail_after(60):
-        while (await ids(store, sort_key="updated_at"))[0] != tid(1):  # each list asks for a pass
+        # a client polling thread/list (virtual time): each list asks for a pass
+        while (await ids(store, sort_key="updated_at"))[0] != tid(1):  # noqa: ASYNC110
             await trio.sleep(0.5)
     assert trio.current_time() - start <= store_module.FULL_STAT_INTERVAL_S + 1
 
