@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio.testing
 from structlog.testing import capture_logs
 
 from spindle.actors.runtime import ThreadManager
@@ -163,22 +162,29 @@ async def test_appends_in_older_day_folders_wait_for_the_full_stat_pass(store: L
     assert await ids(store, sort_key="updated_at") == [tid(1), tid(3), tid(2)]
 
 
-async def test_the_background_pass_finds_them_within_seconds(
-    store: LocalThreadStore, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+async def test_a_list_asks_the_background_pass_to_find_appends_in_older_folders(
+    store: LocalThreadStore, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = write_rollout(store.home, 1, day="2026/11/01", created="2026-11-01T10:00:00.000Z")
     write_rollout(store.home, 2, day="2026/11/20", created="2026-11-20T10:00:00.000Z")
     write_rollout(store.home, 3, day="2026/11/21", created="2026-11-21T10:00:00.000Z")
+    monkeypatch.setattr(store_module, "FULL_STAT_INTERVAL_S", 0)
+    passed = trio.Event()
+    real = store._reconcile
+
+    async def watched(suspects: Any, *, full: bool, reset: bool = False) -> None:
+        await real(suspects, full=full, reset=reset)
+        if full:
+            passed.set()
+
+    monkeypatch.setattr(store, "_reconcile", watched)
     await nursery.start(store.run)
-    assert await ids(store, sort_key="updated_at") == [tid(3), tid(2), tid(1)]
     with old.open("a") as f:
         f.write(line("event_msg", {"type": "task_started", "turn_id": "u"}, "2026-11-30T00:00:00.000Z"))
-    start = trio.current_time()
-    with trio.fail_after(60):
-        # a client polling thread/list (virtual time): each list asks for a pass
-        while (await ids(store, sort_key="updated_at"))[0] != tid(1):  # noqa: ASYNC110
-            await trio.sleep(0.5)
-    assert trio.current_time() - start <= store_module.FULL_STAT_INTERVAL_S + 1
+    await store.list_threads()  # asks for a full pass
+    with trio.fail_after(10):
+        await passed.wait()
+    assert await ids(store, sort_key="updated_at") == [tid(1), tid(3), tid(2)]
 
 
 async def test_removed_files_drop_out(store: LocalThreadStore) -> None:
