@@ -1,16 +1,17 @@
-"""The thread store: rollout files under CODEX_HOME plus a SQLite index for fast listing.
+"""The thread store: rollout files under CODEX_HOME plus a SQLite index (`index.py`) for listing.
 
-The index (`$CODEX_HOME/spindle_index_2.sqlite`) holds id, path, created/updated time, cwd, name,
-preview, model provider and archived. It is written only after the file exists and can always
-be rebuilt from the files (`rebuild_index`). Listing is paginated by update time with a cursor.
+The index knows every rollout under `sessions/` and `archived_sessions/`, whoever wrote it
+(Spindle or the real Codex), because it is reconciled with the files: on `open()`, before each
+list (unless the query says `use_state_db_only`), and in the background while a runtime runs
+(`run`). A reconcile looks only at what changed (`scan.py` says what is looked at and when);
+one runs at a time, and a list that finds one in flight waits for it and takes its result.
+Spindle's own rollouts also reach the index directly: their reporter calls `record` with the
+file's current size and mtime, so the reconcile does not read them again. Listing is a
+`ThreadQuery` (`query.py`): filters, sort by created or updated time, cursors.
 
-Nothing here blocks the event loop. Every index statement runs in a worker thread behind one
-`CapacityLimiter(1)`, so the one connection is used by one thread at a time (SQLite allows a
-connection to move between threads when no two use it at once). Other processes may hold the
-index: a statement waits for their lock only `INDEX_BUSY_TIMEOUT_MS`, then the limiter is let go
-and the call retries with `trio.sleep` until `INDEX_BUSY_DEADLINE_S`. File reads, scans, moves and
-appends run in worker threads too. Every failure is a `ThreadStoreError` whose message names the
-path, the cause and what to do; the index opens on first use (or `open()`).
+Nothing here blocks the event loop: index statements run in the index worker, scans, reads and
+moves in worker threads. Every failure is a `ThreadStoreError` whose message names the path, the
+cause and what to do.
 """
 
 from __future__ import annotations
@@ -18,20 +19,31 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import structlog
 import trio
+from trio_typing import TaskStatus
 
 from spindle.protocol.ids import parse_thread_id
-from spindle.protocol.items import Message
-from spindle.protocol.rollout import SessionMeta
 
-from .history import is_user_turn_boundary
+from . import index as ix
+from .heads import (
+    NAMES_FILE,
+    Facts,
+    NameEntry,
+    NotRollout,
+    normalize_timestamp,
+    preview_of,
+    read_facts,
+    read_names,
+)
+from .index import INDEX_BUSY_DEADLINE_S, INDEX_FILE, IndexBusyError, ThreadIndex
 from .lease import (
     COORDINATION_POLL_S,
     COORDINATION_WAIT_S,
@@ -41,175 +53,88 @@ from .lease import (
     coordination_stuck,
 )
 from .paths import (
-    ARCHIVED_SESSIONS_SUBDIR,
-    SESSIONS_SUBDIR,
     ThreadStoreError,
     ThreadStoreUnavailableError,
     archived_path,
     find_thread_path_by_id,
     store_error,
-    thread_id_of,
     timestamp,
     unarchived_path,
 )
-from .reader import RolloutRead, RolloutReadError, read_rollout
+from .query import ENTRY_COLUMNS, ThreadEntry, ThreadPage, ThreadQuery, classify_source, entry_of
 from .rollout import ThreadRollout
+from .scan import Known, KnownFile, ScanResult, scan, sweep
 
 __all__ = [
-    "INDEX_FILE", "LocalThreadStore", "ThreadEntry", "ThreadPage", "ThreadStoreError",
+    "INDEX_FILE", "LocalThreadStore", "ThreadEntry", "ThreadPage", "ThreadQuery", "ThreadStoreError",
     "ThreadStoreUnavailableError", "preview_of",
 ]
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
-INDEX_FILE = "spindle_index_2.sqlite"
-NAMES_FILE = "session_index.jsonl"
-"""Thread names, one JSON line per rename (last one wins): the source the index rebuilds names from."""
-PREVIEW_CHARS = 200
-INDEX_BUSY_TIMEOUT_MS = 100
-"""How long one index statement waits for another process's lock before its worker gives up its turn."""
-INDEX_BUSY_DEADLINE_S = 10.0
-"""How long an index call keeps retrying while another process holds the index."""
-INDEX_RETRY_DELAY_S = (0.005, 0.2)
-"""First and longest pause between retries of a busy index call (doubling in between)."""
-INDEX_CLOSE_DEADLINE_S = 5.0
-"""How long `aclose` waits for the index call in progress before giving up on a tidy close."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS threads (
-    id TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    cwd TEXT NOT NULL DEFAULT '',
-    preview TEXT NOT NULL DEFAULT '',
-    model_provider TEXT NOT NULL DEFAULT '',
-    archived INTEGER NOT NULL DEFAULT 0,
-    forked_from_id TEXT,
-    name TEXT
-);
-CREATE INDEX IF NOT EXISTS threads_by_update ON threads (archived, updated_at DESC, id DESC);
-"""
-_COLUMNS = "id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id, name"
-_UPSERT = f"INSERT OR REPLACE INTO threads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_RECORD = (
-    f"INSERT INTO threads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-    " path = excluded.path, updated_at = excluded.updated_at, archived = 0,"
-    " preview = CASE WHEN threads.preview = '' THEN excluded.preview ELSE threads.preview END,"
-    " name = COALESCE(threads.name, excluded.name)"
-)
+RECONCILE_BUSY_DEADLINE_S = 0.25
+"""How long a list's reconcile waits for another process's lock on the index before the list is
+answered from the index as it is (the next reconcile finds the same changes)."""
+FULL_STAT_INTERVAL_S = 5.0
+"""The background full stat pass (which finds appends in older folders) runs at most this often,
+and only after a list asked for it."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class ThreadEntry:
-    id: str
-    path: str
-    created_at: str
-    updated_at: str
-    cwd: str
-    preview: str
-    model_provider: str
-    archived: bool
-    forked_from_id: str | None = None
-    name: str | None = None
+class _Known:
+    """What the index holds, kept in memory so an unchanged home costs only stats. Changed on the
+    event loop only; a folder's file map is replaced, never changed, so a scan can read a snapshot."""
 
+    def __init__(self, dirs: dict[str, int], subdirs: dict[str, tuple[str, ...]],
+                 files: dict[str, dict[str, KnownFile]], names_stamp: tuple[int, int] | None) -> None:
+        self.dirs, self.subdirs, self.files, self.names_stamp = dirs, subdirs, files, names_stamp
 
-@dataclass(frozen=True)
-class ThreadPage:
-    entries: list[ThreadEntry]
-    next_cursor: str | None
+    def snapshot(self) -> Known:
+        return Known(dict(self.dirs), dict(self.subdirs), dict(self.files), self.names_stamp)
 
+    def note(self, path: str, known: KnownFile | None) -> None:
+        """A file's new state (None: gone), unless a newer one is already noted."""
+        folder, name = os.path.split(path)
+        files = dict(self.files.get(folder, {}))
+        old = files.get(name)
+        if known is None:
+            files.pop(name, None)
+        elif old is None or old.mtime_ns <= known.mtime_ns:
+            files[name] = known
+        self.files[folder] = files
 
-def preview_of(items: Iterable[object]) -> str:
-    """The first user message's text, clipped: what a thread list shows."""
-    for item in items:
-        if is_user_turn_boundary(item) and isinstance(item, Message):
-            return item.text()[:PREVIEW_CHARS]
-    return ""
-
-
-class _IndexBusy(Exception):
-    """Another connection holds the lock this statement needs; retry after a pause."""
+    def apply(self, result: ScanResult) -> None:
+        self.dirs, self.subdirs, self.names_stamp = dict(result.dirs), dict(result.subdirs), result.names_stamp
+        for path in result.removed:
+            self.note(path, None)
+        for change in result.changes:
+            self.note(change.path, change.known)
+        for folder in [f for f in self.files if f not in self.dirs]:
+            del self.files[folder]
 
 
 class LocalThreadStore:
     """JSONL rollouts plus the SQLite index. Also the `RolloutIndex` every rollout reports to.
 
     Constructing it creates CODEX_HOME (one `mkdir`; ThreadStoreError names the path if it cannot)
-    and nothing more: the index opens on first use, or with `await store.open()`.
+    and nothing more: the index opens and is reconciled with the files on first use, or with
+    `await store.open()`. `run` is the background full stat pass (optional: without it, appends to
+    files outside the most recent day folders are seen at the next `open()` or `reconcile(full=True)`).
     """
 
     def __init__(self, home: Path) -> None:
         self.home = home
         self._make_home()
-        self.index_path = home / INDEX_FILE
-        self._conn: sqlite3.Connection | None = None
-        self._limiter = trio.CapacityLimiter(1)
+        self.index = ThreadIndex(home)
+        self.index_path = self.index.path
+        self._known: _Known | None = None
+        self._reconciling: trio.Event | None = None
+        self._sweep_wanted = trio.Event()
         self._previews: dict[str, str] = {}
         self._names: dict[str, str] | None = None
         self._names_lock = trio.Lock()
         self.handoff_address: str | None = None
         """Where this process takes handoff requests for the leases it holds (set by the runtime)."""
-
-    # --- the index worker -----------------------------------------------
-    async def open(self) -> None:
-        """Open (and on first use create) CODEX_HOME and the index; ThreadStoreError says why not."""
-        await self._index(lambda db: None)
-
-    def close(self) -> None:
-        """Close the index connection now (a blocking call: inside trio, prefer `aclose`)."""
-        db, self._conn = self._conn, None
-        if db is not None:
-            db.close()
-
-    async def aclose(self) -> None:
-        """Close the index connection in the index worker, after any call in progress (shielded,
-        within `INDEX_CLOSE_DEADLINE_S`; past it the connection is left to be closed when collected)."""
-        with trio.move_on_after(INDEX_CLOSE_DEADLINE_S) as cleanup:
-            cleanup.shield = True
-            await trio.to_thread.run_sync(self.close, limiter=self._limiter)
-
-    async def _index(self, job: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
-        """Run `job` on the connection in the index worker, retrying while the index is busy."""
-        delay, longest = INDEX_RETRY_DELAY_S
-        deadline = trio.current_time() + INDEX_BUSY_DEADLINE_S
-        while True:
-            try:
-                return await trio.to_thread.run_sync(self._attempt, job, write, limiter=self._limiter)
-            except _IndexBusy:
-                if trio.current_time() + delay > deadline:
-                    raise ThreadStoreUnavailableError(
-                        f"the thread index at {self.index_path} stayed locked by another process for"
-                        f" {INDEX_BUSY_DEADLINE_S:g} s; try again, or stop the process that holds it"
-                    ) from None
-            await trio.sleep(delay)
-            delay = min(delay * 2, longest)
-
-    def _attempt(self, job: Callable[[sqlite3.Connection], T], write: bool) -> T:
-        """One try of `job`, in the worker thread; a write job runs in one transaction."""
-        db = self._db
-        try:
-            if not write:
-                return job(db)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = job(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return result
-        except sqlite3.Error as exc:
-            raise self._sqlite_error("use", exc) from None
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        """The connection, opened on first use, by one thread at a time: the index worker (or a bulk
-        loader outside the event loop, such as the benchmark)."""
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
 
     def _make_home(self) -> None:
         try:
@@ -217,37 +142,90 @@ class LocalThreadStore:
         except OSError as exc:
             raise store_error("create CODEX_HOME at", self.home, exc, home=self.home) from None
 
-    def _connect(self) -> sqlite3.Connection:
-        self._make_home()
-        try:
-            db = sqlite3.connect(
-                self.index_path, isolation_level=None, check_same_thread=False, timeout=INDEX_BUSY_TIMEOUT_MS / 1000
-            )
-        except sqlite3.Error as exc:
-            raise self._sqlite_error("open", exc) from None
-        try:  # the switch to WAL and the schema need a moment of exclusive access
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            db.close()
-            raise self._sqlite_error("open", exc) from None
-        return db
+    # --- life cycle -----------------------------------------------------
+    async def open(self) -> None:
+        """Open (and on first use create) CODEX_HOME and the index, and reconcile it with the files
+        (a full stat pass); ThreadStoreError says why not."""
+        await self.index.run(lambda db: None)
+        await self.reconcile(full=True)
 
-    def _sqlite_error(self, action: str, exc: sqlite3.Error) -> Exception:
-        """`_IndexBusy` for a lock held elsewhere, else an error naming the index, cause and remedy."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        primary = code & 0xFF if isinstance(code, int) else None
-        text = str(exc)
-        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text or "busy" in text:
-            return _IndexBusy()
-        if primary == sqlite3.SQLITE_FULL or "full" in text:
-            remedy = f"the disk holding CODEX_HOME ({self.home}) is full: free some space"
-        elif primary in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or "not a database" in text:
-            remedy = "move the file aside; Spindle creates a new index, and rebuild_index() refills it from the rollouts"
-        else:
-            remedy = f"check that CODEX_HOME ({self.home}) is writable"
-        return ThreadStoreUnavailableError(f"cannot {action} the thread index at {self.index_path}: {text}; {remedy}")
+    def close(self) -> None:
+        """Close the index connection now (a blocking call: inside trio, prefer `aclose`)."""
+        self.index.close()
+
+    async def aclose(self) -> None:
+        await self.index.aclose()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background full stat pass: after a list asks for one, at most every
+        `FULL_STAT_INTERVAL_S`. Runs until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(FULL_STAT_INTERVAL_S)
+            await self._sweep_wanted.wait()
+            self._sweep_wanted = trio.Event()
+            try:
+                await self.reconcile(full=True)
+            except ThreadStoreError as exc:
+                log.warning("the background rollout scan failed", error=str(exc))
+
+    async def _index(self, job: Callable[..., T], *, write: bool = False, deadline_s: float = INDEX_BUSY_DEADLINE_S) -> T:
+        return await self.index.run(job, write=write, deadline_s=deadline_s)
+
+    # --- reconcile ------------------------------------------------------
+    async def reconcile(self, *, full: bool = False) -> None:
+        """Bring the index up to date with the files. With `full`, every known file is stat'ed
+        first (outside the one-at-a-time section, so lists do not wait for it)."""
+        suspects = None
+        if full and self._known is not None:
+            suspects = await trio.to_thread.run_sync(sweep, self._known.snapshot())
+        await self._exclusive(partial(self._reconcile, suspects, full=full), join=not full)
+
+    async def rebuild_index(self) -> int:
+        """Re-create the index from the rollout files (in one transaction); returns how many threads it holds."""
+        await self._exclusive(partial(self._reconcile, None, full=True, reset=True), join=False)
+        return await self._index(lambda db: db.execute("SELECT COUNT(*) FROM threads").fetchone()[0])
+
+    async def _exclusive(self, work: Callable[[], Awaitable[None]], *, join: bool) -> None:
+        """Run `work` as the one reconcile in flight; with `join`, a call that finds one in flight
+        waits for it and is done."""
+        while (running := self._reconciling) is not None:
+            await running.wait()
+            if join:
+                return
+        self._reconciling = done = trio.Event()
+        try:
+            await work()
+        finally:
+            self._reconciling = None
+            done.set()
+
+    async def _reconcile(self, suspects: frozenset[str] | None, *, full: bool, reset: bool = False) -> None:
+        if reset:
+            self._known = _Known({}, {}, {}, None)
+        elif self._known is None:
+            self._known = _Known(*await self._index(ix.load_known))
+            suspects = None
+        known = self._known
+        if full and suspects is None:
+            suspects = await trio.to_thread.run_sync(sweep, known.snapshot())
+        before = known.snapshot()
+        result = await trio.to_thread.run_sync(partial(scan, str(self.home), before, suspects=suspects or ()))
+        names = result.names if result.names is not None else await self._loaded_names()
+        if reset or not result.empty or (result.dirs, result.subdirs, result.names_stamp) != (
+            before.dirs, before.subdirs, before.names_stamp
+        ):
+            job = partial(ix.apply_scan, result=result, names=dict(names), reset=reset)
+            try:
+                await self._index(job, write=True, deadline_s=INDEX_BUSY_DEADLINE_S if full else RECONCILE_BUSY_DEADLINE_S)
+            except IndexBusyError:
+                if full:
+                    raise
+                log.info("the thread index is busy; listing without reconciling", index=str(self.index_path))
+                return
+        known.apply(result)
+        if result.names is not None:
+            self._names = result.names
 
     # --- RolloutIndex ---------------------------------------------------
     async def record(self, rollout: ThreadRollout, *, updated_at: str) -> None:
@@ -257,9 +235,27 @@ class LocalThreadStore:
         if not preview:
             preview = self._previews[meta.id] = preview_of(rollout.source.iter_forward_from(0))
         name = await self.name(meta.id)
-        row = (meta.id, str(rollout.path), meta.timestamp, updated_at, meta.cwd, preview,
-               meta.model_provider or "", meta.forked_from_id, name)
-        await self._index(_execute(_RECORD, row), write=True)
+        kind, interactive = classify_source(meta.source)
+        facts = Facts(
+            thread_id=meta.id, created_at=normalize_timestamp(meta.timestamp) or updated_at, updated_at=updated_at,
+            cwd=meta.cwd, preview=preview, model_provider=meta.model_provider or "", source_kind=kind,
+            interactive=interactive, forked_from_id=meta.forked_from_id, head_done=bool(preview),
+        )
+        names = {meta.id: name} if name is not None else {}
+        await self._record(str(rollout.path), facts, names, archived=False)
+
+    async def _record(self, path: str, facts: Facts, names: Mapping[str, str], *, archived: bool) -> None:
+        def job(db: sqlite3.Connection) -> KnownFile:
+            try:
+                st = os.stat(path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, 0  # the next reconcile looks at the file again
+            return ix.record_file(db, path, archived=archived, size=size, mtime_ns=mtime, facts=facts, names=names)
+
+        known = await self._index(job, write=True)
+        if self._known is not None:
+            self._known.note(path, known)
 
     # --- Leases ---------------------------------------------------------
     async def acquire_lease(self, thread_id: str) -> WriterLease:
@@ -278,8 +274,9 @@ class LocalThreadStore:
     # --- lookups --------------------------------------------------------
     async def entry(self, thread_id: str) -> ThreadEntry | None:
         tid = parse_thread_id(thread_id)
-        row = await self._index(lambda db: db.execute("SELECT * FROM threads WHERE id = ?", (tid,)).fetchone())
-        return _entry(row) if row else None
+        sql = f"SELECT {ENTRY_COLUMNS} FROM threads WHERE id = ?"
+        row = await self._index(lambda db: db.execute(sql, (tid,)).fetchone())
+        return entry_of(row) if row else None
 
     async def find_path(self, thread_id: str, *, archived: bool = False) -> Path | None:
         """The rollout of `thread_id` (live or archived), by index, else by scanning."""
@@ -294,23 +291,16 @@ class LocalThreadStore:
 
         return await trio.to_thread.run_sync(locate)
 
-    async def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
-        """Newest-updated first; `next_cursor` continues where this page stopped."""
-        if limit < 1:
-            raise ThreadStoreError("limit must be at least 1")
-        args: list[object] = [int(archived)]
-        where = "archived = ?"
-        if cursor:
-            updated, sep, tid = cursor.partition("|")
-            if not sep:
-                raise ThreadStoreError(f"invalid cursor {cursor!r}")
-            where += " AND (updated_at < ? OR (updated_at = ? AND id < ?))"
-            args += [updated, updated, tid]
-        query = f"SELECT * FROM threads WHERE {where} ORDER BY updated_at DESC, id DESC LIMIT ?"
-        rows = await self._index(lambda db: db.execute(query, (*args, limit + 1)).fetchall())
-        entries = [_entry(row) for row in rows[:limit]]
-        next_cursor = f"{entries[-1].updated_at}|{entries[-1].id}" if len(rows) > limit else None
-        return ThreadPage(entries, next_cursor)
+    async def list_threads(self, query: ThreadQuery | None = None) -> ThreadPage:
+        """One page of `query` (by default: interactive, not archived, newest created first),
+        after reconciling the index with the files unless the query says not to."""
+        query = query or ThreadQuery()
+        if query.reconciles:
+            await self.reconcile()
+            self._sweep_wanted.set()
+        sql, args = query.select()
+        rows = await self._index(lambda db: db.execute(sql, args).fetchall())
+        return query.page(rows)
 
     # --- archive --------------------------------------------------------
     async def archive(self, thread_id: str) -> Path:
@@ -321,7 +311,7 @@ class LocalThreadStore:
             raise ThreadStoreError(f"no rollout found for thread id {tid}")
         target = archived_path(self.home, live)
         await trio.to_thread.run_sync(self._move, live, target, False)
-        await self._index_file(target, archived=True)
+        await self._index_moved(live, target, archived=True)
         return target
 
     async def unarchive(self, thread_id: str) -> Path:
@@ -332,7 +322,7 @@ class LocalThreadStore:
             raise ThreadStoreError(f"no archived rollout found for thread id {tid}")
         target = unarchived_path(self.home, archived)
         await trio.to_thread.run_sync(self._move, archived, target, True)
-        await self._index_file(target, archived=False)
+        await self._index_moved(archived, target, archived=False)
         return target
 
     def _move(self, source: Path, target: Path, touch: bool) -> None:
@@ -344,53 +334,44 @@ class LocalThreadStore:
         except OSError as exc:
             raise store_error(f"move rollout {source} to", target, exc, home=self.home) from None
 
-    async def _index_file(self, path: Path, *, archived: bool) -> None:
-        """Point the index at a moved file; only a thread the index lacks costs a file read."""
-        tid = thread_id_of(path)
-        row = (str(path), int(archived), timestamp(), tid)
-        moved = await self._index(
-            lambda db: db.execute("UPDATE threads SET path = ?, archived = ?, updated_at = ? WHERE id = ?", row).rowcount,
-            write=True,
-        )
-        if moved:
-            return
-        try:
-            read = await trio.to_thread.run_sync(read_rollout, path)
-        except RolloutReadError:
-            return
-        name = await self.name(read.meta.id)
-        row2 = _row(read, archived=archived, updated_at=timestamp(), name=name)
-        await self._index(_execute(_UPSERT, row2), write=True)
+    async def _index_moved(self, source: Path, target: Path, *, archived: bool) -> None:
+        """Point the index at a moved file, updated now; only a file the index lacks is read."""
+        src, dst, now = str(source), str(target), timestamp()
+        names = dict(await self._loaded_names())
 
-    def _upsert(self, meta: SessionMeta, path: Path, *, archived: bool, preview: str, updated_at: str) -> None:
-        """Write one entry on the calling thread (bulk loads outside the event loop only)."""
-        self._db.execute(_UPSERT, (meta.id, str(path), meta.timestamp, updated_at, meta.cwd, preview,
-                                   meta.model_provider or "", int(archived), meta.forked_from_id, None))
+        def job(db: sqlite3.Connection) -> KnownFile | None:
+            try:
+                st = os.stat(dst)
+            except OSError:
+                return None
+            return ix.move_file(db, src, dst, archived=archived, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                updated_at=now, names=names)
+
+        known = await self._index(job, write=True)
+        if self._known is not None:
+            self._known.note(src, None)
+            if known is not None:
+                self._known.note(dst, known)
+        if known is None:
+            try:
+                facts = await trio.to_thread.run_sync(_read_facts, dst)
+            except (OSError, NotRollout):
+                return
+            await self._record(dst, replace(facts, updated_at=now), names, archived=archived)
 
     # --- names ----------------------------------------------------------
-    def _read_names(self) -> dict[str, str]:
-        """The names file, in a worker thread (last rename wins)."""
-        names: dict[str, str] = {}
-        try:
-            lines = (self.home / NAMES_FILE).read_bytes().splitlines()
-        except FileNotFoundError:
-            return names
-        except OSError as exc:
-            raise store_error("read thread names from", self.home / NAMES_FILE, exc, home=self.home) from None
-        for line in lines:
-            try:
-                entry = _name_decoder.decode(line)
-            except msgspec.DecodeError:
-                continue
-            names[entry.id] = entry.thread_name
-        return names
-
     async def _loaded_names(self) -> dict[str, str]:
         if self._names is None:
-            names = await trio.to_thread.run_sync(self._read_names)
+            names, _ = await trio.to_thread.run_sync(self._read_names)
             if self._names is None:
                 self._names = names
         return self._names
+
+    def _read_names(self) -> tuple[dict[str, str], tuple[int, int] | None]:
+        try:
+            return read_names(str(self.home))
+        except OSError as exc:
+            raise store_error("read thread names from", self.home / NAMES_FILE, exc, home=self.home) from None
 
     async def name(self, thread_id: str) -> str | None:
         return (await self._loaded_names()).get(thread_id)
@@ -398,12 +379,12 @@ class LocalThreadStore:
     async def set_name(self, thread_id: str, name: str) -> None:
         """Name a thread (materialized or not): appended to `session_index.jsonl`, then indexed."""
         tid = parse_thread_id(thread_id)
-        line = msgspec.json.encode(_NameEntry(id=tid, thread_name=name, updated_at=timestamp())) + b"\n"
+        line = msgspec.json.encode(NameEntry(id=tid, thread_name=name, updated_at=timestamp())) + b"\n"
         async with self._names_lock:
             names = await self._loaded_names()
             await trio.to_thread.run_sync(self._append_name, line)
             names[tid] = name
-        await self._index(_execute("UPDATE threads SET name = ? WHERE id = ?", (name, tid)), write=True)
+        await self._index(partial(ix.set_name, thread_id=tid, name=name), write=True)
 
     def _append_name(self, line: bytes) -> None:
         path = self.home / NAMES_FILE
@@ -414,60 +395,8 @@ class LocalThreadStore:
         except OSError as exc:
             raise store_error("write thread names to", path, exc, home=self.home) from None
 
-    async def rebuild_index(self) -> int:
-        """Re-create the index from the rollout files (in one transaction); returns how many threads it holds."""
-        rows = await trio.to_thread.run_sync(self._scan_rollouts)
 
-        def replace(db: sqlite3.Connection) -> int:
-            db.execute("DELETE FROM threads")
-            db.executemany(_UPSERT, rows)
-            return len(rows)
+def _read_facts(path: str) -> Facts:
+    st = os.stat(path)
+    return read_facts(path, st.st_size, st.st_mtime_ns)
 
-        return await self._index(replace, write=True)
-
-    def _scan_rollouts(self) -> list[tuple[object, ...]]:
-        """Index rows of every readable rollout under CODEX_HOME, in a worker thread."""
-        names = self._read_names()
-        rows = []
-        for archived, pattern in ((False, f"{SESSIONS_SUBDIR}/*/*/*/rollout-*.jsonl"), (True, f"{ARCHIVED_SESSIONS_SUBDIR}/rollout-*.jsonl")):
-            for path in self.home.glob(pattern):
-                try:
-                    read = read_rollout(path)
-                    updated_at = timestamp(datetime.fromtimestamp(path.stat().st_mtime, UTC))
-                except (RolloutReadError, OSError):
-                    continue
-                rows.append(_row(read, archived=archived, updated_at=updated_at, name=names.get(read.meta.id)))
-        return rows
-
-
-def _execute(sql: str, params: tuple[object, ...]) -> Callable[[sqlite3.Connection], None]:
-    """An index job running one statement."""
-
-    def job(db: sqlite3.Connection) -> None:
-        db.execute(sql, params)
-
-    return job
-
-
-def _row(read: RolloutRead, *, archived: bool, updated_at: str, name: str | None) -> tuple[object, ...]:
-    meta = read.meta
-    return (meta.id, str(read.path), meta.timestamp, updated_at, meta.cwd, preview_of(read.source.items()),
-            meta.model_provider or "", int(archived), meta.forked_from_id, name)
-
-
-def _entry(row: tuple[object, ...]) -> ThreadEntry:
-    tid, path, created, updated, cwd, preview, provider, archived, forked, name = row
-    return ThreadEntry(
-        id=str(tid), path=str(path), created_at=str(created), updated_at=str(updated), cwd=str(cwd),
-        preview=str(preview), model_provider=str(provider), archived=bool(archived),
-        forked_from_id=str(forked) if forked else None, name=str(name) if name is not None else None,
-    )
-
-
-class _NameEntry(msgspec.Struct, kw_only=True):
-    id: str
-    thread_name: str
-    updated_at: str = ""
-
-
-_name_decoder = msgspec.json.Decoder(_NameEntry)

@@ -115,10 +115,7 @@ async def single_turn(config: Config, n: int = 200) -> dict[str, float]:
 
 async def persistence(config: Config) -> dict[str, float]:
     """Write cost per turn (persisted vs ephemeral), fsync cost, cold resume of 2000 turns."""
-    from spindle.persistence.paths import timestamp
     from spindle.persistence.reader import read_rollout
-    from spindle.persistence.store import LocalThreadStore
-    from spindle.protocol.rollout import SessionMeta
 
     out: dict[str, float] = {}
     async with open_runtime(config) as rt:
@@ -155,27 +152,84 @@ async def persistence(config: Config) -> dict[str, float]:
         resumed = await rt.resume_thread(BIG_ROLLOUT["id"])
         out["cold_resume_2000_turns_ms"] = (time.perf_counter() - t0) * 1000
         assert len(resumed.history) > 4000
-    store_home = Path(tempfile.mkdtemp(prefix="spindle-list-"))
-    store = LocalThreadStore(store_home)
-    store._db.execute("BEGIN")  # 10,000 index rows (the listing reads only the index)
-    for n in range(10_000):
-        tid = new_id()
-        meta = SessionMeta(id=tid, timestamp=timestamp(), cwd="/w", model_provider="mock")
-        updated = f"2026-11-21T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z"
-        store._upsert(meta, store_home / f"{tid}.jsonl", archived=n % 10 == 0, preview=f"thread {n}", updated_at=updated)
-    store._db.execute("COMMIT")
-    lat = []
-    for _ in range(50):
-        t0 = time.perf_counter()
-        page = await store.list_threads(limit=50)
-        lat.append((time.perf_counter() - t0) * 1000)
-    assert len(page.entries) == 50
-    out["list_first_page_of_10k_ms"] = statistics.median(lat)
-    store.close()
     return out
 
 
 BIG_ROLLOUT: dict[str, Any] = {}
+LISTING_HOME: dict[str, Path] = {}
+LISTING_THREADS = 10_000
+LISTING_DAYS = 100
+
+
+def write_listing_home(home: Path, threads: int = LISTING_THREADS, days: int = LISTING_DAYS) -> None:
+    """`threads` small Codex-like rollouts over `days` day folders: a session_meta of a few hundred
+    bytes to 2 KB, the environment context, a user message, a turn context, an answer, the end."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(7)
+    start = datetime(2026, 8, 1, tzinfo=UTC)
+    for n in range(threads):
+        created = start + timedelta(days=n * days // threads, seconds=n * 7 % 86_400)
+        stamp = created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{n % 1000:03d}Z"
+        tid = new_id()
+        meta = {"id": tid, "timestamp": stamp, "cwd": f"/work/project-{n % 20}", "originator": "codex_cli_rs",
+                "cli_version": "0.171.0", "source": "cli" if n % 3 else "vscode", "model_provider": "openai",
+                "base_instructions": {"text": "You are a coding agent. " * rng.randint(8, 80)}}
+        user = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"task {n}: fix the tests"}]}
+        env = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context>\n  <cwd>/work</cwd>\n</environment_context>"}]}
+        answer = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done. " * 20}]}
+        rows = [("session_meta", meta), ("response_item", env), ("turn_context", {"cwd": "/work", "approval_policy": "never", "model": "gpt-5"}),
+                ("event_msg", {"type": "task_started", "turn_id": "t"}), ("response_item", user), ("response_item", answer),
+                ("event_msg", {"type": "task_complete", "turn_id": "t"})]
+        folder = home / "sessions" / created.strftime("%Y/%m/%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        body = b"".join(json.dumps({"timestamp": stamp, "ordinal": i, "type": kind, "payload": payload}).encode() + b"\n"
+                        for i, (kind, payload) in enumerate(rows))
+        (folder / f"rollout-{created.strftime('%Y-%m-%dT%H-%M-%S')}-{tid}.jsonl").write_bytes(body)
+    settled = time.time() - 3600  # as a home that was written earlier: folder mtimes outside the racy window
+    for folder in [home / "sessions", *(home / "sessions").glob("**/")]:
+        os.utime(folder, (settled, settled))
+
+
+async def listing(config: Config) -> dict[str, float]:
+    """thread/list over a home of 10,000 rollout files no index has seen: the cold reconcile (empty
+    index, every file read), a warm reconcile with nothing changed, the first page (50, newest
+    created) including its pre-list reconcile, and the full stat pass."""
+    from spindle.persistence.index import INDEX_FILE
+    from spindle.persistence.query import ThreadQuery
+    from spindle.persistence.store import LocalThreadStore
+
+    home = LISTING_HOME.get("home")
+    if home is None:
+        home = LISTING_HOME["home"] = Path(tempfile.mkdtemp(prefix="spindle-list-"))
+        write_listing_home(home)
+    for leftover in home.glob(INDEX_FILE + "*"):
+        leftover.unlink()
+    store = LocalThreadStore(home)
+    t0 = time.perf_counter()
+    await store.open()  # creates the index, then reconciles it with every file
+    cold = (time.perf_counter() - t0) * 1000
+    assert len((await store.list_threads(ThreadQuery(limit=10_000))).entries) == LISTING_THREADS
+
+    async def median_ms(step: Callable[[], Awaitable[object]], n: int) -> float:
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await step()
+            lat.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(lat)
+
+    out = {
+        "cold_reconcile_10k_ms": cold,
+        "warm_reconcile_10k_ms": await median_ms(store.reconcile, 50),
+        "list_first_page_of_10k_ms": await median_ms(lambda: store.list_threads(ThreadQuery(limit=50)), 50),
+        "full_stat_pass_10k_ms": await median_ms(lambda: store.reconcile(full=True), 5),
+    }
+    page = await store.list_threads(ThreadQuery(limit=50))
+    assert len(page.entries) == 50 and page.next_cursor
+    await store.aclose()
+    return out
 
 
 async def idle_memory_10k(config: Config) -> dict[str, float]:
@@ -264,7 +318,10 @@ TARGETS = {
     "read_2000_turn_rollout_ms": ("read a 2000-turn rollout (ms)", ""),
     "rollout_2000_turn_lines": ("lines in that rollout", "about 18k"),
     "cold_resume_2000_turns_ms": ("cold resume of a 2000-turn rollout (ms)", "≤ 150 (Rust ~1500)"),
-    "list_first_page_of_10k_ms": ("list first page (50) of 10,000 threads (ms)", "≤ 20"),
+    "cold_reconcile_10k_ms": ("reconcile 10,000 unindexed rollout files, cold index (ms)", "well under 1000"),
+    "warm_reconcile_10k_ms": ("reconcile 10,000 indexed rollouts, nothing changed (ms)", ""),
+    "list_first_page_of_10k_ms": ("list first page (50) of 10,000 threads, with its reconcile (ms)", "≤ 20"),
+    "full_stat_pass_10k_ms": ("full stat pass over 10,000 rollouts (ms)", ""),
     "idle_10k_kib_per_thread_py": ("idle thread at 10,000 threads, Python heap (KiB)", "≤ 50 (Rust ~950)"),
     "idle_10k_kib_per_thread_rss": ("idle thread at 10,000 threads, RSS (KiB)", "≤ 50 (Rust ~950)"),
     "app_spawn_to_initialize_ms": ("app-server: spawn to initialize response (ms)", "≤ 150 (Rust 52)"),
@@ -288,14 +345,28 @@ TARGETS = {
 }
 
 
+PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
+    fn.__name__: fn
+    for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, listing, app_server, app_server_pipelined)
+}
+
+
 def main() -> int:
+    """Every phase, or those named on the command line (`python -m tests.bench listing`)."""
+    chosen = sys.argv[1:] or [*PHASES, "scaling"]
+    unknown = [name for name in chosen if name not in PHASES and name != "scaling"]
+    if unknown:
+        sys.stderr.write(f"unknown phase {unknown[0]!r}; phases: {', '.join([*PHASES, 'scaling'])}\n")
+        return 2
     proc, base_url = start_mock()
     try:
         config = bench_config(base_url)
         results: dict[str, list[float]] = {}
-        for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, app_server, app_server_pipelined):
-            results.update(repeat(fn, config))
-        results.update(repeat(scaling, config, runs=1))  # 11,100 turns: one run
+        for name in chosen:
+            if name == "scaling":
+                results.update(repeat(scaling, config, runs=1))  # 11,100 turns: one run
+            else:
+                results.update(repeat(PHASES[name], config))
     finally:
         proc.terminate()
         proc.wait()

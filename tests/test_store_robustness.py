@@ -244,7 +244,7 @@ async def test_a_full_index_names_the_file_and_what_to_do(runtime: ThreadManager
     await thread.ask("hello")
     await thread.shutdown_and_wait()
     store = runtime.store
-    db = store._db  # a page limit makes this connection's writes fail as on a full disk
+    db = store.index.db  # a page limit makes this connection's writes fail as on a full disk
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")
     meta = thread.rollout_path.read_text().splitlines()[0].replace('"cwd":"', '"cwd":"' + "x" * 50_000, 1)

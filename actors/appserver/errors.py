@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spindle.actors.runtime import ConfigError, ThreadNotFoundError
+from spindle.persistence.query import InvalidThreadQuery
 from spindle.persistence.reader import RolloutReadError
 from spindle.persistence.store import ThreadStoreError, ThreadStoreUnavailableError
 from spindle.protocol.appserver.jsonrpc import (
@@ -15,6 +16,7 @@ from spindle.protocol.appserver.v2map import UnsupportedInput
 
 DOMAIN_ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (ThreadStoreUnavailableError, INTERNAL_ERROR),
+    (InvalidThreadQuery, INVALID_PARAMS),
     (ThreadStoreError, INVALID_REQUEST),
     (RolloutReadError, INVALID_REQUEST),
     (ThreadNotFoundError, INVALID_REQUEST),

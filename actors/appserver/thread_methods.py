@@ -5,8 +5,8 @@ from __future__ import annotations
 import trio
 
 from spindle.persistence.history import ForkSnapshot
+from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
 from spindle.persistence.reader import read_rollout
-from spindle.persistence.store import ThreadStoreError, ThreadStoreUnavailableError
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import thread_settings_update
@@ -98,14 +98,28 @@ def _limit(value: int | None) -> int:
     return min(value, MAX_PAGE)
 
 
-async def thread_list(ctx: RequestContext, params: v2.ThreadListParams) -> v2.ThreadListResult:
+def _thread_query(params: v2.ThreadListParams) -> ThreadQuery:
+    """thread/list's params as the store's query; -32602 for what it cannot answer."""
+    if params.originators:
+        raise RpcError(INVALID_PARAMS, "Invalid params: originators is supported by hosted backends only, not the local store")
     try:
-        page = await ctx.manager.list_threads(limit=_limit(params.limit), cursor=params.cursor, archived=bool(params.archived))
-    except ThreadStoreUnavailableError:
-        raise
-    except ThreadStoreError as exc:  # a cursor the store does not know
-        raise RpcError(INVALID_PARAMS, str(exc)) from None
-    return v2.ThreadListResult(data=[await stored_thread(ctx.manager, entry) for entry in page.entries], next_cursor=page.next_cursor)
+        return ThreadQuery(
+            limit=_limit(params.limit), cursor=params.cursor, archived=bool(params.archived),
+            search_term=params.search_term, cwd=params.cwd, model_providers=params.model_providers or (),
+            source_kinds=params.source_kinds or (), sort_key=params.sort_key or "created_at",
+            sort_direction=params.sort_direction or "desc", included_ids=params.included_thread_ids,
+            excluded_ids=params.excluded_thread_ids or (), use_state_db_only=bool(params.use_state_db_only),
+        )
+    except InvalidThreadQuery as exc:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+
+
+async def thread_list(ctx: RequestContext, params: v2.ThreadListParams) -> v2.ThreadListResult:
+    page = await ctx.manager.list_threads(_thread_query(params))
+    return v2.ThreadListResult(
+        data=[await stored_thread(ctx.manager, entry) for entry in page.entries],
+        next_cursor=page.next_cursor, backwards_cursor=page.backwards_cursor,
+    )
 
 
 async def thread_loaded_list(ctx: RequestContext, params: v2.ThreadLoadedListParams) -> v2.ThreadLoadedListResult:

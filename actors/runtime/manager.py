@@ -3,7 +3,7 @@ operations on stored ones, behind one object."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import trio
 from trio_typing import TaskStatus
 
 from spindle.persistence.history import ForkSnapshot
+from spindle.persistence.query import DEFAULT_LIMIT, ThreadQuery
 from spindle.persistence.store import LocalThreadStore, ThreadPage
 from spindle.protocol.config import Config
 from spindle.protocol.settings import SettingsUpdate
@@ -35,7 +36,8 @@ class ThreadManager:
 
     Running threads: `start_thread`, `get_thread`, `running`, `list_thread_ids`, `remove_thread`,
     `subscribe_thread_created`, `shutdown_all_threads_bounded` (`registry`). Stored threads:
-    `resume_thread`, `fork_thread`, `archive_thread`, `unarchive_thread`, `list_threads` (`stored`).
+    `resume_thread`, `fork_thread`, `archive_thread`, `unarchive_thread`, `list_threads` (`stored`;
+    a `ThreadQuery` or its fields as keyword arguments).
     """
 
     def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, store: LocalThreadStore) -> None:
@@ -115,8 +117,33 @@ class ThreadManager:
     async def unarchive_thread(self, thread_id: str) -> Path:
         return await self.stored.unarchive_thread(thread_id)
 
-    async def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
-        return await self.stored.list_threads(limit=limit, cursor=cursor, archived=archived)
+    async def list_threads(
+        self,
+        query: ThreadQuery | None = None,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        archived: bool = False,
+        search_term: str | None = None,
+        cwd: str | Sequence[str] | None = None,
+        model_providers: Sequence[str] = (),
+        source_kinds: Sequence[str] = (),
+        sort_key: str = "created_at",
+        sort_direction: str = "desc",
+        included_ids: Sequence[str] | None = None,
+        excluded_ids: Sequence[str] = (),
+        use_state_db_only: bool = False,
+    ) -> ThreadPage:
+        """A page of stored threads: a `ThreadQuery`, or its fields as keyword arguments (see
+        `ThreadQuery` for each; `InvalidThreadQuery`, a ValueError, for a bad cursor or filter)."""
+        if query is None:
+            query = ThreadQuery(
+                limit=limit, cursor=cursor, archived=archived, search_term=search_term, cwd=cwd,
+                model_providers=model_providers, source_kinds=source_kinds, sort_key=sort_key,
+                sort_direction=sort_direction, included_ids=included_ids, excluded_ids=excluded_ids,
+                use_state_db_only=use_state_db_only,
+            )
+        return await self.stored.list_threads(query)
 
 
 @asynccontextmanager
@@ -141,6 +168,7 @@ async def open_runtime(
         async with trio.open_nursery() as host:
             with trio.CancelScope(shield=True):  # once started, only the `finally` below ends it
                 actors: trio.Nursery = await host.start(_host_actors)
+            await host.start(store.run)  # the background full stat pass of the rollouts
             manager = ThreadManager(resources, actors, store)
             try:
                 store.handoff_address = await actors.start(serve_handoffs, manager.release_thread)
@@ -151,6 +179,7 @@ async def open_runtime(
                 if report.timed_out or report.submit_failed:
                     log.warning("threads did not shut down cleanly", timed_out=report.timed_out, submit_failed=report.submit_failed)
                 actors.cancel_scope.cancel()
+                host.cancel_scope.cancel()  # and the store's background pass
     finally:
         with trio.CancelScope(shield=True):
             await resources.aclose()

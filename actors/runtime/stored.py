@@ -15,6 +15,7 @@ import trio
 from spindle.persistence.history import ForkSnapshot, fork_items, last_turn_context, rebuild_history
 from spindle.persistence.lease import WriterLease, WriterLeaseHeldError
 from spindle.persistence.paths import is_within, thread_id_of
+from spindle.persistence.query import ThreadQuery
 from spindle.persistence.reader import RolloutRead, read_rollout
 from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
@@ -169,8 +170,9 @@ class StoredThreads:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
         return await self.store.unarchive(thread_id)
 
-    async def list_threads(self, *, limit: int = 50, cursor: str | None = None, archived: bool = False) -> ThreadPage:
-        return await self.store.list_threads(limit=limit, cursor=cursor, archived=archived)
+    async def list_threads(self, query: ThreadQuery) -> ThreadPage:
+        """One page of stored threads (the store reconciles its index with the files first)."""
+        return await self.store.list_threads(query)
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

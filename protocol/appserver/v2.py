@@ -217,9 +217,23 @@ class ThreadReadParams(Inbound, kw_only=True, frozen=True):
 
 
 class ThreadListParams(Inbound, kw_only=True, frozen=True):
+    """Codex 0.171's thread/list. Also accepted and ignored (undeclared, so any value passes):
+    ancestorThreadId, parentThreadId, attachedToThreadId, includeAttachedThreads, projectId,
+    sectionId, currentAccountOnly. Sort keys and source kinds are checked by the store's query."""
+
     cursor: str | None = None
     limit: int | None = None
     archived: bool | None = None
+    sort_key: str | None = None
+    sort_direction: str | None = None
+    search_term: str | None = None
+    cwd: str | list[str] | None = None
+    model_providers: list[str] | None = None
+    source_kinds: list[str] | None = None
+    included_thread_ids: list[str] | None = None
+    excluded_thread_ids: list[str] | None = None
+    use_state_db_only: bool | None = None
+    originators: list[str] | None = None
 
 
 class ThreadLoadedListParams(Inbound, kw_only=True, frozen=True):
