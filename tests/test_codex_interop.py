@@ -156,7 +156,7 @@ async def test_spindle_reads_and_resumes_what_codex_wrote(tmp_path: Path, mock_m
     for path in (home / "sessions").glob("*/*/*/rollout-*.jsonl"):
         ordinals = [line["ordinal"] for line in map(json.loads, path.read_text().splitlines()) if "ordinal" in line]
         assert ordinals == sorted(set(ordinals)), f"an ordinal repeats or goes back in {path.name}"
-    sent = mock_model.requests[-1].json()["input"]
+    sent = next(r for r in mock_model.requests if r.last_user_text() == "fourth from spindle").json()["input"]
     said = [part["text"] for item in sent if item.get("role") == "user" for part in item["content"]]
     assert [text for text in said if not text.startswith("<")] == [
         "hello spindle", "second spindle message", "third from codex", "fourth from spindle"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from spindle.actors.runtime import ThreadManager
 from spindle.actors.testing.mock_model import MockModel, Text
@@ -148,12 +149,10 @@ async def test_resume_reference_codex_rollouts(runtime: ThreadManager, mock_mode
         history = rebuild_history(read.source.items())
         assert any(isinstance(i, Message) and i.role == "assistant" for i in history)
     live = "01a1fc97-d4ab-71d2-aa31-10d750c39aac"
-    from spindle.actors.runtime.config import ConfigError
-
-    with pytest.raises(ConfigError, match="unknown model provider 'mock_provider'"):
-        await runtime.resume_thread(live)  # recorded with a provider this config lacks
-    thread = await runtime.resume_thread(live, SettingsUpdate(provider_id="mock", cwd=str(runtime.home)))
-    assert thread.history and thread.settings.model == "mock-model"
+    with capture_logs() as logs:  # recorded with a provider this config lacks: the default serves it
+        thread = await runtime.resume_thread(live, SettingsUpdate(cwd=str(runtime.home)))
+    assert [e["provider"] for e in logs if e["event"].startswith("the rollout's model provider")] == ["mock_provider"]
+    assert thread.history and thread.settings.model == "mock-model" and thread.settings.provider_id == "mock"
     assert await thread.ask("continue") == "echo: continue"
 
 

@@ -295,7 +295,7 @@ async def test_spindle_threads_are_recorded_not_reread(runtime: ThreadManager, m
     await thread.shutdown_and_wait()  # its last index update is made
     reads = count_head_reads(monkeypatch)
     [entry] = (await runtime.list_threads()).entries
-    assert (entry.id, entry.preview, entry.name, entry.source_kind) == (thread.thread_id, "my own", "mine", "appServer")
+    assert (entry.id, entry.preview, entry.name, entry.source_kind) == (thread.thread_id, "my own", "mine", "vscode")
     assert reads == []
     await runtime.store.reconcile(full=True)
     assert reads == [] and (await runtime.list_threads()).entries == [entry]

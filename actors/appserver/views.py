@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from spindle.actors.runtime import ThreadHandle, ThreadManager
+from spindle.persistence.query import classify_source
 from spindle.persistence.reader import RolloutReadError, read_rollout
 from spindle.persistence.store import ThreadEntry, preview_of
 from spindle.protocol.appserver import v2
@@ -41,6 +42,7 @@ async def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_t
         status=v2.active_status() if handle.active_turn_id else v2.IDLE,
         path=None if rollout.ephemeral else str(rollout.path), cwd=settings.cwd,
         cli_version=meta.cli_version, name=entry.name if entry else await store.name(handle.thread_id), turns=turns,
+        source=classify_source(meta.source)[0],
     )
 
 
@@ -60,6 +62,7 @@ async def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_t
         ephemeral=False, model_provider=entry.model_provider, model=None,
         created_at=_epoch(entry.created_at), updated_at=_epoch(entry.updated_at), status=v2.NOT_LOADED,
         path=entry.path, cwd=entry.cwd, cli_version=cli_version, name=entry.name, turns=turns,
+        source=entry.source_kind,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import structlog
+
 from spindle.protocol.config import Config
 from spindle.protocol.rollout import SessionMeta, TurnContextItem
 from spindle.protocol.settings import (
@@ -15,6 +17,8 @@ from spindle.protocol.settings import (
 )
 
 from .config import ConfigError
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_INSTRUCTIONS = (
     "You are a coding agent running in Spindle. Be precise, safe and helpful. Use the shell tool "
@@ -56,13 +60,20 @@ def initial_settings(config: Config, update: SettingsUpdate | None = None) -> Th
     return apply_update(config, defaults, requested)
 
 
-def recorded_settings(meta: SessionMeta, context: TurnContextItem | None) -> SettingsUpdate:
-    """The settings a rollout records: its session meta, then its last `turn_context`."""
+def recorded_settings(config: Config, meta: SessionMeta, context: TurnContextItem | None) -> SettingsUpdate:
+    """The settings a rollout records: its session meta, then its last `turn_context`. A model
+    provider this config does not define (the rollout came from another machine or from Codex
+    with other providers) is left to the config's default, with a warning."""
+    provider = meta.model_provider or None
+    if provider is not None and provider not in config.all_providers():
+        log.warning("the rollout's model provider is not configured here; using the default",
+                    thread_id=meta.id, provider=provider, default=config.model_provider)
+        provider = None
     approval = context.approval_policy if context else None
     sandbox = context.sandbox_policy.type if context and context.sandbox_policy else None
     return SettingsUpdate(
         model=context.model if context else None,
-        provider_id=meta.model_provider or None,
+        provider_id=provider,
         cwd=(context.cwd if context else None) or meta.cwd or None,
         approval_policy=approval if approval in APPROVAL_POLICIES else None,  # type: ignore[arg-type]
         sandbox_mode=sandbox if sandbox in SANDBOX_MODES else None,  # type: ignore[arg-type]

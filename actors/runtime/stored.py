@@ -53,7 +53,7 @@ class StoredThreads:
         return found
 
     def _resumed_settings(self, read: RolloutRead, update: SettingsUpdate | None) -> ThreadSettings:
-        recorded = recorded_settings(read.meta, last_turn_context(read.source.items()))
+        recorded = recorded_settings(self.config, read.meta, last_turn_context(read.source.items()))
         return initial_settings(self.config, recorded.then(update or SettingsUpdate()))
 
     async def resume_thread(
