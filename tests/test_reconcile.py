@@ -21,7 +21,8 @@ from spindle.persistence import heads as heads_module
 from spindle.persistence import scan as scan_module
 from spindle.persistence import store as store_module
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
-from spindle.persistence.store import LocalThreadStore
+from spindle.persistence.reader import read_rollout
+from spindle.persistence.store import LocalThreadStore, preview_of
 
 REFERENCE = Path(__file__).parent / "fixtures" / "codex-0.169-rollouts"
 LIVE = "01a1fc97-8a89-7f53-b8e1-6a189c77807a"  # two turns, then a revert segment file
@@ -222,6 +223,9 @@ async def test_torn_last_line_foreign_lines_and_meta_not_first_are_still_listed(
     entries = {e.id: e for e in (await store.list_threads()).entries}
     assert {i: e.preview for i, e in entries.items()} == {tid(1): "torn", tid(2): "foreign", tid(3): "meta second"}
     assert entries[tid(1)].updated_at == "2026-11-20T11:00:00.000Z"  # the last whole line's
+    for n, text in ((1, "torn"), (2, "foreign"), (3, "meta second")):  # and each is read back
+        read = read_rollout(Path(entries[tid(n)].path))
+        assert read.meta.id == tid(n) and preview_of(read.source.items()) == text
 
 
 async def test_the_preview_is_the_first_real_user_turn(store: LocalThreadStore) -> None:
