@@ -32,12 +32,34 @@ BUILTIN_PROVIDERS: dict[str, ModelProviderInfo] = {
 }
 
 
+class McpServerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """`[mcp_servers.NAME]`: a stdio server (`command`) or a streamable HTTP one (`url`)."""
+
+    command: str | None = None
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    env_vars: list[str] = msgspec.field(default_factory=list)
+    cwd: str | None = None
+    url: str | None = None
+    bearer_token_env_var: str | None = None
+    http_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    env_http_headers: dict[str, str] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    required: bool = False
+    startup_timeout_sec: float | None = None
+    startup_timeout_ms: int | None = None
+    tool_timeout_sec: float = 60.0
+    enabled_tools: list[str] | None = None
+    disabled_tools: list[str] = msgspec.field(default_factory=list)
+
+
 class Config(msgspec.Struct, kw_only=True, frozen=True):
     """The settings a runtime starts threads with."""
 
     model: str = DEFAULT_MODEL
     model_provider: str = OPENAI_PROVIDER_ID
     model_providers: dict[str, ModelProviderInfo] = msgspec.field(default_factory=dict)
+    mcp_servers: dict[str, McpServerConfig] = msgspec.field(default_factory=dict)
     approval_policy: ApprovalPolicy = "on-request"
     sandbox_mode: SandboxMode = "read-only"
     model_context_window: int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -62,6 +63,11 @@ class ThreadHandle:
     @property
     def settings(self) -> ThreadSettings:
         return self._actor.settings
+
+    @property
+    def session_config(self) -> dict[str, Any]:
+        """The thread's own config layer (dotted keys to values), kept for its lifetime."""
+        return self._actor.session_config
 
     @property
     def rollout(self) -> ThreadRollout:

@@ -3,8 +3,10 @@ shuts them all down within a deadline, reporting how each one ended."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -111,6 +113,7 @@ class ThreadRegistry:
         settings: ThreadSettings,
         rollout: ThreadRollout,
         history: list[ResponseItem] | None = None,
+        session_config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
         """Start the actor of a thread whose settings, rollout and history are known."""
         send, receive = trio.open_memory_channel[Submission](SUBMISSION_CAPACITY)
@@ -123,6 +126,7 @@ class ThreadRegistry:
             events=events,
             rollout=rollout,
             history=history,
+            session_config=session_config,
         )
         handle = ThreadHandle(actor, send, events)
         await self._nursery.start(actor.run)

@@ -9,6 +9,9 @@ its callers' outcomes an `OutcomeBook`, its token count a `UsageMeter`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import structlog
 import trio
 from trio_typing import TaskStatus
@@ -79,8 +82,11 @@ class ThreadActor:
         events: Broadcaster[Event],
         rollout: ThreadRollout,
         history: list[ResponseItem] | None = None,
+        session_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.thread_id = thread_id
+        self.session_config: dict[str, Any] = dict(session_config or {})
+        """The thread's own config layer (`thread/start`'s `config` map: dotted keys), kept for its life."""
         self.settings = settings
         self.resources = resources
         self.tools = resources.tools
