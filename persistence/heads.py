@@ -93,13 +93,16 @@ def normalize_timestamp(value: str) -> str | None:
         return value
     try:
         at = datetime.fromisoformat(value)
-    except ValueError:
+        return timestamp((at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC))
+    except (ValueError, OverflowError):  # not a date, or one past the calendar's ends in UTC
         return None
-    return timestamp((at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC))
 
 
 def _mtime_stamp(mtime_ns: int) -> str:
-    return timestamp(datetime.fromtimestamp(mtime_ns / 1e9, UTC))
+    try:
+        return timestamp(datetime.fromtimestamp(mtime_ns / 1e9, UTC))
+    except (ValueError, OverflowError, OSError):
+        return timestamp(datetime.fromtimestamp(0, UTC))
 
 
 def preview_of(items: Iterable[object]) -> str:

@@ -31,10 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from spindle.protocol.ids import parse_thread_id
 
 from .paths import ThreadStoreError, ThreadStoreUnavailableError, store_error, timestamp
+
+log = structlog.get_logger(__name__)
 
 LOCKS_SUBDIR = "thread-writer-locks"
 COORDINATION_FILE = ".coordination.lock"
@@ -42,6 +45,7 @@ COORDINATION_WAIT_S = 30.0
 """How long taking or letting go of a lease waits for another process's coordination lock."""
 COORDINATION_POLL_S = 0.005
 HOLDER_MAX_BYTES = 4096
+LOCK_ATTEMPTS = 5
 """How much of a lock file is read to name its holder."""
 
 
@@ -128,6 +132,8 @@ class WriterLease:
                     pass  # the lock goes with the descriptor whether or not the file does
                 os.close(fd)
                 fd = None
+        except ThreadStoreError as exc:  # the folder stayed locked: the file stays, the lock goes
+            log.warning("left a writer lock file behind", path=str(self.path), error=str(exc))
         finally:
             if fd is not None:
                 os.close(fd)
@@ -148,6 +154,20 @@ def acquire_lease(home: Path, thread_id: str, *, handoff: str | None = None) -> 
     tid = parse_thread_id(thread_id)
     path = lock_path(home, tid)
     with _coordination(home):
+        fd = _lock_file(home, tid, path)
+        holder = LeaseHolder(pid=os.getpid(), since=timestamp(), owner="spindle", host=socket.gethostname(), handoff=handoff)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _encoder.encode(holder) + b"\n", 0)
+        except OSError:
+            pass  # held all the same; others just cannot tell who holds it
+    return WriterLease(tid, path, fd, holder, home)
+
+
+def _lock_file(home: Path, tid: str, path: Path) -> int:
+    """Open and `flock` the lease file; retried if it was deleted or replaced meanwhile by a
+    process that does not take the coordination lock, so the lock is on the file of that name."""
+    for _ in range(LOCK_ATTEMPTS):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -160,13 +180,18 @@ def acquire_lease(home: Path, thread_id: str, *, handoff: str | None = None) -> 
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise WriterLeaseHeldError(tid, holder) from None
             raise ThreadStoreUnavailableError(f"cannot lock {path}: {exc.strerror}") from None
-        holder = LeaseHolder(pid=os.getpid(), since=timestamp(), owner="spindle", host=socket.gethostname(), handoff=handoff)
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, _encoder.encode(holder) + b"\n", 0)
-        except OSError:
-            pass  # held all the same; others just cannot tell who holds it
-    return WriterLease(tid, path, fd, holder, home)
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+    raise ThreadStoreUnavailableError(f"cannot lock {path}: something keeps deleting or replacing it")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 @contextlib.contextmanager
@@ -204,20 +229,23 @@ def coordination_stuck(home: Path) -> ThreadStoreUnavailableError:
 
 
 def _holder_of(fd: int) -> LeaseHolder:
-    """What the lock file says of its holder; else the pid `/proc/locks` gives, and the file's age."""
+    """Who holds the lock: `/proc/locks` names the pid where it can; the file's own note (Spindle
+    writes one, Codex does not) counts only when it names that pid, since a crashed Spindle's note
+    outlives it in a file Codex then locks without rewriting."""
+    noted = LeaseHolder()
     try:
         data = os.pread(fd, HOLDER_MAX_BYTES, 0).strip()
         if data:
-            return _holder_decoder.decode(data)
+            noted = _holder_decoder.decode(data)
     except (OSError, msgspec.DecodeError):
         pass
     try:
         st = os.fstat(fd)
         pid = _flock_holder_pid(st.st_dev, st.st_ino)
     except OSError:
-        return LeaseHolder()
-    if pid is None:
-        return LeaseHolder()
+        return noted
+    if pid is None or pid == noted.pid:
+        return noted
     return LeaseHolder(pid=pid, owner=_process_name(pid), since=timestamp(datetime.fromtimestamp(st.st_mtime, UTC)))
 
 

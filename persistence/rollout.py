@@ -83,6 +83,7 @@ class ThreadRollout:
         self._batches_sent = 0
         self._marks: trio.MemorySendChannel[None] | None = None
         self._reporter: tuple[trio.CancelScope, trio.Event] | None = None
+        self._writer_nursery: trio.Nursery | None = None
         self._updated_at = meta.timestamp
         self.on_error: Callable[[str], None] = lambda message: None
 
@@ -107,6 +108,7 @@ class ThreadRollout:
         except BaseException:
             await self.release_lease()
             raise
+        self._writer_nursery = nursery
 
     async def _start_writer(self, nursery: trio.Nursery, *, create: bool) -> None:
         send, receive = trio.open_memory_channel[Command](WRITER_CHANNEL_CAPACITY)
@@ -168,13 +170,19 @@ class ThreadRollout:
             scope.cancel()
 
     async def materialize(self, nursery: trio.Nursery) -> None:
-        """Create the file: `session_meta` first, then whatever was recorded so far; then index it."""
+        """Create the file: `session_meta` first, then whatever was recorded so far; then index it.
+        If that fails after the writer started, the writer is shut down and the lease let go."""
         if self.materialized or self.ephemeral:
             return
         await self.start(nursery, create=True)
         self.materialized = True
         self._outbox.insert(0, self.meta)
-        await self.drain()
+        try:
+            await self.drain()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.shutdown()
+            raise
         self.touch()
 
     def touch(self) -> None:
@@ -220,8 +228,11 @@ class ThreadRollout:
         """Everything recorded so far is written and synced; RolloutWriteError if not."""
         await self._call(lambda reply: Flush(reply))
 
-    async def shutdown(self) -> None:
-        """Flush, sync and close the file; the writer actor ends and the lease is let go."""
+    async def shutdown(self, *, keep_lease: bool = False) -> None:
+        """Flush, sync and close the file; the writer actor ends. The lease is let go once the
+        writer has ended (at once, or when a writer that did not answer in time ends), unless
+        `keep_lease`: a new thread's creator hands the held lease on to the thread's actor."""
+        writer = self._writer
         try:
             if self._send is not None:
                 try:
@@ -231,7 +242,24 @@ class ThreadRollout:
                     self._send, self._writer = None, None
                     await self._stop_reporter()
         finally:
+            if not keep_lease:
+                await self._release_after(writer)
+
+    async def _release_after(self, writer: RolloutWriter | None) -> None:
+        if writer is None or writer.done.is_set() or self._writer_nursery is None or self.lease is None:
             await self.release_lease()
+            return
+        lease, self.lease = self.lease, None  # a writer still busy keeps it until it ends
+        log.warning("the rollout writer is still busy; its lease is let go when it ends", path=str(self.path))
+
+        async def release_when_done() -> None:
+            try:
+                await writer.done.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(lease.release)
+
+        self._writer_nursery.start_soon(release_when_done)
 
     async def release_lease(self) -> None:
         """Let go of the writer lease, if held (shielded: a cancelled caller still lets go)."""

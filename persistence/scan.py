@@ -170,10 +170,14 @@ class _Scan:
     def _list(self, path: str, *, dirs: bool) -> list[str] | None:
         try:
             with os.scandir(path) as entries:
-                return [e.name for e in entries if (e.is_dir() if dirs else e.is_file())]
+                names = [e.name for e in entries if (e.is_dir() if dirs else e.is_file())]
         except OSError as exc:
             log.warning("cannot list a rollout folder", path=path, error=exc.strerror or str(exc))
             return None
+        usable = [name for name in names if _usable(name)]
+        for name in set(names) - set(usable):
+            log.warning("skipping a name that is not one line of UTF-8 text", folder=path, name=ascii(name))
+        return usable
 
     def _tree(self, path: str, depth: int) -> list[tuple[str, int]]:
         """The day folders under `path` (`depth` levels down), with their mtimes."""
@@ -266,3 +270,14 @@ class _Scan:
         finally:
             os.close(fd)
         self.result.changes.append(change)
+
+
+def _usable(name: str) -> bool:
+    """Whether a file name can be indexed: valid UTF-8 (no undecodable bytes) on one line."""
+    if "\n" in name or "\r" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

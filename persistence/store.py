@@ -168,6 +168,8 @@ class LocalThreadStore:
                 await self.reconcile(full=True)
             except ThreadStoreError as exc:
                 log.warning("the background rollout scan failed", error=str(exc))
+            except Exception:  # a file no rule foresaw: the next pass tries again; the runtime goes on
+                log.exception("the background rollout scan failed")
 
     async def _index(self, job: Callable[..., T], *, write: bool = False, deadline_s: float = INDEX_BUSY_DEADLINE_S) -> T:
         return await self.index.run(job, write=write, deadline_s=deadline_s)

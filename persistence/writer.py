@@ -95,6 +95,8 @@ class RolloutWriter:
         self._handled = 0
         self._progress = trio.Event()
         self._ended = False
+        self.done = trio.Event()
+        """Set once the writer has ended and closed its file: nothing more reaches it after."""
 
     async def wait_handled(self, count: int) -> None:
         """Until `count` AddItems have been handled (written, or failed and reported), or the writer ended."""
@@ -188,7 +190,10 @@ class RolloutWriter:
         finally:
             self._ended = True
             self._progress.set()
-            await self._close()
+            try:
+                await self._close()
+            finally:
+                self.done.set()
 
     async def _serve(self, receive: trio.MemoryReceiveChannel[Command]) -> None:
         """Handle commands in batches until `Shutdown` or the channel's end."""

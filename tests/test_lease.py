@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,20 @@ import pytest
 import trio
 
 from spindle.actors.runtime import ThreadManager, open_runtime
+from spindle.actors.runtime.handoff import request_handoff
 from spindle.actors.testing.mock_model import MockModel, Stall
 from spindle.actors.testing.rpc_client import RpcFailure, subprocess_server, write_config
-from spindle.persistence.lease import LOCKS_SUBDIR, WriterLeaseHeldError, acquire_lease, lock_path
+from spindle.persistence import rollout as rollout_module
+from spindle.persistence.lease import (
+    LOCKS_SUBDIR,
+    LeaseHolder,
+    WriterLease,
+    WriterLeaseHeldError,
+    acquire_lease,
+    lock_path,
+)
+from spindle.persistence.rollout import ThreadRollout
+from spindle.persistence.writer import RolloutWriter
 from spindle.protocol.config import Config
 from spindle.protocol.items import Message, TextInput
 from spindle.protocol.ops import UserInputOp
@@ -245,3 +257,149 @@ def _home_config(home: Path) -> Config:
     return load_config(home=home)
 
 
+
+
+# --- what a review found ---------------------------------------------------------
+
+
+async def test_a_handoff_to_a_thread_ending_on_its_own_never_harms_the_runtime(make_config: Callable[..., Config]) -> None:
+    async with open_runtime(make_config()) as rt:
+        tid = await materialized(rt)
+        handle = rt.get_thread(tid)
+        assert rt.store.handoff_address is not None
+        handle.close()  # ending on its own: its submission channel is closed
+        await request_handoff(LeaseHolder(pid=1, handoff=rt.store.handoff_address), tid)
+        assert handle.is_closed and await free(Path(rt.home), tid)
+        assert await (await rt.start_thread()).ask("still here") == "echo: still here"
+
+
+async def test_concurrent_resumes_in_one_process_share_one_thread(make_config: Callable[..., Config]) -> None:
+    async with open_runtime(make_config()) as rt:
+        tid = await materialized(rt)
+        await rt.get_thread(tid).shutdown_and_wait()
+        rt.registry.forget(rt.get_thread(tid))
+        got: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for handoff in (False, True, False):
+                nursery.start_soon(lambda h=handoff: _collect(got, rt.resume_thread(tid, handoff=h)))
+        assert all(not isinstance(x, BaseException) for x in got), got
+        assert len({id(x) for x in got}) == 1 and not got[0].is_closed, "one actor, never shut down by a self-handoff"
+
+
+async def test_archive_racing_a_resume_in_one_process(make_config: Callable[..., Config]) -> None:
+    async with open_runtime(make_config()) as rt:
+        tid = await materialized(rt)
+        got: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _collect(got, rt.archive_thread(tid)))
+            nursery.start_soon(lambda: _collect(got, rt.resume_thread(tid)))
+        assert not any(isinstance(x, WriterLeaseHeldError) for x in got), got
+        assert await free(Path(rt.home), tid) or rt.running(tid) is not None
+
+
+async def _collect(into: list[Any], call: Any) -> None:
+    try:
+        into.append(await call)
+    except Exception as exc:
+        into.append(exc)
+
+
+async def test_a_cancelled_persist_now_lets_go_of_the_lease(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config()
+    real_drain = ThreadRollout.drain
+
+    async def slow_drain(self: ThreadRollout) -> None:
+        await trio.sleep(5)
+        await real_drain(self)
+
+    async with open_runtime(config) as rt:
+        started: list[str] = []
+        real_new = rt.registry.new_rollout
+        monkeypatch.setattr(rt.registry, "new_rollout", lambda tid, *a, **k: started.append(tid) or real_new(tid, *a, **k))
+        monkeypatch.setattr(ThreadRollout, "drain", slow_drain)
+        with trio.move_on_after(0.2):
+            await rt.start_thread(persist_now=True)
+        monkeypatch.setattr(ThreadRollout, "drain", real_drain)
+        assert started and await free(Path(rt.home), started[0])
+
+
+async def test_the_lease_is_kept_until_a_slow_writer_has_ended(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that misses its shutdown deadline still has the file open: the lease waits for it."""
+    monkeypatch.setattr(rollout_module, "REPLY_TIMEOUT_S", 0.2)
+    real_write, real_release = RolloutWriter._write_and_sync, WriterLease.release
+    slow = trio.Event()
+    writing: list[bool] = [False]
+    released_while_writing: list[bool] = []
+
+    def slow_write(self: RolloutWriter, *args: Any) -> Any:
+        writing[0] = slow.is_set()
+        try:
+            if writing[0]:
+                time.sleep(1.0)
+            return real_write(self, *args)
+        finally:
+            writing[0] = False
+
+    def release(self: WriterLease) -> None:
+        if self.held:
+            released_while_writing.append(writing[0])
+        real_release(self)
+
+    monkeypatch.setattr(RolloutWriter, "_write_and_sync", slow_write)
+    monkeypatch.setattr(WriterLease, "release", release)
+    async with open_runtime(make_config()) as rt:
+        thread = await rt.start_thread()
+        await thread.ask("hello")
+        slow.set()
+        await thread.submit(UserInputOp(items=[TextInput(text="one more")]))
+        await thread.shutdown_and_wait()
+        assert released_while_writing == [False], "the lease was let go while the writer still wrote"
+        assert await free(Path(rt.home), thread.thread_id)
+
+
+async def test_a_crashed_spindle_note_does_not_name_a_later_holder(make_config: Callable[..., Config]) -> None:
+    config = make_config()
+    home = Path(config.codex_home)
+    async with open_runtime(config) as rt:
+        tid = await materialized(rt)
+        await rt.get_thread(tid).shutdown_and_wait()
+        rt.registry.forget(rt.get_thread(tid))
+        lock = lock_path(home, tid)
+        lock.write_text('{"pid": 999999, "owner": "spindle", "handoff": "@gone"}\n')  # left by a crash
+        script = (
+            "import fcntl, os, time;"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR);"
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB);"
+            "print('held', flush=True); time.sleep(60)"
+        )
+        child = await trio.lowlevel.open_process([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        try:
+            assert child.stdout is not None
+            said = b""
+            with trio.fail_after(30):
+                while not said.endswith(b"\n"):
+                    said += await child.stdout.receive_some()
+            with pytest.raises(WriterLeaseHeldError) as caught:
+                await rt.resume_thread(tid)
+            assert f"pid {child.pid}" in str(caught.value) and "999999" not in str(caught.value)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+
+
+def test_a_lock_file_replaced_behind_the_coordination_lock_is_not_trusted(tmp_path: Path) -> None:
+    tid = "01a23027-be1a-77f3-8aab-1ee8d77cde0f"
+    first = acquire_lease(tmp_path, tid)
+    first.path.unlink()  # someone deletes the held file without the coordination lock
+    second = acquire_lease(tmp_path, tid)  # locks a new file of that name
+    try:
+        with pytest.raises(WriterLeaseHeldError):
+            acquire_lease(tmp_path, tid)
+        assert os.stat(second.path).st_ino == os.fstat(second._fd or -1).st_ino  # type: ignore[arg-type]
+    finally:
+        second.release()
+        first.release()

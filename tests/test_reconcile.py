@@ -441,3 +441,18 @@ def test_a_folder_changed_within_the_racy_window_is_listed_again(tmp_path: Path)
     known = scan_module.Known(dirs=first.dirs, subdirs=first.subdirs, files=files, names_stamp=first.names_stamp)
     second = scan_module.scan(str(tmp_path), known)
     assert [c.facts.thread_id for c in second.changes if c.facts] == [tid(2)]
+
+
+async def test_names_and_dates_no_rule_foresaw_never_stop_the_store(store: LocalThreadStore) -> None:
+    day = os.fsencode(store.home / "sessions" / "2026" / "11" / "20")
+    os.makedirs(day, exist_ok=True)
+    with open(os.path.join(day, b"rollout-\xff.jsonl"), "w") as f:  # not UTF-8
+        f.write(line("session_meta", {"id": tid(1), "timestamp": "2026-11-20T10:00:00.000Z", "cwd": "/w"}))
+    os.mkdir(os.path.join(os.path.dirname(day), b"\xfe"))
+    os.mkdir(os.path.join(os.path.dirname(day), b"two\nlines"))
+    write_rollout(store.home, 2, created="9999-12-31T23:59:59-01:00", updated="9999-12-31T23:59:59-01:00")
+    write_rollout(store.home, 3, text="fine")
+    with capture_logs() as logs:
+        entries = {e.id: e for e in (await store.list_threads()).entries}
+    assert set(entries) == {tid(2), tid(3)}
+    assert sum("not one line of UTF-8" in e["event"] for e in logs) == 3

@@ -83,7 +83,11 @@ async def _answer(stream: trio.SocketStream, release: Release) -> None:
                 await _send(stream, HandoffReply(released=False, reason=f"bad handoff request: {exc}"))
                 return
             log.info("handoff requested", thread_id=thread_id)
-            reason = await release(thread_id)
+            try:
+                reason = await release(thread_id)
+            except Exception as exc:  # a handoff never takes the runtime down
+                log.exception("handoff failed", thread_id=thread_id)
+                reason = f"it failed to let go: {type(exc).__name__}: {exc}"
             await _send(stream, HandoffReply(released=reason is None, reason=reason))
 
 
@@ -125,7 +129,10 @@ async def request_handoff(holder: LeaseHolder, thread_id: str) -> None:
             stream = trio.SocketStream(sock)
             async with stream:
                 await stream.send_all(_encoder.encode(HandoffRequest(release=thread_id)) + b"\n")
-                reply = _reply_decoder.decode(await _read_line(stream))
+                line = await _read_line(stream)
+                if not line:
+                    raise ValueError(f"{address} closed the connection without answering")
+                reply = _reply_decoder.decode(line)
     except trio.TooSlowError:
         raise WriterLeaseHeldError(thread_id, holder, detail=f"it did not let go within {HANDOFF_TIMEOUT_S:g} s") from None
     except (OSError, trio.BrokenResourceError, msgspec.DecodeError, ValueError) as exc:

@@ -18,6 +18,7 @@ from spindle.protocol.config import Config
 from spindle.protocol.settings import SettingsUpdate
 
 from .config import codex_home, load_config
+from .errors import ThreadClosedError
 from .fanout import Subscription
 from .handle import ThreadHandle
 from .handoff import serve_handoffs
@@ -84,9 +85,13 @@ class ThreadManager:
         handle = self.registry.running(thread_id)
         if handle is None:
             return None
-        refusal = await handle.shutdown_if_idle()
+        try:
+            refusal = await handle.shutdown_if_idle()
+        except ThreadClosedError:  # it is ending on its own: let go once it has
+            refusal = None
         if refusal is not None:
             return refusal
+        await handle.wait_closed()
         self.registry.forget(handle)
         return None
 

@@ -80,14 +80,31 @@ class ThreadRegistry:
         rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral)
         if persist_now:
             await self.write_now(rollout)
-        return await self.spawn(tid, resolved, rollout)
+        return await self.spawn_holding(tid, resolved, rollout)
 
     async def write_now(self, rollout: ThreadRollout) -> None:
         """Create a new thread's rollout with what it has recorded, before its actor runs (which
-        then appends to it); its lease is held meanwhile."""
-        async with trio.open_nursery() as nursery:  # a short-lived writer creates the file
-            await rollout.materialize(nursery)
-            await rollout.shutdown()
+        then appends to it). The lease stays held for the actor (`spawn_holding`)."""
+        try:
+            async with trio.open_nursery() as nursery:  # a short-lived writer creates the file
+                try:
+                    await rollout.materialize(nursery)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await rollout.shutdown(keep_lease=True)
+        except BaseException:
+            await rollout.release_lease()
+            raise
+
+    async def spawn_holding(
+        self, thread_id: str, settings: ThreadSettings, rollout: ThreadRollout, history: list[ResponseItem] | None = None
+    ) -> ThreadHandle:
+        """`spawn`, letting go of the lease `rollout` holds if the actor does not start."""
+        try:
+            return await self.spawn(thread_id, settings, rollout, history)
+        except BaseException:
+            await rollout.release_lease()
+            raise
 
     def new_rollout(
         self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None

@@ -7,6 +7,8 @@ source); otherwise its rollout is read once, off the event loop.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
@@ -38,6 +40,7 @@ class StoredThreads:
         self.store = store
         self.home = store.home
         self.config = registry.resources.config
+        self._claims: dict[str, trio.Lock] = {}
 
     async def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
         if path is not None:
@@ -84,6 +87,12 @@ class StoredThreads:
         tid = thread_id or thread_id_of(located)
         if tid is None:  # a rollout under a name of its own: its session_meta says whose it is
             tid = (await trio.to_thread.run_sync(read_rollout, located)).meta.id
+        async with self._claim(tid):  # one resume or archive of a thread at a time, here
+            return await self._resume_claimed(tid, located, settings, handoff=handoff)
+
+    async def _resume_claimed(
+        self, tid: str, located: Path, settings: SettingsUpdate | None, *, handoff: bool
+    ) -> ThreadHandle:
         await self.registry.wait_released(tid)
         running = self.registry.running(tid)
         if running is not None:
@@ -102,7 +111,7 @@ class StoredThreads:
             )
             history = rebuild_history(read.source.iter_forward_from(0))
             return await self.registry.spawn(tid, self._resumed_settings(read, settings), rollout, history)
-        except BaseException:
+        except BaseException:  # the actor did not start (it lets go of the lease itself once it has)
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lease.release)
             raise
@@ -111,8 +120,8 @@ class StoredThreads:
         try:
             return await self.store.acquire_lease(thread_id)
         except WriterLeaseHeldError as held:
-            if not handoff:
-                raise
+            if not handoff or held.holder.handoff == self.store.handoff_address:
+                raise  # asked for no handoff, or the holder is this runtime (a writer still closing)
             await request_handoff(held.holder, thread_id)
         return await self.store.acquire_lease(thread_id)
 
@@ -148,23 +157,41 @@ class StoredThreads:
         rollout.record(fork_items(items, snapshot))
         await self.registry.write_now(rollout)
         history = rebuild_history(rollout.source.iter_forward_from(0))
-        return await self.registry.spawn(fork_id, resolved, rollout, history)
+        return await self.registry.spawn_holding(fork_id, resolved, rollout, history)
 
     async def archive_thread(self, thread_id: str) -> Path:
         """Unload the thread (if running) and move its rollout to `archived_sessions/`, holding its
         lease meanwhile (WriterLeaseHeldError if another process writes it)."""
         tid = parse_thread_id(thread_id)
+        async with self._claim(tid):
+            return await self._archive_claimed(tid)
+
+    async def _archive_claimed(self, tid: str) -> Path:
         if await self.store.find_path(tid) is None:
             raise ThreadStoreError(f"no rollout found for thread id {tid}")
-        running = self.registry.remove_thread(tid)
-        if running is not None and not running.is_closed:
+        await self.registry.wait_released(tid)
+        running = self.registry.running(tid)
+        if running is not None:
             await running.shutdown_and_wait()
+            self.registry.forget(running)
         lease = await self.store.acquire_lease(tid)  # no other process may be appending meanwhile
         try:
             return await self.store.archive(tid)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lease.release)
+
+    @asynccontextmanager
+    async def _claim(self, thread_id: str) -> AsyncIterator[None]:
+        """Hold `thread_id`'s lock in this runtime: resumes and archives of one thread go one at a
+        time, so none sees the other's half-done work (or its lease) as another process's."""
+        lock = self._claims.setdefault(thread_id, trio.Lock())
+        async with lock:
+            try:
+                yield
+            finally:
+                if lock.statistics().tasks_waiting == 0 and self._claims.get(thread_id) is lock:
+                    del self._claims[thread_id]
 
     async def unarchive_thread(self, thread_id: str) -> Path:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""

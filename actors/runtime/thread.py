@@ -222,7 +222,8 @@ class ThreadActor:
                 await self.rollout.shutdown()
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.warning("failed to shut down thread persistence", error=str(exc))
-            self._deliver(sub_id, ErrorEvent(message=f"Failed to shutdown thread persistence: {exc}", codex_error_info="other"))
+            self._deliver(sub_id, ErrorEvent(
+                message=f"Failed to shutdown thread persistence: {str(exc) or type(exc).__name__}", codex_error_info="other"))
 
     async def _dispatch(self, sub: Submission) -> bool:
         """Handle one submission; True when the actor should end."""
