@@ -446,8 +446,8 @@ def test_a_folder_changed_within_the_racy_window_is_listed_again(tmp_path: Path)
 async def test_names_and_dates_no_rule_foresaw_never_stop_the_store(store: LocalThreadStore) -> None:
     day = os.fsencode(store.home / "sessions" / "2026" / "11" / "20")
     os.makedirs(day, exist_ok=True)
-    with open(os.path.join(day, b"rollout-\xff.jsonl"), "w") as f:  # not UTF-8
-        f.write(line("session_meta", {"id": tid(1), "timestamp": "2026-11-20T10:00:00.000Z", "cwd": "/w"}))
+    Path(os.fsdecode(os.path.join(day, b"rollout-\xff.jsonl"))).write_text(  # not UTF-8
+        line("session_meta", {"id": tid(1), "timestamp": "2026-11-20T10:00:00.000Z", "cwd": "/w"}))
     os.mkdir(os.path.join(os.path.dirname(day), b"\xfe"))
     os.mkdir(os.path.join(os.path.dirname(day), b"two\nlines"))
     write_rollout(store.home, 2, created="9999-12-31T23:59:59-01:00", updated="9999-12-31T23:59:59-01:00")
