@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 REPLY_TIMEOUT_S = 30.0
 """How long a flush or shutdown waits for the writer's answer."""
+WRITER_END_WAIT_S = 1.0
+"""How long letting go of the lease waits for the writer to close its file after answering shutdown;
+past it, the lease is let go when the writer ends."""
 INDEX_MARK_CAPACITY = 1
 """Index updates queued for a rollout's reporter: one, since each carries the rollout's whole state."""
 INDEX_REPORT_DEADLINE_S = 2.0
@@ -246,6 +249,10 @@ class ThreadRollout:
                 await self._release_after(writer)
 
     async def _release_after(self, writer: RolloutWriter | None) -> None:
+        if writer is not None and self.lease is not None:
+            with trio.move_on_after(WRITER_END_WAIT_S) as wait:  # it is closing its file after its answer
+                wait.shield = True
+                await writer.done.wait()
         if writer is None or writer.done.is_set() or self._writer_nursery is None or self.lease is None:
             await self.release_lease()
             return
