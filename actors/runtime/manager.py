@@ -3,9 +3,10 @@ operations on stored ones, behind one object."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -17,7 +18,8 @@ from spindle.persistence.store import LocalThreadStore, ThreadPage
 from spindle.protocol.config import Config
 from spindle.protocol.settings import SettingsUpdate
 
-from .config import codex_home, load_config
+from .config import codex_home
+from .config_layers import FixedConfig, LayeredConfig, config_source
 from .fanout import Subscription
 from .handle import ThreadHandle
 from .handoff import serve_handoffs
@@ -55,8 +57,11 @@ class ThreadManager:
         thread_id: str | None = None,
         ephemeral: bool = False,
         persist_now: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.registry.start_thread(settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now)
+        return await self.registry.start_thread(
+            settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now, config=config
+        )
 
     def get_thread(self, thread_id: str) -> ThreadHandle:
         return self.registry.get_thread(thread_id)
@@ -98,8 +103,9 @@ class ThreadManager:
         *,
         path: str | Path | None = None,
         handoff: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.stored.resume_thread(thread_id, settings, path=path, handoff=handoff)
+        return await self.stored.resume_thread(thread_id, settings, path=path, handoff=handoff, config=config)
 
     async def fork_thread(
         self,
@@ -108,8 +114,9 @@ class ThreadManager:
         settings: SettingsUpdate | None = None,
         *,
         path: str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.stored.fork_thread(snapshot, thread_id, settings, path=path)
+        return await self.stored.fork_thread(snapshot, thread_id, settings, path=path, config=config)
 
     async def archive_thread(self, thread_id: str) -> Path:
         return await self.stored.archive_thread(thread_id)
@@ -148,7 +155,7 @@ class ThreadManager:
 
 @asynccontextmanager
 async def open_runtime(
-    config: Config | None = None,
+    config: Config | LayeredConfig | None = None,
     *,
     tools: ToolRegistry | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
@@ -159,9 +166,17 @@ async def open_runtime(
     is shut down within `shutdown_timeout`: running turns are aborted with their event and every
     rollout is flushed. The thread actors are shielded from the caller's cancellation until then;
     whatever is still running afterwards is cancelled.
+
+    `config`: a `Config` (the base of every thread's config; no file is read), or a
+    `LayeredConfig` (a home, `-c` overrides: the layers are read from disk, and again for each
+    thread's cwd); None reads `$CODEX_HOME`'s layers.
     """
-    config = config if config is not None else load_config()
-    resources = RuntimeResources(config, tools)
+    source = config_source(config)
+    if isinstance(source, FixedConfig):
+        resources = RuntimeResources(source, tools)
+    else:
+        resources = await trio.to_thread.run_sync(RuntimeResources, source, tools)
+    config = resources.config
     store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
     try:
         await store.open()  # a home or index that cannot be used is one clear error, up front

@@ -18,6 +18,7 @@ from trio_typing import TaskStatus
 
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.config import Config
 from spindle.protocol.events import (
     ErrorEvent,
     Event,
@@ -49,7 +50,7 @@ from spindle.protocol.ops import (
 )
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
-from .config import ConfigError
+from .errors import ConfigError
 from .fanout import Broadcaster
 from .journal import ThreadJournal
 from .model_client import ModelClient
@@ -83,10 +84,14 @@ class ThreadActor:
         rollout: ThreadRollout,
         history: list[ResponseItem] | None = None,
         session_config: Mapping[str, Any] | None = None,
+        config: Config | None = None,
     ) -> None:
         self.thread_id = thread_id
         self.session_config: dict[str, Any] = dict(session_config or {})
         """The thread's own config layer (`thread/start`'s `config` map: dotted keys), kept for its life."""
+        self.config: Config = config if config is not None else resources.config
+        """The thread's effective config (disk layers for its cwd, then its session layer);
+        rebuilt by `reload_user_config`."""
         self.settings = settings
         self.resources = resources
         self.tools = resources.tools
@@ -117,7 +122,7 @@ class ThreadActor:
         return self.journal.history
 
     def client(self, provider_id: str) -> ModelClient:
-        return self.resources.client(provider_id)
+        return self.resources.client(provider_id, self.config.provider(provider_id))
 
     def emit(self, sub_id: str, msg: EventMsg) -> None:
         """Record `msg` when the persistence policy keeps it, and deliver it to subscribers."""
@@ -266,7 +271,7 @@ class ThreadActor:
 
     def _apply_settings(self, sub_id: str, update: SettingsUpdate) -> bool:
         try:
-            self.settings = apply_update(self.resources.config, self.settings, update)
+            self.settings = apply_update(self.config, self.settings, update)
         except ConfigError as exc:
             self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
             return False
