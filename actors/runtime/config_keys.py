@@ -8,6 +8,7 @@ files: `config_layers` and `config_write` use it on data already read.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -185,11 +186,7 @@ def error_pattern(exc: msgspec.ValidationError) -> list[str]:
     if marker not in text:
         return []
     raw = text.rsplit(marker, 1)[1].rstrip("`")
-    out: list[str] = []
-    for part in raw.replace("[", ".[").split("."):
-        if part:
-            out.append(part)
-    return out
+    return re.findall(r"\[[^\]]*\]|[^.\[]+", raw)
 
 
 def problem_of(exc: msgspec.ValidationError) -> str:

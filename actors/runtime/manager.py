@@ -15,11 +15,13 @@ from trio_typing import TaskStatus
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import DEFAULT_LIMIT, ThreadQuery
 from spindle.persistence.store import LocalThreadStore, ThreadPage
-from spindle.protocol.config import Config
+from spindle.protocol.config import Config, ConfigWarning
+from spindle.protocol.ops import ReloadUserConfigOp
 from spindle.protocol.settings import SettingsUpdate
 
 from .config import codex_home
 from .config_layers import FixedConfig, LayeredConfig, config_source
+from .errors import ConfigError, ThreadClosedError
 from .fanout import Subscription
 from .handle import ThreadHandle
 from .handoff import serve_handoffs
@@ -43,11 +45,61 @@ class ThreadManager:
     """
 
     def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, store: LocalThreadStore) -> None:
-        self.config = resources.config
+        self.resources = resources
         self.store = store
         self.home = store.home
         self.registry = ThreadRegistry(resources, nursery, store.home, index=store, leases=store)
         self.stored = StoredThreads(self.registry, store)
+
+    @property
+    def config(self) -> Config:
+        """The thread-agnostic effective config (no project layers, no thread's own layer)."""
+        return self.resources.config
+
+    @property
+    def config_warnings(self) -> list[ConfigWarning]:
+        """Config warnings (unknown keys) met so far, each once."""
+        return self.resources.warnings
+
+    async def reload_user_config(self, *, strict: bool = True) -> list[str]:
+        """Rebuild every loaded thread's config from freshly read disk layers, each for its own
+        current cwd, keeping its own session layer; each thread applies the hot-reloadable
+        settings (`ThreadActor.apply_config`) before its next turn. The one per-thread refresh
+        path: the `reload_user_config` op, a config write with `reloadUserConfig`, and the MCP
+        refresh (which hooks into `apply_config`) all go through it.
+
+        `strict` (a manual refresh): the base config and every thread's are rebuilt first; any
+        failure raises ConfigError naming the thread before any thread is changed. Otherwise
+        (background) failures are returned as warnings, logged, and that thread keeps its config.
+        """
+        warnings: list[str] = []
+        try:
+            base = await self.resources.load_stack()
+            if not isinstance(self.resources.source, FixedConfig):
+                self.resources.config = base.config
+        except ConfigError as exc:
+            if strict:
+                raise
+            warnings.append(f"failed to reload the config: {exc}")
+        plans: list[tuple[ThreadHandle, Config]] = []
+        for thread_id in self.list_thread_ids():
+            handle = self.running(thread_id)
+            if handle is None:
+                continue
+            try:
+                plans.append((handle, await self.resources.thread_config(handle.settings.cwd, handle.session_config)))
+            except ConfigError as exc:
+                if strict:
+                    raise ConfigError(f"failed to load thread {thread_id}: {exc}") from None
+                warnings.append(f"failed to rebuild the config of thread {thread_id}: {exc}")
+        for handle, config in plans:
+            try:
+                await handle.submit_and_wait(ReloadUserConfigOp(config=config))
+            except (ThreadClosedError, trio.TooSlowError) as exc:
+                warnings.append(f"failed to queue a config reload for thread {handle.thread_id}: {exc}")
+        for warning in warnings:
+            log.warning("config reload", warning=warning)
+        return warnings
 
     # --- running threads ------------------------------------------------
     async def start_thread(

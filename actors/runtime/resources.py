@@ -38,6 +38,8 @@ class RuntimeResources:
             self.config = stack.config
             """The thread-agnostic effective config (no project layers, no thread's own layer)."""
             self.note_warnings(stack)
+        self.config_writes = trio.CapacityLimiter(1)
+        """One write of the user config.toml at a time (its version check and rename are one step)."""
         self.tools = tools if tools is not None else ToolRegistry()
         self._clients: dict[tuple[str, bytes], ModelClient] = {}
 

@@ -40,7 +40,10 @@ class StoredThreads:
         self.registry = registry
         self.store = store
         self.home = store.home
-        self.config = registry.resources.config
+
+    @property
+    def config(self) -> Config:
+        return self.registry.resources.config
 
     async def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
         if path is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import structlog
 import trio
 from trio_typing import TaskStatus
@@ -42,6 +43,7 @@ from spindle.protocol.ops import (
     InterruptOp,
     Op,
     OverrideTurnContextOp,
+    ReloadUserConfigOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -261,6 +263,8 @@ class ThreadActor:
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
+            case ReloadUserConfigOp(config=config):
+                await self._reload_config(sub.id, config)
             case _:
                 self._unsupported(sub.id, sub.op)
         return False
@@ -276,6 +280,34 @@ class ThreadActor:
             self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
             return False
         return True
+
+    async def _reload_config(self, sub_id: str, config: Config | None) -> None:
+        """`reload_user_config`: rebuild this thread's config from fresh disk layers for its
+        current cwd, keeping its own session layer (unless `config` is that rebuild already)."""
+        if config is None:
+            try:
+                config = await self.resources.thread_config(self.settings.cwd, self.session_config)
+            except ConfigError as exc:
+                self.emit(sub_id, ErrorEvent(message=f"failed to reload config for thread {self.thread_id}: {exc}",
+                                             codex_error_info="bad_request"))
+                return
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        """Make `config` the thread's effective config. Hot-reloaded into the settings of later
+        turns (a running turn keeps its own): the approval policy, sandbox mode and context
+        window, each only while the thread still has the old config's value (a value the thread
+        was given, at start or by a turn, stays). The model and reasoning effort are
+        session-static, as in Codex. The MCP refresh hooks in here: `config.mcp_servers` is the
+        thread's new server set."""
+        old, self.config = self.config, config
+        changes = {
+            name: getattr(config, name) for name in ("approval_policy", "sandbox_mode", "model_context_window")
+            if getattr(self.settings, name) == getattr(old, name) != getattr(config, name)
+        }
+        if changes:
+            log.info("config reloaded", changes=changes)
+            self.settings = msgspec.structs.replace(self.settings, **changes)
 
     # --- turns ----------------------------------------------------------
     async def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
