@@ -127,7 +127,10 @@ def write_user_config(
 
 def check_schema(edit: Edit) -> None:
     """ConfigWriteError(configSchemaUnknownKey) for a key path, or a key in a table value, that
-    the config schema does not have (with a "did you mean")."""
+    the config schema does not have (with a "did you mean"). Deleting any key is allowed: that is
+    how a typo is removed."""
+    if edit.value is None:
+        return
     tp: Any = Config
     for i, key in enumerate(edit.path):
         sub = child_type(tp, key)
