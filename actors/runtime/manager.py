@@ -73,10 +73,9 @@ class ThreadManager:
         (background) failures are returned as warnings, logged, and that thread keeps its config.
         """
         warnings: list[str] = []
+        base: Config | None = None
         try:
-            base = await self.resources.load_stack()
-            if not isinstance(self.resources.source, FixedConfig):
-                self.resources.config = base.config
+            base = (await self.resources.load_stack()).config
         except ConfigError as exc:
             if strict:
                 raise
@@ -92,6 +91,8 @@ class ThreadManager:
                 if strict:
                     raise ConfigError(f"failed to load thread {thread_id}: {exc}") from None
                 warnings.append(f"failed to rebuild the config of thread {thread_id}: {exc}")
+        if base is not None and not isinstance(self.resources.source, FixedConfig):
+            self.resources.config = base  # the thread-agnostic config new threads start from
         for handle, config in plans:
             try:
                 await handle.submit_and_wait(ReloadUserConfigOp(config=config))
