@@ -14,6 +14,7 @@ from spindle.actors.runtime import ConfigError, open_runtime
 from spindle.actors.runtime.config import load_config
 from spindle.actors.runtime.config_layers import LayeredConfig, LayerStack
 from spindle.actors.testing.mock_model import MockModel
+from spindle.protocol.ops import ReloadUserConfigOp
 from spindle.protocol.config import DEFAULT_MODEL
 
 
@@ -209,7 +210,13 @@ base_url = "{mock_model.base_url}"
         assert await rt.reload_user_config(strict=True) == []
         assert plain.settings.sandbox_mode == "workspace-write" and plain.settings.model_context_window == 9
         assert pinned.settings.sandbox_mode == "workspace-write" and pinned.settings.model_context_window == 7
+        user.write_text(user.read_text().replace("model_context_window = 9", "model_context_window = 11"))
+        outcome = await plain.submit_and_wait(ReloadUserConfigOp())  # the op itself reads the layers
+        assert outcome.error is None and plain.settings.model_context_window == 11
+        assert pinned.settings.model_context_window == 7
         user.write_text('approval_policy = "sometimes"\n' + user.read_text())
+        outcome = await plain.submit_and_wait(ReloadUserConfigOp())
+        assert outcome.error is not None and "approval_policy" in outcome.error.message
         with pytest.raises(ConfigError, match="approval_policy"):
             await rt.reload_user_config(strict=True)
         warnings = await rt.reload_user_config(strict=False)

@@ -38,7 +38,10 @@ ENUMS: dict[str, frozenset[str]] = {
     "web_search": frozenset({"disabled", "cached", "indexed", "live"}),
 }
 INTS = ("model_context_window", "model_auto_compact_token_limit")
-OBJECTS = ("tools", "sandbox_workspace_write")
+STRINGS = ("model", "review_model", "model_provider", "instructions", "developer_instructions", "compact_prompt",
+           "service_tier", "profile")
+WORKSPACE_WRITE = {"exclude_slash_tmp": bool, "exclude_tmpdir_env_var": bool, "network_access": bool, "writable_roots": list}
+WEB_SEARCH_SIZES = frozenset({"low", "medium", "high"})
 
 
 def config_view(merged: dict[str, Any]) -> dict[str, Any]:
@@ -58,12 +61,35 @@ def config_view(merged: dict[str, Any]) -> dict[str, Any]:
     for key in INTS:
         if not isinstance(out.get(key), int) or isinstance(out.get(key), bool):
             out[key] = None
-    for key in OBJECTS:
-        if not isinstance(out.get(key), dict):
+    for key in STRINGS:
+        if not isinstance(out.get(key), str):
             out[key] = None
+    out["tools"] = _tools(out.get("tools"))
+    workspace = out.get("sandbox_workspace_write")
+    out["sandbox_workspace_write"] = {
+        k: v for k, v in workspace.items() if k not in WORKSPACE_WRITE or isinstance(v, WORKSPACE_WRITE[k])
+    } if isinstance(workspace, dict) else None
     effort = out.get("model_reasoning_effort")
     if not (isinstance(effort, str) and effort):
         out["model_reasoning_effort"] = None
+    return out
+
+
+def _tools(tools: Any) -> dict[str, Any] | None:
+    """`tools` as v2's `ToolsV2`: Codex's older `web_search = true` is not a `WebSearchToolConfig`."""
+    if not isinstance(tools, dict):
+        return None
+    out = dict(tools)
+    search = out.get("web_search")
+    if search is not None:
+        if not isinstance(search, dict):
+            del out["web_search"]
+        else:
+            out["web_search"] = {k: v for k, v in search.items() if (
+                (k == "allowed_domains" and isinstance(v, list) and all(isinstance(d, str) for d in v))
+                or (k == "context_size" and v in WEB_SEARCH_SIZES)
+                or (k == "location" and isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+                    and set(v) <= {"city", "country", "region", "timezone"}))}
     return out
 
 

@@ -286,7 +286,7 @@ class LayeredConfig:
     def resolved_home(self) -> Path:
         from .config import codex_home
 
-        return self.home or codex_home()
+        return Path(os.path.abspath(self.home or codex_home()))
 
     def load(self, cwd: str | None = None, session: Mapping[str, Any] | None = None,
              user: tuple[dict[str, Any], bytes] | None | bool = True) -> LayerStack:
