@@ -14,8 +14,8 @@ from spindle.actors.runtime import ConfigError, open_runtime
 from spindle.actors.runtime.config import load_config
 from spindle.actors.runtime.config_layers import LayeredConfig, LayerStack
 from spindle.actors.testing.mock_model import MockModel
-from spindle.protocol.ops import ReloadUserConfigOp
 from spindle.protocol.config import DEFAULT_MODEL
+from spindle.protocol.ops import ReloadUserConfigOp
 
 
 def _write(path: Path, text: str) -> Path:
