@@ -189,6 +189,10 @@ async def test_thread_start_config_map_and_a_write_with_reload(rpc: RpcClient, l
     assert started["approvalPolicy"] == "never"
     plain = await rpc.call("thread/start", {"cwd": str(layout["repo"])})
     assert plain["approvalPolicy"] == "on-request"
+    seen = len(rpc.notifications)
+    await rpc.call("thread/start", {"config": {"approval_polcy": "never"}})
+    warning = await rpc.wait_for("configWarning", after=seen)
+    assert warning["params"]["summary"] == "unknown config key `approval_polcy`; did you mean `approval_policy`? in thread config (session flags)"
     with pytest.raises(RpcFailure, match="thread config: key 'sandbox_mode'"):
         await rpc.call("thread/start", {"config": {"sandbox_mode": "open"}})
     await rpc.call("config/batchWrite", {"edits": [{"keyPath": "approval_policy", "value": "untrusted", "mergeStrategy": "replace"}],

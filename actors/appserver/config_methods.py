@@ -152,7 +152,8 @@ async def _write(
         )
     except ConfigWriteError as exc:
         raise RpcError(INVALID_REQUEST, exc.message, {"config_write_error_code": exc.code}) from None
-    ctx.manager.resources.note_warnings(outcome.stack)
+    for warning in ctx.manager.resources.note_warnings(outcome.stack):
+        ctx.after(warning_notice(warning))
     if reload:  # best effort: the write stands; what could not be reloaded becomes a warning
         for problem in await ctx.manager.reload_user_config(strict=False):
             ctx.after(warning_notice(ConfigWarning(summary=problem, path=str(outcome.path))))
@@ -169,6 +170,13 @@ async def config_requirements_read(
 ) -> wire.ConfigRequirementsReadResult:
     """No `requirements.toml` is modelled: no requirements, as Codex answers without one."""
     return wire.ConfigRequirementsReadResult(requirements=None, supports_independent_speed_modes=True)
+
+
+def warnings_since(ctx: RequestContext, seen: int) -> None:
+    """Send this client the config warnings met since there were `seen` (a thread's own layer
+    with an unknown key, say), after the answer."""
+    for warning in ctx.manager.config_warnings[seen:]:
+        ctx.after(warning_notice(warning))
 
 
 def warning_notice(warning: ConfigWarning) -> Notice:

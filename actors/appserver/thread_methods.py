@@ -12,6 +12,7 @@ from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid
 from spindle.protocol.appserver.v2map import thread_settings_update
 from spindle.protocol.ops import CompactOp, ThreadRollbackOp
 
+from .config_methods import warnings_since
 from .context import RequestContext, dispatch, loaded, thread_id_param
 from .turns import build_turns
 from .views import live_thread, session_result, stored_thread
@@ -25,6 +26,7 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
         ctx.peer.handshake.require_experimental("thread/start.persistNow")
     if params.persist_now and params.ephemeral:
         raise RpcError(INVALID_PARAMS, "Invalid params: persistNow cannot be combined with ephemeral (an ephemeral thread is never written)")
+    seen = len(ctx.manager.config_warnings)
     handle = await ctx.manager.start_thread(
         ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params),
         config=params.config,
@@ -32,6 +34,7 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=False)
     ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
+    warnings_since(ctx, seen)
     return result
 
 
