@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -53,8 +53,18 @@ class McpServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     disabled_tools: list[str] = msgspec.field(default_factory=list)
 
 
+TrustLevel = Literal["trusted", "untrusted"]
+ReasoningSummary = Literal["auto", "concise", "detailed", "none"]
+
+
+class ProjectConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """`[projects."<abs path>"]`: whether the project's own `.codex/config.toml` layers apply."""
+
+    trust_level: TrustLevel | None = None
+
+
 class Config(msgspec.Struct, kw_only=True, frozen=True):
-    """The settings a runtime starts threads with."""
+    """The settings a runtime starts threads with (the effective config of the layer stack)."""
 
     model: str = DEFAULT_MODEL
     model_provider: str = OPENAI_PROVIDER_ID
@@ -64,6 +74,12 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     sandbox_mode: SandboxMode = "read-only"
     model_context_window: int | None = None
     instructions: str | None = None
+    model_reasoning_effort: str | None = None
+    model_reasoning_summary: ReasoningSummary | None = None
+    profile: str | None = None
+    profiles: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    projects: dict[str, ProjectConfig] = msgspec.field(default_factory=dict)
+    project_root_markers: list[str] = msgspec.field(default_factory=lambda: [".git"])
     cwd: str | None = None
     codex_home: str = ""
 
@@ -82,3 +98,79 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
 
     def all_providers(self) -> dict[str, ModelProviderInfo]:
         return {**BUILTIN_PROVIDERS, **self.model_providers}
+
+
+CODEX_ONLY_KEYS: dict[type[msgspec.Struct], frozenset[str]] = {
+    Config: frozenset({
+        "review_model", "model_auto_compact_token_limit", "model_auto_compact_token_limit_scope",
+        "model_verbosity", "model_supports_reasoning_summaries", "plan_mode_reasoning_effort",
+        "service_tier", "personality", "shell_environment_policy", "sandbox_workspace_write", "notify",
+        "developer_instructions", "model_instructions_file", "experimental_instructions_file",
+        "compact_prompt", "experimental_compact_prompt_file", "forced_chatgpt_workspace_id",
+        "forced_login_method", "cli_auth_credentials_store", "mcp_oauth_credentials_store",
+        "project_doc_max_bytes", "project_doc_fallback_filenames", "history", "file_opener", "tui",
+        "hide_agent_reasoning", "show_raw_agent_reasoning", "chatgpt_base_url", "tools", "features",
+        "web_search", "windows_wsl_setup_acknowledged", "notice", "disable_paste_burst", "otel", "windows",
+        "analytics", "feedback", "apps", "skills", "hooks", "permissions", "default_permissions",
+        "approvals_reviewer", "check_for_update_on_startup", "sandbox", "suppress_unstable_features_warning",
+        "ghost_snapshot", "oss_provider", "agents", "memories", "zsh_path", "js_repl_node_path", "desktop",
+        "browser_use", "computer_use", "client_search_provider", "log_dir", "sqlite_home", "plugins",
+        "tool_output_token_limit", "background_terminal_max_timeout", "commit_attribution",
+        "model_catalog_json", "experimental_use_exec_command_tool", "experimental_use_unified_exec_tool",
+        "experimental_use_freeform_apply_patch", "experimental_realtime_ws_base_url", "use_experimental_reasoning_summary",
+        "responses_originator_header_internal_override", "include_apply_patch_tool", "include_plan_tool",
+        "marketplaces", "remote_control", "realtime", "audio",
+    }),
+    ModelProviderInfo: frozenset({
+        "query_params", "env_key_instructions", "env_http_headers", "requires_openai_auth",
+        "supports_websockets", "experimental_bearer_token", "websocket_connect_timeout_ms", "auth",
+    }),
+    McpServerConfig: frozenset({
+        "scopes", "oauth_resource", "default_tools_approval_mode", "tools", "experimental_environment",
+        "environment_id", "startup_readiness", "oauth", "http_headers_helper",
+    }),
+}
+"""Keys the real Codex reads that Spindle does not use (yet), per struct: accepted silently, so a
+Codex config.toml loads without warnings; any other key not a field is warned about."""
+
+LayerKind = Literal["defaults", "system", "user", "project", "sessionFlags"]
+"""Where a config layer comes from, lowest precedence first. `defaults` is a runtime's given
+`Config` (an embedder's); the others are Codex's `ConfigLayerSource` types."""
+
+
+class ConfigLayer(msgspec.Struct, kw_only=True, frozen=True):
+    """One layer of the config stack: its raw TOML data (a table), and where it came from."""
+
+    kind: LayerKind
+    source: str
+    """The file it was read from, or `-c` / `thread config` for session flags."""
+    data: dict[str, Any]
+    version: str
+    """`sha256:<hex>` of the layer's content (the file's bytes, or the data's canonical JSON)."""
+    profile: str | None = None
+    """A user layer that is the selected `[profiles.NAME]` table."""
+    folder: str | None = None
+    """A project layer's `.codex` folder."""
+    disabled_reason: str | None = None
+    """Why the layer is not applied (an untrusted project), or None when it is."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_reason is None
+
+    def describe(self) -> str:
+        """Where a value of this layer came from, for messages."""
+        match self.kind:
+            case "user" if self.profile is not None:
+                return f"{self.source} [profiles.{self.profile}] (profile layer)"
+            case "sessionFlags":
+                return f"{self.source} (session flags)"
+        return f"{self.source} ({self.kind} layer)"
+
+
+class ConfigWarning(msgspec.Struct, kw_only=True, frozen=True):
+    """A problem in a config layer that does not stop it loading (an unknown key)."""
+
+    summary: str
+    details: str | None = None
+    path: str | None = None

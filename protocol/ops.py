@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .config import Config
 from .items import UserInput
 from .settings import SettingsUpdate
 
@@ -100,7 +101,11 @@ class RefreshMcpServersOp(OpBase, tag="refresh_mcp_servers", kw_only=True, froze
 
 
 class ReloadUserConfigOp(OpBase, tag="reload_user_config", kw_only=True, frozen=True):
-    """Re-read the user's config layer."""
+    """Re-read the thread's disk config layers (for its cwd, its own layer kept) and apply the
+    hot-reloadable settings. `config`, when given, is that config already rebuilt (a refresh that
+    planned every thread first): the thread applies it without reading files."""
+
+    config: Config | None = None
 
 
 Op = (

@@ -34,6 +34,9 @@ class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
     base_instructions: BaseInstructions | None = None
     forked_from_id: str | None = None
     session_id: str | None = None
+    session_config: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    """Spindle only: the thread's own config layer (`thread/start`'s `config` map, dotted keys),
+    restored on resume. Left out of the line when unset; Codex's reader ignores the field."""
 
 
 class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):

@@ -221,3 +221,23 @@ async def test_real_codex_lists_reads_and_forks_a_spindle_thread(tmp_path: Path,
         async with open_runtime(load_config(home=home)) as rt:
             with pytest.raises(WriterLeaseHeldError, match=f"pid {process.pid}"):
                 await rt.resume_thread(tid)
+
+
+@needs_codex
+async def test_real_codex_reads_a_spindle_thread_with_its_own_config_layer(tmp_path: Path, mock_model: MockModel) -> None:
+    """Spindle's `session_meta.session_config` (a thread's own config map) is a field Codex's
+    reader does not know: it must still list, read and resume the thread."""
+    home = tmp_path / "home"
+    write_config(home, mock_model)
+    from spindle.actors.runtime.config import load_config
+
+    async with open_runtime(load_config(home=home)) as rt:
+        thread = await rt.start_thread(config={"model_context_window": 4096, "mcp_servers.docs.command": "true"})
+        await thread.ask("with a layer")
+        tid, path = thread.thread_id, thread.rollout_path
+    assert '"session_config"' in path.read_text().splitlines()[0]
+    async with codex_app_server(home) as (codex, _):
+        assert tid in [t["id"] for t in (await codex.call("thread/list", {}))["data"]]
+        read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
+        assert [_user_texts(t) for t in read["thread"]["turns"]] == [["with a layer"]]
+        await codex.call("thread/resume", {"threadId": tid})

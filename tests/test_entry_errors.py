@@ -50,3 +50,12 @@ def test_the_repl_names_an_unusable_home(tmp_path: Path) -> None:
     session = "from spindle.actors.cli import repl\nrt = await repl.start(mock=True)\n"
     result = run([sys.executable, "-m", "trio"], home, stdin=session)
     assert "TrioInternalError" not in result.stderr and str(home) in result.stderr, result.stderr
+
+
+def test_the_app_server_blames_a_bad_c_flag_not_the_file(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('approval_policy = "never"\n')
+    argv = [sys.executable, "-m", "spindle.actors.cli", "-c", "approval_policy=sometimes", "app-server"]
+    result = run(argv, tmp_path, stdin="")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("spindle: -c 'approval_policy=sometimes': key 'approval_policy': Invalid enum value 'sometimes'"), result.stderr
+    assert "config.toml" not in result.stderr

@@ -15,6 +15,7 @@ from typing import Any
 from spindle.actors.runtime.version import SPINDLE_VERSION
 from spindle.protocol.appserver import v2
 
+from . import config_methods as configs
 from . import thread_methods as threads
 from . import turn_methods as turns
 from .context import RequestContext
@@ -28,6 +29,8 @@ Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 async def initialize(ctx: RequestContext, params: v2.InitializeParams) -> v2.InitializeResult:
     capabilities = params.capabilities or {}
     ctx.peer.handshake.done(experimental_api=capabilities.get("experimentalApi") is True)
+    for warning in ctx.manager.config_warnings:  # what the config layers said at start-up, once per client
+        ctx.after(configs.warning_notice(warning))
     client = params.client_info
     agent = (
         f"spindle/{PROTOCOL_VERSION} (spindle {SPINDLE_VERSION}; {platform.system()} {platform.release()}; "
@@ -74,4 +77,8 @@ HANDLERS: dict[str, Handler] = {
     "turn/steer": turns.turn_steer,
     "turn/interrupt": turns.turn_interrupt,
     "model/list": model_list,
+    "config/read": configs.config_read,
+    "config/value/write": configs.config_value_write,
+    "config/batchWrite": configs.config_batch_write,
+    "configRequirements/read": configs.config_requirements_read,
 }

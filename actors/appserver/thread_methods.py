@@ -12,6 +12,7 @@ from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid
 from spindle.protocol.appserver.v2map import thread_settings_update
 from spindle.protocol.ops import CompactOp, ThreadRollbackOp
 
+from .config_methods import warnings_since
 from .context import RequestContext, dispatch, loaded, thread_id_param
 from .turns import build_turns
 from .views import live_thread, session_result, stored_thread
@@ -25,12 +26,15 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
         ctx.peer.handshake.require_experimental("thread/start.persistNow")
     if params.persist_now and params.ephemeral:
         raise RpcError(INVALID_PARAMS, "Invalid params: persistNow cannot be combined with ephemeral (an ephemeral thread is never written)")
+    seen = len(ctx.manager.config_warnings)
     handle = await ctx.manager.start_thread(
-        ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params)
+        ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params),
+        config=params.config,
     )
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=False)
     ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
+    warnings_since(ctx, seen)
     return result
 
 
@@ -39,7 +43,7 @@ async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v
     if params.handoff is not None:
         ctx.peer.handshake.require_experimental("thread/resume.handoff")
     handle = await ctx.manager.resume_thread(
-        tid, path=params.path, settings=thread_settings_update(params), handoff=bool(params.handoff)
+        tid, path=params.path, settings=thread_settings_update(params), handoff=bool(params.handoff), config=params.config
     )
     ctx.peer.subscribe(handle)
     return await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
@@ -50,7 +54,9 @@ async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.Th
     snapshot = ForkSnapshot.interrupted()
     if params.last_turn_id is not None:
         snapshot = await _snapshot_through(ctx, tid, params.last_turn_id)
-    handle = await ctx.manager.fork_thread(snapshot, tid, path=params.path, settings=thread_settings_update(params))
+    handle = await ctx.manager.fork_thread(
+        snapshot, tid, path=params.path, settings=thread_settings_update(params), config=params.config
+    )
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
     ctx.after(("thread/started", v2.ThreadStarted(thread=await live_thread(ctx.manager, handle))))

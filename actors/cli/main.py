@@ -11,7 +11,8 @@ from typing import Any
 
 import trio
 
-from spindle.actors.runtime.config import ConfigError, load_config
+from spindle.actors.runtime.config import ConfigError
+from spindle.actors.runtime.config_layers import LayeredConfig
 from spindle.persistence.store import ThreadStoreError
 
 from .early import restore_stop_signals
@@ -107,7 +108,9 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
         from .serve import serve_stdio
 
-        return trio.run(serve_stdio, load_config(overrides=args.config))
+        source = LayeredConfig(overrides=tuple(args.config))
+        source.load().config  # noqa: B018 - a config the user can fix fails here, before anything starts
+        return trio.run(serve_stdio, source)
     if args.command == "load":
         from . import load
 

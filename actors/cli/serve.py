@@ -10,12 +10,13 @@ import trio
 
 from spindle.actors.appserver import AppServer
 from spindle.actors.runtime import open_runtime
+from spindle.actors.runtime.config_layers import LayeredConfig
 from spindle.protocol.config import Config
 
 from .signals import EXIT_CODES, on_signal
 
 
-async def serve_stdio(config: Config) -> int:
+async def serve_stdio(config: Config | LayeredConfig) -> int:
     """One connection on stdin/stdout until stdin closes or SIGTERM/SIGINT.
 
     Either way every running turn is aborted and every rollout flushed before the process exits:

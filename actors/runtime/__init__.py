@@ -3,6 +3,7 @@ client, tools, settings and config loading. It imports nothing above it (no app-
 load tool or test helpers)."""
 
 from .config import ConfigError, codex_home, load_config
+from .config_layers import LayeredConfig
 from .errors import ThreadClosedError, ThreadNotFoundError, TurnAbortedError, TurnError
 from .fanout import Broadcaster, Lagged, Subscription
 from .handle import ThreadHandle
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "HistoryView",
     "Lagged",
+    "LayeredConfig",
     "Subscription",
     "SubmissionOutcome",
     "ThreadClosedError",

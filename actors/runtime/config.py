@@ -1,9 +1,12 @@
-"""Loading `$CODEX_HOME/config.toml` plus `--config key=value` overrides into a `Config`."""
+"""Loading `$CODEX_HOME/config.toml` plus `--config key=value` overrides into a `Config`.
+
+The layers themselves (system, user, profile, project, session flags) are `config_layers`;
+`load_config` is their thread-agnostic effective config, read at once (blocking).
+"""
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,11 @@ import msgspec
 
 from spindle.protocol.config import Config
 
+from .config_keys import error_pattern, failing_path, problem_of
+from .config_layers import LayeredConfig, parse_override, set_path
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names file, key and problem."""
+__all__ = ["ConfigError", "apply_overrides", "codex_home", "config_from_mapping", "load_config", "parse_override"]
 
 
 def codex_home() -> Path:
@@ -23,38 +28,11 @@ def codex_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".codex"
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` into (["a", "b"], value); the value is TOML when it parses, else a string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--config {text!r}: expected key=value")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.split("."), value
-
-
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--config {text!r}: {part!r} is not a table")
-            node = child
-        node[path[-1]] = value
+        set_path(data, path, value, f"--config {text!r}")
     return data
-
-
-def _key_of(exc: msgspec.ValidationError) -> str:
-    text = str(exc)
-    marker = "at `$."
-    if marker in text:
-        return text.split(marker, 1)[1].rstrip("`")
-    return "(top level)"
 
 
 def config_from_mapping(data: Mapping[str, Any], *, source: str, home: Path) -> Config:
@@ -62,7 +40,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str, home: Path) -> 
     try:
         config = msgspec.convert({**data, "codex_home": str(home)}, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: key {_key_of(exc)!r}: {exc}") from None
+        key = ".".join(failing_path(dict(data), Config, error_pattern(exc))) or "(top level)"
+        raise ConfigError(f"{source}: key {key!r}: {problem_of(exc)}") from None
     try:
         config.provider()
     except KeyError as exc:
@@ -75,18 +54,6 @@ def load_config(
     overrides: Iterable[str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Read `<home>/config.toml` (absent file = defaults), then apply overrides and `extra`."""
-    home = home or codex_home()
-    path = home / "config.toml"
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    apply_overrides(data, overrides)
-    if extra:
-        data.update(extra)
-    return config_from_mapping(data, source=str(path), home=home)
+    """Read `<home>/config.toml` (absent file = defaults) with its selected profile and the
+    system file, then apply overrides and `extra` (session flags). Blocking."""
+    return LayeredConfig(home=home, overrides=tuple(overrides), extra=extra).load().config

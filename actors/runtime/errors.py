@@ -20,3 +20,8 @@ class TurnError(Exception):
 
 class TurnAbortedError(Exception):
     """A turn was interrupted before it finished."""
+
+
+class ConfigError(ValueError):
+    """A config file, override or key that cannot be used; the message names where it came from
+    (file, `-c` or thread config), the key and the problem."""

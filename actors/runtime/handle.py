@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.config import Config
 from spindle.protocol.events import (
     ErrorEvent,
     Event,
@@ -68,6 +69,11 @@ class ThreadHandle:
     def session_config(self) -> dict[str, Any]:
         """The thread's own config layer (dotted keys to values), kept for its lifetime."""
         return self._actor.session_config
+
+    @property
+    def config(self) -> Config:
+        """The thread's effective config (disk layers for its cwd, then its own layer)."""
+        return self._actor.config
 
     @property
     def rollout(self) -> ThreadRollout:

@@ -3,9 +3,10 @@ operations on stored ones, behind one object."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -14,11 +15,13 @@ from trio_typing import TaskStatus
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import DEFAULT_LIMIT, ThreadQuery
 from spindle.persistence.store import LocalThreadStore, ThreadPage
-from spindle.protocol.config import Config
+from spindle.protocol.config import Config, ConfigWarning
+from spindle.protocol.ops import ReloadUserConfigOp
 from spindle.protocol.settings import SettingsUpdate
 
-from .config import codex_home, load_config
-from .errors import ThreadClosedError
+from .config import codex_home
+from .config_layers import FixedConfig, LayeredConfig, config_source
+from .errors import ConfigError, ThreadClosedError
 from .fanout import Subscription
 from .handle import ThreadHandle
 from .handoff import serve_handoffs
@@ -42,11 +45,62 @@ class ThreadManager:
     """
 
     def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, store: LocalThreadStore) -> None:
-        self.config = resources.config
+        self.resources = resources
         self.store = store
         self.home = store.home
         self.registry = ThreadRegistry(resources, nursery, store.home, index=store, leases=store)
         self.stored = StoredThreads(self.registry, store)
+
+    @property
+    def config(self) -> Config:
+        """The thread-agnostic effective config (no project layers, no thread's own layer)."""
+        return self.resources.config
+
+    @property
+    def config_warnings(self) -> list[ConfigWarning]:
+        """Config warnings (unknown keys) met so far, each once."""
+        return self.resources.warnings
+
+    async def reload_user_config(self, *, strict: bool = True) -> list[str]:
+        """Rebuild every loaded thread's config from freshly read disk layers, each for its own
+        current cwd, keeping its own session layer; each thread applies the hot-reloadable
+        settings (`ThreadActor.apply_config`) before its next turn. The one per-thread refresh
+        path: the `reload_user_config` op, a config write with `reloadUserConfig`, and the MCP
+        refresh (which hooks into `apply_config`) all go through it.
+
+        `strict` (a manual refresh): the base config and every thread's are rebuilt first; any
+        failure raises ConfigError naming the thread before any thread is changed. Otherwise
+        (background) failures are returned as warnings, logged, and that thread keeps its config.
+        """
+        warnings: list[str] = []
+        base: Config | None = None
+        try:
+            base = (await self.resources.load_stack()).config
+        except ConfigError as exc:
+            if strict:
+                raise
+            warnings.append(f"failed to reload the config: {exc}")
+        plans: list[tuple[ThreadHandle, Config]] = []
+        for thread_id in self.list_thread_ids():
+            handle = self.running(thread_id)
+            if handle is None:
+                continue
+            try:
+                plans.append((handle, await self.resources.thread_config(handle.settings.cwd, handle.session_config)))
+            except ConfigError as exc:
+                if strict:
+                    raise ConfigError(f"failed to load thread {thread_id}: {exc}") from None
+                warnings.append(f"failed to rebuild the config of thread {thread_id}: {exc}")
+        if base is not None and not isinstance(self.resources.source, FixedConfig):
+            self.resources.config = base  # the thread-agnostic config new threads start from
+        for handle, config in plans:
+            try:
+                await handle.submit_and_wait(ReloadUserConfigOp(config=config))
+            except (ThreadClosedError, trio.TooSlowError) as exc:
+                warnings.append(f"failed to queue a config reload for thread {handle.thread_id}: {exc}")
+        for warning in warnings:
+            log.warning("config reload", warning=warning)
+        return warnings
 
     # --- running threads ------------------------------------------------
     async def start_thread(
@@ -56,8 +110,11 @@ class ThreadManager:
         thread_id: str | None = None,
         ephemeral: bool = False,
         persist_now: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.registry.start_thread(settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now)
+        return await self.registry.start_thread(
+            settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now, config=config
+        )
 
     def get_thread(self, thread_id: str) -> ThreadHandle:
         return self.registry.get_thread(thread_id)
@@ -103,8 +160,9 @@ class ThreadManager:
         *,
         path: str | Path | None = None,
         handoff: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.stored.resume_thread(thread_id, settings, path=path, handoff=handoff)
+        return await self.stored.resume_thread(thread_id, settings, path=path, handoff=handoff, config=config)
 
     async def fork_thread(
         self,
@@ -113,8 +171,9 @@ class ThreadManager:
         settings: SettingsUpdate | None = None,
         *,
         path: str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.stored.fork_thread(snapshot, thread_id, settings, path=path)
+        return await self.stored.fork_thread(snapshot, thread_id, settings, path=path, config=config)
 
     async def archive_thread(self, thread_id: str) -> Path:
         return await self.stored.archive_thread(thread_id)
@@ -153,7 +212,7 @@ class ThreadManager:
 
 @asynccontextmanager
 async def open_runtime(
-    config: Config | None = None,
+    config: Config | LayeredConfig | None = None,
     *,
     tools: ToolRegistry | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
@@ -164,9 +223,17 @@ async def open_runtime(
     is shut down within `shutdown_timeout`: running turns are aborted with their event and every
     rollout is flushed. The thread actors are shielded from the caller's cancellation until then;
     whatever is still running afterwards is cancelled.
+
+    `config`: a `Config` (the base of every thread's config; no file is read), or a
+    `LayeredConfig` (a home, `-c` overrides: the layers are read from disk, and again for each
+    thread's cwd); None reads `$CODEX_HOME`'s layers.
     """
-    config = config if config is not None else load_config()
-    resources = RuntimeResources(config, tools)
+    source = config_source(config)
+    if isinstance(source, FixedConfig):
+        resources = RuntimeResources(source, tools)
+    else:
+        resources = await trio.to_thread.run_sync(RuntimeResources, source, tools)
+    config = resources.config
     store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
     try:
         await store.open()  # a home or index that cannot be used is one clear error, up front

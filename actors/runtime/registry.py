@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 import trio
 
 from spindle.persistence.paths import now_utc, rollout_path, timestamp
 from spindle.persistence.rollout import Leases, RolloutIndex, ThreadRollout
 from spindle.persistence.store import ThreadStoreError
+from spindle.protocol.config import Config
 from spindle.protocol.events import Event, is_lifecycle
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.items import ResponseItem
@@ -25,7 +27,7 @@ from .errors import ThreadNotFoundError
 from .fanout import Broadcaster, Subscription
 from .handle import ThreadHandle
 from .resources import RuntimeResources
-from .settings import initial_settings
+from .settings import initial_settings, start_cwd
 from .thread import SUBMISSION_CAPACITY, ThreadActor
 from .version import SPINDLE_VERSION
 
@@ -65,9 +67,14 @@ class ThreadRegistry:
         thread_id: str | None = None,
         ephemeral: bool = False,
         persist_now: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
         """Start a new thread actor (the config's settings, changed by `settings`); returns once
         it has emitted `session_configured`.
+
+        `config` is the thread's own config layer (dotted keys to values, above `-c`): its
+        effective config is the disk layers for its cwd plus this layer, and the settings come
+        from that config, then `settings`. The layer is recorded in the rollout for resume.
 
         Nothing is written until the first user turn, unless `persist_now`: then the rollout
         (its `session_meta`) is written first, so the id can be resumed by another process
@@ -75,12 +82,14 @@ class ThreadRegistry:
         """
         if persist_now and ephemeral:
             raise ValueError("persist_now cannot be combined with ephemeral: an ephemeral thread is never written")
-        resolved = initial_settings(self.resources.config, settings)
+        session = dict(config or {})
+        effective = await self.resources.thread_config(start_cwd(self.resources.config, settings), session)
+        resolved = initial_settings(effective, settings)
         tid = parse_thread_id(thread_id) if thread_id else new_id()
-        rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral)
+        rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral, session_config=session)
         if persist_now:
             await self.write_now(rollout)
-        return await self.spawn_holding(tid, resolved, rollout)
+        return await self.spawn_holding(tid, resolved, rollout, session_config=session, config=effective)
 
     async def write_now(self, rollout: ThreadRollout) -> None:
         """Create a new thread's rollout with what it has recorded, before its actor runs (which
@@ -97,17 +106,24 @@ class ThreadRegistry:
             raise
 
     async def spawn_holding(
-        self, thread_id: str, settings: ThreadSettings, rollout: ThreadRollout, history: list[ResponseItem] | None = None
+        self,
+        thread_id: str,
+        settings: ThreadSettings,
+        rollout: ThreadRollout,
+        history: list[ResponseItem] | None = None,
+        session_config: Mapping[str, Any] | None = None,
+        config: Config | None = None,
     ) -> ThreadHandle:
         """`spawn`, letting go of the lease `rollout` holds if the actor does not start."""
         try:
-            return await self.spawn(thread_id, settings, rollout, history)
+            return await self.spawn(thread_id, settings, rollout, history, session_config=session_config, config=config)
         except BaseException:
             await rollout.release_lease()
             raise
 
     def new_rollout(
-        self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None
+        self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None,
+        session_config: Mapping[str, Any] | None = None,
     ) -> ThreadRollout:
         """The (not yet written) rollout of a new thread."""
         created = now_utc()
@@ -120,6 +136,7 @@ class ThreadRegistry:
             model_provider=settings.provider_id,
             base_instructions=BaseInstructions(text=settings.instructions),
             forked_from_id=forked_from,
+            session_config=dict(session_config) if session_config else msgspec.UNSET,
         )
         path = rollout_path(self.home, thread_id, created)
         return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index, leases=self._leases)
@@ -131,8 +148,10 @@ class ThreadRegistry:
         rollout: ThreadRollout,
         history: list[ResponseItem] | None = None,
         session_config: Mapping[str, Any] | None = None,
+        config: Config | None = None,
     ) -> ThreadHandle:
-        """Start the actor of a thread whose settings, rollout and history are known."""
+        """Start the actor of a thread whose settings, rollout and history are known (and its
+        own config layer, and its effective config: default the runtime's)."""
         send, receive = trio.open_memory_channel[Submission](SUBMISSION_CAPACITY)
         events: Broadcaster[Event] = Broadcaster(keep=is_lifecycle)
         actor = ThreadActor(
@@ -144,6 +163,7 @@ class ThreadRegistry:
             rollout=rollout,
             history=history,
             session_config=session_config,
+            config=config,
         )
         handle = ThreadHandle(actor, send, events)
         await self._nursery.start(actor.run)

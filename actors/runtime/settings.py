@@ -16,7 +16,7 @@ from spindle.protocol.settings import (
     ThreadSettings,
 )
 
-from .config import ConfigError
+from .errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +45,13 @@ def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdat
     return settings.updated(checked(config, update))
 
 
+def start_cwd(config: Config, update: SettingsUpdate | None) -> str:
+    """The cwd a new thread will have (its project layers depend on it): asked for, else the
+    config's, else the process's."""
+    cwd = (update.cwd if update is not None else None) or config.cwd or os.getcwd()
+    return os.path.abspath(cwd)
+
+
 def initial_settings(config: Config, update: SettingsUpdate | None = None) -> ThreadSettings:
     """A new thread's settings: the config's defaults, then `update`."""
     defaults = ThreadSettings(
@@ -55,6 +62,8 @@ def initial_settings(config: Config, update: SettingsUpdate | None = None) -> Th
         sandbox_mode=config.sandbox_mode,
         instructions=config.instructions or DEFAULT_INSTRUCTIONS,
         model_context_window=config.model_context_window,
+        effort=config.model_reasoning_effort,
+        summary=config.model_reasoning_summary,
     )
     requested = SettingsUpdate(cwd=defaults.cwd, provider_id=defaults.provider_id).then(update or SettingsUpdate())
     return apply_update(config, defaults, requested)

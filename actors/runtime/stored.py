@@ -7,9 +7,10 @@ source); otherwise its rollout is read once, off the event loop.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -21,13 +22,14 @@ from spindle.persistence.query import ThreadQuery
 from spindle.persistence.reader import RolloutRead, read_rollout
 from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
+from spindle.protocol.config import Config
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
 from .handle import ThreadHandle
 from .handoff import request_handoff
 from .registry import ThreadRegistry
-from .settings import apply_update, initial_settings, recorded_settings
+from .settings import apply_update, initial_settings, recorded_settings, start_cwd
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +41,11 @@ class StoredThreads:
         self.registry = registry
         self.store = store
         self.home = store.home
-        self.config = registry.resources.config
         self._claims: dict[str, trio.Lock] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.registry.resources.config
 
     async def _locate(self, thread_id: str | None, path: str | Path | None) -> Path:
         if path is not None:
@@ -55,9 +60,16 @@ class StoredThreads:
             raise ThreadStoreError(f"no rollout found for thread id {parse_thread_id(thread_id)}")
         return found
 
-    def _resumed_settings(self, read: RolloutRead, update: SettingsUpdate | None) -> ThreadSettings:
-        recorded = recorded_settings(self.config, read.meta, last_turn_context(read.source.items()))
-        return initial_settings(self.config, recorded.then(update or SettingsUpdate()))
+    async def _resumed_settings(
+        self, read: RolloutRead, update: SettingsUpdate | None, session: Mapping[str, Any]
+    ) -> tuple[ThreadSettings, Config]:
+        """A stored thread's settings and effective config: the disk layers for its recorded cwd
+        (or the one asked for) and `session`, then what its rollout recorded, then `update`."""
+        context = last_turn_context(read.source.items())
+        cwd = (update.cwd if update else None) or (context.cwd if context else None) or read.meta.cwd or None
+        effective = await self.registry.resources.thread_config(start_cwd(self.config, SettingsUpdate(cwd=cwd)), session)
+        recorded = recorded_settings(effective, read.meta, context)
+        return initial_settings(effective, recorded.then(update or SettingsUpdate())), effective
 
     async def resume_thread(
         self,
@@ -66,10 +78,12 @@ class StoredThreads:
         *,
         path: str | Path | None = None,
         handoff: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
         """Resume a thread from its rollout (read once); a running thread is returned as it is.
 
-        Its settings are those its rollout last recorded, changed by `settings`. The thread's
+        Its settings are those its rollout last recorded, changed by `settings`. Its own config
+        layer is the one its rollout recorded, with `config` (dotted keys) on top for this load. The thread's
         writer lease is taken first: WriterLeaseHeldError names the process that writes it, unless
         `handoff` asks that process (a Spindle runtime on this home) to let go, and it does.
         """
@@ -88,10 +102,11 @@ class StoredThreads:
         if tid is None:  # a rollout under a name of its own: its session_meta says whose it is
             tid = (await trio.to_thread.run_sync(read_rollout, located)).meta.id
         async with self._claim(tid):  # one resume or archive of a thread at a time, here
-            return await self._resume_claimed(tid, located, settings, handoff=handoff)
+            return await self._resume_claimed(tid, located, settings, handoff=handoff, config=config)
 
     async def _resume_claimed(
-        self, tid: str, located: Path, settings: SettingsUpdate | None, *, handoff: bool
+        self, tid: str, located: Path, settings: SettingsUpdate | None, *, handoff: bool,
+        config: Mapping[str, Any] | None,
     ) -> ThreadHandle:
         await self.registry.wait_released(tid)
         running = self.registry.running(tid)
@@ -110,7 +125,9 @@ class StoredThreads:
                 index=self.store, leases=self.store, lease=lease,
             )
             history = rebuild_history(read.source.iter_forward_from(0))
-            return await self.registry.spawn(tid, self._resumed_settings(read, settings), rollout, history)
+            session = {**recorded_session(read), **(config or {})}
+            resolved, effective = await self._resumed_settings(read, settings, session)
+            return await self.registry.spawn(tid, resolved, rollout, history, session_config=session, config=effective)
         except BaseException:  # the actor did not start (it lets go of the lease itself once it has)
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lease.release)
@@ -132,11 +149,13 @@ class StoredThreads:
         settings: SettingsUpdate | None = None,
         *,
         path: str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
         """A new thread (new id, `forked_from_id` recorded) from a snapshot of another's history.
 
         A running source is flushed and its in-memory source used; otherwise the file is read.
-        The fork's rollout is written at once.
+        The fork's own config layer is the source's with `config` on top. The fork's rollout is
+        written at once.
         """
         if isinstance(snapshot, int):
             snapshot = ForkSnapshot.truncate_before(snapshot)
@@ -147,17 +166,21 @@ class StoredThreads:
             await running.rollout.flush()
             items = running.rollout.source.items()
             source_meta = running.rollout.meta
-            resolved = apply_update(self.config, running.settings, settings or SettingsUpdate())
+            session = {**running.session_config, **(config or {})}
+            update = settings or SettingsUpdate()
+            effective = await self.registry.resources.thread_config(update.cwd or running.settings.cwd, session)
+            resolved = apply_update(effective, running.settings, update)
         else:
             read = await trio.to_thread.run_sync(read_rollout, await self._locate(thread_id, path))
             items, source_meta = read.source.items(), read.meta
-            resolved = self._resumed_settings(read, settings)
+            session = {**recorded_session(read), **(config or {})}
+            resolved, effective = await self._resumed_settings(read, settings, session)
         fork_id = new_id()
-        rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id)
+        rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id, session_config=session)
         rollout.record(fork_items(items, snapshot))
         await self.registry.write_now(rollout)
         history = rebuild_history(rollout.source.iter_forward_from(0))
-        return await self.registry.spawn_holding(fork_id, resolved, rollout, history)
+        return await self.registry.spawn_holding(fork_id, resolved, rollout, history, session_config=session, config=effective)
 
     async def archive_thread(self, thread_id: str) -> Path:
         """Unload the thread (if running) and move its rollout to `archived_sessions/`, holding its
@@ -200,6 +223,12 @@ class StoredThreads:
     async def list_threads(self, query: ThreadQuery) -> ThreadPage:
         """One page of stored threads (the store reconciles its index with the files first)."""
         return await self.store.list_threads(query)
+
+
+def recorded_session(read: RolloutRead) -> dict[str, Any]:
+    """The thread's own config layer its rollout recorded (Spindle's `session_meta.session_config`)."""
+    recorded = read.meta.session_config
+    return dict(recorded) if isinstance(recorded, dict) else {}
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

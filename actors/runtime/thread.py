@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import structlog
 import trio
 from trio_typing import TaskStatus
 
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.config import Config
 from spindle.protocol.events import (
     ErrorEvent,
     Event,
@@ -41,6 +43,7 @@ from spindle.protocol.ops import (
     InterruptOp,
     Op,
     OverrideTurnContextOp,
+    ReloadUserConfigOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -49,7 +52,7 @@ from spindle.protocol.ops import (
 )
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
-from .config import ConfigError
+from .errors import ConfigError
 from .fanout import Broadcaster
 from .journal import ThreadJournal
 from .model_client import ModelClient
@@ -83,10 +86,14 @@ class ThreadActor:
         rollout: ThreadRollout,
         history: list[ResponseItem] | None = None,
         session_config: Mapping[str, Any] | None = None,
+        config: Config | None = None,
     ) -> None:
         self.thread_id = thread_id
         self.session_config: dict[str, Any] = dict(session_config or {})
         """The thread's own config layer (`thread/start`'s `config` map: dotted keys), kept for its life."""
+        self.config: Config = config if config is not None else resources.config
+        """The thread's effective config (disk layers for its cwd, then its session layer);
+        rebuilt by `reload_user_config`."""
         self.settings = settings
         self.resources = resources
         self.tools = resources.tools
@@ -117,7 +124,7 @@ class ThreadActor:
         return self.journal.history
 
     def client(self, provider_id: str) -> ModelClient:
-        return self.resources.client(provider_id)
+        return self.resources.client(provider_id, self.config.provider(provider_id))
 
     def emit(self, sub_id: str, msg: EventMsg) -> None:
         """Record `msg` when the persistence policy keeps it, and deliver it to subscribers."""
@@ -257,6 +264,8 @@ class ThreadActor:
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
+            case ReloadUserConfigOp(config=config):
+                await self._reload_config(sub.id, config)
             case _:
                 self._unsupported(sub.id, sub.op)
         return False
@@ -267,11 +276,39 @@ class ThreadActor:
 
     def _apply_settings(self, sub_id: str, update: SettingsUpdate) -> bool:
         try:
-            self.settings = apply_update(self.resources.config, self.settings, update)
+            self.settings = apply_update(self.config, self.settings, update)
         except ConfigError as exc:
             self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
             return False
         return True
+
+    async def _reload_config(self, sub_id: str, config: Config | None) -> None:
+        """`reload_user_config`: rebuild this thread's config from fresh disk layers for its
+        current cwd, keeping its own session layer (unless `config` is that rebuild already)."""
+        if config is None:
+            try:
+                config = await self.resources.thread_config(self.settings.cwd, self.session_config)
+            except ConfigError as exc:
+                self.emit(sub_id, ErrorEvent(message=f"failed to reload config for thread {self.thread_id}: {exc}",
+                                             codex_error_info="bad_request"))
+                return
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        """Make `config` the thread's effective config. Hot-reloaded into the settings of later
+        turns (a running turn keeps its own): the approval policy, sandbox mode and context
+        window, each only while the thread still has the old config's value (a value the thread
+        was given, at start or by a turn, stays). The model and reasoning effort are
+        session-static, as in Codex. The MCP refresh hooks in here: `config.mcp_servers` is the
+        thread's new server set."""
+        old, self.config = self.config, config
+        changes = {
+            name: getattr(config, name) for name in ("approval_policy", "sandbox_mode", "model_context_window")
+            if getattr(self.settings, name) == getattr(old, name) != getattr(config, name)
+        }
+        if changes:
+            log.info("config reloaded", changes=changes)
+            self.settings = msgspec.structs.replace(self.settings, **changes)
 
     # --- turns ----------------------------------------------------------
     async def _user_input(self, sub_id: str, items: list[UserInput]) -> None:

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2
+from . import v2, v2config
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -94,10 +94,16 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
     "model/list": v2.ModelListParams,
+    "config/read": v2config.ConfigReadParams,
+    "config/value/write": v2config.ConfigValueWriteParams,
+    "config/batchWrite": v2config.ConfigBatchWriteParams,
+    "configRequirements/read": v2config.ConfigRequirementsReadParams,
 }
 """Methods Spindle serves, each with its params type."""
 
-PARAMS_OPTIONAL = frozenset({"thread/start", "thread/list", "thread/loaded/list", "model/list"})
+PARAMS_OPTIONAL = frozenset({
+    "thread/start", "thread/list", "thread/loaded/list", "model/list", "config/read", "configRequirements/read",
+})
 """Methods whose `params` may be omitted (treated as `{}`)."""
 
 KNOWN_UNSUPPORTED = frozenset({
@@ -118,10 +124,9 @@ KNOWN_UNSUPPORTED = frozenset({
     "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",
     "account/rateLimits/read", "account/rateLimitResetCredit/consume", "account/usage/read",
     "account/workspaceMessages/read", "account/sendAddCreditsNudgeEmail", "feedback/upload", "command/exec",
-    "command/exec/write", "command/exec/terminate", "command/exec/resize", "config/read",
+    "command/exec/write", "command/exec/terminate", "command/exec/resize",
     "externalAgentConfig/detect", "externalAgentConfig/import", "externalAgentConfig/import/recordHistory",
-    "externalAgentConfig/import/readHistories", "config/value/write", "config/batchWrite",
-    "configRequirements/read", "account/read", "fuzzyFileSearch",
+    "externalAgentConfig/import/readHistories", "account/read", "fuzzyFileSearch",
 })
 """The rest of the v2 schema's client methods: answered "not supported by Spindle", never ignored."""
 
