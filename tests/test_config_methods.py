@@ -208,3 +208,46 @@ def test_the_session_config_field_is_left_out_when_unset() -> None:
 
     meta = SessionMeta(id="x", timestamp="t", cwd="/")
     assert "session_config" not in json.loads(json.dumps(__import__("msgspec").to_builtins(meta)))
+
+
+# --- what a review found ---------------------------------------------------------
+
+
+async def test_an_untrusted_project_nested_past_reason_is_listed_not_fatal(rpc: RpcClient, layout: dict[str, Path]) -> None:
+    deep = "x = " + "[" * 600 + "]" * 600 + "\n"
+    (layout["other"] / ".codex" / "config.toml").write_text(deep)
+    result = await rpc.call("config/read", {"includeLayers": True, "cwd": str(layout["other"])})
+    [project] = [layer for layer in result["layers"] if layer["name"]["type"] == "project"]
+    assert project["disabledReason"] and project["config"] == {}
+    (layout["repo"] / ".codex" / "config.toml").write_text("a." * 300 + "a = 1\n")  # trusted: an error naming it
+    with pytest.raises(RpcFailure, match=r"repo/\.codex/config\.toml: nested too deeply"):
+        await rpc.call("config/read", {"includeLayers": True, "cwd": str(layout["repo"])})
+    assert (await rpc.call("configRequirements/read"))["requirements"] is None  # still serving
+
+
+async def test_config_read_nulls_typed_keys_spindle_does_not_check(rpc: RpcClient, layout: dict[str, Path]) -> None:
+    with layout["user"].open("a") as out:
+        out.write('\nforced_login_method = "ChatGPT"\nanalytics = false\ndesktop = 3\n')
+    config = (await rpc.call("config/read", {}))["config"]
+    assert (config["forced_login_method"], config["analytics"], config["desktop"]) == (None, None, None)
+
+
+async def test_bad_project_root_markers_are_named(rpc: RpcClient) -> None:
+    with pytest.raises(RpcFailure, match="project_root_markers: expected a list of file names, got 5"):
+        await rpc.call("thread/start", {"config": {"project_root_markers": 5}})
+
+
+async def test_a_thread_layer_warning_goes_to_its_client_only(manager: ThreadManager, rpc: RpcClient) -> None:
+    await rpc.call("thread/start", {"config": {"modle_typo": "x"}})
+    await rpc.wait_for("configWarning", lambda p: "modle_typo" in p["summary"])
+    assert not any("modle_typo" in w.summary for w in manager.config_warnings)
+
+
+async def test_a_trust_key_spelled_through_a_symlink_counts(tmp_path: Path, layout: dict[str, Path]) -> None:
+    link = tmp_path / "link-to-other"
+    link.symlink_to(layout["other"])
+    with layout["user"].open("a") as out:
+        out.write(f'\n[projects."{link}"]\ntrust_level = "trusted"\n')
+    stack = await trio.to_thread.run_sync(lambda: LayeredConfig(home=layout["home"], system_file=None).load(str(layout["other"])))
+    [project] = [layer for layer in stack.layers if layer.kind == "project"]
+    assert project.enabled and project.disabled_reason is None

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
 
 from spindle.actors.runtime import ConfigError
-from spindle.actors.runtime.config_layers import LayerStack
+from spindle.actors.runtime.config_layers import LayerStack, session_layer_warnings
 from spindle.actors.runtime.config_write import (
     ConfigWriteError,
     Edit,
@@ -42,6 +42,10 @@ STRINGS = ("model", "review_model", "model_provider", "instructions", "developer
            "service_tier", "profile")
 WORKSPACE_WRITE = {"exclude_slash_tmp": bool, "exclude_tmpdir_env_var": bool, "network_access": bool, "writable_roots": list}
 WEB_SEARCH_SIZES = frozenset({"low", "medium", "high"})
+UNINTERPRETED = ("analytics", "approvals_reviewer", "apps", "browser_use", "client_search_provider", "computer_use",
+                 "forced_chatgpt_workspace_id", "forced_login_method", "model_auto_compact_token_limit_scope")
+"""Keys v2's `Config` types that Spindle does not use: `null`, since a value it has not checked
+could break a client's decoding of the whole answer."""
 
 
 def config_view(merged: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +56,10 @@ def config_view(merged: dict[str, Any]) -> dict[str, Any]:
     out.update({"profiles": {}, "project_root_markers": [".git"], "mcp_servers": {}})
     out.update(merged)
     out.pop("codex_home", None)
+    for key in UNINTERPRETED:
+        out[key] = None
+    if not isinstance(out.get("desktop"), dict):
+        out["desktop"] = None
     for key, allowed in ENUMS.items():
         value = out.get(key)
         if key == "approval_policy" and value == "on-failure":
@@ -128,7 +136,7 @@ async def config_read(ctx: RequestContext, params: wire.ConfigReadParams) -> wir
         stack = await ctx.manager.resources.load_stack(params.cwd or None)
     except ConfigError as exc:  # the config on disk is broken: not the request's fault
         raise RpcError(INTERNAL_ERROR, f"failed to load configuration: {exc}") from None
-    return read_result(stack, params.include_layers)
+    return await trio.to_thread.run_sync(read_result, stack, params.include_layers)  # big configs take a while
 
 
 async def config_value_write(ctx: RequestContext, params: wire.ConfigValueWriteParams) -> wire.ConfigWriteResult:
@@ -172,9 +180,12 @@ async def config_requirements_read(
     return wire.ConfigRequirementsReadResult(requirements=None, supports_independent_speed_modes=True)
 
 
-def warnings_since(ctx: RequestContext, seen: int) -> None:
-    """Send this client the config warnings met since there were `seen` (a thread's own layer
-    with an unknown key, say), after the answer."""
+def warnings_since(ctx: RequestContext, seen: int, thread_config: Mapping[str, Any] | None = None) -> None:
+    """Send this client, after the answer, the warnings of the thread's own `config` map (an
+    unknown key, say) and the shared ones met since there were `seen` (a file changed meanwhile)."""
+    if thread_config:
+        for warning in session_layer_warnings(thread_config):
+            ctx.after(warning_notice(warning))
     for warning in ctx.manager.config_warnings[seen:]:
         ctx.after(warning_notice(warning))
 

@@ -302,6 +302,7 @@ class Connection:
             self.handshake.check(request.method)
             params = decode_params(request.method, request.params)
             result = await handler(ctx, params)
+            answer = self.writer.response(request.id, result)
         except RpcError as exc:
             await self._answer_error(request.id, exc)
             return
@@ -316,7 +317,7 @@ class Connection:
                 error = RpcError(INTERNAL_ERROR, f"internal error in {request.method}: {exc}")
             await self._answer_error(request.id, error)
             return
-        await self._emit(self.writer.response(request.id, result))
+        await self._emit(answer)
         for (method, notice), others in ctx.notices:
             await self.notify(method, notice)
             for other in others:

@@ -34,7 +34,7 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=False)
     ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))
-    warnings_since(ctx, seen)
+    warnings_since(ctx, seen, params.config)
     return result
 
 

@@ -114,17 +114,43 @@ def read_toml(path: Path) -> tuple[dict[str, Any], bytes] | None:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return tomllib.loads(raw.decode("utf-8")), raw
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read (more than {MAX_DEPTH} levels)") from None
+    if depth_of(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested too deeply to read (more than {MAX_DEPTH} levels)")
+    return data, raw
 
 
-def _leaves(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            yield from _leaves(value, (*prefix, key))
-        else:
-            yield (*prefix, key), value
+MAX_DEPTH = 64
+"""How deeply tables and arrays of a config layer may nest (Codex's own configs use a handful)."""
+
+
+def depth_of(value: Any) -> int:
+    """How deeply `value`'s tables and arrays nest (iteratively: any depth is measured safely)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def _leaves(data: Mapping[str, Any]) -> Iterable[tuple[tuple[str, ...], Any]]:
+    """Each leaf of `data` with its key path, depth first (iteratively)."""
+    stack: list[tuple[tuple[str, ...], Mapping[str, Any]]] = [((), data)]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                stack.append(((*prefix, key), value))
+            else:
+                yield (*prefix, key), value
 
 
 def _has(data: Mapping[str, Any], path: Sequence[str]) -> bool:
@@ -156,14 +182,29 @@ class LayerStack:
         return data
 
     def origins(self) -> dict[str, ConfigLayer]:
-        """Each leaf key path (dotted, segments verbatim as Codex writes them) and the layer it comes from."""
-        found: dict[tuple[str, ...], ConfigLayer] = {}
+        """Each leaf key path (dotted, segments verbatim as Codex writes them) and the layer it comes
+        from: one pass over the layers' leaves into a tree, where a value replaces a table or a
+        table a value."""
+        tree: dict[str, Any] = {}
         for layer in self.enabled():
             for path, _value in _leaves(layer.data):
-                for prefix in [p for p in found if p[: len(path)] == path or path[: len(p)] == p]:
-                    del found[prefix]  # a value replaced a table, or a table a value
-                found[path] = layer
-        return {".".join(path): layer for path, layer in found.items()}
+                node = tree
+                for part in path[:-1]:
+                    child = node.get(part)
+                    if not isinstance(child, dict):
+                        child = node[part] = {}
+                    node = child
+                node[path[-1]] = layer
+        found: dict[str, ConfigLayer] = {}
+        stack: list[tuple[tuple[str, ...], dict[str, Any]]] = [((), tree)]
+        while stack:
+            prefix, node = stack.pop()
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    stack.append(((*prefix, key), value))
+                else:
+                    found[".".join((*prefix, key))] = value
+        return found
 
     def owner(self, path: Sequence[str]) -> ConfigLayer | None:
         """The highest enabled layer that sets `path` (or the longest prefix of it any layer sets)."""
@@ -202,12 +243,15 @@ class LayerStack:
             source = f"-c {text!r}" if text else "-c"
         return ConfigError(f"{source}: key {key!r}: {problem}{tail} [{_layer_name(layer)}]")
 
-    def warnings(self) -> list[ConfigWarning]:
-        """An unknown key in any layer (enabled or not), with a "did you mean" when one is close."""
+    def warnings(self, *, thread_layer: bool = True) -> list[ConfigWarning]:
+        """An unknown key in any layer (enabled or not), with a "did you mean" when one is close;
+        without `thread_layer`, none from a thread's own `config` map."""
         out: list[ConfigWarning] = []
         for layer in self.layers:
             if layer.kind == "defaults" or layer.profile is not None:
                 continue  # profiles are checked within the user layer that holds them
+            if not thread_layer and layer.source == THREAD_SOURCE:
+                continue
             for message in unknown_keys(layer.data):
                 path = layer.source if layer.kind in ("user", "project", "system") else None
                 out.append(ConfigWarning(summary=f"{message} in {layer.describe()}", path=path))
@@ -236,12 +280,13 @@ def project_layers(cwd: str, base: Mapping[str, Any], home: Path) -> list[Config
     disabled unless the project is trusted in `base` (the merged user-level layers). Blocking."""
     here = Path(cwd).resolve()
     markers = base.get("project_root_markers", [".git"])
+    if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
+        raise ConfigError(f"project_root_markers: expected a list of file names, got {markers!r}")
     chain = [here, *here.parents]
-    root = next((d for d in chain if any((d / str(m)).exists() for m in markers)), here)
+    root = next((d for d in chain if any((d / m).exists() for m in markers)), here)
     dirs = list(reversed(chain[: chain.index(root) + 1]))
-    projects = base.get("projects") if isinstance(base.get("projects"), dict) else {}
-    levels = {os.path.normpath(str(k)): (v or {}).get("trust_level") for k, v in (projects or {}).items() if isinstance(v, dict)}
-    marks = [(d, levels.get(str(d))) for d in (here, root)]
+    levels = _trust_levels(base.get("projects"))
+    marks = [(d, levels.get(str(d))) for d in dirs]  # an explicit `untrusted` anywhere from the root down wins
     untrusted = next((d for d, level in marks if level == "untrusted"), None)
     trusted = untrusted is None and any(level == "trusted" for _d, level in marks)
     reason = None if trusted else _untrusted(untrusted) if untrusted else (
@@ -260,6 +305,27 @@ def project_layers(cwd: str, base: Mapping[str, Any], home: Path) -> list[Config
             read = None  # an untrusted project's broken file is listed, never used
         layers.append(_file_layer("project", path, read, folder=str(folder), disabled_reason=reason))
     return layers
+
+
+def _trust_levels(projects: Any) -> dict[str, str]:
+    """`[projects."<path>"] trust_level` by real path (a key spelled through a symlink names the
+    folder it points to); two spellings of one folder that disagree count as `untrusted`. Blocking."""
+    levels: dict[str, str] = {}
+    if not isinstance(projects, dict):
+        return levels
+    for key, table in projects.items():
+        level = table.get("trust_level") if isinstance(table, dict) else None
+        if not isinstance(level, str) or not isinstance(key, str):
+            continue
+        real = os.path.realpath(os.path.expanduser(key))
+        if levels.get(real) != "untrusted":
+            levels[real] = "untrusted" if real in levels and levels[real] != level else level
+    return levels
+
+
+def session_layer_warnings(session: Mapping[str, Any]) -> list[ConfigWarning]:
+    """The warnings of a thread's own `config` map alone (its unknown keys)."""
+    return LayerStack([session_layer(session)], Path()).warnings()
 
 
 def session_layer(session: Mapping[str, Any]) -> ConfigLayer:

@@ -29,8 +29,10 @@ class RuntimeResources:
     def __init__(self, config: Config | ConfigSource, tools: ToolRegistry | None = None) -> None:
         self.source: ConfigSource = FixedConfig(config) if isinstance(config, Config) else config
         self.warnings: list[ConfigWarning] = []
-        """Config warnings (unknown keys) met so far, each once: the app-server sends them to
-        every client after `initialize` (`configWarning`)."""
+        """Config warnings (unknown keys) of the shared layers (files, `-c`) met so far, each once:
+        the app-server sends them to every client after `initialize` (`configWarning`). Those of
+        a thread's own layer go only to the client that brought it."""
+        self._seen_warnings: set[ConfigWarning] = set()
         if isinstance(self.source, FixedConfig):  # a Config built in code is taken as it is
             self.config: Config = self.source.config
         else:
@@ -44,11 +46,15 @@ class RuntimeResources:
         self._clients: dict[tuple[str, bytes], ModelClient] = {}
 
     def note_warnings(self, stack: LayerStack) -> list[ConfigWarning]:
-        """Log the warnings of `stack` not seen before, remember them, and return them."""
-        new = [w for w in stack.warnings() if w not in self.warnings]
+        """Log the warnings of `stack` not seen before and return them; remember those of the
+        shared layers (a thread's own layer is its client's business, and need not stay)."""
+        shared = set(stack.warnings(thread_layer=False))
+        new = [w for w in stack.warnings() if w not in self._seen_warnings]
         for warning in new:
             log.warning("config warning", summary=warning.summary, path=warning.path)
-        self.warnings.extend(new)
+            if warning in shared:
+                self._seen_warnings.add(warning)
+                self.warnings.append(warning)
         return new
 
     async def load_stack(self, cwd: str | None = None, session: Mapping[str, Any] | None = None) -> LayerStack:
