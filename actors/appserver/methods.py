@@ -15,6 +15,7 @@ from typing import Any
 from spindle.actors.runtime.version import SPINDLE_VERSION
 from spindle.protocol.appserver import v2
 
+from . import mcp_methods as mcp
 from . import thread_methods as threads
 from . import turn_methods as turns
 from .context import RequestContext
@@ -74,4 +75,6 @@ HANDLERS: dict[str, Handler] = {
     "turn/steer": turns.turn_steer,
     "turn/interrupt": turns.turn_interrupt,
     "model/list": model_list,
+    "mcpServerStatus/list": mcp.mcp_server_status_list,
+    "config/mcpServer/reload": mcp.config_mcp_server_reload,
 }

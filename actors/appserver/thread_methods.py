@@ -26,7 +26,8 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
     if params.persist_now and params.ephemeral:
         raise RpcError(INVALID_PARAMS, "Invalid params: persistNow cannot be combined with ephemeral (an ephemeral thread is never written)")
     handle = await ctx.manager.start_thread(
-        ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params)
+        ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params),
+        config=params.config,
     )
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=False)

@@ -3,9 +3,10 @@ operations on stored ones, behind one object."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -21,6 +22,7 @@ from .config import codex_home, load_config
 from .fanout import Subscription
 from .handle import ThreadHandle
 from .handoff import serve_handoffs
+from .mcp_refresh import refresh_mcp_servers
 from .registry import ThreadRegistry, ThreadShutdownReport
 from .resources import RuntimeResources
 from .stored import StoredThreads
@@ -55,8 +57,10 @@ class ThreadManager:
         thread_id: str | None = None,
         ephemeral: bool = False,
         persist_now: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        return await self.registry.start_thread(settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now)
+        return await self.registry.start_thread(
+            settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now, config=config)
 
     def get_thread(self, thread_id: str) -> ThreadHandle:
         return self.registry.get_thread(thread_id)
@@ -89,6 +93,12 @@ class ThreadManager:
             return refusal
         self.registry.forget(handle)
         return None
+
+    async def refresh_mcp_servers(self, *, strict: bool = True) -> list[str]:
+        """Rebuild every loaded thread's MCP servers from its fresh effective config (its cwd, its
+        session layer). Strict: McpRefreshError names the thread (and server) and nothing changes
+        when a thread's config cannot be rebuilt. Best-effort: returns the warnings."""
+        return await refresh_mcp_servers(self.registry, strict=strict)
 
     # --- stored threads -------------------------------------------------
     async def resume_thread(
@@ -160,8 +170,9 @@ async def open_runtime(
     rollout is flushed. The thread actors are shielded from the caller's cancellation until then;
     whatever is still running afterwards is cancelled.
     """
+    reload_base = load_config if config is None else None
     config = config if config is not None else load_config()
-    resources = RuntimeResources(config, tools)
+    resources = RuntimeResources(config, tools, reload_base=reload_base)
     store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())
     try:
         await store.open()  # a home or index that cannot be used is one clear error, up front

@@ -65,13 +65,15 @@ class ThreadRegistry:
         thread_id: str | None = None,
         ephemeral: bool = False,
         persist_now: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
         """Start a new thread actor (the config's settings, changed by `settings`); returns once
         it has emitted `session_configured`.
 
         Nothing is written until the first user turn, unless `persist_now`: then the rollout
         (its `session_meta`) is written first, so the id can be resumed by another process
-        before any turn. `ephemeral` threads never touch disk.
+        before any turn. `ephemeral` threads never touch disk. `config` is the thread's own
+        config layer (dotted keys to values, e.g. `{"mcp_servers.docs": {...}}`).
         """
         if persist_now and ephemeral:
             raise ValueError("persist_now cannot be combined with ephemeral: an ephemeral thread is never written")
@@ -80,7 +82,7 @@ class ThreadRegistry:
         rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral)
         if persist_now:
             await self.write_now(rollout)
-        return await self.spawn(tid, resolved, rollout)
+        return await self.spawn(tid, resolved, rollout, session_config=config)
 
     async def write_now(self, rollout: ThreadRollout) -> None:
         """Create a new thread's rollout with what it has recorded, before its actor runs (which

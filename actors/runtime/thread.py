@@ -18,12 +18,14 @@ from trio_typing import TaskStatus
 
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
+from spindle.protocol.config import McpServerConfig
 from spindle.protocol.events import (
     ErrorEvent,
     Event,
     EventMsg,
     ItemCompletedEvent,
     ItemStartedEvent,
+    McpStartupUpdateEvent,
     SessionConfiguredEvent,
     ShutdownCompleteEvent,
     TaskCompleteEvent,
@@ -37,10 +39,12 @@ from spindle.protocol.events import (
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
+from spindle.protocol.mcp import McpStartupStatus
 from spindle.protocol.ops import (
     InterruptOp,
     Op,
     OverrideTurnContextOp,
+    RefreshMcpServersOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -52,6 +56,8 @@ from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 from .config import ConfigError
 from .fanout import Broadcaster
 from .journal import ThreadJournal
+from .mcp_manager import McpManager
+from .mcp_tools import turn_tools
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
 from .resources import RuntimeResources
@@ -100,6 +106,10 @@ class ThreadActor:
         self._active: Turn | None = None
         self._nursery: trio.Nursery | None = None
         self._writers: trio.Nursery | None = None
+        self.mcp = McpManager(self._mcp_status)
+        self.mcp_configured = trio.Event()
+        """Set once the thread's first MCP server set is applied (turns wait for it)."""
+        self._mcp_pending: dict[str, McpServerConfig] | None = None
         self.fault: str | None = None
         """Why the actor stopped on an error of its own (the thread's `systemError`), if it did."""
 
@@ -177,10 +187,13 @@ class ThreadActor:
                 await self.rollout.start(writers, create=False)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.mcp.run)
                 self.emit(INITIAL_SUB_ID, self.session_configured())
                 task_status.started()
                 started = True
+                nursery.start_soon(self._start_mcp)
                 await self._submission_loop(writers)
+                nursery.cancel_scope.cancel()  # the MCP servers: their processes are killed
         except* Exception as group:
             if not started:
                 raise
@@ -256,9 +269,41 @@ class ThreadActor:
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
+            case RefreshMcpServersOp(mcp_servers=servers):
+                if self._active is not None:  # the running turn keeps its tools
+                    self._mcp_pending = servers
+                else:
+                    self.mcp.apply(servers)
             case _:
                 self._unsupported(sub.id, sub.op)
         return False
+
+    # --- MCP servers ----------------------------------------------------
+    async def _start_mcp(self) -> None:
+        """Start the servers of the thread's effective config (without holding up the thread)."""
+        try:
+            config = await self.resources.thread_config(self.settings.cwd, self.session_config)
+        except ConfigError as exc:
+            self._deliver(INITIAL_SUB_ID, WarningEvent(message=f"MCP servers not started: {exc}"))
+        else:
+            if self._mcp_pending is None and not self.mcp.servers:  # a refresh may have come first
+                self.mcp.apply(config.mcp_servers)
+        self.mcp_configured.set()
+
+    def _mcp_status(self, server: str, status: McpStartupStatus, error: str | None) -> None:
+        self._deliver(INITIAL_SUB_ID, McpStartupUpdateEvent(server=server, status=status, error=error))
+
+    def mcp_replay(self) -> list[Event]:
+        """The start-up statuses so far of the current servers, for a new subscriber."""
+        events: list[Event] = []
+        for server in self.mcp.servers.values():
+            if server.status is None:
+                continue
+            events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(server=server.name, status="starting")))
+            if server.status != "starting":
+                events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(
+                    server=server.name, status=server.status, error=server.error)))
+        return events
 
     def _unsupported(self, sub_id: str, op: Op) -> None:
         tag = type(op).__struct_config__.tag
@@ -303,6 +348,9 @@ class ThreadActor:
             try:
                 with turn.scope:
                     try:
+                        await self.mcp_configured.wait()
+                        await self.mcp.wait_started()  # bounded by each server's startup timeout
+                        turn.tools = turn_tools(self.tools, self.mcp)  # fixed for the whole turn
                         last = await run_turn(turn, self)
                     except SamplingFailed as err:
                         log.info("turn failed", error=err.message)
@@ -320,6 +368,9 @@ class ThreadActor:
                     self.journal.close_aborted_turn()
                     self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
                 self._active = None
+                if self._mcp_pending is not None:
+                    pending, self._mcp_pending = self._mcp_pending, None
+                    self.mcp.apply(pending)
                 turn.done.set()
                 with trio.move_on_after(PERSIST_DEADLINE_S) as cleanup:
                     cleanup.shield = True

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2
+from . import v2, v2mcp
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -94,10 +94,15 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
     "model/list": v2.ModelListParams,
+    "mcpServerStatus/list": v2mcp.McpServerStatusListParams,
+    "config/mcpServer/reload": v2mcp.NoParams,
 }
 """Methods Spindle serves, each with its params type."""
 
-PARAMS_OPTIONAL = frozenset({"thread/start", "thread/list", "thread/loaded/list", "model/list"})
+PARAMS_OPTIONAL = frozenset({
+    "thread/start", "thread/list", "thread/loaded/list", "model/list", "mcpServerStatus/list",
+    "config/mcpServer/reload",
+})
 """Methods whose `params` may be omitted (treated as `{}`)."""
 
 KNOWN_UNSUPPORTED = frozenset({
@@ -113,8 +118,7 @@ KNOWN_UNSUPPORTED = frozenset({
     "fs/copy", "fs/watch", "fs/unwatch", "skills/config/write", "plugin/install", "plugin/uninstall",
     "review/start", "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
     "modelProvider/capabilities/read", "experimentalFeature/list", "permissionProfile/list",
-    "experimentalFeature/enablement/set", "mcpServer/oauth/login", "config/mcpServer/reload",
-    "mcpServerStatus/list", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
+    "experimentalFeature/enablement/set", "mcpServer/oauth/login", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
     "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",
     "account/rateLimits/read", "account/rateLimitResetCredit/consume", "account/usage/read",
     "account/workspaceMessages/read", "account/sendAddCreditsNudgeEmail", "feedback/upload", "command/exec",

@@ -1,0 +1,288 @@
+"""One MCP server connection: our own Trio stdio transport, or the SDK's streamable HTTP client,
+feeding the `mcp` SDK's `ClientSession` (the protocol itself is the SDK's).
+
+The stdio transport exists because the SDK's leaves a server's children running and splits
+lines quadratically. Ours reads lines with a byte cap (`MAX_LINE_BYTES`): an oversized line is
+skipped as it streams, without being buffered, and the request it answered gets an error, so only
+that call fails. The server runs in its own session (process group); closing the transport sends
+the group SIGTERM, then SIGKILL after `KILL_GRACE_S`, so its children go too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import structlog
+import trio
+from mcp import types
+from mcp.client.session import ClientSession
+from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
+
+from spindle.protocol.config import McpServerConfig
+
+from .version import SPINDLE_VERSION
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE_BYTES = 8 * 1024 * 1024
+"""The longest message a server may send; a longer one fails the request it answers."""
+READ_CHUNK = 64 * 1024
+KILL_GRACE_S = 2.0
+"""How long a server's process group has between SIGTERM and SIGKILL."""
+STDERR_TAIL_BYTES = 2048
+"""How much of a server's stderr a start-up failure quotes."""
+HTTP_MAX_RESPONSE_BYTES = MAX_LINE_BYTES
+_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+
+
+class McpClientError(Exception):
+    """A server that cannot be started or reached; the message says why."""
+
+
+class StderrTail:
+    """The last bytes a server wrote to stderr (for failure reasons)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= STDERR_TAIL_BYTES:
+            self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self._chunks)[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip()
+
+
+class LineSplitter:
+    """Bytes in, whole lines out; a line longer than `limit` comes out as `Oversized` (its first
+    bytes only), and its remainder is dropped as it arrives. Sans-IO; linear in the input."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._skipping: Oversized | None = None
+
+    def feed(self, chunk: bytes) -> list[bytes | Oversized]:
+        out: list[bytes | Oversized] = []
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            if self._skipping is not None:
+                self._skipping.size += len(piece)
+            elif len(self._buf) + len(piece) > self.limit:
+                self._skipping = Oversized(head=bytes(self._buf[:1024] + piece[:1024]), size=len(self._buf) + len(piece))
+                self._buf.clear()
+            else:
+                self._buf += piece
+            if end < 0:
+                break
+            if self._skipping is not None:
+                out.append(self._skipping)
+                self._skipping = None
+            elif self._buf.strip():
+                out.append(bytes(self._buf))
+            self._buf.clear()
+            start = end + 1
+        return out
+
+
+class Oversized:
+    """A line over the cap: its head (to find the request id) and its size."""
+
+    def __init__(self, *, head: bytes, size: int) -> None:
+        self.head = head
+        self.size = size
+
+    def error_reply(self) -> types.JSONRPCMessage | None:
+        """An error answering the request this line answered, if its id can be found."""
+        match = _ID.search(self.head)
+        if match is None:
+            return None
+        raw = match.group(1)
+        request_id: int | str = int(raw) if raw[:1] != b'"' else raw[1:-1].decode("utf-8", "replace")
+        return types.JSONRPCMessage(types.JSONRPCError(
+            jsonrpc="2.0", id=request_id,
+            error=types.ErrorData(code=-32000, message=f"the MCP server's answer is over the {MAX_LINE_BYTES // (1024 * 1024)} MiB limit"),
+        ))
+
+
+def server_env(config: McpServerConfig) -> dict[str, str]:
+    """A stdio server's environment: the SDK's default allow-list, `env_vars` from ours, `env`."""
+    env = get_default_environment()
+    env.update({name: os.environ[name] for name in config.env_vars if name in os.environ})
+    env.update(config.env)
+    return env
+
+
+@asynccontextmanager
+async def stdio_transport(config: McpServerConfig, stderr: StderrTail) -> AsyncIterator[tuple[Any, Any]]:
+    """(read, write) streams for `ClientSession` over a server process's stdin/stdout."""
+    assert config.command is not None
+    argv = [config.command, *config.args]
+    try:
+        proc = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=server_env(config), cwd=config.cwd, start_new_session=True,
+        )
+    except OSError as exc:
+        raise McpClientError(f"failed to start `{' '.join(argv)}`: {exc.strerror or exc}") from None
+    read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_stdout, proc, read_send)
+            nursery.start_soon(_write_stdin, proc, write_recv)
+            nursery.start_soon(_drain_stderr, proc, stderr)
+            try:
+                yield read_recv, write_send
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await kill_group(proc)
+
+
+async def kill_group(proc: trio.Process) -> None:
+    """SIGTERM the process group, SIGKILL it after the grace period, reap the server."""
+    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if grace is None:
+            await proc.wait()
+            return
+        with trio.move_on_after(grace):
+            await proc.wait()
+            try:  # the leader is gone; its children may not be
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
+
+
+async def _read_stdout(proc: trio.Process, send: Any) -> None:
+    assert proc.stdout is not None
+    splitter = LineSplitter()
+    async with send:
+        while chunk := await proc.stdout.receive_some(READ_CHUNK):
+            for line in splitter.feed(chunk):
+                if isinstance(line, Oversized):
+                    log.warning("MCP server sent an oversized line", bytes=line.size)
+                    reply = line.error_reply()
+                    if reply is not None:
+                        await send.send(SessionMessage(reply))
+                    continue
+                try:
+                    message = types.JSONRPCMessage.model_validate_json(line)
+                except ValueError as exc:
+                    log.debug("MCP server sent a line that is not JSON-RPC", error=str(exc)[:200])
+                    continue
+                await send.send(SessionMessage(message))
+
+
+async def _write_stdin(proc: trio.Process, receive: Any) -> None:
+    assert proc.stdin is not None
+    async with receive:
+        async for message in receive:
+            data = message.message.model_dump_json(by_alias=True, exclude_none=True) + "\n"
+            try:
+                await proc.stdin.send_all(data.encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+
+async def _drain_stderr(proc: trio.Process, tail: StderrTail) -> None:
+    assert proc.stderr is not None
+    while chunk := await proc.stderr.receive_some(READ_CHUNK):
+        tail.add(chunk)
+
+
+def http_headers(config: McpServerConfig) -> dict[str, str]:
+    headers = dict(config.http_headers)
+    headers.update({h: os.environ[v] for h, v in config.env_http_headers.items() if v in os.environ})
+    if config.bearer_token_env_var:
+        token = os.environ.get(config.bearer_token_env_var)
+        if not token:
+            raise McpClientError(f"environment variable {config.bearer_token_env_var} (bearer_token_env_var) is not set")
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+class _CappedTransport(httpx.AsyncBaseTransport):
+    """Fails a response whose body passes `HTTP_MAX_RESPONSE_BYTES` (the POSTs that carry results)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.method == "POST":
+            response.stream = _CappedStream(response.stream)  # type: ignore[arg-type]
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > HTTP_MAX_RESPONSE_BYTES:
+                raise httpx.ReadError(f"response over the {HTTP_MAX_RESPONSE_BYTES} byte limit")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@asynccontextmanager
+async def http_transport(config: McpServerConfig) -> AsyncIterator[tuple[Any, Any]]:
+    assert config.url is not None
+    async with httpx.AsyncClient(
+        headers=http_headers(config), transport=_CappedTransport(), follow_redirects=True,
+        timeout=httpx.Timeout(30.0, read=300.0),
+    ) as client, streamable_http_client(config.url, http_client=client) as (read, write, _session_id):
+        yield read, write
+
+
+@asynccontextmanager
+async def open_session(
+    name: str, config: McpServerConfig, stderr: StderrTail
+) -> AsyncIterator[tuple[ClientSession, types.InitializeResult]]:
+    """An initialized session with server `name`, and what it answered to `initialize` (no
+    timeout of its own: the caller sets it)."""
+    transport = http_transport(config) if config.url else stdio_transport(config, stderr)
+    async with transport as (read, write), ClientSession(
+        read, write, client_info=types.Implementation(name="spindle", version=SPINDLE_VERSION)
+    ) as session:
+        yield session, await session.initialize()
+
+
+def transport_of(config: McpServerConfig) -> str | None:
+    """Why `config` names no usable transport, or None."""
+    if config.command and config.url:
+        return "set either `command` (stdio) or `url` (streamable HTTP), not both"
+    if not config.command and not config.url:
+        return "set `command` (stdio) or `url` (streamable HTTP)"
+    return None

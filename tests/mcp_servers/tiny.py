@@ -1,0 +1,49 @@
+"""A tiny stdio MCP server for the tests, written with the `mcp` SDK (FastMCP).
+
+Tools: add, echo, big (a result of N MB), slow (sleeps). `TINY_GRANDCHILD_PID=<file>` makes it
+start a `sleep` child first and write its pid there (for the process-group kill test).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from mcp.server.fastmcp import FastMCP
+
+app = FastMCP("tiny")
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@app.tool()
+def echo(text: str) -> str:
+    """Echo the text back."""
+    return text
+
+
+@app.tool()
+def big(mb: float) -> str:
+    """Return a text of `mb` megabytes."""
+    return "x" * int(mb * 1024 * 1024)
+
+
+@app.tool()
+def slow(seconds: float) -> str:
+    """Sleep, then answer."""
+    time.sleep(seconds)
+    return "slept"
+
+
+if __name__ == "__main__":
+    pid_file = os.environ.get("TINY_GRANDCHILD_PID")
+    if pid_file:
+        child = subprocess.Popen(["sleep", "300"])
+        with open(pid_file, "w") as f:
+            f.write(str(child.pid))
+    app.run()
