@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from spindle.actors.appserver.turns import build_turns
-from spindle.actors.runtime import ThreadHandle
+from spindle.actors.runtime import ThreadHandle, mcp_client
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.appserver import v2
 from spindle.protocol.events import (
@@ -68,3 +70,100 @@ async def test_tool_round_trip_through_the_model(make_runtime: Callable[..., Any
         turns = build_turns(thread.rollout.source.iter_forward_from(0))
         rebuilt = [item for item in turns[-1].items if isinstance(item, v2.McpToolCallThreadItem)]
         assert [(i.id, i.server, i.tool, i.status) for i in rebuilt] == [("call_1", "docs", "add", "completed")]
+
+
+async def started(thread: ThreadHandle) -> dict[str, Any]:
+    with trio.fail_after(30):
+        await thread.wait_mcp_started()
+    return {name: (s.status, s.error) for name, s in thread.mcp_servers.items()}
+
+
+BROKEN = {
+    "missing": {"command": "/nonexistent/spindle-mcp-server"},
+    "exits": {"command": sys.executable, "args": ["-c", "import sys; sys.stderr.write('bye now'); sys.exit(3)"]},
+    "silent": {"command": "sleep", "args": ["30"], "startup_timeout_sec": 0.5},
+    "garbage": {"command": "sh", "args": ["-c", "while true; do echo 'not json {'; sleep 0.01; done"],
+                "startup_timeout_sec": 0.5},
+}
+
+
+async def test_a_broken_server_fails_alone_and_turns_go_on(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny(), **BROKEN}) as rt:
+        thread = await rt.start_thread()
+        statuses = await started(thread)
+        assert statuses["docs"] == ("ready", None)
+        assert {name: status for name, (status, _) in statuses.items() if name != "docs"} == dict.fromkeys(BROKEN, "failed")
+        assert "failed to start `/nonexistent/spindle-mcp-server`" in statuses["missing"][1]
+        assert "bye now" in statuses["exits"][1]
+        assert "MCP client for `silent` timed out after 0.5 seconds" in statuses["silent"][1]
+        assert "timed out" in statuses["garbage"][1]
+        mock_model.script(Call(name="mcp__docs__echo", arguments={"text": "hi"}), Text(text="ok"), thread_id=thread.thread_id)
+        await run(thread, "go")
+        assert outputs(mock_model) == ['{"result": "hi"}']
+        assert not any(name.startswith(("mcp__missing", "mcp__silent")) for name in tool_names(mock_model))
+        assert await thread.ask("still there?") == "echo: still there?"
+
+
+async def test_a_slow_tool_times_out_into_an_error_output(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny(tool_timeout_sec=0.3)}) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="mcp__docs__slow", arguments={"seconds": 5}),
+                          Call(name="mcp__docs__add", arguments={"a": 1, "b": 1}), Text(text="done"),
+                          thread_id=thread.thread_id)
+        with trio.fail_after(15):
+            msgs = await run(thread, "be slow")
+        first, second = outputs(mock_model)
+        assert "tool call error: timed out awaiting tools/call after 0.3s" in first
+        assert second == '{"result": 2}'  # the session is still usable
+        failed = [item for kind, item in mcp_items(msgs) if kind == "ItemCompletedEvent" and item.tool == "slow"]
+        assert failed[0].status == "failed" and failed[0].result is None and "timed out" in (failed[0].error or "")
+
+
+async def test_a_50_mb_result_fails_that_call_only(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny()}) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="mcp__docs__big", arguments={"mb": 50}),
+                          Call(name="mcp__docs__big", arguments={"mb": 0.5}),
+                          Call(name="mcp__docs__add", arguments={"a": 2, "b": 2}), Text(text="done"),
+                          thread_id=thread.thread_id)
+        with trio.fail_after(30):
+            await run(thread, "big")
+        huge, clipped, small = outputs(mock_model)
+        assert "over the 8 MiB limit" in huge and len(huge) < 1000
+        assert len(clipped) < 70_000 and "bytes elided" in clipped  # 0.5 MB reaches the model clipped
+        assert small == '{"result": 4}'
+        assert thread.mcp_servers["docs"].status == "ready"
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_shutdown_kills_the_servers_process_group(make_runtime: Callable[..., Any], tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    async with make_runtime(mcp_servers={"docs": tiny(env={"TINY_GRANDCHILD_PID": str(pid_file)})}) as rt:
+        thread = await rt.start_thread()
+        assert (await started(thread))["docs"] == ("ready", None)
+        server_pid = thread.mcp_servers["docs"].process.pid
+        grandchild = int(pid_file.read_text())
+        assert server_pid is not None and alive(server_pid) and alive(grandchild)
+    assert not alive(server_pid)
+    with trio.fail_after(5):
+        while alive(grandchild):  # noqa: ASYNC110 - a process of another parent: nothing to wait on
+            await trio.sleep(0.05)
+
+
+def test_line_splitter_caps_lines_without_buffering_them() -> None:
+    splitter = mcp_client.LineSplitter(limit=10)
+    assert splitter.feed(b'{"a":1}\n{"id":7,') == [b'{"a":1}']
+    out = splitter.feed(b'"result":"' + b"x" * 100)
+    assert out == [] and len(splitter._buf) == 0
+    (over,) = splitter.feed(b'"}\n')
+    assert isinstance(over, mcp_client.Oversized) and over.size == 120
+    reply = over.error_reply()
+    assert reply is not None and reply.root.id == 7  # type: ignore[union-attr]
+    assert splitter.feed(b"ok\n\n") == [b"ok"]

@@ -50,10 +50,11 @@ class McpClientError(Exception):
     """A server that cannot be started or reached; the message says why."""
 
 
-class StderrTail:
-    """The last bytes a server wrote to stderr (for failure reasons)."""
+class ServerProcess:
+    """A stdio server's process: its pid, and the last bytes it wrote to stderr (for failure reasons)."""
 
     def __init__(self) -> None:
+        self.pid: int | None = None
         self._chunks: deque[bytes] = deque()
         self._size = 0
 
@@ -130,7 +131,7 @@ def server_env(config: McpServerConfig) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def stdio_transport(config: McpServerConfig, stderr: StderrTail) -> AsyncIterator[tuple[Any, Any]]:
+async def stdio_transport(config: McpServerConfig, process: ServerProcess) -> AsyncIterator[tuple[Any, Any]]:
     """(read, write) streams for `ClientSession` over a server process's stdin/stdout."""
     assert config.command is not None
     argv = [config.command, *config.args]
@@ -141,13 +142,14 @@ async def stdio_transport(config: McpServerConfig, stderr: StderrTail) -> AsyncI
         )
     except OSError as exc:
         raise McpClientError(f"failed to start `{' '.join(argv)}`: {exc.strerror or exc}") from None
+    process.pid = proc.pid
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_stdout, proc, read_send)
             nursery.start_soon(_write_stdin, proc, write_recv)
-            nursery.start_soon(_drain_stderr, proc, stderr)
+            nursery.start_soon(_drain_stderr, proc, process)
             try:
                 yield read_recv, write_send
             finally:
@@ -207,7 +209,7 @@ async def _write_stdin(proc: trio.Process, receive: Any) -> None:
                 return
 
 
-async def _drain_stderr(proc: trio.Process, tail: StderrTail) -> None:
+async def _drain_stderr(proc: trio.Process, tail: ServerProcess) -> None:
     assert proc.stderr is not None
     while chunk := await proc.stderr.receive_some(READ_CHUNK):
         tail.add(chunk)
@@ -268,11 +270,11 @@ async def http_transport(config: McpServerConfig) -> AsyncIterator[tuple[Any, An
 
 @asynccontextmanager
 async def open_session(
-    name: str, config: McpServerConfig, stderr: StderrTail
+    name: str, config: McpServerConfig, process: ServerProcess
 ) -> AsyncIterator[tuple[ClientSession, types.InitializeResult]]:
     """An initialized session with server `name`, and what it answered to `initialize` (no
     timeout of its own: the caller sets it)."""
-    transport = http_transport(config) if config.url else stdio_transport(config, stderr)
+    transport = http_transport(config) if config.url else stdio_transport(config, process)
     async with transport as (read, write), ClientSession(
         read, write, client_info=types.Implementation(name="spindle", version=SPINDLE_VERSION)
     ) as session:

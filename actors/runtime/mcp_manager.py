@@ -24,7 +24,7 @@ from trio_typing import TaskStatus
 from spindle.protocol.config import McpServerConfig
 from spindle.protocol.mcp import McpStartupStatus
 
-from .mcp_client import McpClientError, StderrTail, open_session, transport_of
+from .mcp_client import McpClientError, ServerProcess, open_session, transport_of
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,7 @@ class McpServer:
     session: ClientSession | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     settled: trio.Event = field(default_factory=trio.Event)
-    stderr: StderrTail = field(default_factory=StderrTail)
+    process: ServerProcess = field(default_factory=ServerProcess)
 
     def allowed_tools(self) -> list[types.Tool]:
         return [tool for tool in self.tools if tool_allowed(self.config, tool.name)]
@@ -180,7 +180,7 @@ class McpManager:
         startup = trio.CancelScope(deadline=trio.current_time() + timeout)
         try:
             with server.scope, startup:
-                async with open_session(name, config, server.stderr) as (session, init):
+                async with open_session(name, config, server.process) as (session, init):
                     listed = await session.list_tools()
                     startup.deadline = math.inf
                     server.session, server.tools = session, list(listed.tools)
@@ -202,5 +202,5 @@ class McpManager:
 
     def _failure(self, server: McpServer, reason: str) -> str:
         text = f"MCP startup failed: handshaking with MCP server failed: {reason}"
-        stderr = server.stderr.text()
+        stderr = server.process.text()
         return f"{text}; stderr: {stderr}" if stderr else text

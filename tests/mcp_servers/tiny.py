@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
+import anyio
 from mcp.server.fastmcp import FastMCP
 
 app = FastMCP("tiny")
@@ -34,9 +34,9 @@ def big(mb: float) -> str:
 
 
 @app.tool()
-def slow(seconds: float) -> str:
+async def slow(seconds: float) -> str:
     """Sleep, then answer."""
-    time.sleep(seconds)
+    await anyio.sleep(seconds)
     return "slept"
 
 
