@@ -16,6 +16,7 @@ from spindle.protocol.appserver import v2
 from spindle.protocol.events import (
     ItemCompletedEvent,
     ItemStartedEvent,
+    McpStartupUpdateEvent,
     TaskCompleteEvent,
 )
 from spindle.protocol.items import McpToolCallItem, TextInput
@@ -167,3 +168,13 @@ def test_line_splitter_caps_lines_without_buffering_them() -> None:
     reply = over.error_reply()
     assert reply is not None and reply.root.id == 7  # type: ignore[union-attr]
     assert splitter.feed(b"ok\n\n") == [b"ok"]
+
+
+async def test_a_late_subscriber_gets_the_startup_statuses_so_far(make_runtime: Callable[..., Any]) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny(), "gone": {"command": "/nonexistent/x"}}) as rt:
+        thread = await rt.start_thread()
+        await started(thread)
+        with thread.events() as events:
+            seen = sorted((m.server, m.status) for m in (events.receive_nowait().msg for _ in range(4))
+                          if isinstance(m, McpStartupUpdateEvent))
+        assert seen == [("docs", "ready"), ("docs", "starting"), ("gone", "failed"), ("gone", "starting")]
