@@ -178,3 +178,19 @@ async def test_a_late_subscriber_gets_the_startup_statuses_so_far(make_runtime: 
             seen = sorted((m.server, m.status) for m in (events.receive_nowait().msg for _ in range(4))
                           if isinstance(m, McpStartupUpdateEvent))
         assert seen == [("docs", "ready"), ("docs", "starting"), ("gone", "failed"), ("gone", "starting")]
+
+
+async def test_a_server_that_dies_after_start_fails_its_later_calls_at_once(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny()}) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="mcp__docs__crash", arguments={}), Call(name="mcp__docs__add", arguments={"a": 1, "b": 2}),
+                          Text(text="done"), thread_id=thread.thread_id)
+        with trio.fail_after(10):  # well under the 60 s tool timeout
+            await run(thread, "crash")
+        crashed, after = outputs(mock_model)
+        assert "tool call error" in crashed and "tool call error" in after
+        assert thread.mcp_servers["docs"].status == "failed"
+        assert "the MCP server exited" in (thread.mcp_servers["docs"].error or "")
+        assert await thread.ask("fine?") == "echo: fine?"

@@ -13,6 +13,7 @@ import trio
 
 from spindle.actors.runtime.config import ConfigError, load_config
 from spindle.persistence.store import ThreadStoreError
+from spindle.protocol.config import Config
 
 from .early import restore_stop_signals
 from .logs import configure_logging
@@ -107,7 +108,10 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
         from .serve import serve_stdio
 
-        return trio.run(serve_stdio, load_config(overrides=args.config))
+        def reload_config() -> Config:
+            return load_config(overrides=args.config)
+
+        return trio.run(serve_stdio, reload_config(), reload_config)
     if args.command == "load":
         from . import load
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from functools import partial
 
 import trio
@@ -15,15 +16,15 @@ from spindle.protocol.config import Config
 from .signals import EXIT_CODES, on_signal
 
 
-async def serve_stdio(config: Config) -> int:
+async def serve_stdio(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """One connection on stdin/stdout until stdin closes or SIGTERM/SIGINT.
 
     Either way every running turn is aborted and every rollout flushed before the process exits:
-    0 for EOF and SIGTERM, 130 for SIGINT.
+    0 for EOF and SIGTERM, 130 for SIGINT. `reload_config` re-reads the config for MCP refreshes.
     """
     stdin = trio.lowlevel.FdStream(os.dup(0))
     stdout = trio.lowlevel.FdStream(os.dup(1))
-    async with open_runtime(config) as manager, trio.open_nursery() as nursery:
+    async with open_runtime(config, reload_config=reload_config) as manager, trio.open_nursery() as nursery:
         server = await nursery.start(AppServer(manager).run)
         stopped_by: list[signal.Signals] = []
 

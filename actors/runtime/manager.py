@@ -3,7 +3,7 @@ operations on stored ones, behind one object."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -162,15 +162,17 @@ async def open_runtime(
     *,
     tools: ToolRegistry | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    reload_config: Callable[[], Config] | None = None,
 ) -> AsyncIterator[ThreadManager]:
     """Run a Spindle runtime; yields its ThreadManager.
 
     On exit, however it comes (the block ends, raises, or is cancelled from outside), every thread
     is shut down within `shutdown_timeout`: running turns are aborted with their event and every
     rollout is flushed. The thread actors are shielded from the caller's cancellation until then;
-    whatever is still running afterwards is cancelled.
+    whatever is still running afterwards is cancelled. `reload_config` reads the base config
+    afresh for MCP refreshes (default: `load_config` when `config` is None, else keep `config`).
     """
-    reload_base = load_config if config is None else None
+    reload_base = reload_config or (load_config if config is None else None)
     config = config if config is not None else load_config()
     resources = RuntimeResources(config, tools, reload_base=reload_base)
     store = LocalThreadStore(Path(config.codex_home) if config.codex_home else codex_home())

@@ -55,6 +55,8 @@ class ServerProcess:
 
     def __init__(self) -> None:
         self.pid: int | None = None
+        self.ended = trio.Event()
+        """Set when the server's stdout ends (it exited, or closed it): the connection is over."""
         self._chunks: deque[bytes] = deque()
         self._size = 0
 
@@ -147,7 +149,7 @@ async def stdio_transport(config: McpServerConfig, process: ServerProcess) -> As
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_stdout, proc, read_send)
+            nursery.start_soon(_read_stdout, proc, read_send, process.ended)
             nursery.start_soon(_write_stdin, proc, write_recv)
             nursery.start_soon(_drain_stderr, proc, process)
             try:
@@ -178,24 +180,30 @@ async def kill_group(proc: trio.Process) -> None:
             return
 
 
-async def _read_stdout(proc: trio.Process, send: Any) -> None:
+async def _read_stdout(proc: trio.Process, send: Any, ended: trio.Event) -> None:
     assert proc.stdout is not None
     splitter = LineSplitter()
-    async with send:
-        while chunk := await proc.stdout.receive_some(READ_CHUNK):
-            for line in splitter.feed(chunk):
-                if isinstance(line, Oversized):
-                    log.warning("MCP server sent an oversized line", bytes=line.size)
-                    reply = line.error_reply()
-                    if reply is not None:
-                        await send.send(SessionMessage(reply))
-                    continue
-                try:
-                    message = types.JSONRPCMessage.model_validate_json(line)
-                except ValueError as exc:
-                    log.debug("MCP server sent a line that is not JSON-RPC", error=str(exc)[:200])
-                    continue
-                await send.send(SessionMessage(message))
+    try:
+        async with send:
+            while chunk := await proc.stdout.receive_some(READ_CHUNK):
+                for line in splitter.feed(chunk):
+                    message = _message(line)
+                    if message is not None:
+                        await send.send(SessionMessage(message))
+    finally:
+        ended.set()
+
+
+def _message(line: bytes | Oversized) -> types.JSONRPCMessage | None:
+    """The message of one line: an error reply for an oversized answer; None to skip the line."""
+    if isinstance(line, Oversized):
+        log.warning("MCP server sent an oversized line", bytes=line.size)
+        return line.error_reply()
+    try:
+        return types.JSONRPCMessage.model_validate_json(line)
+    except ValueError as exc:
+        log.debug("MCP server sent a line that is not JSON-RPC", error=str(exc)[:200])
+        return None
 
 
 async def _write_stdin(proc: trio.Process, receive: Any) -> None:

@@ -78,12 +78,28 @@ class McpServer:
             raise McpCallError(f"MCP server `{self.name}` is not running ({self.status or 'disabled'})")
         with trio.move_on_after(timeout):
             try:
-                return await session.call_tool(tool, arguments)
-            except McpError as exc:
-                raise McpCallError(exc.error.message) from None
-            except Exception as exc:  # the connection broke: anyio errors, groups from the SDK
+                return await self._call_while_alive(session, tool, arguments)
+            except Exception as exc:  # an MCP error, or the connection broke (anyio errors, groups)
                 raise McpCallError(describe(exc)) from None
         raise McpCallError(f"timed out awaiting tools/call after {timeout:g}s")
+
+    async def _call_while_alive(
+        self, session: ClientSession, tool: str, arguments: dict[str, Any] | None
+    ) -> types.CallToolResult:
+        """The call, cut short if the server's process ends meanwhile (the SDK would wait on)."""
+        result: types.CallToolResult | None = None
+
+        async def watch() -> None:
+            await self.process.ended.wait()
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            result = await session.call_tool(tool, arguments)
+            nursery.cancel_scope.cancel()
+        if result is None:
+            raise McpCallError("the MCP server exited during the call")
+        return result
 
 
 def describe(exc: BaseException) -> str:
@@ -92,6 +108,8 @@ def describe(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     if isinstance(exc, McpError):
         return exc.error.message
+    if isinstance(exc, McpCallError):
+        return str(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -186,7 +204,8 @@ class McpManager:
                     server.session, server.tools = session, list(listed.tools)
                     server.server_info, server.capabilities = init.serverInfo, init.capabilities
                     self._settle(server, "ready")
-                    await trio.sleep_forever()
+                    await server.process.ended.wait()  # never set for HTTP: it lives until stopped
+                    server.status, server.error = "failed", self._failure(server, "the MCP server exited", "")
         except McpClientError as exc:
             return self._settle(server, "failed", f"MCP startup failed: {exc}")
         except Exception as exc:
@@ -200,7 +219,8 @@ class McpManager:
         elif server.scope.cancelled_caught:
             self._settle(server, "cancelled")
 
-    def _failure(self, server: McpServer, reason: str) -> str:
-        text = f"MCP startup failed: handshaking with MCP server failed: {reason}"
+    def _failure(self, server: McpServer, reason: str,
+                 prefix: str = "MCP startup failed: handshaking with MCP server failed: ") -> str:
+        text = prefix + reason
         stderr = server.process.text()
         return f"{text}; stderr: {stderr}" if stderr else text

@@ -40,6 +40,12 @@ async def slow(seconds: float) -> str:
     return "slept"
 
 
+@app.tool()
+def crash() -> str:
+    """Exit the server at once."""
+    os._exit(1)
+
+
 if __name__ == "__main__":
     pid_file = os.environ.get("TINY_GRANDCHILD_PID")
     if pid_file:
