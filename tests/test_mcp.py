@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from spindle.actors.appserver.turns import build_turns
 from spindle.actors.runtime import ThreadHandle, mcp_client
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.appserver import v2
+from spindle.protocol.config import McpServerConfig
 from spindle.protocol.events import (
     ItemCompletedEvent,
     ItemStartedEvent,
@@ -194,3 +200,53 @@ async def test_a_server_that_dies_after_start_fails_its_later_calls_at_once(
         assert thread.mcp_servers["docs"].status == "failed"
         assert "the MCP server exited" in (thread.mcp_servers["docs"].error or "")
         assert await thread.ask("fine?") == "echo: fine?"
+
+
+@pytest.fixture
+async def http_server(nursery: trio.Nursery) -> AsyncIterator[str]:
+    """tiny.py serving streamable HTTP on a free loopback port; yields its URL once it listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TINY_HTTP_PORT": str(port)}
+    proc = await nursery.start(partial(trio.run_process, [sys.executable, TINY], env=env, check=False,
+                                       stderr=subprocess.DEVNULL))
+    with trio.fail_after(20):
+        while True:
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/mcp"
+    proc.terminate()
+
+
+async def test_streamable_http_server_round_trip_and_result_cap(
+    make_runtime: Callable[..., Any], mock_model: MockModel, http_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mcp_client, "HTTP_MAX_RESPONSE_BYTES", 200_000)
+    monkeypatch.setenv("TINY_TOKEN", "sekrit")
+    server = {"url": http_server, "bearer_token_env_var": "TINY_TOKEN", "http_headers": {"X-Team": "a"}}
+    async with make_runtime(mcp_servers={"web": server}) as rt:
+        thread = await rt.start_thread()
+        assert (await started(thread))["web"] == ("ready", None)
+        mock_model.script(Call(name="mcp__web__add", arguments={"a": 20, "b": 22}),
+                          Call(name="mcp__web__big", arguments={"mb": 1}),
+                          Call(name="mcp__web__echo", arguments={"text": "still"}), Text(text="ok"),
+                          thread_id=thread.thread_id)
+        with trio.fail_after(20):
+            await run(thread, "web")
+        added, big, echoed = outputs(mock_model)
+        assert added == '{"result": 42}'
+        assert "tool call error" in big and "limit" in big
+        assert echoed == '{"result": "still"}'
+
+
+def test_http_headers_carry_the_bearer_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOK", "abc")
+    monkeypatch.delenv("NOPE", raising=False)
+    cfg = McpServerConfig(url="http://x/mcp", bearer_token_env_var="TOK", http_headers={"X-A": "1"})
+    assert mcp_client.http_headers(cfg) == {"X-A": "1", "Authorization": "Bearer abc"}
+    with pytest.raises(mcp_client.McpClientError, match="NOPE"):
+        mcp_client.http_headers(McpServerConfig(url="http://x/mcp", bearer_token_env_var="NOPE"))

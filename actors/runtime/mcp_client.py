@@ -120,8 +120,12 @@ class Oversized:
         request_id: int | str = int(raw) if raw[:1] != b'"' else raw[1:-1].decode("utf-8", "replace")
         return types.JSONRPCMessage(types.JSONRPCError(
             jsonrpc="2.0", id=request_id,
-            error=types.ErrorData(code=-32000, message=f"the MCP server's answer is over the {MAX_LINE_BYTES // (1024 * 1024)} MiB limit"),
+            error=types.ErrorData(code=-32000, message=f"the MCP server's answer is over the {_limit()} limit"),
         ))
+
+
+def _limit() -> str:
+    return f"{MAX_LINE_BYTES // (1024 * 1024)} MiB"
 
 
 def server_env(config: McpServerConfig) -> dict[str, str]:
@@ -235,7 +239,9 @@ def http_headers(config: McpServerConfig) -> dict[str, str]:
 
 
 class _CappedTransport(httpx.AsyncBaseTransport):
-    """Fails a response whose body passes `HTTP_MAX_RESPONSE_BYTES` (the POSTs that carry results)."""
+    """Caps the answers to our POSTs: an SSE event (or a JSON body) over `HTTP_MAX_RESPONSE_BYTES`
+    is dropped unread past the cap, and the request gets a JSON-RPC error instead (the SDK would
+    otherwise wait for an answer until the tool timeout)."""
 
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport()
@@ -243,24 +249,49 @@ class _CappedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
         if request.method == "POST":
-            response.stream = _CappedStream(response.stream)  # type: ignore[arg-type]
+            try:
+                match = _ID.search(request.content[:4096])
+            except httpx.RequestNotRead:
+                match = None
+            reply = Oversized(head=match.group(0) if match else b"", size=0).error_reply()
+            sse = response.headers.get("content-type", "").startswith("text/event-stream")
+            response.stream = _CappedStream(response.stream, reply, sse=sse)  # type: ignore[arg-type]
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
 class _CappedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+    """Passes whole SSE events through; an event past the cap becomes an error event for the
+    request (and the rest of the response is not read)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, reply: types.JSONRPCMessage | None, *, sse: bool) -> None:
         self._inner = inner
+        self._reply = reply
+        self._sse = sse
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
+        pending = bytearray()
         async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > HTTP_MAX_RESPONSE_BYTES:
-                raise httpx.ReadError(f"response over the {HTTP_MAX_RESPONSE_BYTES} byte limit")
-            yield chunk
+            pending += chunk
+            if self._sse:
+                ends = list(_EVENT_END.finditer(pending))
+                if ends:
+                    cut = ends[-1].end()
+                    yield bytes(pending[:cut])
+                    del pending[:cut]
+            if len(pending) > HTTP_MAX_RESPONSE_BYTES:
+                log.warning("MCP server sent an oversized answer over HTTP", limit=HTTP_MAX_RESPONSE_BYTES)
+                if not self._sse or self._reply is None:
+                    raise httpx.ReadError(f"answer over the {HTTP_MAX_RESPONSE_BYTES} byte limit")
+                yield b"event: message\r\ndata: " + self._reply.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\r\n\r\n"
+                return
+        if pending:
+            yield bytes(pending)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

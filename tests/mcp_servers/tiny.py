@@ -1,6 +1,7 @@
 """A tiny stdio MCP server for the tests, written with the `mcp` SDK (FastMCP).
 
-Tools: add, echo, big (a result of N MB), slow (sleeps). `TINY_GRANDCHILD_PID=<file>` makes it
+Tools: add, echo, big (a result of N MB), slow (sleeps). `TINY_HTTP_PORT=<port>` serves streamable HTTP on
+127.0.0.1:<port>/mcp instead of stdio. `TINY_GRANDCHILD_PID=<file>` makes it
 start a `sleep` child first and write its pid there (for the process-group kill test).
 """
 
@@ -12,7 +13,7 @@ import subprocess
 import anyio
 from mcp.server.fastmcp import FastMCP
 
-app = FastMCP("tiny")
+app = FastMCP("tiny", port=int(os.environ.get("TINY_HTTP_PORT", "0")), log_level="WARNING")
 
 
 @app.tool()
@@ -52,4 +53,4 @@ if __name__ == "__main__":
         child = subprocess.Popen(["sleep", "300"])
         with open(pid_file, "w") as f:
             f.write(str(child.pid))
-    app.run()
+    app.run(transport="streamable-http" if os.environ.get("TINY_HTTP_PORT") else "stdio")
