@@ -26,6 +26,7 @@ from spindle.protocol.events import (
     TaskCompleteEvent,
 )
 from spindle.protocol.items import McpToolCallItem, TextInput
+from spindle.protocol.mcp import tool_name
 from spindle.protocol.ops import UserInputOp
 
 from .helpers import collect_until
@@ -250,3 +251,13 @@ def test_http_headers_carry_the_bearer_token(monkeypatch: pytest.MonkeyPatch) ->
     assert mcp_client.http_headers(cfg) == {"X-A": "1", "Authorization": "Bearer abc"}
     with pytest.raises(mcp_client.McpClientError, match="NOPE"):
         mcp_client.http_headers(McpServerConfig(url="http://x/mcp", bearer_token_env_var="NOPE"))
+
+
+def test_tool_names_are_sanitized_bounded_and_unique() -> None:
+    assert tool_name("docs", "add") == "mcp__docs__add"
+    assert tool_name("my docs", "find.all/v2") == "mcp__my_docs__find_all_v2"
+    long = tool_name("srv", "t" * 100)
+    assert len(long.encode()) == 64 and long.startswith("mcp__srv__ttt") and long[-13] == "_"
+    assert long != tool_name("srv", "t" * 101)  # the hash keeps cut names apart
+    clash = tool_name("a", "b.c", taken={"mcp__a__b_c"})
+    assert clash.startswith("mcp__a__b_c_") and clash != "mcp__a__b_c" and len(clash) <= 64

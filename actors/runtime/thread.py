@@ -280,14 +280,17 @@ class ThreadActor:
 
     # --- MCP servers ----------------------------------------------------
     async def _start_mcp(self) -> None:
-        """Start the servers of the thread's effective config (without holding up the thread)."""
+        """Start the servers of the thread's effective config (without holding up the thread).
+        A thread without its own layer takes the runtime's config as it is (no fresh read)."""
+        servers = self.resources.config.mcp_servers
         try:
-            config = await self.resources.thread_config(self.settings.cwd, self.session_config)
+            if self.session_config:
+                servers = (await self.resources.thread_config(self.settings.cwd, self.session_config)).mcp_servers
         except ConfigError as exc:
             self._deliver(INITIAL_SUB_ID, WarningEvent(message=f"MCP servers not started: {exc}"))
         else:
-            if self._mcp_pending is None and not self.mcp.servers:  # a refresh may have come first
-                self.mcp.apply(config.mcp_servers)
+            if not self.mcp.servers:  # a refresh may have come first
+                self.mcp.apply(servers)
         self.mcp_configured.set()
 
     def _mcp_status(self, server: str, status: McpStartupStatus, error: str | None) -> None:
