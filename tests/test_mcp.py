@@ -261,3 +261,9 @@ def test_tool_names_are_sanitized_bounded_and_unique() -> None:
     assert long != tool_name("srv", "t" * 101)  # the hash keeps cut names apart
     clash = tool_name("a", "b.c", taken={"mcp__a__b_c"})
     assert clash.startswith("mcp__a__b_c_") and clash != "mcp__a__b_c" and len(clash) <= 64
+
+
+def test_the_app_server_imports_the_mcp_sdk_only_when_a_server_starts() -> None:
+    code = "import sys, spindle.actors.appserver, spindle.actors.cli.serve; print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'pydantic')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # the SDK (and pydantic) cost ~0.4 s of start-up

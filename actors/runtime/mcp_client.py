@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +30,7 @@ from mcp.shared.message import SessionMessage
 
 from spindle.protocol.config import McpServerConfig
 
+from .mcp_manager import ServerProcess
 from .version import SPINDLE_VERSION
 
 log = structlog.get_logger(__name__)
@@ -40,34 +40,12 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 KILL_GRACE_S = 2.0
 """How long a server's process group has between SIGTERM and SIGKILL."""
-STDERR_TAIL_BYTES = 2048
-"""How much of a server's stderr a start-up failure quotes."""
 HTTP_MAX_RESPONSE_BYTES = MAX_LINE_BYTES
 _ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
 
 class McpClientError(Exception):
     """A server that cannot be started or reached; the message says why."""
-
-
-class ServerProcess:
-    """A stdio server's process: its pid, and the last bytes it wrote to stderr (for failure reasons)."""
-
-    def __init__(self) -> None:
-        self.pid: int | None = None
-        self.ended = trio.Event()
-        """Set when the server's stdout ends (it exited, or closed it): the connection is over."""
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        while self._size - len(self._chunks[0]) >= STDERR_TAIL_BYTES:
-            self._size -= len(self._chunks.popleft())
-
-    def text(self) -> str:
-        return b"".join(self._chunks)[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip()
 
 
 class LineSplitter:

@@ -10,25 +10,27 @@ answer within `startup_timeout_sec`, garbage) fails alone, with the reason.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from mcp import types
-from mcp.client.session import ClientSession
-from mcp.shared.exceptions import McpError
 from trio_typing import TaskStatus
 
 from spindle.protocol.config import McpServerConfig
 from spindle.protocol.mcp import McpStartupStatus
 
-from .mcp_client import McpClientError, ServerProcess, open_session, transport_of
+if TYPE_CHECKING:  # the SDK is imported when a server starts: `spindle app-server` starts faster
+    from mcp import types
+    from mcp.client.session import ClientSession
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_STARTUP_TIMEOUT_S = 10.0
+STDERR_TAIL_BYTES = 2048
+"""How much of a server's stderr a start-up failure quotes."""
 
 StatusCallback = Callable[[str, McpStartupStatus, "str | None"], None]
 
@@ -45,6 +47,26 @@ def tool_allowed(config: McpServerConfig, tool: str) -> bool:
     if config.enabled_tools is not None and tool not in config.enabled_tools:
         return False
     return tool not in config.disabled_tools
+
+
+class ServerProcess:
+    """A stdio server's process: its pid, and the last bytes it wrote to stderr (for failure reasons)."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.ended = trio.Event()
+        """Set when the server's stdout ends (it exited, or closed it): the connection is over."""
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= STDERR_TAIL_BYTES:
+            self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        return b"".join(self._chunks)[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip()
 
 
 class McpCallError(Exception):
@@ -104,6 +126,8 @@ class McpServer:
 
 def describe(exc: BaseException) -> str:
     """The first real cause in `exc` (exception groups flattened)."""
+    from mcp.shared.exceptions import McpError
+
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     if isinstance(exc, McpError):
@@ -190,6 +214,8 @@ class McpManager:
             log.warning("MCP server failed", server=server.name, error=error)
 
     async def _serve(self, server: McpServer) -> None:
+        from .mcp_client import McpClientError, open_session, transport_of
+
         name, config = server.name, server.config
         timeout = startup_timeout(config)
         problem = transport_of(config)

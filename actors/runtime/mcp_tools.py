@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from mcp import types
 
 from spindle.protocol.items import McpToolCallItem
 from spindle.protocol.mcp import tool_name
 
 from .mcp_manager import McpCallError, McpManager, McpServer
 from .tools import Tool, ToolContext, ToolRegistry, clip
+
+if TYPE_CHECKING:
+    from mcp import types
 
 MCP_MAX_OUTPUT_BYTES = 64 * 1024
 """The most of one tool result the model (and the item) gets; the rest is elided."""
