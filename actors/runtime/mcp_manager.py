@@ -1,7 +1,7 @@
 """The MCP servers of one thread: start, status, tools, calls, stop, and a new server set applied.
 
-`McpManager.run` is a service the thread actor starts in its own nursery; each enabled server is
-one task in the manager's nursery, holding its connection for its life. Start-up never blocks
+Each enabled server is one task in the nursery the manager is given (the thread actor's, so
+the actor's shutdown stops them), holding its connection for its life. Start-up never blocks
 the thread: a server goes `starting` -> `ready` | `failed` | `cancelled`, and each change is
 reported through `on_status`. A server that cannot start (missing command, immediate exit, no
 answer within `startup_timeout_sec`, garbage) fails alone, with the reason.
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from trio_typing import TaskStatus
 
 from spindle.protocol.config import McpServerConfig
 from spindle.protocol.mcp import McpStartupStatus
@@ -146,12 +145,9 @@ class McpManager:
         self._servers: dict[str, McpServer] = {}
         self._nursery: trio.Nursery | None = None
 
-    async def run(self, *, task_status: TaskStatus[McpManager] = trio.TASK_STATUS_IGNORED) -> None:
-        """Host the servers' tasks until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started(self)
-            await trio.sleep_forever()
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Run the servers' tasks in `nursery` from now on (cancelling it stops them all)."""
+        self._nursery = nursery
 
     # --- the server set -------------------------------------------------
     @property
@@ -173,7 +169,7 @@ class McpManager:
             server = McpServer(name=name, config=config)
             self._servers[name] = server
             if config.enabled:
-                assert self._nursery is not None, "McpManager.run has not started"
+                assert self._nursery is not None, "McpManager.bind has not been called"
                 server.status = "starting"
                 self._on_status(name, "starting", None)
                 self._nursery.start_soon(self._serve, server)

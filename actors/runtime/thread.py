@@ -187,11 +187,11 @@ class ThreadActor:
                 await self.rollout.start(writers, create=False)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await nursery.start(self.mcp.run)
+                self.mcp.bind(nursery)
                 self.emit(INITIAL_SUB_ID, self.session_configured())
+                self._start_mcp()
                 task_status.started()
                 started = True
-                nursery.start_soon(self._start_mcp)
                 await self._submission_loop(writers)
                 nursery.cancel_scope.cancel()  # the MCP servers: their processes are killed
         except* Exception as group:
@@ -279,18 +279,25 @@ class ThreadActor:
         return False
 
     # --- MCP servers ----------------------------------------------------
-    async def _start_mcp(self) -> None:
+    def _start_mcp(self) -> None:
         """Start the servers of the thread's effective config (without holding up the thread).
-        A thread without its own layer takes the runtime's config as it is (no fresh read)."""
-        servers = self.resources.config.mcp_servers
+        A thread without its own layer takes the runtime's config as it is (no fresh read, no task)."""
+        if not self.session_config:
+            self.mcp.apply(self.resources.config.mcp_servers)
+            self.mcp_configured.set()
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._start_session_mcp)
+
+    async def _start_session_mcp(self) -> None:
         try:
-            if self.session_config:
-                servers = (await self.resources.thread_config(self.settings.cwd, self.session_config)).mcp_servers
+            config = await self.resources.thread_config(self.settings.cwd, self.session_config)
         except ConfigError as exc:
+            log.warning("MCP servers not started", error=str(exc))
             self._deliver(INITIAL_SUB_ID, WarningEvent(message=f"MCP servers not started: {exc}"))
         else:
             if not self.mcp.servers:  # a refresh may have come first
-                self.mcp.apply(servers)
+                self.mcp.apply(config.mcp_servers)
         self.mcp_configured.set()
 
     def _mcp_status(self, server: str, status: McpStartupStatus, error: str | None) -> None:
