@@ -144,22 +144,23 @@ async def stdio_transport(config: McpServerConfig, process: ServerProcess) -> As
 
 
 async def kill_group(proc: trio.Process) -> None:
-    """SIGTERM the process group, SIGKILL it after the grace period, reap the server."""
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if grace is None:
-            await proc.wait()
-            return
-        with trio.move_on_after(grace):
-            await proc.wait()
-            try:  # the leader is gone; its children may not be
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            return
+    """SIGTERM the server's process group, SIGKILL what is left of it after the grace period (the
+    server if it hung, its children either way), reap the server and close its pipes."""
+    _killpg(proc.pid, signal.SIGTERM)
+    with trio.move_on_after(KILL_GRACE_S):
+        await proc.wait()
+    _killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            await pipe.aclose()
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 async def _read_stdout(proc: trio.Process, send: Any, ended: trio.Event) -> None:
