@@ -8,6 +8,7 @@ from .fanout import Broadcaster, Lagged, Subscription
 from .handle import ThreadHandle
 from .journal import HistoryView
 from .manager import ThreadManager, open_runtime
+from .mcp_refresh import McpRefreshError
 from .outcomes import SubmissionOutcome
 from .registry import ThreadShutdownReport
 from .tools import Tool, ToolContext, ToolRegistry
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "HistoryView",
     "Lagged",
+    "McpRefreshError",
     "Subscription",
     "SubmissionOutcome",
     "ThreadClosedError",
