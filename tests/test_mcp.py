@@ -76,9 +76,19 @@ async def test_tool_round_trip_through_the_model(make_runtime: Callable[..., Any
         assert (kind2, done.status, done.id) == ("ItemCompletedEvent", "completed", "call_1")
         assert done.result == {"content": [{"type": "text", "text": "5"}], "structuredContent": {"result": 5}}
         assert done.error is None and done.duration_ms is not None
+
+        mock_model.script(Call(name="mcp__docs__boom", arguments={}), Call(name="mcp__docs__add", arguments="{not json"),
+                          Text(text="hm"), thread_id=thread.thread_id)
+        msgs = await run(thread, "break things")
+        boom, bad_args = outputs(mock_model)[-2:]
+        assert "kaboom" in boom and bad_args.startswith('[{"type": "text", "text": "err: ')
+        completed = [item for kind, item in mcp_items(msgs) if kind == "ItemCompletedEvent"]
+        assert [(i.tool, i.status) for i in completed] == [("boom", "failed"), ("add", "failed")]
+        assert completed[0].result is not None and completed[0].error is None  # isError keeps the result
+        assert completed[1].result is None and (completed[1].error or "").startswith("err: ")
         # the item is in the rollout: the thread's turns are rebuilt with it
         turns = build_turns(thread.rollout.source.iter_forward_from(0))
-        rebuilt = [item for item in turns[-1].items if isinstance(item, v2.McpToolCallThreadItem)]
+        rebuilt = [item for item in turns[0].items if isinstance(item, v2.McpToolCallThreadItem)]
         assert [(i.id, i.server, i.tool, i.status) for i in rebuilt] == [("call_1", "docs", "add", "completed")]
 
 

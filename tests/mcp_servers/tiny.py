@@ -42,6 +42,12 @@ async def slow(seconds: float) -> str:
 
 
 @app.tool()
+def boom() -> str:
+    """Raise: the server answers with isError."""
+    raise RuntimeError("kaboom")
+
+
+@app.tool()
 def crash() -> str:
     """Exit the server at once."""
     os._exit(1)
