@@ -4,8 +4,10 @@ strict vs best-effort, and a running turn keeps its tools."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,13 @@ from spindle.actors.appserver import AppServer
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime.mcp_refresh import McpRefreshError
 from spindle.actors.testing.mock_model import Call, MockModel, Text
-from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.actors.testing.rpc_client import (
+    RpcClient,
+    RpcFailure,
+    in_memory,
+    subprocess_server,
+    write_config,
+)
 from spindle.protocol.config import Config
 from spindle.protocol.events import ItemStartedEvent, TaskCompleteEvent
 from spindle.protocol.items import McpToolCallItem, TextInput
@@ -168,3 +176,25 @@ async def test_a_refresh_during_a_turn_waits_for_its_end(
         assert set(thread.mcp_servers) == {"extra"}
         await run(thread, "next")
         assert "mcp__extra__add" in tool_names(mock_model) and "mcp__docs__add" not in tool_names(mock_model)
+
+
+def server_table(name: str, **extra: Any) -> str:
+    cfg = {**tiny(), **extra}
+    return "\n".join([f"[mcp_servers.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in cfg.items()), ""])
+
+
+async def test_spindle_app_server_reload_reads_config_toml_afresh(tmp_path: Path, mock_model: MockModel) -> None:
+    home = tmp_path / "home"
+    write_config(home, mock_model)
+    base = (home / "config.toml").read_text()
+    (home / "config.toml").write_text(base + server_table("first"))
+    async with subprocess_server(home, log_level="warning") as (client, _):
+        client.timeout = 30
+        await client.initialize()
+        tid = (await client.call("thread/start", {}))["thread"]["id"]
+        await client.wait_for("mcpServer/startupStatus/updated", lambda p: p["name"] == "first" and p["status"] == "ready")
+        (home / "config.toml").write_text(base + server_table("second"))
+        assert await client.call("config/mcpServer/reload") == {}
+        await client.wait_for("mcpServer/startupStatus/updated", lambda p: p["name"] == "second" and p["status"] == "ready")
+        listed = (await client.call("mcpServerStatus/list", {"threadId": tid}))["data"]
+        assert [(s["name"], s["runtimeStatus"]) for s in listed] == [("second", "connected")]
