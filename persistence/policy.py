@@ -3,7 +3,7 @@
 Written: `session_meta`; every model-visible history item (`response_item`), including the
 initial context and interrupt markers; one `turn_context` per turn; `compacted`; and the events
 below, which are what resume, fork and `thread/read` need to rebuild turns. Never written: deltas
-(`agent_message_delta`), `item_started`, `session_configured`, `stream_error`, `warning`,
+(`agent_message_delta`), `item_started`, `mcp_startup_update`, `session_configured`, `stream_error`, `warning`,
 `shutdown_complete` — they are live-only and would only bloat the file.
 """
 
@@ -21,7 +21,7 @@ from spindle.protocol.events import (
     TurnAbortedEvent,
     UserMessageEvent,
 )
-from spindle.protocol.items import AgentMessageItem, UserMessageItem
+from spindle.protocol.items import AgentMessageItem, McpToolCallItem, UserMessageItem
 
 PERSISTED_EVENTS = (
     TaskStartedEvent,
@@ -37,5 +37,5 @@ PERSISTED_EVENTS = (
 
 def should_persist_event(msg: EventMsg) -> bool:
     if isinstance(msg, ItemCompletedEvent):
-        return isinstance(msg.item, UserMessageItem | AgentMessageItem)
+        return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem)
     return isinstance(msg, PERSISTED_EVENTS)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
+from .mcp import McpStartupStatus
 from .settings import ApprovalPolicy, SandboxMode
 
 
@@ -159,6 +160,14 @@ class ThreadRolledBackEvent(EventMsgBase, tag="thread_rolled_back", kw_only=True
     num_turns: int
 
 
+class McpStartupUpdateEvent(EventMsgBase, tag="mcp_startup_update", kw_only=True, frozen=True):
+    """An MCP server of this thread changed its start-up status (live only, never persisted)."""
+
+    server: str
+    status: McpStartupStatus
+    error: str | None = None
+
+
 class ShutdownCompleteEvent(EventMsgBase, tag="shutdown_complete", kw_only=True, frozen=True):
     """The thread has stopped; no event follows."""
 
@@ -178,6 +187,7 @@ EventMsg = (
     | StreamErrorEvent
     | WarningEvent
     | ThreadRolledBackEvent
+    | McpStartupUpdateEvent
     | ShutdownCompleteEvent
 )
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -147,7 +147,22 @@ class CommandExecutionItem(TurnItemBase, tag="CommandExecution", kw_only=True, f
     duration_ms: int | None = None
 
 
-TurnItem = UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem
+class McpToolCallItem(TurnItemBase, tag="McpToolCall", kw_only=True, frozen=True):
+    """A call of an MCP server's tool: `server` and `tool` are the raw names (not the model's).
+
+    `result` is `{content, structuredContent?}` (kept when the server answered `isError`);
+    `error` the message of a call that failed before any answer (transport, timeout, bad args)."""
+
+    server: str
+    tool: str
+    arguments: Any = None
+    status: Literal["inProgress", "completed", "failed"]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+
+
+TurnItem = UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem | McpToolCallItem
 
 
 TURN_ABORTED_MARKER = (

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from .config import Config
+from .config import Config, McpServerConfig
 from .items import UserInput
 from .settings import SettingsUpdate
 
@@ -95,9 +95,11 @@ class SetThreadMemoryModeOp(OpBase, tag="set_thread_memory_mode", kw_only=True, 
 
 
 class RefreshMcpServersOp(OpBase, tag="refresh_mcp_servers", kw_only=True, frozen=True):
-    """Reload MCP servers before the next turn."""
+    """Make `mcp_servers` the thread's MCP server set: start new servers, stop removed ones,
+    restart changed ones, keep the others running. Applied at once when the thread is idle, else
+    when its running turn ends (a turn keeps the tools it started with)."""
 
-    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    mcp_servers: dict[str, McpServerConfig] = msgspec.field(default_factory=dict)
 
 
 class ReloadUserConfigOp(OpBase, tag="reload_user_config", kw_only=True, frozen=True):

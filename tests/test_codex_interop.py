@@ -241,3 +241,27 @@ async def test_real_codex_reads_a_spindle_thread_with_its_own_config_layer(tmp_p
         read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
         assert [_user_texts(t) for t in read["thread"]["turns"]] == [["with a layer"]]
         await codex.call("thread/resume", {"threadId": tid})
+
+
+@needs_codex
+async def test_real_codex_reads_a_spindle_thread_with_an_mcp_tool_call(tmp_path: Path, mock_model: MockModel) -> None:
+    from spindle.actors.runtime.config import load_config
+    from spindle.actors.testing.mock_model import Call, Text
+
+    from .test_mcp import tiny
+
+    home = tmp_path / "home"
+    write_config(home, mock_model)
+    async with open_runtime(load_config(home=home, extra={"mcp_servers": {"docs": tiny()}})) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="mcp__docs__add", arguments={"a": 1, "b": 2}), Text(text="three"),
+                          thread_id=thread.thread_id)
+        assert await thread.ask("add") == "three"
+        await thread.ask("and then")
+        tid = thread.thread_id
+        await thread.shutdown_and_wait()
+    lines = [json.loads(line) for line in thread.rollout_path.read_text().splitlines()]
+    assert any(line["payload"].get("item", {}).get("type") == "McpToolCall" for line in lines if line["type"] == "event_msg")
+    async with codex_app_server(home) as (codex, _):
+        read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
+        assert [_user_texts(t) for t in read["thread"]["turns"]] == [["add"], ["and then"]]

@@ -16,6 +16,7 @@ from spindle.actors.runtime.version import SPINDLE_VERSION
 from spindle.protocol.appserver import v2
 
 from . import config_methods as configs
+from . import mcp_methods as mcp
 from . import thread_methods as threads
 from . import turn_methods as turns
 from .context import RequestContext
@@ -81,4 +82,6 @@ HANDLERS: dict[str, Handler] = {
     "config/value/write": configs.config_value_write,
     "config/batchWrite": configs.config_batch_write,
     "configRequirements/read": configs.config_requirements_read,
+    "mcpServerStatus/list": mcp.mcp_server_status_list,
+    "config/mcpServer/reload": mcp.config_mcp_server_reload,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from spindle.protocol.appserver import v2
+from spindle.protocol.appserver import v2, v2mcp
 from spindle.protocol.appserver.jsonrpc import now_ms
 from spindle.protocol.appserver.v2map import thread_item, token_usage, turn_error
 from spindle.protocol.events import (
@@ -13,6 +13,7 @@ from spindle.protocol.events import (
     Event,
     ItemCompletedEvent,
     ItemStartedEvent,
+    McpStartupUpdateEvent,
     StreamErrorEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
@@ -68,6 +69,9 @@ class EventTranslator:
                 return self._error(message, info, turn_id, will_retry=False)
             case StreamErrorEvent(message=message, codex_error_info=info):
                 return self._error(message, info, None, will_retry=True)
+            case McpStartupUpdateEvent(server=name, status=status, error=error):
+                return [("mcpServer/startupStatus/updated", v2mcp.McpStartupStatusNotice(
+                    name=name, status=status, thread_id=tid, error=error))]
             case WarningEvent(message=message):
                 return [("warning", v2.WarningNotice(message=message, thread_id=tid))]
             case TaskCompleteEvent(turn_id=turn_id):

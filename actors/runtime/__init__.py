@@ -9,6 +9,7 @@ from .fanout import Broadcaster, Lagged, Subscription
 from .handle import ThreadHandle
 from .journal import HistoryView
 from .manager import ThreadManager, open_runtime
+from .mcp_refresh import McpRefreshError
 from .outcomes import SubmissionOutcome
 from .registry import ThreadShutdownReport
 from .tools import Tool, ToolContext, ToolRegistry
@@ -19,6 +20,7 @@ __all__ = [
     "HistoryView",
     "Lagged",
     "LayeredConfig",
+    "McpRefreshError",
     "Subscription",
     "SubmissionOutcome",
     "ThreadClosedError",

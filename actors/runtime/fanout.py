@@ -13,7 +13,7 @@ tractor's broadcast receiver, with a class of items it keeps).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 import trio
@@ -132,8 +132,11 @@ class Broadcaster(Generic[T]):
         self._keep = keep
         self._closed = False
 
-    def subscribe(self, capacity: int | None = None) -> Subscription[T]:
+    def subscribe(self, capacity: int | None = None, *, replay: Iterable[T] = ()) -> Subscription[T]:
+        """A subscription to what is published from now on, after the items of `replay`."""
         sub: Subscription[T] = Subscription(capacity or self._capacity, self._detach, self._keep)
+        for item in replay:
+            sub._offer(item)
         if self._closed:
             sub._end()
         else:

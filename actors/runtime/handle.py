@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from spindle.protocol.settings import ThreadSettings
 from .errors import ThreadClosedError, TurnAbortedError, TurnError
 from .fanout import Broadcaster, Subscription
 from .journal import HistoryView
+from .mcp_manager import McpServer
 from .outcomes import SubmissionOutcome
 from .thread import ThreadActor
 
@@ -118,8 +120,19 @@ class ThreadHandle:
         return sub.id
 
     def events(self, capacity: int | None = None) -> Subscription[Event]:
-        """A new subscription to this thread's events from now on."""
-        return self._events.subscribe(capacity)
+        """A new subscription to this thread's events from now on, after the start-up statuses
+        its MCP servers have reported so far (so a subscriber never misses `starting` or how it ended)."""
+        return self._events.subscribe(capacity, replay=self._actor.mcp_replay())
+
+    @property
+    def mcp_servers(self) -> Mapping[str, McpServer]:
+        """The thread's MCP servers by name (read-only; status, tools, error)."""
+        return self._actor.mcp.servers
+
+    async def wait_mcp_started(self, names: list[str] | None = None) -> None:
+        """Until the thread's MCP servers (or those named) have finished starting."""
+        await self._actor.mcp_configured.wait()
+        await self._actor.mcp.wait_started(names)
 
     async def ask(self, text: str) -> str:
         """Send `text` as user input and return the final answer of the turn it joins."""

@@ -25,6 +25,7 @@ from .errors import ConfigError, ThreadClosedError
 from .fanout import Subscription
 from .handle import ThreadHandle
 from .handoff import serve_handoffs
+from .mcp_refresh import McpRefreshError, check_required_servers
 from .registry import ThreadRegistry, ThreadShutdownReport
 from .resources import RuntimeResources
 from .stored import StoredThreads
@@ -93,11 +94,23 @@ class ThreadManager:
                 warnings.append(f"failed to rebuild the config of thread {thread_id}: {exc}")
         if base is not None and not isinstance(self.resources.source, FixedConfig):
             self.resources.config = base  # the thread-agnostic config new threads start from
+        applied: list[tuple[ThreadHandle, Config]] = []
         for handle, config in plans:
             try:
-                await handle.submit_and_wait(ReloadUserConfigOp(config=config))
+                outcome = await handle.submit_and_wait(ReloadUserConfigOp(config=config))
             except (ThreadClosedError, trio.TooSlowError) as exc:
-                warnings.append(f"failed to queue a config reload for thread {handle.thread_id}: {exc}")
+                problem = str(exc) or type(exc).__name__
+            else:
+                problem = outcome.error.message if outcome.error is not None else ""
+            if problem:
+                message = f"failed to queue a config reload for thread {handle.thread_id}: {problem}"
+                if strict:
+                    raise ConfigError(message)
+                warnings.append(message)
+            else:
+                applied.append((handle, config))
+        if strict:
+            await check_required_servers([(handle, config.mcp_servers) for handle, config in applied])
         for warning in warnings:
             log.warning("config reload", warning=warning)
         return warnings
@@ -151,6 +164,15 @@ class ThreadManager:
         await handle.wait_closed()
         self.registry.forget(handle)
         return None
+
+    async def refresh_mcp_servers(self, *, strict: bool = True) -> list[str]:
+        """Rebuild every loaded thread's MCP servers from its fresh effective config (its cwd, its
+        session layer). Strict: McpRefreshError names the thread (and server) and nothing changes
+        when a thread's config cannot be rebuilt. Best-effort: returns the warnings."""
+        try:
+            return await self.reload_user_config(strict=strict)
+        except ConfigError as exc:
+            raise McpRefreshError(str(exc)) from None
 
     # --- stored threads -------------------------------------------------
     async def resume_thread(

@@ -78,7 +78,8 @@ class ThreadRegistry:
 
         Nothing is written until the first user turn, unless `persist_now`: then the rollout
         (its `session_meta`) is written first, so the id can be resumed by another process
-        before any turn. `ephemeral` threads never touch disk.
+        before any turn. `ephemeral` threads never touch disk. `config` is the thread's own
+        config layer (dotted keys to values, e.g. `{"mcp_servers.docs": {...}}`).
         """
         if persist_now and ephemeral:
             raise ValueError("persist_now cannot be combined with ephemeral: an ephemeral thread is never written")

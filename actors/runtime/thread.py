@@ -19,13 +19,14 @@ from trio_typing import TaskStatus
 
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
-from spindle.protocol.config import Config
+from spindle.protocol.config import Config, McpServerConfig
 from spindle.protocol.events import (
     ErrorEvent,
     Event,
     EventMsg,
     ItemCompletedEvent,
     ItemStartedEvent,
+    McpStartupUpdateEvent,
     SessionConfiguredEvent,
     ShutdownCompleteEvent,
     TaskCompleteEvent,
@@ -39,10 +40,12 @@ from spindle.protocol.events import (
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
+from spindle.protocol.mcp import McpStartupStatus
 from spindle.protocol.ops import (
     InterruptOp,
     Op,
     OverrideTurnContextOp,
+    RefreshMcpServersOp,
     ReloadUserConfigOp,
     ShutdownOp,
     Submission,
@@ -55,6 +58,8 @@ from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 from .errors import ConfigError
 from .fanout import Broadcaster
 from .journal import ThreadJournal
+from .mcp_manager import McpManager
+from .mcp_tools import turn_tools
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
 from .resources import RuntimeResources
@@ -107,6 +112,10 @@ class ThreadActor:
         self._active: Turn | None = None
         self._nursery: trio.Nursery | None = None
         self._writers: trio.Nursery | None = None
+        self.mcp = McpManager(self._mcp_status)
+        self.mcp_configured = trio.Event()
+        """Set once the thread's first MCP server set is applied (turns wait for it)."""
+        self._mcp_pending: dict[str, McpServerConfig] | None = None
         self.fault: str | None = None
         """Why the actor stopped on an error of its own (the thread's `systemError`), if it did."""
 
@@ -184,10 +193,13 @@ class ThreadActor:
                 await self.rollout.start(writers, create=False)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.mcp.bind(nursery)
                 self.emit(INITIAL_SUB_ID, self.session_configured())
+                self._start_mcp()
                 task_status.started()
                 started = True
                 await self._submission_loop(writers)
+                nursery.cancel_scope.cancel()  # the MCP servers: their processes are killed
         except* Exception as group:
             if not started:
                 raise
@@ -266,9 +278,33 @@ class ThreadActor:
                 await self._rollback(sub.id, num_turns)
             case ReloadUserConfigOp(config=config):
                 await self._reload_config(sub.id, config)
+            case RefreshMcpServersOp(mcp_servers=servers):
+                self._refresh_mcp(servers)
             case _:
                 self._unsupported(sub.id, sub.op)
         return False
+
+    # --- MCP servers ----------------------------------------------------
+    def _start_mcp(self) -> None:
+        """Start the servers of the thread's effective config (the disk layers for its cwd and its
+        own layer, computed when it was spawned), without holding up the thread."""
+        self.mcp.apply(self.config.mcp_servers)
+        self.mcp_configured.set()
+
+    def _mcp_status(self, server: str, status: McpStartupStatus, error: str | None) -> None:
+        self._deliver(INITIAL_SUB_ID, McpStartupUpdateEvent(server=server, status=status, error=error))
+
+    def mcp_replay(self) -> list[Event]:
+        """The start-up statuses so far of the current servers, for a new subscriber."""
+        events: list[Event] = []
+        for server in self.mcp.servers.values():
+            if server.status is None:
+                continue
+            events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(server=server.name, status="starting")))
+            if server.status != "starting":
+                events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(
+                    server=server.name, status=server.status, error=server.error)))
+        return events
 
     def _unsupported(self, sub_id: str, op: Op) -> None:
         tag = type(op).__struct_config__.tag
@@ -309,6 +345,15 @@ class ThreadActor:
         if changes:
             log.info("config reloaded", changes=changes)
             self.settings = msgspec.structs.replace(self.settings, **changes)
+        self._refresh_mcp(config.mcp_servers)
+
+    def _refresh_mcp(self, servers: dict[str, McpServerConfig]) -> None:
+        """Make `servers` the thread's MCP server set: now when idle, else when the running turn
+        ends (it keeps the tools it started with)."""
+        if self._active is not None:
+            self._mcp_pending = servers
+        else:
+            self.mcp.apply(servers)
 
     # --- turns ----------------------------------------------------------
     async def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
@@ -341,6 +386,9 @@ class ThreadActor:
             try:
                 with turn.scope:
                     try:
+                        await self.mcp_configured.wait()
+                        await self.mcp.wait_started()  # bounded by each server's startup timeout
+                        turn.tools = turn_tools(self.tools, self.mcp)  # fixed for the whole turn
                         last = await run_turn(turn, self)
                     except SamplingFailed as err:
                         log.info("turn failed", error=err.message)
@@ -358,6 +406,9 @@ class ThreadActor:
                     self.journal.close_aborted_turn()
                     self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
                 self._active = None
+                if self._mcp_pending is not None:
+                    pending, self._mcp_pending = self._mcp_pending, None
+                    self.mcp.apply(pending)
                 turn.done.set()
                 with trio.move_on_after(PERSIST_DEADLINE_S) as cleanup:
                     cleanup.shield = True

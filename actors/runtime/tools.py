@@ -60,6 +60,17 @@ class ToolRegistry:
     def register(self, tool: Tool) -> None:
         self._tools[tool.name] = tool
 
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def extended(self, tools: list[Tool]) -> ToolRegistry:
+        """A new registry with these tools and `tools` (a turn's own set)."""
+        registry = ToolRegistry([])
+        registry._tools = {**self._tools}
+        for tool in tools:
+            registry.register(tool)
+        return registry
+
     def specs(self) -> list[dict[str, Any]]:
         return [tool.spec() for tool in self._tools.values()]
 
@@ -158,7 +169,7 @@ class ShellTool:
         if result is None:
             ctx.item_completed(msgspec.structs.replace(item, status="failed", duration_ms=duration_ms))
             return f"command timed out after {timeout_ms} ms"
-        output = _clip(result.stdout)
+        output = clip(result.stdout)
         ctx.item_completed(
             msgspec.structs.replace(
                 item,
@@ -171,10 +182,11 @@ class ShellTool:
         return f"Exit code: {result.returncode}\nWall time: {elapsed:.3f} seconds\nOutput:\n{output}"
 
 
-def _clip(data: bytes) -> str:
-    if len(data) <= SHELL_MAX_OUTPUT_BYTES:
+def clip(data: bytes, limit: int = SHELL_MAX_OUTPUT_BYTES) -> str:
+    """`data` as text, its middle elided when it is over `limit` bytes."""
+    if len(data) <= limit:
         return data.decode("utf-8", "replace")
-    half = SHELL_MAX_OUTPUT_BYTES // 2
+    half = limit // 2
     dropped = len(data) - 2 * half
     head = data[:half].decode("utf-8", "replace")
     tail = data[-half:].decode("utf-8", "replace")

@@ -80,6 +80,8 @@ class Turn:
     turn_id: str
     sub_id: str
     settings: ThreadSettings
+    tools: ToolRegistry | None = None
+    """The tools of this turn (the host's, unless set when it starts): a refresh never changes them."""
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pending: list[tuple[str, list[UserInput]]] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
@@ -134,7 +136,7 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
             if isinstance(item, Message) and item.role == "assistant":
                 last_message = item.text()
         for call in calls:
-            output = await host.tools.dispatch(call, _tool_context(turn, host, call))
+            output = await _tools(turn, host).dispatch(call, _tool_context(turn, host, call))
             await host.commit([output])
         if not calls and not turn.pending:
             return last_message
@@ -157,6 +159,10 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
     )
 
 
+def _tools(turn: Turn, host: TurnHost) -> ToolRegistry:
+    return turn.tools if turn.tools is not None else host.tools
+
+
 def build_request(turn: Turn, host: TurnHost) -> bytes:
     s = turn.settings
     reasoning = None
@@ -166,7 +172,7 @@ def build_request(turn: Turn, host: TurnHost) -> bytes:
         model=s.model,
         instructions=s.instructions,
         input=host.history,
-        tools=host.tools.specs(),
+        tools=_tools(turn, host).specs(),
         reasoning=reasoning,
         prompt_cache_key=host.thread_id,
     )

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config
+from . import v2, v2config, v2mcp
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -98,11 +98,14 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "config/value/write": v2config.ConfigValueWriteParams,
     "config/batchWrite": v2config.ConfigBatchWriteParams,
     "configRequirements/read": v2config.ConfigRequirementsReadParams,
+    "mcpServerStatus/list": v2mcp.McpServerStatusListParams,
+    "config/mcpServer/reload": v2mcp.NoParams,
 }
 """Methods Spindle serves, each with its params type."""
 
 PARAMS_OPTIONAL = frozenset({
-    "thread/start", "thread/list", "thread/loaded/list", "model/list", "config/read", "configRequirements/read",
+    "thread/start", "thread/list", "thread/loaded/list", "model/list", "config/read", "configRequirements/read", "mcpServerStatus/list",
+    "config/mcpServer/reload",
 })
 """Methods whose `params` may be omitted (treated as `{}`)."""
 
@@ -119,8 +122,7 @@ KNOWN_UNSUPPORTED = frozenset({
     "fs/copy", "fs/watch", "fs/unwatch", "skills/config/write", "plugin/install", "plugin/uninstall",
     "review/start", "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
     "modelProvider/capabilities/read", "experimentalFeature/list", "permissionProfile/list",
-    "experimentalFeature/enablement/set", "mcpServer/oauth/login", "config/mcpServer/reload",
-    "mcpServerStatus/list", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
+    "experimentalFeature/enablement/set", "mcpServer/oauth/login", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
     "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",
     "account/rateLimits/read", "account/rateLimitResetCredit/consume", "account/usage/read",
     "account/workspaceMessages/read", "account/sendAddCreditsNudgeEmail", "feedback/upload", "command/exec",

@@ -108,7 +108,31 @@ class CommandExecutionThreadItem(ThreadItemBase, tag="commandExecution", kw_only
     duration_ms: int | None = None
 
 
-ThreadItem = UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
+class McpToolCallError(Wire, kw_only=True):
+    message: str
+
+
+class McpToolCallThreadItem(ThreadItemBase, tag="mcpToolCall", kw_only=True):
+    id: str
+    server: str
+    tool: str
+    arguments: Any
+    status: Literal["inProgress", "completed", "failed"]
+    result: dict[str, Any] | None = None
+    error: McpToolCallError | None = None
+    duration_ms: int | None = None
+    environment_id: str | None = None
+    plugin_id: str | None = None
+    read_only_hint: bool | None = None
+    app_context: Any = None
+    mcp_app_ui: Any = None
+    mcp_app_resource_uri: str | None = None
+
+
+ThreadItem = (
+    UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
+    | McpToolCallThreadItem
+)
 
 # --- threads and turns ------------------------------------------------------
 

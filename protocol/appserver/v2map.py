@@ -10,6 +10,7 @@ from ..items import (
     CommandExecutionItem,
     ImageInput,
     LocalImageInput,
+    McpToolCallItem,
     ReasoningItem,
     TextInput,
     TurnItem,
@@ -82,6 +83,12 @@ def thread_item(item: TurnItem) -> v2.ThreadItem:
             return v2.CommandExecutionThreadItem(
                 id=item.id, command=item.command, cwd=item.cwd, status=item.status,
                 aggregated_output=item.aggregated_output, exit_code=item.exit_code,
+                duration_ms=item.duration_ms,
+            )
+        case McpToolCallItem():
+            return v2.McpToolCallThreadItem(
+                id=item.id, server=item.server, tool=item.tool, arguments=item.arguments, status=item.status,
+                result=item.result, error=v2.McpToolCallError(message=item.error) if item.error is not None else None,
                 duration_ms=item.duration_ms,
             )
     raise TypeError(f"not a turn item: {type(item).__name__}")

@@ -1,0 +1,62 @@
+"""A tiny stdio MCP server for the tests, written with the `mcp` SDK (FastMCP).
+
+Tools: add, echo, big (a result of N MB), slow (sleeps). `TINY_HTTP_PORT=<port>` serves streamable HTTP on
+127.0.0.1:<port>/mcp instead of stdio. `TINY_GRANDCHILD_PID=<file>` makes it
+start a `sleep` child first and write its pid there (for the process-group kill test).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import anyio
+from mcp.server.fastmcp import FastMCP
+
+app = FastMCP("tiny", port=int(os.environ.get("TINY_HTTP_PORT", "0")), log_level="WARNING")
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@app.tool()
+def echo(text: str) -> str:
+    """Echo the text back."""
+    return text
+
+
+@app.tool()
+def big(mb: float) -> str:
+    """Return a text of `mb` megabytes."""
+    return "x" * int(mb * 1024 * 1024)
+
+
+@app.tool()
+async def slow(seconds: float) -> str:
+    """Sleep, then answer."""
+    await anyio.sleep(seconds)
+    return "slept"
+
+
+@app.tool()
+def boom() -> str:
+    """Raise: the server answers with isError."""
+    raise RuntimeError("kaboom")
+
+
+@app.tool()
+def crash() -> str:
+    """Exit the server at once."""
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    pid_file = os.environ.get("TINY_GRANDCHILD_PID")
+    if pid_file:
+        child = subprocess.Popen(["sleep", "300"])
+        with open(pid_file, "w") as f:
+            f.write(str(child.pid))
+    app.run(transport="streamable-http" if os.environ.get("TINY_HTTP_PORT") else "stdio")
