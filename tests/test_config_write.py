@@ -1,7 +1,11 @@
-"""The user config.toml writer: edits land in the table they name and move no other key."""
+"""The user config.toml writer: edits land in the table they name and move no other key, a
+symlinked config.toml stays a symlink, and two writers never lose an edit."""
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -9,7 +13,7 @@ from typing import Any
 import pytest
 
 import spindle.actors.runtime.config_write as cw
-from spindle.actors.runtime.config_layers import LayeredConfig
+from spindle.actors.runtime.config_layers import LayeredConfig, version_of
 from spindle.actors.runtime.config_write import (
     ConfigWriteError,
     Edit,
@@ -68,3 +72,69 @@ def test_an_edit_no_placement_can_make_is_refused_and_nothing_written(tmp_path: 
     assert err.value.code == "configValidationError"
     assert err.value.message.startswith(f"cannot write `mcp_servers.web.url` to {home / 'config.toml'} without changing other keys")
     assert (home / "config.toml").read_text() == DOTTED
+
+
+def test_a_symlinked_config_stays_a_symlink_and_its_target_is_edited(tmp_path: Path) -> None:
+    home, dots = tmp_path / "home", tmp_path / "dotfiles"
+    home.mkdir()
+    dots.mkdir()
+    target = dots / "codex.toml"
+    target.write_text('model = "a"  # mine\n')
+    target.chmod(0o640)
+    (home / "config.toml").symlink_to(target)
+    outcome = _write(home, ("model_verbosity", "low", "replace"))
+    assert (home / "config.toml").is_symlink() and os.readlink(home / "config.toml") == str(target)
+    assert target.read_text() == 'model = "a"  # mine\nmodel_verbosity = "low"\n'
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert outcome.path == home / "config.toml" and outcome.version == version_of(target.read_bytes())
+    assert sorted(p.name for p in dots.iterdir()) == ["codex.toml", "codex.toml.lock"]  # no temporary file left
+
+
+@pytest.mark.parametrize("same_version", [False, True])
+def test_two_writers_at_once_never_lose_an_edit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_version: bool) -> None:
+    """The first writer stops between reading the file and replacing it until the second has run
+    into the lock (or, were there none, has written): the second then reads the first's result,
+    or is told its version is stale."""
+    home = _home(tmp_path, 'model = "a"\n')
+    expected = version_of((home / "config.toml").read_bytes()) if same_version else None
+    second_went = threading.Event()
+    results: dict[str, Any] = {}
+
+    def writer(name: str, edit: tuple[str, Any, str]) -> None:
+        try:
+            results[name] = _write(home, edit, expected=expected)
+        except ConfigWriteError as exc:
+            results[name] = exc
+        finally:
+            if name == "second":
+                second_went.set()
+
+    second = threading.Thread(target=writer, args=("second", ("instructions", "hello", "replace")))
+    first = threading.Thread(target=writer, args=("first", ("model", "b", "replace")))
+    try_lock, validated = cw.try_lock, cw._validated
+
+    def spying_try_lock(fd: int) -> bool:
+        got = try_lock(fd)
+        if not got and threading.current_thread() is second:
+            second_went.set()
+        return got
+
+    def pausing_validated(*args: Any) -> Any:
+        if threading.current_thread() is first:
+            second.start()
+            assert second_went.wait(timeout=10)
+        return validated(*args)
+
+    monkeypatch.setattr(cw, "try_lock", spying_try_lock)
+    monkeypatch.setattr(cw, "_validated", pausing_validated)
+    first.start()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert isinstance(results["first"], WriteOutcome)
+    final = tomllib.loads((home / "config.toml").read_text())
+    if same_version:
+        assert isinstance(results["second"], ConfigWriteError) and results["second"].code == "configVersionConflict"
+        assert final == {"model": "b"}
+    else:
+        assert isinstance(results["second"], WriteOutcome)
+        assert final == {"model": "b", "instructions": "hello"}

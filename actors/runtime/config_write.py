@@ -4,18 +4,24 @@ comments and formatting (tomlkit).
 Every edit is checked before anything is written: the key path must exist in the schema, the file
 must still be the version the caller read, the new text must read back as exactly the intended
 data (the edits applied to the file's parsed data), and the user layer alone and the whole
-effective config must validate. On any error nothing is written (the file stays byte-identical);
-a write replaces the file atomically (temporary file, fsync, rename). Blocking: call it in a worker
-thread.
+effective config must validate. On any error nothing is written (the file stays byte-identical).
+
+A write holds an exclusive `flock` on `<file>.lock` beside the real file from reading the file to
+replacing it, so two writers (threads or processes) never lose each other's edits. A symlinked
+config.toml stays a symlink: the file it points to is replaced atomically (temporary file in its
+directory with its mode, fsync, rename). Blocking: call it in a worker thread.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import tempfile
+import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +51,9 @@ WriteErrorCode = Literal[
     "configSchemaUnknownKey", "userLayerNotFound",
 ]
 VERSION_CONFLICT = "Configuration was modified since last read. Fetch latest version and retry."
+LOCK_WAIT_SECONDS = 10.0
+"""How long a write waits for another writer's lock before it is refused."""
+LOCK_POLL_SECONDS = 0.05
 
 
 class ConfigWriteError(Exception):
@@ -110,22 +119,24 @@ def write_user_config(
     path = user_file(source)
     if file_path is not None and os.path.abspath(file_path) != os.path.abspath(path):
         raise ConfigWriteError("configLayerReadonly", "Only writes to the user config are allowed")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raw = b""
-    except OSError as exc:
-        raise ConfigWriteError("userLayerNotFound", f"{path}: cannot read: {exc.strerror}") from None
-    if expected_version is not None and expected_version != version_of(raw):
-        raise ConfigWriteError("configVersionConflict", VERSION_CONFLICT)
-    try:
-        original = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigWriteError("configValidationError", f"Invalid configuration: {path}: {exc}") from None
-    text = edited_text(original, edits, path)
-    new = text.encode("utf-8")
-    stack = _validated(source, path, tomllib.loads(text), new)
-    _replace(path, new)
+    real = Path(os.path.realpath(path))
+    with _locked(real):
+        try:
+            raw = real.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        except OSError as exc:
+            raise ConfigWriteError("userLayerNotFound", f"{path}: cannot read: {exc.strerror}") from None
+        if expected_version is not None and expected_version != version_of(raw):
+            raise ConfigWriteError("configVersionConflict", VERSION_CONFLICT)
+        try:
+            original = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigWriteError("configValidationError", f"Invalid configuration: {path}: {exc}") from None
+        text = edited_text(original, edits, path)
+        new = text.encode("utf-8")
+        stack = _validated(source, path, tomllib.loads(text), new)
+        _replace(real, new)
     return WriteOutcome(path=path, version=version_of(new), stack=stack, overridden=_overridden(stack, edits))
 
 
@@ -314,7 +325,7 @@ def _pruned(data: Any) -> Any:
     return {key: value for key, value in out.items() if value != {}}
 
 
-# -- Validation, replacing -------------------------------------------------------------
+# -- Validation, locking, replacing -------------------------------------------------------------
 
 def _validated(source: ConfigSource, path: Path, data: dict[str, Any], raw: bytes) -> LayerStack:
     """The layer stack with the new user file: the user layer alone, then the whole effective
@@ -329,22 +340,55 @@ def _validated(source: ConfigSource, path: Path, data: dict[str, Any], raw: byte
     return stack
 
 
-def _replace(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.toml.", dir=path.parent)
+@contextmanager
+def _locked(real: Path) -> Iterator[None]:
+    """An exclusive flock on `<real>.lock`, waited for up to LOCK_WAIT_SECONDS."""
+    lock = real.with_name(real.name + ".lock")
     try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigWriteError("configLayerReadonly", f"{lock}: cannot open the lock file: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while not try_lock(fd):
+            if time.monotonic() > deadline:
+                raise ConfigWriteError(
+                    "configVersionConflict", f"{lock}: another writer has held it for {LOCK_WAIT_SECONDS:g}s; retry")
+            time.sleep(LOCK_POLL_SECONDS)  # a worker thread, never the event loop
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _replace(real: Path, content: bytes) -> None:
+    """`real` (a regular file, not a symlink) atomically replaced by `content`, its mode kept."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if real.exists():
+            os.chmod(tmp, real.stat().st_mode & 0o777)
+        os.replace(tmp, real)
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError):
+            raise ConfigWriteError("configLayerReadonly", f"{real}: cannot write: {exc.strerror or exc}") from None
         raise
 
 
