@@ -1,5 +1,6 @@
 """The user config.toml writer: edits land in the table they name and move no other key, a
-symlinked config.toml stays a symlink, and two writers never lose an edit."""
+symlinked config.toml stays a symlink, two writers never lose an edit, and profile keys are
+checked like top-level ones."""
 
 from __future__ import annotations
 
@@ -138,3 +139,36 @@ def test_two_writers_at_once_never_lose_an_edit(tmp_path: Path, monkeypatch: pyt
     else:
         assert isinstance(results["second"], WriteOutcome)
         assert final == {"model": "b", "instructions": "hello"}
+
+
+PROFILE = '[profiles.work]\nmodel = "x"  # mine\n'
+
+
+@pytest.mark.parametrize(("edit", "code", "message"), [
+    (("profiles.work.modle", "y", "replace"), "configSchemaUnknownKey",
+     "unknown config key `profiles.work.modle`; did you mean `profiles.work.model`?"),
+    (("profiles.work", {"sandbox_mod": "read-only"}, "upsert"), "configSchemaUnknownKey",
+     "unknown config key `profiles.work.sandbox_mod`; did you mean `profiles.work.sandbox_mode`?"),
+    (("profiles", {"home": {"modle": "y"}}, "upsert"), "configSchemaUnknownKey",
+     "unknown config key `profiles.home.modle`; did you mean `profiles.home.model`?"),
+    (("profiles.work.model_providers.m.base_ur", "http://m", "replace"), "configSchemaUnknownKey",
+     "unknown config key `profiles.work.model_providers.m.base_ur`; did you mean `profiles.work.model_providers.m.base_url`?"),
+    (("profiles.work.sandbox_mode", 7, "replace"), "configValidationError",
+     "key 'sandbox_mode': Expected `str`, got `int`; allowed values: danger-full-access, read-only, workspace-write "
+     "[profile 'work' layer]"),
+    (("profiles.home", {"approval_policy": "nope"}, "replace"), "configValidationError",
+     "key 'approval_policy': Invalid enum value 'nope'; allowed values: never, on-failure, on-request, untrusted "
+     "[profile 'home' layer]"),
+])
+def test_a_bad_profile_key_or_value_is_refused(tmp_path: Path, edit: tuple[str, Any, str], code: str, message: str) -> None:
+    home = _home(tmp_path, PROFILE)
+    with pytest.raises(ConfigWriteError) as err:
+        _write(home, edit)
+    assert err.value.code == code and message in err.value.message
+    assert (home / "config.toml").read_text() == PROFILE
+
+
+def test_a_good_profile_key_is_written(tmp_path: Path) -> None:
+    home = _home(tmp_path, PROFILE)
+    _write(home, ("profiles.work.sandbox_mode", "read-only", "replace"))
+    assert (home / "config.toml").read_text() == PROFILE + 'sandbox_mode = "read-only"\n'

@@ -1,10 +1,11 @@
 """Writing the user's `config.toml` (`config/value/write`, `config/batchWrite`), keeping its
 comments and formatting (tomlkit).
 
-Every edit is checked before anything is written: the key path must exist in the schema, the file
-must still be the version the caller read, the new text must read back as exactly the intended
-data (the edits applied to the file's parsed data), and the user layer alone and the whole
-effective config must validate. On any error nothing is written (the file stays byte-identical).
+Every edit is checked before anything is written: the key path must exist in the schema (inside a
+`[profiles.NAME]` table too), the file must still be the version the caller read, the new text
+must read back as exactly the intended data (the edits applied to the file's parsed data), and the
+user layer alone, each profile the edits touch, and the whole effective config must validate. On
+any error nothing is written (the file stays byte-identical).
 
 A write holds an exclusive `flock` on `<file>.lock` beside the real file from reading the file to
 replacing it, so two writers (threads or processes) never lose each other's edits. A symlinked
@@ -43,7 +44,7 @@ from .config_keys import (
     unknown_key_message,
     unknown_keys,
 )
-from .config_layers import ConfigSource, FixedConfig, LayerStack, version_of
+from .config_layers import ConfigSource, FixedConfig, LayerStack, data_version, version_of
 from .errors import ConfigError
 
 WriteErrorCode = Literal[
@@ -135,30 +136,31 @@ def write_user_config(
             raise ConfigWriteError("configValidationError", f"Invalid configuration: {path}: {exc}") from None
         text = edited_text(original, edits, path)
         new = text.encode("utf-8")
-        stack = _validated(source, path, tomllib.loads(text), new)
+        stack = _validated(source, path, tomllib.loads(text), new, edits)
         _replace(real, new)
     return WriteOutcome(path=path, version=version_of(new), stack=stack, overridden=_overridden(stack, edits))
 
 
 def check_schema(edit: Edit) -> None:
     """ConfigWriteError(configSchemaUnknownKey) for a key path, or a key in a table value, that
-    the config schema does not have (with a "did you mean"). Deleting any key is allowed: that is
-    how a typo is removed."""
+    the config schema does not have (with a "did you mean"); a `[profiles.NAME]` table holds the
+    same keys as the top level. Deleting any key is allowed: that is how a typo is removed."""
     if edit.value is None:
         return
     tp: Any = Config
     for i, key in enumerate(edit.path):
-        sub = child_type(tp, key)
+        sub = Config if i == 1 and edit.path[0] == "profiles" else child_type(tp, key)
         if sub is None:
             raise ConfigWriteError("configSchemaUnknownKey", unknown_key_message(edit.path[: i + 1], tp))
         if sub is ANY:
             return
         tp = sub
-    if isinstance(edit.value, dict):
-        message = next(iter(unknown_keys(edit.value, tp, tuple(edit.path))), None)
-        if message is not None:
-            raise ConfigWriteError("configSchemaUnknownKey", message)
-
+    tree: Any = edit.value
+    for key in reversed(edit.path):
+        tree = {key: tree}
+    message = next(iter(unknown_keys(tree)), None)  # from the top, so profiles are checked as such
+    if message is not None:
+        raise ConfigWriteError("configSchemaUnknownKey", message)
 
 
 # -- The new text: tomlkit places each change, the plain data says where it must land --------------
@@ -327,17 +329,32 @@ def _pruned(data: Any) -> Any:
 
 # -- Validation, locking, replacing -------------------------------------------------------------
 
-def _validated(source: ConfigSource, path: Path, data: dict[str, Any], raw: bytes) -> LayerStack:
-    """The layer stack with the new user file: the user layer alone, then the whole effective
-    config, must be valid (ConfigWriteError configValidationError naming key and layer)."""
-    alone = LayerStack([ConfigLayer(kind="user", source=str(path), data=data, version=version_of(raw))], path.parent)
+def _validated(source: ConfigSource, path: Path, data: dict[str, Any], raw: bytes, edits: list[Edit]) -> LayerStack:
+    """The layer stack with the new user file: the user layer alone, with each profile an edit
+    touches selected, then the whole effective config, must be valid (ConfigWriteError
+    configValidationError naming key and layer)."""
+    user = ConfigLayer(kind="user", source=str(path), data=data, version=version_of(raw))
+    alone = LayerStack([user], path.parent)
     try:
         alone.config  # noqa: B018
+        for name, table in _touched_profiles(data, edits):
+            profile = ConfigLayer(kind="user", source=str(path), data=table, version=data_version(table), profile=name)
+            LayerStack([user, profile], path.parent).config  # noqa: B018
         stack = alone if isinstance(source, FixedConfig) else source.load(user=(data, raw))
         stack.config  # noqa: B018
     except ConfigError as exc:
         raise ConfigWriteError("configValidationError", f"Invalid configuration: {exc}") from None
     return stack
+
+
+def _touched_profiles(data: Mapping[str, Any], edits: list[Edit]) -> Iterator[tuple[str, dict[str, Any]]]:
+    profiles = data.get("profiles")
+    if not isinstance(profiles, dict):
+        return
+    names = {edit.path[1] if len(edit.path) > 1 else None for edit in edits if edit.path[0] == "profiles"}
+    for name, table in profiles.items():
+        if (name in names or None in names) and isinstance(table, dict):
+            yield name, table
 
 
 @contextmanager
