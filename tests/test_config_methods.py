@@ -4,6 +4,7 @@ and thread/start's config map."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from spindle.actors.appserver import AppServer
-from spindle.actors.runtime import ThreadManager, open_runtime
+from spindle.actors.runtime import ThreadManager, config_write, open_runtime
 from spindle.actors.runtime.config_layers import LayeredConfig
 from spindle.actors.testing.mock_model import MockModel
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
@@ -166,6 +167,25 @@ async def test_a_bad_write_is_refused_and_the_file_is_untouched(
     assert err.value.code == -32600
     assert err.value.error["data"] == {"config_write_error_code": code}
     assert message in err.value.message
+    assert layout["user"].read_bytes() == before
+
+
+async def test_a_write_that_fails_after_its_temporary_file_leaves_no_trace(
+    rpc: RpcClient, layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = layout["user"].read_bytes()
+    written: list[bytes] = []
+
+    def failing_replace(src: str, dst: str) -> None:
+        written.append(Path(src).read_bytes())  # the temporary file exists and holds the new text
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(config_write.os, "replace", failing_replace)
+    with pytest.raises(RpcFailure) as err:
+        await rpc.call("config/value/write", {"keyPath": "model", "value": "m", "mergeStrategy": "replace"})
+    assert err.value.error == {"code": -32600, "message": f"{layout['user']}: cannot write: Input/output error",
+                               "data": {"config_write_error_code": "configLayerReadonly"}}
+    assert len(written) == 1 and b'model = "m"' in written[0]
     assert layout["user"].read_bytes() == before
     assert not [p for p in layout["home"].iterdir() if p.name.startswith(".config.toml")]  # no temporary file left
 
