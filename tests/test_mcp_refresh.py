@@ -223,3 +223,17 @@ async def test_spindle_app_server_reload_reads_config_toml_afresh(tmp_path: Path
         await client.wait_for("mcpServer/startupStatus/updated", lambda p: p["name"] == "second" and p["status"] == "ready")
         listed = (await client.call("mcpServerStatus/list", {"threadId": tid}))["data"]
         assert [(s["name"], s["runtimeStatus"]) for s in listed] == [("second", "connected")]
+
+
+async def test_a_config_write_with_reload_refreshes_mcp_servers_through_the_same_path(
+    tmp_path: Path, mock_model: MockModel
+) -> None:
+    home = tmp_path / "home"
+    async with open_runtime(layered(home, mock_model, docs=tiny())) as manager, app(manager) as client:
+        tid = (await client.call("thread/start", {"config": {"mcp_servers.injected": tiny()}}))["thread"]["id"]
+        handle = manager.get_thread(tid)
+        await started(handle)
+        edit = {"keyPath": "mcp_servers.extra", "value": tiny(), "mergeStrategy": "replace"}
+        await client.call("config/batchWrite", {"edits": [edit], "reloadUserConfig": True})
+        await started(handle)
+        assert set(handle.mcp_servers) == {"docs", "injected", "extra"}
