@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
+from spindle.actors.appserver import AppServer
+from spindle.actors.runtime import ThreadManager
 from spindle.actors.runtime.fanout import Subscription
+from spindle.actors.testing.rpc_client import RpcClient, in_memory
 from spindle.protocol.events import Event, EventMsg
 
 DEADLINE_S = 10.0
@@ -28,3 +32,14 @@ async def collect_until(
 
 def kinds(events: list[Event]) -> list[str]:
     return [type(ev.msg).__struct_config__.tag for ev in events]  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def app_client(manager: ThreadManager) -> AsyncIterator[RpcClient]:
+    """An app-server on `manager` and an initialized in-memory client of it."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(manager).run)
+        async with in_memory(server) as client:
+            await client.initialize()
+            yield client
+        nursery.cancel_scope.cancel()

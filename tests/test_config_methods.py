@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import trio
 
-from spindle.actors.appserver import AppServer
 from spindle.actors.runtime import ThreadManager, config_write, open_runtime
 from spindle.actors.runtime.config_layers import LayeredConfig
 from spindle.actors.testing.mock_model import MockModel
-from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure
+
+from .helpers import app_client
 
 HEAD = """# My Codex config: keep this comment
 model = "mock-model"   # the model
@@ -61,12 +62,8 @@ async def manager(layout: dict[str, Path]) -> AsyncIterator[ThreadManager]:
 
 @pytest.fixture
 async def rpc(manager: ThreadManager) -> AsyncIterator[RpcClient]:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(AppServer(manager).run)
-        async with in_memory(server) as client:
-            await client.initialize()
-            yield client
-        nursery.cancel_scope.cancel()
+    async with app_client(manager) as client:
+        yield client
 
 
 def _version(path: Path) -> str:

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,30 @@ def home(tmp_path: Path, mock_model: MockModel) -> Path:
     home = tmp_path / "codex-home"
     write_config(home, mock_model)
     return home
+
+
+@asynccontextmanager
+async def codex_like_holder(lock: Path) -> AsyncIterator[trio.Process]:
+    """A child process holding `lock` the real Codex's way (`flock`, the file's content left as
+    it is), killed with SIGKILL on exit."""
+    script = (
+        "import fcntl, os, time;"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT);"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB);"
+        "print('held', flush=True); time.sleep(60)"
+    )
+    child = await trio.lowlevel.open_process([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        said = b""
+        with trio.fail_after(30):
+            while not said.endswith(b"\n"):
+                said += await child.stdout.receive_some()
+        assert said == b"held\n"
+        yield child
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
 
 
 async def materialized(rt: ThreadManager) -> str:
@@ -140,25 +165,9 @@ async def test_lock_of_a_killed_process_never_blocks(make_config: Callable[..., 
         await rt.get_thread(tid).shutdown_and_wait()
         rt.registry.forget(rt.get_thread(tid))
         lock = lock_path(home, tid)
-        script = (  # the real Codex's way: flock an empty `<id>.lock`, say nothing
-            "import fcntl, os, time;"
-            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT);"
-            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB);"
-            "print('held', flush=True); time.sleep(60)"
-        )
-        child = await trio.lowlevel.open_process([sys.executable, "-c", script], stdout=subprocess.PIPE)
-        try:
-            assert child.stdout is not None
-            with trio.fail_after(30):
-                said = b""
-                while not said.endswith(b"\n"):
-                    said += await child.stdout.receive_some()
-                assert said == b"held\n"
+        async with codex_like_holder(lock) as child:
             with pytest.raises(WriterLeaseHeldError, match=f"is being written by python3? pid {child.pid} since 20"):
                 await rt.resume_thread(tid)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            await child.wait()
         assert lock.exists(), "the dead holder's lock file is still there"
         resumed = await rt.resume_thread(tid)
         assert await resumed.ask("again") == "echo: again"
@@ -370,25 +379,10 @@ async def test_a_crashed_spindle_note_does_not_name_a_later_holder(make_config: 
         rt.registry.forget(rt.get_thread(tid))
         lock = lock_path(home, tid)
         lock.write_text('{"pid": 999999, "owner": "spindle", "handoff": "@gone"}\n')  # left by a crash
-        script = (
-            "import fcntl, os, time;"
-            f"fd = os.open({str(lock)!r}, os.O_RDWR);"
-            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB);"
-            "print('held', flush=True); time.sleep(60)"
-        )
-        child = await trio.lowlevel.open_process([sys.executable, "-c", script], stdout=subprocess.PIPE)
-        try:
-            assert child.stdout is not None
-            said = b""
-            with trio.fail_after(30):
-                while not said.endswith(b"\n"):
-                    said += await child.stdout.receive_some()
+        async with codex_like_holder(lock) as child:
             with pytest.raises(WriterLeaseHeldError) as caught:
                 await rt.resume_thread(tid)
             assert f"pid {child.pid}" in str(caught.value) and "999999" not in str(caught.value)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            await child.wait()
 
 
 def test_a_lock_file_replaced_behind_the_coordination_lock_is_not_trusted(tmp_path: Path) -> None:

@@ -5,8 +5,7 @@ strict vs best-effort, and a running turn keeps its tools."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,13 @@ import pytest
 import tomlkit
 import trio
 
-from spindle.actors.appserver import AppServer
-from spindle.actors.runtime import ThreadManager, open_runtime
+from spindle.actors.runtime import open_runtime
 from spindle.actors.runtime.config_layers import LayeredConfig
 from spindle.actors.runtime.mcp_refresh import McpRefreshError
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import (
     RpcClient,
     RpcFailure,
-    in_memory,
     subprocess_server,
     write_config,
 )
@@ -32,19 +29,13 @@ from spindle.protocol.items import McpToolCallItem, TextInput
 from spindle.protocol.ops import UserInputOp
 from spindle.protocol.settings import SettingsUpdate
 
+from .helpers import app_client
 from .test_mcp import outputs, run, started, tiny, tool_names
 
 BROKEN = {"command": "/nonexistent/spindle-mcp-server"}
 
 
-@asynccontextmanager
-async def app(manager: ThreadManager) -> AsyncIterator[RpcClient]:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(AppServer(manager).run)
-        async with in_memory(server) as client:
-            await client.initialize()
-            yield client
-        nursery.cancel_scope.cancel()
+app = app_client
 
 
 def on_disk(home: Path, mock: MockModel, **servers: Any) -> None:
