@@ -19,6 +19,7 @@ import structlog
 import trio
 
 from spindle.protocol.items import CommandExecutionItem, FunctionCall, FunctionCallOutput, TurnItem
+from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ApprovalPolicy, SandboxMode, ThreadSettings
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,8 @@ class ToolContext:
     turn_id: str
     call_id: str
     settings: ThreadSettings
+    sandbox: SandboxSpec
+    """What this turn's commands may touch, realised from `settings`."""
     item_started: Callable[[TurnItem], None]
     item_completed: Callable[[TurnItem], None]
 

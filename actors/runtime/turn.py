@@ -59,6 +59,7 @@ from spindle.protocol.responses import (
 from spindle.protocol.settings import ThreadSettings
 
 from .model_client import ModelClient, ModelError, decode_usage
+from .permissions import realise
 from .tools import ToolContext, ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -154,6 +155,7 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
         turn_id=turn.turn_id,
         call_id=call.call_id,
         settings=turn.settings,
+        sandbox=realise(turn.settings),
         item_started=started,
         item_completed=completed,
     )
