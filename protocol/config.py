@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -32,6 +32,10 @@ BUILTIN_PROVIDERS: dict[str, ModelProviderInfo] = {
 }
 
 
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+"""A duration in seconds: not negative, not NaN (`inf` waits for ever)."""
+
+
 class McpServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     """`[mcp_servers.NAME]`: a stdio server (`command`) or a streamable HTTP one (`url`)."""
 
@@ -46,9 +50,9 @@ class McpServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     env_http_headers: dict[str, str] = msgspec.field(default_factory=dict)
     enabled: bool = True
     required: bool = False
-    startup_timeout_sec: float | None = None
-    startup_timeout_ms: int | None = None
-    tool_timeout_sec: float = 60.0
+    startup_timeout_sec: Seconds | None = None
+    startup_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tool_timeout_sec: Seconds = 60.0
     enabled_tools: list[str] | None = None
     disabled_tools: list[str] = msgspec.field(default_factory=list)
 

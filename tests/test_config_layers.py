@@ -222,3 +222,10 @@ base_url = "{mock_model.base_url}"
         warnings = await rt.reload_user_config(strict=False)
         assert warnings and all("approval_policy" in w for w in warnings)
         assert plain.settings.sandbox_mode == "workspace-write"  # kept its last good config
+
+
+@pytest.mark.parametrize("value", ["nan", "-1.0"])
+def test_an_mcp_timeout_that_is_negative_or_nan_is_refused_naming_it(tmp_path: Path, value: str) -> None:
+    _write(tmp_path / "config.toml", f'[mcp_servers.docs]\ncommand = "srv"\ntool_timeout_sec = {value}\n')
+    with pytest.raises(ConfigError, match=r"key 'mcp_servers.docs.tool_timeout_sec': Expected `float` >= 0.0"):
+        LayeredConfig(home=tmp_path, system_file=None).load().config  # noqa: B018

@@ -16,6 +16,7 @@ import trio
 
 from spindle.actors.appserver.turns import build_turns
 from spindle.actors.runtime import ThreadHandle, mcp_client
+from spindle.actors.runtime.mcp_manager import McpServer
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.appserver import v2
 from spindle.protocol.config import McpServerConfig
@@ -279,3 +280,29 @@ def test_the_app_server_imports_the_mcp_sdk_only_when_a_server_starts() -> None:
     code = "import sys, spindle.actors.appserver, spindle.actors.cli.serve; print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'pydantic')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # the SDK (and pydantic) cost ~0.4 s of start-up
+
+
+async def test_a_call_failing_as_its_timeout_fires_still_fails_its_item(
+    make_runtime: Callable[..., Any], mock_model: MockModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fails_when_cancelled(*_: Any) -> Any:
+        async def late() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise RuntimeError("late failure")  # noqa: B012
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(late)
+            await trio.sleep_forever()
+
+    monkeypatch.setattr(McpServer, "_call_while_alive", fails_when_cancelled)
+    async with make_runtime(mcp_servers={"docs": tiny(tool_timeout_sec=0.2)}) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="mcp__docs__echo", arguments={"text": "x"}), Text(text="done"),
+                          thread_id=thread.thread_id)
+        with trio.fail_after(15):
+            msgs = await run(thread, "go")
+        assert "tool call error: RuntimeError: late failure" in outputs(mock_model)[0]
+        (completed,) = [item for kind, item in mcp_items(msgs) if kind == "ItemCompletedEvent"]
+        assert completed.status == "failed"

@@ -97,11 +97,11 @@ class McpServer:
         session = self.session
         if session is None or self.status != "ready":
             raise McpCallError(f"MCP server `{self.name}` is not running ({self.status or 'disabled'})")
-        with trio.move_on_after(timeout):
-            try:
+        try:
+            with trio.move_on_after(timeout):
                 return await self._call_while_alive(session, tool, arguments)
-            except Exception as exc:  # an MCP error, or the connection broke (anyio errors, groups)
-                raise McpCallError(describe(exc)) from None
+        except Exception as exc:  # an MCP error, or the connection broke (anyio errors, groups)
+            raise McpCallError(describe(exc)) from None
         raise McpCallError(f"timed out awaiting tools/call after {timeout:g}s")
 
     async def _call_while_alive(
