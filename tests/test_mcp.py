@@ -306,3 +306,16 @@ async def test_a_call_failing_as_its_timeout_fires_still_fails_its_item(
         assert "tool call error: RuntimeError: late failure" in outputs(mock_model)[0]
         (completed,) = [item for kind, item in mcp_items(msgs) if kind == "ItemCompletedEvent"]
         assert completed.status == "failed"
+
+
+async def test_structured_content_is_passed_on_unchecked_against_the_output_schema(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    """As Codex does: no client-side JSON Schema check (a server's `pattern` would run on the loop)."""
+    async with make_runtime(mcp_servers={"docs": tiny()}) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="mcp__docs__mismatched", arguments={"code": "a" * 40 + "!"}), Text(text="done"),
+                          thread_id=thread.thread_id)
+        with trio.fail_after(15):
+            await run(thread, "go")
+        assert outputs(mock_model) == ['{"code": "' + "a" * 40 + '!"}']

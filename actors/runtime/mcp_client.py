@@ -286,6 +286,15 @@ async def http_transport(config: McpServerConfig) -> AsyncIterator[tuple[Any, An
         yield read, write
 
 
+class _Session(ClientSession):
+    """The SDK's session without its client-side check of `structuredContent` against the tool's
+    `outputSchema`: Codex passes results on unchecked, and the check runs a server's regex patterns
+    on the event loop, where a backtracking one would stall every thread."""
+
+    async def _validate_tool_result(self, name: str, result: types.CallToolResult) -> None:
+        return None
+
+
 @asynccontextmanager
 async def open_session(
     name: str, config: McpServerConfig, process: ServerProcess
@@ -293,7 +302,7 @@ async def open_session(
     """An initialized session with server `name`, and what it answered to `initialize` (no
     timeout of its own: the caller sets it)."""
     transport = http_transport(config) if config.url else stdio_transport(config, process)
-    async with transport as (read, write), ClientSession(
+    async with transport as (read, write), _Session(
         read, write, client_info=types.Implementation(name="spindle", version=SPINDLE_VERSION)
     ) as session:
         yield session, await session.initialize()

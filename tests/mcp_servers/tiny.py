@@ -1,6 +1,7 @@
 """A tiny stdio MCP server for the tests, written with the `mcp` SDK (FastMCP).
 
-Tools: add, echo, big (a result of N MB), slow (sleeps). `TINY_HTTP_PORT=<port>` serves streamable HTTP on
+Tools: add, echo, big (a result of N MB), slow (sleeps), mismatched (structured content its
+output schema does not allow), boom, crash. `TINY_HTTP_PORT=<port>` serves streamable HTTP on
 127.0.0.1:<port>/mcp instead of stdio. `TINY_GRANDCHILD_PID=<file>` makes it
 start a `sleep` child first and write its pid there (for the process-group kill test).
 """
@@ -12,8 +13,21 @@ import subprocess
 
 import anyio
 from mcp.server.fastmcp import FastMCP
+from mcp.types import CallToolResult, TextContent, Tool
 
-app = FastMCP("tiny", port=int(os.environ.get("TINY_HTTP_PORT", "0")), log_level="WARNING")
+
+class Tiny(FastMCP):
+    async def list_tools(self) -> list[Tool]:
+        """The tools, `mismatched` declaring an output schema with a catastrophically backtracking
+        pattern (which a client-side check would run)."""
+        tools = await super().list_tools()
+        for tool in tools:
+            if tool.name == "mismatched":
+                tool.outputSchema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
+        return tools
+
+
+app = Tiny("tiny", port=int(os.environ.get("TINY_HTTP_PORT", "0")), log_level="WARNING")
 
 
 @app.tool()
@@ -45,6 +59,13 @@ async def slow(seconds: float) -> str:
 def boom() -> str:
     """Raise: the server answers with isError."""
     raise RuntimeError("kaboom")
+
+
+@app.tool()
+def mismatched(code: str) -> CallToolResult:
+    """Answer `code` as structured content, whatever the declared output schema says."""
+    return CallToolResult(content=[TextContent(type="text", text=code)], structuredContent={"code": code})
+
 
 
 @app.tool()
