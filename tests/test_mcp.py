@@ -200,10 +200,12 @@ async def test_a_late_subscriber_gets_the_startup_statuses_so_far(make_runtime: 
         assert seen == [("docs", "ready"), ("docs", "starting"), ("gone", "failed"), ("gone", "starting")]
 
 
+@pytest.mark.parametrize("holder", [False, True], ids=["alone", "child-holds-stdout"])
 async def test_a_server_that_dies_after_start_fails_its_later_calls_at_once(
-    make_runtime: Callable[..., Any], mock_model: MockModel
+    make_runtime: Callable[..., Any], mock_model: MockModel, tmp_path: Path, holder: bool
 ) -> None:
-    async with make_runtime(mcp_servers={"docs": tiny()}) as rt:
+    env = {"TINY_GRANDCHILD_PID": str(tmp_path / "grandchild.pid")} if holder else {}
+    async with make_runtime(mcp_servers={"docs": tiny(env=env)}) as rt:
         thread = await rt.start_thread()
         mock_model.script(Call(name="mcp__docs__crash", arguments={}), Call(name="mcp__docs__add", arguments={"a": 1, "b": 2}),
                           Text(text="done"), thread_id=thread.thread_id)

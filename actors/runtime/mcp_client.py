@@ -134,6 +134,7 @@ async def stdio_transport(config: McpServerConfig, process: ServerProcess) -> As
             nursery.start_soon(_read_stdout, proc, read_send, process.ended)
             nursery.start_soon(_write_stdin, proc, write_recv)
             nursery.start_soon(_drain_stderr, proc, process)
+            nursery.start_soon(_watch_exit, proc, process.ended)
             try:
                 yield read_recv, write_send
             finally:
@@ -175,6 +176,12 @@ async def _read_stdout(proc: trio.Process, send: Any, ended: trio.Event) -> None
                         await send.send(SessionMessage(message))
     finally:
         ended.set()
+
+
+async def _watch_exit(proc: trio.Process, ended: trio.Event) -> None:
+    """The connection is over when the server exits, even if a child of it holds stdout open."""
+    await proc.wait()
+    ended.set()
 
 
 def _message(line: bytes | Oversized) -> types.JSONRPCMessage | None:

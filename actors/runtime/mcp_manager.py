@@ -54,7 +54,7 @@ class ServerProcess:
     def __init__(self) -> None:
         self.pid: int | None = None
         self.ended = trio.Event()
-        """Set when the server's stdout ends (it exited, or closed it): the connection is over."""
+        """Set when the server exits or its stdout ends: the connection is over."""
         self._chunks: deque[bytes] = deque()
         self._size = 0
 
