@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -218,13 +219,16 @@ async def test_a_server_that_dies_after_start_fails_its_later_calls_at_once(
         assert await thread.ask("fine?") == "echo: fine?"
 
 
-@pytest.fixture
-async def http_server(nursery: trio.Nursery) -> AsyncIterator[str]:
-    """tiny.py serving streamable HTTP on a free loopback port; yields its URL once it listens."""
+@pytest.fixture(params=["sse", "json"])
+async def http_server(nursery: trio.Nursery, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """tiny.py serving streamable HTTP on a free loopback port, answering in SSE events or in
+    JSON bodies; yields its URL once it listens."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "TINY_HTTP_PORT": str(port)}
+    if request.param == "json":
+        env["TINY_JSON_RESPONSE"] = "1"
     proc = await nursery.start(partial(trio.run_process, [sys.executable, TINY], env=env, check=False,
                                        stderr=subprocess.DEVNULL))
     with trio.fail_after(20):
@@ -321,3 +325,15 @@ async def test_structured_content_is_passed_on_unchecked_against_the_output_sche
         with trio.fail_after(15):
             await run(thread, "go")
         assert outputs(mock_model) == ['{"code": "' + "a" * 40 + '!"}']
+
+
+async def test_capped_sse_stream_passes_whole_events_whatever_the_chunking() -> None:
+    events = b"event: message\r\ndata: {\"a\": 1}\r\n\r\n" + b"data: two\n\n" + b"data: three\r\n\r\n"
+
+    class Chunks(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for i in range(len(events)):
+                yield events[i:i + 1]
+
+    out = [piece async for piece in mcp_client._CappedStream(Chunks(), None, sse=True)]
+    assert out == [events[:34], events[34:45], events[45:]]

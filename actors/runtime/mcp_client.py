@@ -225,23 +225,25 @@ def http_headers(config: McpServerConfig) -> dict[str, str]:
 
 
 class _CappedTransport(httpx.AsyncBaseTransport):
-    """Caps the answers to our POSTs: an SSE event (or a JSON body) over `HTTP_MAX_RESPONSE_BYTES`
-    is dropped unread past the cap, and the request gets a JSON-RPC error instead (the SDK would
-    otherwise wait for an answer until the tool timeout)."""
+    """Caps the answers from the server: an SSE event (or a JSON body) over
+    `HTTP_MAX_RESPONSE_BYTES` is dropped unread past the cap, and the POST it answers gets a
+    JSON-RPC error instead (the SDK would otherwise wait for an answer until the tool timeout).
+    The server's own stream (GET) is cut off at an oversized event."""
 
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
+        reply = None
         if request.method == "POST":
             try:
                 match = _ID.search(request.content[:4096])
             except httpx.RequestNotRead:
                 match = None
             reply = Oversized(head=match.group(0) if match else b"", size=0).error_reply()
-            sse = response.headers.get("content-type", "").startswith("text/event-stream")
-            response.stream = _CappedStream(response.stream, reply, sse=sse)  # type: ignore[arg-type]
+        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        response.stream = _CappedStream(response.stream, reply, sse=sse)  # type: ignore[arg-type]
         return response
 
     async def aclose(self) -> None:
@@ -252,8 +254,9 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 class _CappedStream(httpx.AsyncByteStream):
-    """Passes whole SSE events through; an event past the cap becomes an error event for the
-    request (and the rest of the response is not read)."""
+    """Passes whole SSE events (or the whole JSON body) through; one past the cap becomes the
+    error `reply` for the request, and the rest of the response is not read. Linear in the input:
+    each byte is searched for an event end once."""
 
     def __init__(self, inner: httpx.AsyncByteStream, reply: types.JSONRPCMessage | None, *, sse: bool) -> None:
         self._inner = inner
@@ -262,19 +265,24 @@ class _CappedStream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pending = bytearray()
+        searched = 0
         async for chunk in self._inner:
             pending += chunk
             if self._sse:
-                ends = list(_EVENT_END.finditer(pending))
-                if ends:
-                    cut = ends[-1].end()
+                cut = 0
+                for end in _EVENT_END.finditer(pending, max(0, searched - 3)):
+                    cut = end.end()
+                searched = len(pending)
+                if cut:
                     yield bytes(pending[:cut])
                     del pending[:cut]
+                    searched -= cut
             if len(pending) > HTTP_MAX_RESPONSE_BYTES:
                 log.warning("MCP server sent an oversized answer over HTTP", limit=HTTP_MAX_RESPONSE_BYTES)
-                if not self._sse or self._reply is None:
+                if self._reply is None:
                     raise httpx.ReadError(f"answer over the {HTTP_MAX_RESPONSE_BYTES} byte limit")
-                yield b"event: message\r\ndata: " + self._reply.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\r\n\r\n"
+                body = self._reply.model_dump_json(by_alias=True, exclude_none=True).encode()
+                yield b"event: message\r\ndata: " + body + b"\r\n\r\n" if self._sse else body
                 return
         if pending:
             yield bytes(pending)

@@ -2,7 +2,8 @@
 
 Tools: add, echo, big (a result of N MB), slow (sleeps), mismatched (structured content its
 output schema does not allow), boom, crash. `TINY_HTTP_PORT=<port>` serves streamable HTTP on
-127.0.0.1:<port>/mcp instead of stdio. `TINY_GRANDCHILD_PID=<file>` makes it
+127.0.0.1:<port>/mcp instead of stdio (answering in JSON bodies, not SSE, with
+`TINY_JSON_RESPONSE=1`). `TINY_GRANDCHILD_PID=<file>` makes it
 start a `sleep` child first and write its pid there (for the process-group kill test).
 """
 
@@ -27,7 +28,8 @@ class Tiny(FastMCP):
         return tools
 
 
-app = Tiny("tiny", port=int(os.environ.get("TINY_HTTP_PORT", "0")), log_level="WARNING")
+app = Tiny("tiny", port=int(os.environ.get("TINY_HTTP_PORT", "0")), log_level="WARNING",
+           json_response=bool(os.environ.get("TINY_JSON_RESPONSE")))
 
 
 @app.tool()
