@@ -228,3 +228,18 @@ async def test_a_config_write_with_reload_refreshes_mcp_servers_through_the_same
         await client.call("config/batchWrite", {"edits": [edit], "reloadUserConfig": True})
         await started(handle)
         assert set(handle.mcp_servers) == {"docs", "injected", "extra"}
+
+
+async def test_a_reload_restarts_a_server_that_failed_even_with_its_config_unchanged(
+    tmp_path: Path, mock_model: MockModel
+) -> None:
+    home, script = tmp_path / "home", tmp_path / "server.sh"
+    server = {"command": str(script), "startup_timeout_sec": 20}
+    async with open_runtime(layered(home, mock_model, late=server)) as manager, app(manager) as client:
+        tid = (await client.call("thread/start", {}))["thread"]["id"]
+        handle = manager.get_thread(tid)
+        assert (await started(handle))["late"][0] == "failed"  # not installed yet
+        script.write_text(f"#!/bin/sh\nexec {tiny()['command']} {tiny()['args'][0]}\n")
+        script.chmod(0o755)
+        assert await client.call("config/mcpServer/reload") == {}
+        assert (await started(handle))["late"] == ("ready", None)

@@ -155,14 +155,14 @@ class McpManager:
         return self._servers
 
     def apply(self, configs: Mapping[str, McpServerConfig]) -> list[str]:
-        """Make `configs` the server set: start new ones, stop removed ones, restart changed ones,
-        keep unchanged ones. Returns the names of the servers (re)started."""
+        """Make `configs` the server set: start new ones, stop removed ones, restart changed and
+        failed ones, keep the others. Returns the names of the servers (re)started."""
         started: list[str] = []
         for name in [n for n in self._servers if n not in configs]:
             self._stop(self._servers.pop(name))
         for name, config in configs.items():
             old = self._servers.get(name)
-            if old is not None and old.config == config:
+            if old is not None and old.config == config and old.status != "failed":
                 continue
             if old is not None:
                 self._stop(old)
