@@ -105,9 +105,11 @@ class RefreshMcpServersOp(OpBase, tag="refresh_mcp_servers", kw_only=True, froze
 class ReloadUserConfigOp(OpBase, tag="reload_user_config", kw_only=True, frozen=True):
     """Re-read the thread's disk config layers (for its cwd, its own layer kept) and apply the
     hot-reloadable settings. `config`, when given, is that config already rebuilt (a refresh that
-    planned every thread first): the thread applies it without reading files."""
+    planned every thread first) for the thread's cwd `cwd`: the thread applies it without reading
+    files, unless its cwd has changed since (then it rebuilds its own)."""
 
     config: Config | None = None
+    cwd: str | None = None
 
 
 Op = (

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from spindle.actors.runtime import ConfigError, open_runtime
@@ -213,6 +214,12 @@ base_url = "{mock_model.base_url}"
         user.write_text(user.read_text().replace("model_context_window = 9", "model_context_window = 11"))
         outcome = await plain.submit_and_wait(ReloadUserConfigOp())  # the op itself reads the layers
         assert outcome.error is None and plain.settings.model_context_window == 11
+        stale = msgspec.structs.replace(plain.config, model_context_window=5)
+        outcome = await plain.submit_and_wait(ReloadUserConfigOp(config=stale, cwd=str(home / "elsewhere")))
+        assert outcome.error is None and plain.settings.model_context_window == 11  # planned for another cwd: rebuilt
+        outcome = await plain.submit_and_wait(ReloadUserConfigOp(config=stale, cwd=plain.settings.cwd))
+        assert outcome.error is None and plain.settings.model_context_window == 5  # planned for its cwd: applied
+        outcome = await plain.submit_and_wait(ReloadUserConfigOp())
         assert pinned.settings.model_context_window == 7
         user.write_text('approval_policy = "sometimes"\n' + user.read_text())
         outcome = await plain.submit_and_wait(ReloadUserConfigOp())

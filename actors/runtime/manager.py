@@ -51,6 +51,8 @@ class ThreadManager:
         self.home = store.home
         self.registry = ThreadRegistry(resources, nursery, store.home, index=store, leases=store)
         self.stored = StoredThreads(self.registry, store)
+        self._reloading = trio.Lock()
+        """One config reload at a time: a slower, older one never applies its stale reading last."""
 
     @property
     def config(self) -> Config:
@@ -73,6 +75,10 @@ class ThreadManager:
         failure raises ConfigError naming the thread before any thread is changed. Otherwise
         (background) failures are returned as warnings, logged, and that thread keeps its config.
         """
+        async with self._reloading:
+            return await self._reload_user_config(strict)
+
+    async def _reload_user_config(self, strict: bool) -> list[str]:
         warnings: list[str] = []
         base: Config | None = None
         try:
@@ -81,13 +87,14 @@ class ThreadManager:
             if strict:
                 raise
             warnings.append(f"failed to reload the config: {exc}")
-        plans: list[tuple[ThreadHandle, Config]] = []
+        plans: list[tuple[ThreadHandle, Config, str]] = []
         for thread_id in self.list_thread_ids():
             handle = self.running(thread_id)
             if handle is None:
                 continue
+            cwd = handle.settings.cwd  # the thread rebuilds its own if its cwd changes meanwhile
             try:
-                plans.append((handle, await self.resources.thread_config(handle.settings.cwd, handle.session_config)))
+                plans.append((handle, await self.resources.thread_config(cwd, handle.session_config), cwd))
             except ConfigError as exc:
                 if strict:
                     raise ConfigError(f"failed to load thread {thread_id}: {exc}") from None
@@ -95,9 +102,9 @@ class ThreadManager:
         if base is not None and not isinstance(self.resources.source, FixedConfig):
             self.resources.config = base  # the thread-agnostic config new threads start from
         applied: list[tuple[ThreadHandle, Config]] = []
-        for handle, config in plans:
+        for handle, config, cwd in plans:
             try:
-                outcome = await handle.submit_and_wait(ReloadUserConfigOp(config=config))
+                outcome = await handle.submit_and_wait(ReloadUserConfigOp(config=config, cwd=cwd))
             except (ThreadClosedError, trio.TooSlowError) as exc:
                 problem = str(exc) or type(exc).__name__
             else:

@@ -276,8 +276,8 @@ class ThreadActor:
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
-            case ReloadUserConfigOp(config=config):
-                await self._reload_config(sub.id, config)
+            case ReloadUserConfigOp(config=config, cwd=cwd):
+                await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
                 self._refresh_mcp(servers)
             case _:
