@@ -337,3 +337,11 @@ async def test_capped_sse_stream_passes_whole_events_whatever_the_chunking() -> 
 
     out = [piece async for piece in mcp_client._CappedStream(Chunks(), None, sse=True)]
     assert out == [events[:34], events[34:45], events[45:]]
+
+
+async def test_every_page_of_tools_list_is_offered(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny(env={"TINY_PAGE_SIZE": "2"})}) as rt:
+        thread = await rt.start_thread()
+        assert (await started(thread))["docs"] == ("ready", None)
+        assert {tool.name for tool in thread.mcp_servers["docs"].tools} == {
+            "add", "echo", "big", "slow", "mismatched", "boom", "crash"}

@@ -9,6 +9,7 @@ answer within `startup_timeout_sec`, garbage) fails alone, with the reason.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # the SDK is imported when a server starts: `spindle app-serv
 log = structlog.get_logger(__name__)
 
 DEFAULT_STARTUP_TIMEOUT_S = 10.0
+MAX_TOOL_PAGES = 100
+"""The most pages of `tools/list` read from one server (a server whose cursor never ends)."""
 STDERR_TAIL_BYTES = 2048
 """How much of a server's stderr a start-up failure quotes."""
 
@@ -137,6 +140,22 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+async def list_all_tools(session: ClientSession) -> list[types.Tool]:
+    """Every page of the server's `tools/list`, up to `MAX_TOOL_PAGES` pages."""
+    from mcp import types
+
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(MAX_TOOL_PAGES):
+        listed = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        tools += listed.tools
+        cursor = listed.nextCursor
+        if not cursor:
+            return tools
+    log.warning("MCP server lists too many pages of tools; the rest are ignored", pages=MAX_TOOL_PAGES)
+    return tools
+
+
 class McpManager:
     """The MCP servers of one thread."""
 
@@ -210,6 +229,8 @@ class McpManager:
             log.warning("MCP server failed", server=server.name, error=error)
 
     async def _serve(self, server: McpServer) -> None:
+        # The SDK takes ~0.5 s to import: in a worker thread, so the loop (every thread) runs on.
+        await trio.to_thread.run_sync(importlib.import_module, f"{__package__}.mcp_client")
         from .mcp_client import McpClientError, open_session, transport_of
 
         name, config = server.name, server.config
@@ -221,9 +242,9 @@ class McpManager:
         try:
             with server.scope, startup:
                 async with open_session(name, config, server.process) as (session, init):
-                    listed = await session.list_tools()
+                    tools = await list_all_tools(session)
                     startup.deadline = math.inf
-                    server.session, server.tools = session, list(listed.tools)
+                    server.session, server.tools = session, tools
                     server.server_info, server.capabilities = init.serverInfo, init.capabilities
                     self._settle(server, "ready")
                     await server.process.ended.wait()  # never set for HTTP: it lives until stopped

@@ -3,7 +3,7 @@
 Tools: add, echo, big (a result of N MB), slow (sleeps), mismatched (structured content its
 output schema does not allow), boom, crash. `TINY_HTTP_PORT=<port>` serves streamable HTTP on
 127.0.0.1:<port>/mcp instead of stdio (answering in JSON bodies, not SSE, with
-`TINY_JSON_RESPONSE=1`). `TINY_GRANDCHILD_PID=<file>` makes it
+`TINY_JSON_RESPONSE=1`). `TINY_PAGE_SIZE=N` lists the tools N at a time. `TINY_GRANDCHILD_PID=<file>` makes it
 start a `sleep` child first and write its pid there (for the process-group kill test).
 """
 
@@ -14,7 +14,7 @@ import subprocess
 
 import anyio
 from mcp.server.fastmcp import FastMCP
-from mcp.types import CallToolResult, TextContent, Tool
+from mcp.types import CallToolResult, ListToolsRequest, ListToolsResult, TextContent, Tool
 
 
 class Tiny(FastMCP):
@@ -74,6 +74,16 @@ def mismatched(code: str) -> CallToolResult:
 def crash() -> str:
     """Exit the server at once."""
     os._exit(1)
+
+
+PAGE_SIZE = int(os.environ.get("TINY_PAGE_SIZE", "0"))
+if PAGE_SIZE:  # tools/list in pages of this many tools
+    @app._mcp_server.list_tools()
+    async def paged(request: ListToolsRequest) -> ListToolsResult:
+        tools = await app.list_tools()
+        start = int(request.params.cursor or 0) if request.params else 0
+        end = start + PAGE_SIZE
+        return ListToolsResult(tools=tools[start:end], nextCursor=str(end) if end < len(tools) else None)
 
 
 if __name__ == "__main__":
