@@ -345,3 +345,14 @@ async def test_every_page_of_tools_list_is_offered(make_runtime: Callable[..., A
         assert (await started(thread))["docs"] == ("ready", None)
         assert {tool.name for tool in thread.mcp_servers["docs"].tools} == {
             "add", "echo", "big", "slow", "mismatched", "boom", "crash"}
+
+
+async def test_a_tool_with_an_oversized_schema_is_left_out_and_the_rest_offered(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(mcp_servers={"docs": tiny(env={"TINY_HUGE_SCHEMA": "1"})}) as rt:
+        thread = await rt.start_thread()
+        assert (await started(thread))["docs"] == ("ready", None)
+        assert await thread.ask("hi") == "echo: hi"
+        offered = tool_names(mock_model)
+        assert "mcp__docs__echo" in offered and "mcp__docs__big" not in offered

@@ -10,6 +10,7 @@ answer within `startup_timeout_sec`, garbage) fails alone, with the reason.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -31,6 +32,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_STARTUP_TIMEOUT_S = 10.0
 MAX_TOOL_PAGES = 100
 """The most pages of `tools/list` read from one server (a server whose cursor never ends)."""
+MAX_TOOL_SCHEMA_BYTES = 64 * 1024
+"""The biggest input schema of a tool offered to the model (it goes with every request)."""
 STDERR_TAIL_BYTES = 2048
 """How much of a server's stderr a start-up failure quotes."""
 
@@ -141,19 +144,30 @@ def describe(exc: BaseException) -> str:
 
 
 async def list_all_tools(session: ClientSession) -> list[types.Tool]:
-    """Every page of the server's `tools/list`, up to `MAX_TOOL_PAGES` pages."""
+    """Every page of the server's `tools/list`, up to `MAX_TOOL_PAGES` pages, less the tools whose
+    input schema is over `MAX_TOOL_SCHEMA_BYTES`."""
     from mcp import types
 
     tools: list[types.Tool] = []
     cursor: str | None = None
     for _ in range(MAX_TOOL_PAGES):
         listed = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-        tools += listed.tools
+        tools += [tool for tool in listed.tools if _schema_fits(tool)]
         cursor = listed.nextCursor
         if not cursor:
             return tools
     log.warning("MCP server lists too many pages of tools; the rest are ignored", pages=MAX_TOOL_PAGES)
     return tools
+
+
+def _schema_fits(tool: types.Tool) -> bool:
+    """Whether `tool`'s input schema is small enough to send the model with every request."""
+    size = len(json.dumps(tool.inputSchema, ensure_ascii=False))
+    if size <= MAX_TOOL_SCHEMA_BYTES:
+        return True
+    log.warning("MCP tool left out: its input schema is too big", tool=tool.name, bytes=size,
+                limit=MAX_TOOL_SCHEMA_BYTES)
+    return False
 
 
 class McpManager:

@@ -20,11 +20,14 @@ from mcp.types import CallToolResult, ListToolsRequest, ListToolsResult, TextCon
 class Tiny(FastMCP):
     async def list_tools(self) -> list[Tool]:
         """The tools, `mismatched` declaring an output schema with a catastrophically backtracking
-        pattern (which a client-side check would run)."""
+        pattern (which a client-side check would run), `big` a 200 kB input schema with
+        `TINY_HUGE_SCHEMA=1`."""
         tools = await super().list_tools()
         for tool in tools:
             if tool.name == "mismatched":
                 tool.outputSchema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
+            if tool.name == "big" and os.environ.get("TINY_HUGE_SCHEMA"):
+                tool.inputSchema["description"] = "x" * 200_000
         return tools
 
 
