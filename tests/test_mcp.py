@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from spindle.actors.appserver.turns import build_turns
-from spindle.actors.runtime import ThreadHandle, mcp_client
+from spindle.actors.runtime import ThreadHandle, mcp_client, mcp_tools
 from spindle.actors.runtime.mcp_manager import McpServer
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.appserver import v2
@@ -356,3 +356,10 @@ async def test_a_tool_with_an_oversized_schema_is_left_out_and_the_rest_offered(
         assert await thread.ask("hi") == "echo: hi"
         offered = tool_names(mock_model)
         assert "mcp__docs__echo" in offered and "mcp__docs__big" not in offered
+
+
+def test_an_input_schema_becomes_an_object_with_properties() -> None:
+    assert mcp_tools.parameters({}) == {"type": "object", "properties": {}}
+    assert mcp_tools.parameters({"type": "object", "required": ["a"]}) == {"type": "object", "properties": {}, "required": ["a"]}
+    kept = {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}
+    assert mcp_tools.parameters(kept) == kept

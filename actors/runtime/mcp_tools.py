@@ -37,8 +37,7 @@ class McpTool:
 
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {
-            "type": "function", "name": self.name, "strict": False,
-            "parameters": self.tool.inputSchema or {"type": "object", "properties": {}},
+            "type": "function", "name": self.name, "strict": False, "parameters": parameters(self.tool.inputSchema),
         }
         if self.tool.description:
             spec["description"] = self.tool.description
@@ -80,6 +79,13 @@ class McpTool:
         duration = _ms(began) if began is not None else 0
         ctx.item_completed(msgspec.structs.replace(item, status="failed", error=message, duration_ms=duration))
         return json.dumps([{"type": "text", "text": message}], ensure_ascii=False)
+
+
+def parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """A tool's input schema as the Responses API accepts it: an object with `properties` (a
+    server that leaves them out would otherwise fail every request the tool rides on)."""
+    properties = schema.get("properties")
+    return {**schema, "type": "object", "properties": properties if isinstance(properties, dict) else {}}
 
 
 def _ms(began: float) -> int:
