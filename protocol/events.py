@@ -8,7 +8,7 @@ import msgspec
 
 from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
 from .mcp import McpStartupStatus
-from .settings import ApprovalPolicy, SandboxMode
+from .settings import ApprovalPolicy, ReviewDecision, SandboxMode
 
 
 class TokenUsage(msgspec.Struct, kw_only=True, frozen=True):
@@ -172,6 +172,57 @@ class ShutdownCompleteEvent(EventMsgBase, tag="shutdown_complete", kw_only=True,
     """The thread has stopped; no event follows."""
 
 
+class FileChangeBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    """One file of a patch, as an approval request shows it (Codex's `FileChange`)."""
+
+
+class AddChange(FileChangeBase, tag="add", kw_only=True, frozen=True):
+    content: str
+
+
+class DeleteChange(FileChangeBase, tag="delete", kw_only=True, frozen=True):
+    content: str
+
+
+class UpdateChange(FileChangeBase, tag="update", kw_only=True, frozen=True):
+    unified_diff: str
+    move_path: str | None = None
+
+
+FileChange = AddChange | DeleteChange | UpdateChange
+
+
+class ExecApprovalRequestEvent(EventMsgBase, tag="exec_approval_request", kw_only=True, frozen=True):
+    """The turn waits for the user to approve running `command` (answered by `exec_approval`)."""
+
+    call_id: str
+    turn_id: str
+    command: list[str]
+    cwd: str
+    reason: str | None = None
+
+
+class ApplyPatchApprovalRequestEvent(EventMsgBase, tag="apply_patch_approval_request", kw_only=True, frozen=True):
+    """The turn waits for the user to approve a patch (answered by `patch_approval`)."""
+
+    call_id: str
+    turn_id: str
+    changes: dict[str, FileChange]
+    reason: str | None = None
+    grant_root: str | None = None
+
+
+class ApprovalResolvedEvent(EventMsgBase, tag="approval_resolved", kw_only=True, frozen=True):
+    """The approval request `call_id` is over: answered with `decision`, or cleared (None) because
+    its turn ended or was interrupted. Clients dismiss it."""
+
+    call_id: str
+    decision: ReviewDecision | None = None
+
+
+ApprovalRequestEvent = ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent
+
+
 EventMsg = (
     SessionConfiguredEvent
     | TaskStartedEvent
@@ -189,6 +240,9 @@ EventMsg = (
     | ThreadRolledBackEvent
     | McpStartupUpdateEvent
     | ShutdownCompleteEvent
+    | ExecApprovalRequestEvent
+    | ApplyPatchApprovalRequestEvent
+    | ApprovalResolvedEvent
 )
 
 

@@ -8,9 +8,7 @@ import msgspec
 
 from .config import Config, McpServerConfig
 from .items import UserInput
-from .settings import SettingsUpdate
-
-ReviewDecision = Literal["approved", "approved_for_session", "denied", "abort"]
+from .settings import ReviewDecision, SettingsUpdate
 
 
 class OpBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):

@@ -16,6 +16,9 @@ ApprovalPolicy = Literal["untrusted", "on-failure", "on-request", "never"]
 """When the user is asked before a command runs."""
 SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
 """What a command may touch."""
+ReviewDecision = Literal["approved", "approved_for_session", "denied", "abort"]
+"""A user's answer to an approval request: run it, run it and stop asking for it this session,
+do not run it (the turn goes on), or do not run it and interrupt the turn."""
 
 APPROVAL_POLICIES: frozenset[str] = frozenset(get_args(ApprovalPolicy))
 SANDBOX_MODES: frozenset[str] = frozenset(get_args(SandboxMode))

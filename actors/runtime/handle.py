@@ -12,6 +12,7 @@ import trio
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.config import Config
 from spindle.protocol.events import (
+    ApprovalRequestEvent,
     ErrorEvent,
     Event,
     ItemCompletedEvent,
@@ -71,6 +72,11 @@ class ThreadHandle:
     def session_config(self) -> dict[str, Any]:
         """The thread's own config layer (dotted keys to values), kept for its lifetime."""
         return self._actor.session_config
+
+    def pending_approvals(self) -> list[tuple[str, ApprovalRequestEvent]]:
+        """The approval requests waiting for an answer (submission id, request), oldest first:
+        what a client that subscribes now must be shown."""
+        return self._actor.approvals.replay()
 
     @property
     def config(self) -> Config:

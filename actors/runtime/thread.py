@@ -42,9 +42,11 @@ from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
 from spindle.protocol.mcp import McpStartupStatus
 from spindle.protocol.ops import (
+    ExecApprovalOp,
     InterruptOp,
     Op,
     OverrideTurnContextOp,
+    PatchApprovalOp,
     RefreshMcpServersOp,
     ReloadUserConfigOp,
     ShutdownOp,
@@ -53,8 +55,9 @@ from spindle.protocol.ops import (
     UserInputOp,
     UserTurnOp,
 )
-from spindle.protocol.settings import SettingsUpdate, ThreadSettings
+from spindle.protocol.settings import ReviewDecision, SettingsUpdate, ThreadSettings
 
+from .approvals import ApprovalError, Approvals
 from .errors import ConfigError
 from .fanout import Broadcaster
 from .journal import ThreadJournal
@@ -113,6 +116,7 @@ class ThreadActor:
         self._nursery: trio.Nursery | None = None
         self._writers: trio.Nursery | None = None
         self.mcp = McpManager(self._mcp_status)
+        self.approvals = Approvals(self.emit)
         self.mcp_configured = trio.Event()
         """Set once the thread's first MCP server set is applied (turns wait for it)."""
         self._mcp_pending: dict[str, McpServerConfig] | None = None
@@ -276,6 +280,8 @@ class ThreadActor:
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
+            case ExecApprovalOp(id=call_id, decision=decision) | PatchApprovalOp(id=call_id, decision=decision):
+                await self._answer_approval(sub.id, call_id, decision)
             case ReloadUserConfigOp(config=config, cwd=cwd):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
@@ -305,6 +311,17 @@ class ThreadActor:
                 events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(
                     server=server.name, status=server.status, error=server.error)))
         return events
+
+    async def _answer_approval(self, sub_id: str, call_id: str, decision: ReviewDecision) -> None:
+        """Answer a pending approval request; `abort` also interrupts the turn that asked."""
+        try:
+            self.approvals.answer(call_id, decision)
+        except ApprovalError as exc:
+            self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
+            return
+        if decision == "abort":
+            self.outcomes.set_turn(sub_id, self.active_turn_id)
+            await self._abort_turn("interrupted")
 
     def _unsupported(self, sub_id: str, op: Op) -> None:
         tag = type(op).__struct_config__.tag

@@ -10,7 +10,7 @@ import math
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,9 +18,10 @@ import msgspec
 import structlog
 import trio
 
+from spindle.protocol.events import ApprovalRequestEvent
 from spindle.protocol.items import CommandExecutionItem, FunctionCall, FunctionCallOutput, TurnItem
 from spindle.protocol.sandbox import SandboxSpec
-from spindle.protocol.settings import ApprovalPolicy, SandboxMode, ThreadSettings
+from spindle.protocol.settings import ApprovalPolicy, ReviewDecision, SandboxMode, ThreadSettings
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,9 @@ class ToolContext:
     settings: ThreadSettings
     sandbox: SandboxSpec
     """What this turn's commands may touch, realised from `settings`."""
+    ask_approval: Callable[[ApprovalRequestEvent, Hashable], Awaitable[ReviewDecision]]
+    """Ask the user to approve a request and wait for the decision; one the user approved for
+    the session under the same key (a command's argv, say) is approved without asking."""
     item_started: Callable[[TurnItem], None]
     item_completed: Callable[[TurnItem], None]
 

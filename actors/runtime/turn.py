@@ -12,6 +12,7 @@ cannot be decoded is skipped with a warning, as Codex does, and the turn goes on
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,6 +23,7 @@ import trio
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     AgentMessageEvent,
+    ApprovalRequestEvent,
     CodexErrorInfo,
     EventMsg,
     ItemCompletedEvent,
@@ -56,8 +58,9 @@ from spindle.protocol.responses import (
     TypeOnly,
     Usage,
 )
-from spindle.protocol.settings import ThreadSettings
+from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
+from .approvals import Approvals
 from .model_client import ModelClient, ModelError, decode_usage
 from .permissions import realise
 from .tools import ToolContext, ToolRegistry
@@ -103,6 +106,7 @@ class TurnHost(Protocol):
 
     thread_id: str
     tools: ToolRegistry
+    approvals: Approvals
 
     @property
     def history(self) -> list[ResponseItem]: ...
@@ -150,12 +154,16 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
     def completed(item: TurnItem) -> None:
         host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
 
+    async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
+        return await host.approvals.ask(turn.sub_id, request, key)
+
     return ToolContext(
         thread_id=host.thread_id,
         turn_id=turn.turn_id,
         call_id=call.call_id,
         settings=turn.settings,
         sandbox=realise(turn.settings),
+        ask_approval=ask,
         item_started=started,
         item_completed=completed,
     )

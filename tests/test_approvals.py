@@ -1,0 +1,117 @@
+"""Approval requests in the runtime: a tool asks, the `exec_approval` op answers; every way the
+wait ends is followed by `ApprovalResolvedEvent`; `approved_for_session` is remembered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from spindle.actors.runtime import ThreadHandle
+from spindle.actors.runtime.tools import ToolContext, ToolRegistry
+from spindle.actors.testing.mock_model import Call, MockModel, Text
+from spindle.protocol.events import (
+    ApprovalResolvedEvent,
+    ExecApprovalRequestEvent,
+    TaskCompleteEvent,
+    TurnAbortedEvent,
+)
+from spindle.protocol.items import TextInput
+from spindle.protocol.ops import ExecApprovalOp, InterruptOp, PatchApprovalOp, UserInputOp
+from spindle.protocol.settings import ReviewDecision
+
+from .helpers import collect_until
+
+
+class AskingTool:
+    """Asks to run `argv` (its arguments) and answers with the decision."""
+
+    name = "ask"
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "function", "name": self.name, "parameters": {"type": "object", "properties": {}}}
+
+    async def run(self, arguments: str, ctx: ToolContext) -> str:
+        request = ExecApprovalRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, command=["touch", arguments],
+                                           cwd=ctx.settings.cwd, reason="make a file")
+        decision = await ctx.ask_approval(request, ("exec", arguments))
+        return f"decision: {decision}"
+
+
+def outputs(mock: MockModel) -> list[str]:
+    return [item["output"] for item in mock.requests[-1].json()["input"] if item["type"] == "function_call_output"]
+
+
+async def ask_twice(thread: ThreadHandle, mock: MockModel) -> None:
+    mock.script(Call(name="ask", arguments="f"), Call(name="ask", arguments="f"), Text(text="done"),
+                thread_id=thread.thread_id)
+
+
+async def answer_each(thread: ThreadHandle, decision: ReviewDecision, stop: type) -> list[Any]:
+    """Run a turn, answering each approval request with `decision`; the events until `stop`."""
+    seen: list[Any] = []
+    with thread.events() as events:
+        await thread.submit(UserInputOp(items=[TextInput(text="go")]))
+        with trio.fail_after(10):
+            async for event in events:
+                seen.append(event.msg)
+                if isinstance(event.msg, ExecApprovalRequestEvent):
+                    await thread.submit(ExecApprovalOp(id=event.msg.call_id, decision=decision))
+                if isinstance(event.msg, stop):
+                    return seen
+    raise AssertionError("events ended")
+
+
+async def test_a_request_waits_for_its_answer_and_the_model_gets_the_decision(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        await ask_twice(thread, mock_model)
+        seen = await answer_each(thread, "approved", TaskCompleteEvent)
+        assert outputs(mock_model) == ["decision: approved", "decision: approved"]
+        requests = [m for m in seen if isinstance(m, ExecApprovalRequestEvent)]
+        resolved = [m for m in seen if isinstance(m, ApprovalResolvedEvent)]
+        assert [r.command for r in requests] == [["touch", "f"], ["touch", "f"]]
+        assert [(r.call_id, r.decision) for r in resolved] == [(q.call_id, "approved") for q in requests]
+
+
+async def test_approved_for_session_is_not_asked_again(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        await ask_twice(thread, mock_model)
+        seen = await answer_each(thread, "approved_for_session", TaskCompleteEvent)
+        assert len([m for m in seen if isinstance(m, ExecApprovalRequestEvent)]) == 1
+        assert outputs(mock_model) == ["decision: approved_for_session", "decision: approved_for_session"]
+
+
+async def test_denied_goes_on_and_abort_interrupts_the_turn(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        await ask_twice(thread, mock_model)
+        await answer_each(thread, "denied", TaskCompleteEvent)
+        assert outputs(mock_model) == ["decision: denied", "decision: denied"]
+        mock_model.script(Call(name="ask", arguments="g"), Text(text="never"), thread_id=thread.thread_id)
+        seen = await answer_each(thread, "abort", TurnAbortedEvent)
+        resolved = [m for m in seen if isinstance(m, ApprovalResolvedEvent)]
+        assert [r.decision for r in resolved] == ["abort"]
+
+
+async def test_an_interrupt_clears_a_pending_request_and_a_late_answer_is_refused(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="ask", arguments="f"), Text(text="never"), thread_id=thread.thread_id)
+        with thread.events() as events:
+            await thread.submit(UserInputOp(items=[TextInput(text="go")]))
+            request = (await collect_until(events, ExecApprovalRequestEvent))[-1].msg
+            assert isinstance(request, ExecApprovalRequestEvent)
+            assert [r.call_id for _, r in thread.pending_approvals()] == [request.call_id]
+            await thread.submit(InterruptOp())
+            msgs = [m.msg for m in await collect_until(events, TurnAbortedEvent)]
+        assert ApprovalResolvedEvent(call_id=request.call_id, decision=None) in msgs
+        assert thread.pending_approvals() == []
+        outcome = await thread.submit_and_wait(PatchApprovalOp(id=request.call_id, decision="approved"))
+        assert outcome.error is not None and "no approval request" in outcome.error.message
