@@ -11,6 +11,7 @@ import trio
 from spindle.actors.runtime import ThreadHandle
 from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
+from spindle.actors.testing.rpc_client import RpcClient
 from spindle.protocol.events import (
     ApprovalResolvedEvent,
     ExecApprovalRequestEvent,
@@ -21,7 +22,7 @@ from spindle.protocol.items import TextInput
 from spindle.protocol.ops import ExecApprovalOp, InterruptOp, PatchApprovalOp, UserInputOp
 from spindle.protocol.settings import ReviewDecision
 
-from .helpers import collect_until
+from .helpers import app_client, collect_until
 
 
 class AskingTool:
@@ -115,3 +116,64 @@ async def test_an_interrupt_clears_a_pending_request_and_a_late_answer_is_refuse
         assert thread.pending_approvals() == []
         outcome = await thread.submit_and_wait(PatchApprovalOp(id=request.call_id, decision="approved"))
         assert outcome.error is not None and "no approval request" in outcome.error.message
+
+
+# --- over the app-server ------------------------------------------------------
+COMMAND = "item/commandExecution/requestApproval"
+
+
+def flags(client: RpcClient, thread_id: str) -> list[list[str]]:
+    return [n["params"]["status"].get("activeFlags", []) for n in client.notifications
+            if n["method"] == "thread/status/changed" and n["params"]["threadId"] == thread_id
+            and n["params"]["status"]["type"] == "active"]
+
+
+async def test_a_command_approval_round_trip_over_the_wire(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt, app_client(rt) as client:
+        tid = (await client.call("thread/start", {}))["thread"]["id"]
+        mock_model.script(Call(name="ask", arguments="f"), Text(text="done"), thread_id=tid)
+        turn = (await client.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
+        request = await client.wait_request(COMMAND)
+        assert request["id"] == 0
+        params = request["params"]
+        assert (params["threadId"], params["turnId"], params["command"], params["reason"]) == (
+            tid, turn["id"], "touch f", "make a file")
+        await client.answer(request["id"], {"decision": "bogus"})
+        warning = await client.wait_for("warning", lambda p: "bogus" in p["message"])
+        assert "allowed: accept, acceptForSession, decline, cancel" in warning["params"]["message"]
+        await client.answer(request["id"], {"decision": "acceptForSession"})
+        completed = await client.wait_turn(turn["id"])
+        assert completed["status"] == "completed"
+        assert outputs(mock_model) == ["decision: approved_for_session"]
+        resolved = await client.wait_for("serverRequest/resolved")
+        assert resolved["params"] == {"threadId": tid, "requestId": 0}
+        assert flags(client, tid) == [[], ["waitingOnApproval"], []]
+        await client.answer(0, {"decision": "accept"})  # answered already: changes nothing
+        await client.wait_for("warning", lambda p: "no such request is pending" in p["message"])
+
+
+async def test_two_clients_are_asked_the_first_answer_wins_and_a_late_subscriber_is_asked_too(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt, app_client(rt) as first, app_client(rt) as second:
+        tid = (await first.call("thread/start", {}))["thread"]["id"]
+        await second.call("thread/resume", {"threadId": tid})
+        mock_model.script(Call(name="ask", arguments="f"), Call(name="ask", arguments="g"), Text(text="done"), thread_id=tid)
+        turn = (await first.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
+        asked_first, asked_second = await first.wait_request(COMMAND), await second.wait_request(COMMAND)
+        await second.answer(asked_second["id"], {"decision": "decline"})
+        await first.wait_for("serverRequest/resolved", lambda p: p["requestId"] == asked_first["id"])
+        await second.wait_for("serverRequest/resolved", lambda p: p["requestId"] == asked_second["id"])
+        await first.answer(asked_first["id"], {"decision": "accept"})  # too late: the second one decided
+        await first.wait_for("warning", lambda p: "refused" in p["message"])
+        # the second request goes to both; a third client that subscribes now is asked too
+        await first.wait_request(COMMAND, after=1)
+        async with app_client(rt) as third:
+            await third.call("thread/resume", {"threadId": tid})
+            late = await third.wait_request(COMMAND)
+            assert late["params"]["command"] == "touch g"
+            await third.answer(late["id"], {"decision": "accept"})
+            await first.wait_turn(turn["id"])
+        assert outputs(mock_model) == ["decision: denied", "decision: approved"]

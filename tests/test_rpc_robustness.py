@@ -101,17 +101,20 @@ async def test_non_utf8_bytes_are_answered_when_the_id_is_recoverable(client: Rp
 
 async def test_lines_without_a_usable_id_are_answered_with_a_null_id(client: RpcClient) -> None:
     """JSON-RPC 2.0: when the id cannot be detected the answer's id is null (the SDK routes such
-    an answer to no waiter). Notifications and replies still draw nothing."""
+    an answer to no waiter). A notification draws nothing; a reply to no server request draws a
+    `warning`, never an error response (whose id the client could take for one of its own)."""
     before = len(client.lines)
     for line in (b"{oops", b'{"id": "\xff", "method": "thread/list"}', b"[1, 2]", b'{"method": 7}'):
         await client.send_raw(line + b"\n")
     await client.send_raw(b'{"method": "foo/notify"}\n{"id": 4242, "result": {}}\n')
     await client.wait_until(lambda: len(client.lines) - before >= 4)
     assert (await client.call("thread/loaded/list", {}))["data"] == []
-    answers = [line for line in client.lines[before:] if "result" not in line]
+    answers = [line for line in client.lines[before:] if "result" not in line and "method" not in line]
     assert [(a["id"], a["error"]["code"]) for a in answers] == [
         (None, -32700), (None, -32700), (None, -32600), (None, -32600),
     ]
+    (warning,) = [n["params"]["message"] for n in client.notifications if n["method"] == "warning"]
+    assert warning.startswith("answer to server request 4242 refused: no such request is pending")
 
 
 async def test_a_line_too_long_is_answered_with_its_id_and_skipped(

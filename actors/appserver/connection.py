@@ -24,8 +24,14 @@ from __future__ import annotations
 import structlog
 import trio
 
-from spindle.actors.runtime import Lagged, Subscription, ThreadHandle, ThreadManager
-from spindle.protocol.appserver import v2
+from spindle.actors.runtime import (
+    Lagged,
+    Subscription,
+    ThreadClosedError,
+    ThreadHandle,
+    ThreadManager,
+)
+from spindle.protocol.appserver import v2, v2approvals
 from spindle.protocol.appserver.jsonrpc import (
     INTERNAL_ERROR,
     AnswerId,
@@ -45,11 +51,14 @@ from spindle.protocol.appserver.jsonrpc import (
     thread_timeout,
 )
 from spindle.protocol.events import Event
+from spindle.protocol.ops import ExecApprovalOp, PatchApprovalOp
+from spindle.protocol.settings import ReviewDecision
 
 from .context import RequestContext, SubscriberIndex
 from .errors import rpc_error
 from .methods import HANDLERS
-from .notify import EventTranslator
+from .notify import Ask, EventTranslator, Output, Settled
+from .server_requests import AskedRequest, ServerRequests
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +93,7 @@ class Connection:
         self._in_lanes = 0  # requests in thread lanes, waiting or running
         self._threads_apart = False  # whether requests naming a thread go to that thread's lane
         self._pumps: dict[str, trio.CancelScope] = {}
+        self._asks = ServerRequests()
         self._nursery: trio.Nursery | None = None
         self._lanes_nursery: trio.Nursery | None = None
         self._writer_done = trio.Event()
@@ -147,6 +157,8 @@ class Connection:
     async def _pump(self, handle: ThreadHandle, scope: trio.CancelScope, events: Subscription[Event]) -> None:
         translator = EventTranslator(handle.thread_id)
         with scope, events:
+            for sub_id, request in handle.pending_approvals():  # asked before this client subscribed
+                await self._send_outputs(handle.thread_id, translator.translate(Event(id=sub_id, msg=request)))
             while True:
                 try:
                     event = await events.receive()
@@ -157,10 +169,71 @@ class Connection:
                     await self.notify("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
                     await self.notify("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
                     break
-                for method, params in translator.translate(event):
-                    await self.notify(method, params)
+                await self._send_outputs(handle.thread_id, translator.translate(event))
         if self._pumps.get(handle.thread_id) is scope:
             del self._pumps[handle.thread_id]
+        self._asks.forget_thread(handle.thread_id)
+
+    async def _send_outputs(self, thread_id: str, outputs: list[Output]) -> None:
+        for output in outputs:
+            match output:
+                case Ask(key=key, method=method, params=params):
+                    request_id = self._asks.open(thread_id, key, method)
+                    if request_id is not None:
+                        await self._emit(self.writer.request(request_id, method, params))
+                case Settled(key=key):
+                    request_id = self._asks.close(thread_id, key)
+                    if request_id is not None:
+                        await self.notify(v2approvals.RESOLVED, v2approvals.ServerRequestResolved(
+                            thread_id=thread_id, request_id=request_id))
+                case (method, params):
+                    await self.notify(method, params)
+
+    # --- answers to server requests ------------------------------------------
+    async def _take_reply(self, reply: Reply) -> None:
+        """A client's answer to a server request: checked here, then handed to the thread (which
+        settles the request for every client). A bad or unexpected answer changes nothing and the
+        client is told so in a `warning`."""
+        asked = self._asks.get(reply.id)
+        if asked is None:
+            await self._warn_reply(reply.id, None, "no such request is pending on this connection "
+                                   "(it was answered or resolved already, or never sent)")
+            return
+        if reply.error is not None:
+            log.warning("client answered a server request with an error; taken as decline",
+                        connection=self.name, method=asked.method, error=bytes(reply.error)[:200].decode("utf-8", "replace"))
+            decision: ReviewDecision = "denied"
+        else:
+            try:
+                decision = v2approvals.review_decision(reply.result or b"null", asked.method)
+            except v2approvals.BadDecision as exc:
+                await self._warn_reply(reply.id, asked.thread_id, f"{exc}; the request is still pending")
+                return
+        assert self._nursery is not None, "Connection.run is not running"
+        self._nursery.start_soon(self._deliver_decision, reply.id, asked, decision)
+
+    async def _deliver_decision(self, reply_id: int, asked: AskedRequest, decision: ReviewDecision) -> None:
+        handle = self.manager.running(asked.thread_id)
+        op = (ExecApprovalOp if asked.method == v2approvals.COMMAND_APPROVAL else PatchApprovalOp)(
+            id=asked.key, decision=decision)
+        problem = f"thread {asked.thread_id} is not loaded"
+        if handle is not None:
+            try:
+                outcome = await handle.submit_and_wait(op)
+            except (ThreadClosedError, trio.TooSlowError) as exc:
+                problem = str(exc) or type(exc).__name__
+            else:
+                if outcome.error is None:
+                    return
+                problem = outcome.error.message
+        await self._warn_reply(reply_id, asked.thread_id, problem)
+
+    async def _warn_reply(self, reply_id: object, thread_id: str | None, problem: str) -> None:
+        """Tell the client its answer was not taken. A `warning`, not an error response: the id
+        is the server's, and an error with it could be read as the answer to a client request."""
+        log.warning("answer to a server request refused", connection=self.name, id=reply_id, problem=problem)
+        message = f"answer to server request {reply_id!r:.40} refused: {problem}"
+        await self.notify("warning", v2.WarningNotice(message=message, thread_id=thread_id))
 
     # --- reader, lanes, writer ---------------------------------------------
     async def run(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream) -> None:
@@ -230,8 +303,8 @@ class Connection:
             case Notification(method=method):
                 if method != "initialized":
                     log.info("ignored client notification", connection=self.name, method=method)
-            case Reply(id=reply_id):
-                log.info("ignored response to an unknown server request", connection=self.name, id=reply_id)
+            case Reply() as reply:
+                await self._take_reply(reply)
 
     async def _admit(self, request: Request) -> None:
         """Put `request` in its lane, or answer "overloaded" if too many are waiting."""

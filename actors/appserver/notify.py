@@ -1,16 +1,22 @@
-"""Thread events to app-server v2 notifications: one `EventTranslator` per subscribed thread."""
+"""Thread events to app-server v2 notifications and server requests: one `EventTranslator` per
+subscribed thread (per connection)."""
 
 from __future__ import annotations
 
+import shlex
 import time
+from dataclasses import dataclass
 
-from spindle.protocol.appserver import v2, v2mcp
+from spindle.protocol.appserver import v2, v2approvals, v2mcp
 from spindle.protocol.appserver.jsonrpc import now_ms
 from spindle.protocol.appserver.v2map import thread_item, token_usage, turn_error
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
+    ApplyPatchApprovalRequestEvent,
+    ApprovalResolvedEvent,
     ErrorEvent,
     Event,
+    ExecApprovalRequestEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     McpStartupUpdateEvent,
@@ -26,6 +32,25 @@ Notice = tuple[str, object]
 """(method, params) of one notification."""
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A server request to make: `key` (the runtime's approval id) names it until it is `Settled`."""
+
+    key: str
+    method: str
+    params: object
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The request `key` is over (answered here or elsewhere, or cleared): the client dismisses it."""
+
+    key: str
+
+
+Output = Notice | Ask | Settled
+
+
 class EventTranslator:
     """Follows one thread's event stream and says which notifications each event makes.
 
@@ -37,8 +62,10 @@ class EventTranslator:
         self.thread_id = thread_id
         self._turn: v2.Turn | None = None
         self._started_ns = 0
+        self._waiting: set[str] = set()
+        """The approval requests waiting for an answer (the `waitingOnApproval` flag)."""
 
-    def translate(self, event: Event) -> list[Notice]:
+    def translate(self, event: Event) -> list[Output]:
         tid = self.thread_id
         match event.msg:
             case TaskStartedEvent(turn_id=turn_id):
@@ -74,13 +101,36 @@ class EventTranslator:
                     name=name, status=status, thread_id=tid, error=error))]
             case WarningEvent(message=message):
                 return [("warning", v2.WarningNotice(message=message, thread_id=tid))]
+            case ExecApprovalRequestEvent(call_id=key, turn_id=turn_id, command=command, cwd=cwd, reason=reason):
+                params: object = v2approvals.CommandApprovalParams(
+                    thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=now_ms(), command=shlex.join(command),
+                    cwd=cwd, reason=reason, command_actions=[{"type": "unknown", "command": shlex.join(command)}])
+                return self._ask(key, v2approvals.COMMAND_APPROVAL, params)
+            case ApplyPatchApprovalRequestEvent(call_id=key, turn_id=turn_id, reason=reason, grant_root=root):
+                params = v2approvals.PatchApprovalParams(
+                    thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=now_ms(), reason=reason, grant_root=root)
+                return self._ask(key, v2approvals.PATCH_APPROVAL, params)
+            case ApprovalResolvedEvent(call_id=key) if key in self._waiting:
+                self._waiting.discard(key)
+                return [Settled(key), *self._flags()]
             case TaskCompleteEvent(turn_id=turn_id):
                 return self._finish(turn_id, None)
             case TurnAbortedEvent(turn_id=turn_id):
                 return self._finish(turn_id, "interrupted")
         return []
 
-    def _error(self, message: str, info: str | None, turn_id: str | None, *, will_retry: bool) -> list[Notice]:
+    def _ask(self, key: str, method: str, params: object) -> list[Output]:
+        first = not self._waiting
+        self._waiting.add(key)
+        return [*(self._flags() if first else []), Ask(key, method, params)]
+
+    def _flags(self) -> list[Output]:
+        """`thread/status/changed` for the thread's active flags (after they changed)."""
+        flags = ["waitingOnApproval"] if self._waiting else []
+        status = v2.ThreadStatus(type="active", active_flags=flags)
+        return [("thread/status/changed", v2.ThreadStatusChanged(thread_id=self.thread_id, status=status))]
+
+    def _error(self, message: str, info: str | None, turn_id: str | None, *, will_retry: bool) -> list[Output]:
         turn = self._turn
         if turn is None or (turn_id is not None and turn_id != turn.id):
             return [("warning", v2.WarningNotice(message=message, thread_id=self.thread_id))]
@@ -89,7 +139,7 @@ class EventTranslator:
             turn.error = error
         return [("error", v2.ErrorNotice(thread_id=self.thread_id, turn_id=turn.id, error=error, will_retry=will_retry))]
 
-    def _finish(self, turn_id: str | None, status: v2.TurnStatus | None) -> list[Notice]:
+    def _finish(self, turn_id: str | None, status: v2.TurnStatus | None) -> list[Output]:
         turn = self._turn
         if turn is None or (turn_id is not None and turn.id != turn_id):
             turn = v2.Turn(id=turn_id or "")

@@ -39,6 +39,8 @@ class RpcClient:
         self._ids = itertools.count(1)
         self._waiting: dict[Any, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.notifications: list[dict[str, Any]] = []
+        self.server_requests: list[dict[str, Any]] = []
+        """Requests from the server (approvals, tool calls), in arrival order; answer with `answer`."""
         self.lines: list[dict[str, Any]] = []
         self._changed = trio.Event()
         self._send_lock = trio.StrictFIFOLock()
@@ -72,6 +74,8 @@ class RpcClient:
                 self.notifications.append(message)
             if message["method"] == "turn/completed":
                 self._turn_completed(message["params"]["turn"])
+        elif "method" in message:
+            self.server_requests.append(message)
         elif (waiter := self._waiting.pop(message.get("id"), None)) is not None:
             waiter.send_nowait(message)
         self._changed.set()
@@ -116,6 +120,15 @@ class RpcClient:
                 if self.closed.is_set():
                     raise AssertionError(f"connection closed before {method}")
                 await self._changed.wait()
+
+    async def wait_request(self, method: str, *, after: int = 0) -> dict[str, Any]:
+        """The first server request `method` (from index `after` of `server_requests`)."""
+        await self.wait_until(lambda: any(r["method"] == method for r in self.server_requests[after:]))
+        return next(r for r in self.server_requests[after:] if r["method"] == method)
+
+    async def answer(self, request_id: Any, result: Any) -> None:
+        """Answer a server request with `result`."""
+        await self.send_raw(json.dumps({"id": request_id, "result": result}).encode() + b"\n")
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking after each message."""

@@ -203,9 +203,11 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A response to a server request (Spindle sends none, so these are only logged)."""
+    """A client's response to a server request: its `result`, or its `error` (raw JSON)."""
 
     id: Any
+    result: msgspec.Raw | None = None
+    error: msgspec.Raw | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +239,7 @@ def parse_line(line: bytes | bytearray) -> Inbound:
     request_id = env.id if has_id and _usable_id(env.id) else None
     if env.method is UNSET:
         if has_id and (len(env.result) or len(env.error)):
-            return Reply(env.id)
+            return Reply(env.id, env.result if len(env.result) else None, env.error if len(env.error) else None)
         if request_id is not None:
             return Invalid(invalid_request("Invalid request: missing field `method`"), request_id)
         return Invalid(invalid_request("message has neither a method nor a usable id"))
@@ -386,6 +388,12 @@ class _ErrorResponse(msgspec.Struct):
     id: Any  # an AnswerId: a raw id is written as it came, None as `null`
 
 
+class _ServerRequest(msgspec.Struct):
+    id: int
+    method: str
+    params: Any
+
+
 class _Notification(msgspec.Struct, rename="camel"):
     method: str
     params: Any
@@ -409,6 +417,10 @@ class Writer:
 
     def error(self, request_id: AnswerId, error: RpcError) -> bytes:
         return self._line(_ErrorResponse(_ErrorBody(error.code, error.message, error.data), request_id))
+
+    def request(self, request_id: int, method: str, params: Any) -> bytes:
+        """A server request (no `emittedAtMs`: Codex's carry none)."""
+        return self._line(_ServerRequest(request_id, method, params))
 
     def notification(self, method: str, params: Any) -> bytes:
         return self._line(_Notification(method, params, now_ms()))

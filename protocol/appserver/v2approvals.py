@@ -1,0 +1,82 @@
+"""Approval requests from the server to the client, and the client's decisions.
+
+`item/commandExecution/requestApproval` and `item/fileChange/requestApproval` carry Codex 0.171's
+params; every request ends with `serverRequest/resolved`. A decision maps onto the runtime's
+`ReviewDecision`: `accept` runs it, `acceptForSession` also stops asking for the same request for
+the rest of the thread, `decline` does not run it (the model is told; the turn goes on), `cancel`
+does not run it and interrupts the turn. `acceptWithExecpolicyAmendment` is taken as `accept`
+(Spindle keeps no exec policy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from ..settings import ReviewDecision
+from .v2 import Wire
+
+COMMAND_APPROVAL = "item/commandExecution/requestApproval"
+PATCH_APPROVAL = "item/fileChange/requestApproval"
+RESOLVED = "serverRequest/resolved"
+
+DECISIONS: dict[str, ReviewDecision] = {
+    "accept": "approved", "acceptForSession": "approved_for_session", "decline": "denied", "cancel": "abort",
+}
+AMENDED = ("acceptWithExecpolicyAmendment", "applyNetworkPolicyAmendment")
+"""Object-shaped decisions that approve the request (their amendment is not kept)."""
+
+
+class CommandApprovalParams(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item_id: str
+    started_at_ms: int
+    command: str
+    cwd: str
+    reason: str | None = None
+    kind: Literal["command"] = "command"
+    environment_id: str = "local"
+    command_actions: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    available_decisions: list[str] = msgspec.field(default_factory=lambda: ["accept", "acceptForSession", "decline", "cancel"])
+
+
+class PatchApprovalParams(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item_id: str
+    started_at_ms: int
+    reason: str | None = None
+    grant_root: str | None = None
+
+
+class ServerRequestResolved(Wire, kw_only=True):
+    thread_id: str
+    request_id: int | str
+
+
+class _Answer(msgspec.Struct):
+    decision: Any = msgspec.UNSET
+
+
+_answer = msgspec.json.Decoder(_Answer)
+
+
+class BadDecision(ValueError):
+    """An answer that is not one of the decisions; the message names the allowed ones."""
+
+
+def review_decision(result: bytes, method: str) -> ReviewDecision:
+    """The decision in a client's `result` to an approval request of `method`."""
+    allowed = ", ".join(DECISIONS) + (", {" + "|".join(AMENDED) + ": ...}" if method == COMMAND_APPROVAL else "")
+    try:
+        decision = _answer.decode(result).decision
+    except msgspec.DecodeError as exc:
+        raise BadDecision(f"the answer to {method} must be an object with a `decision`: {exc}") from None
+    if isinstance(decision, str) and decision in DECISIONS:
+        return DECISIONS[decision]
+    if method == COMMAND_APPROVAL and isinstance(decision, dict) and len(decision) == 1 and next(iter(decision)) in AMENDED:
+        return "approved"
+    shown = "missing" if decision is msgspec.UNSET else repr(decision)[:60]
+    raise BadDecision(f"the decision for {method} is {shown}; allowed: {allowed}")
