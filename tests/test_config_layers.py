@@ -8,11 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from spindle.actors.runtime import ConfigError, open_runtime
 from spindle.actors.runtime.config import load_config
 from spindle.actors.runtime.config_layers import LayeredConfig, LayerStack
+from spindle.actors.runtime.permission_profiles import default_selection
 from spindle.actors.testing.mock_model import MockModel
 from spindle.protocol.config import DEFAULT_MODEL
 from spindle.protocol.ops import ReloadUserConfigOp
@@ -78,7 +80,8 @@ def test_each_layer_wins_over_the_ones_below(tree: dict[str, Path]) -> None:
 
 def test_built_in_defaults_are_the_lowest_layer(tmp_path: Path) -> None:
     config = LayeredConfig(home=tmp_path, system_file=None).load(str(tmp_path)).config
-    assert (config.model, config.approval_policy, config.sandbox_mode) == (DEFAULT_MODEL, "on-request", "read-only")
+    assert (config.model, config.approval_policy, config.sandbox_mode) == (DEFAULT_MODEL, "on-request", msgspec.UNSET)
+    assert default_selection(config) == (None, "read-only")  # no layer selects: legacy read-only, as before profiles
 
 
 def test_an_untrusted_or_unknown_project_is_listed_but_not_applied(tree: dict[str, Path]) -> None:

@@ -36,10 +36,12 @@ class ToolContext:
     turn_id: str
     call_id: str
     settings: ThreadSettings
-    sandbox: SandboxSpec
-    """What this turn's commands may touch, realised from `settings`."""
+    sandbox: SandboxSpec | None
+    """What this turn's commands may touch, realised from `settings` and the thread's profiles;
+    None when it cannot be realised: then `sandbox_error` says why, and no command may run."""
     item_started: Callable[[TurnItem], None]
     item_completed: Callable[[TurnItem], None]
+    sandbox_error: str | None = None
 
 
 class Tool(Protocol):
@@ -155,6 +157,9 @@ class ShellTool:
                 f"approval_policy = \"never\"; this turn has sandbox_mode = \"{ctx.settings.sandbox_mode}\" "
                 f"and approval_policy = \"{ctx.settings.approval_policy}\""
             )
+        if ctx.sandbox is None:
+            ctx.item_completed(msgspec.structs.replace(item, status="declined"))
+            return f"shell refused: the sandbox cannot be set up: {ctx.sandbox_error}"
         ctx.item_started(item)
         timeout_ms = args.timeout_ms or SHELL_DEFAULT_TIMEOUT_MS
         started = time.monotonic()
