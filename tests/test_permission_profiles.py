@@ -261,3 +261,16 @@ def test_a_rollout_records_the_selection_and_roots(tmp_path: Path, work: Path) -
     old = msgspec.json.decode(b'{"cwd":"/w","approval_policy":"never","model":"m","sandbox_policy":{"type":"workspace-write"}}', type=TurnContextItem)
     legacy = recorded_settings(config, meta, old)
     assert (legacy.permissions, legacy.sandbox_mode, legacy.runtime_workspace_roots) == (None, "workspace-write", None)
+    started = SessionMeta(id="t", timestamp="", cwd=str(work), permissions="dev", runtime_workspace_roots=[str(work), str(tmp_path / "extra")])
+    before_any_turn = recorded_settings(config, started, None)  # a persisted thread that never ran a turn
+    assert (before_any_turn.permissions, before_any_turn.runtime_workspace_roots) == ("dev", (str(work), str(tmp_path / "extra")))
+
+
+def test_a_later_selection_replaces_the_other_kind_when_updates_chain(tmp_path: Path, work: Path) -> None:
+    """A resume's recorded profile followed by a `sandbox` param (and the reverse) is one selection."""
+    config = _config(tmp_path)
+    recorded = SettingsUpdate(cwd=str(work), permissions=":workspace")
+    legacy = initial_settings(config, recorded.then(SettingsUpdate(sandbox_mode="danger-full-access")))
+    assert (legacy.permissions, legacy.sandbox_mode) == (None, "danger-full-access")
+    profile = initial_settings(config, SettingsUpdate(cwd=str(work), sandbox_mode="read-only").then(SettingsUpdate(permissions=":workspace")))
+    assert (profile.permissions, profile.sandbox_mode) == (":workspace", "workspace-write")
