@@ -172,10 +172,10 @@ async def test_rule3_a_turn_root_update_persists_and_resume_returns_it(
     contexts = [json.loads(line)["payload"] for line in Path(thread["path"]).read_text().splitlines()
                 if json.loads(line)["type"] == "turn_context"]
     assert [(c["runtime_workspace_roots"], c["permissions"]) for c in contexts] == [([work, extra], ":workspace")]
-    await client.call("thread/unsubscribe", {"threadId": thread["id"]})
+    handle = manager.get_thread(thread["id"])
+    await client.call("thread/unsubscribe", {"threadId": thread["id"]})  # its last subscriber: it unloads
     with trio.fail_after(10):
-        while manager.running(thread["id"]) is not None:
-            await trio.sleep(0.01)
+        await handle.wait_closed()
     resumed = await client.call("thread/resume", {"threadId": thread["id"]})
     assert _answer(resumed) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
 

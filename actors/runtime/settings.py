@@ -53,6 +53,7 @@ def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdat
     A selected profile's legacy projection becomes `sandbox_mode`."""
     update = checked(config, update)
     changed = settings.updated(update)
+    roots: tuple[str, ...] | None
     if update.runtime_workspace_roots is not None:
         roots = runtime_roots(update.runtime_workspace_roots, changed.cwd)
     elif update.cwd is not None and settings.runtime_workspace_roots is not None:
