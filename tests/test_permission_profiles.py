@@ -196,6 +196,9 @@ def test_legacy_workspace_write_keeps_its_options(tmp_path: Path, work: Path) ->
     assert spec.writable_roots == (str(work), str(tmp_path / "extra"))
     assert str(tmp_path / "extra" / ".git") in spec.read_only_subpaths
     assert (spec.network, spec.tmpdir_writable, spec.slash_tmp_writable) == (True, True, False)
+    no_tmpdir = _config(tmp_path, sandbox_mode="workspace-write", sandbox_workspace_write={"exclude_tmpdir_env_var": True})
+    spec = realise(settings, load_profiles(no_tmpdir))
+    assert (spec.writable_roots, spec.network, spec.tmpdir_writable, spec.slash_tmp_writable) == ((str(work),), False, False, True)
     view = describe(settings, load_profiles(config))
     assert (view.selected_by_id, view.writable_roots, view.runtime_roots) == (False, [str(tmp_path / "extra")], [str(work)])
 
@@ -278,3 +281,26 @@ def test_a_later_selection_replaces_the_other_kind_when_updates_chain(tmp_path: 
     assert (legacy.permissions, legacy.sandbox_mode) == (None, "danger-full-access")
     profile = initial_settings(config, SettingsUpdate(cwd=str(work), sandbox_mode="read-only").then(SettingsUpdate(permissions=":workspace")))
     assert (profile.permissions, profile.sandbox_mode) == (":workspace", "workspace-write")
+
+
+def test_config_writes_accept_profiles_and_refuse_a_bad_one(tmp_path: Path) -> None:
+    from spindle.actors.runtime.config_write import ConfigWriteError, Edit, write_user_config
+
+    source = LayeredConfig(home=tmp_path, system_file=None)
+    edits = [Edit.parse("permissions.dev.extends", ":workspace", "replace"), Edit.parse("default_permissions", "dev", "replace")]
+    write_user_config(source, edits, expected_version=None)
+    assert default_selection(source.load().config) == ("dev", "workspace-write")
+    with pytest.raises(ConfigWriteError, match=r"unknown access 'rw'"):
+        write_user_config(source, [Edit.parse('permissions.dev.filesystem."/srv"', "rw", "replace")], expected_version=None)
+    with pytest.raises(ConfigWriteError, match=r"unknown permission profile 'ghost'"):
+        write_user_config(source, [Edit.parse("default_permissions", "ghost", "replace")], expected_version=None)
+    assert 'default_permissions = "dev"' in (tmp_path / "config.toml").read_text()
+
+
+def test_a_profile_gone_from_the_config_refuses_commands_but_still_describes(tmp_path: Path, work: Path) -> None:
+    settings = _settings(work, permissions="dev")
+    profiles = load_profiles(_config(tmp_path))  # a reload dropped [permissions.dev]
+    with pytest.raises(SandboxUnavailable, match="unknown permission profile 'dev'"):
+        realise(settings, profiles)
+    view = describe(settings, profiles)
+    assert (view.profile.id, view.selected_by_id, view.writable_roots) == ("dev", True, [])

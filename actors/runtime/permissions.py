@@ -52,8 +52,12 @@ class PermissionsView:
 
 
 def describe(settings: ThreadSettings, profiles: PermissionProfiles) -> PermissionsView:
-    """What `settings` select and make writable. ConfigError for a profile `profiles` lacks."""
-    profile = profiles.selected(settings)
+    """What `settings` select and make writable. A profile id `profiles` no longer defines (the
+    config changed) shows as selected with no grants: `realise` refuses its commands."""
+    try:
+        profile = profiles.selected(settings)
+    except ConfigError:
+        profile = PermissionProfile(id=str(settings.permissions))
     writable = [] if profile.full_access else _Grants.of(profile, workspace_roots(settings, profile), real=False).writable
     return PermissionsView(
         profile=profile, selected_by_id=settings.permissions is not None,
