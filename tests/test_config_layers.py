@@ -225,3 +225,22 @@ base_url = "{mock_model.base_url}"
         warnings = await rt.reload_user_config(strict=False)
         assert warnings and all("approval_policy" in w for w in warnings)
         assert plain.settings.sandbox_mode == "workspace-write"  # kept its last good config
+
+
+async def test_reload_moves_a_thread_on_the_default_selection_to_the_new_one(tmp_path: Path, mock_model: MockModel) -> None:
+    """A thread still on the config's permission selection follows a reload (legacy to profile and
+    back); one given its own profile keeps it."""
+    home = tmp_path / "home"
+    base = f'model = "mock-model"\nmodel_provider = "mock"\n[model_providers.mock]\nname = "Mock"\nbase_url = "{mock_model.base_url}"\n'
+    user = _write(home / "config.toml", 'sandbox_mode = "read-only"\n' + base)
+    async with open_runtime(LayeredConfig(home=home, system_file=None)) as rt:
+        plain = await rt.start_thread()
+        chosen = await rt.start_thread(permissions=":danger-full-access")
+        user.write_text('default_permissions = "dev"\n' + base + '[permissions.dev]\nextends = ":workspace"\n')
+        assert await rt.reload_user_config(strict=True) == []
+        assert (plain.settings.permissions, plain.settings.sandbox_mode) == ("dev", "workspace-write")
+        assert plain.permission_profiles.get("dev").extends == ":workspace"
+        assert chosen.settings.permissions == ":danger-full-access"
+        user.write_text('sandbox_mode = "danger-full-access"\ndefault_permissions = "dev"\n' + base + '[permissions.dev]\n')
+        assert await rt.reload_user_config(strict=True) == []
+        assert (plain.settings.permissions, plain.settings.sandbox_mode) == (None, "danger-full-access")

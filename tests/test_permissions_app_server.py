@@ -223,3 +223,25 @@ async def test_permission_profile_list_pages_built_ins_first(client: RpcClient) 
     assert [p["id"] for p in first["data"]] == [":read-only", ":workspace", ":danger-full-access"]
     rest = await client.call("permissionProfile/list", {"cursor": first["nextCursor"]})
     assert ([p["id"] for p in rest["data"]], rest["nextCursor"]) == (["dev"], None)
+
+
+async def test_a_thread_that_never_ran_resumes_with_its_start_selection(client: RpcClient, manager: ThreadManager, dirs: dict[str, Path]) -> None:
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work, "permissions": "dev", "runtimeWorkspaceRoots": [work, extra],
+                                                 "persistNow": True}))["thread"]
+    handle = manager.get_thread(thread["id"])
+    await client.call("thread/unsubscribe", {"threadId": thread["id"]})
+    with trio.fail_after(10):
+        await handle.wait_closed()
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert _answer(resumed) == ([work, extra], _ws(extra, dirs["profroot"]), {"id": "dev", "extends": ":workspace"})
+
+
+async def test_fork_takes_a_profile_and_roots(client: RpcClient, mock_model: MockModel, dirs: dict[str, Path]) -> None:
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work, "sandbox": "read-only"}))["thread"]
+    await _turn(client, mock_model, thread["id"])
+    fork = await client.call("thread/fork", {"threadId": thread["id"], "permissions": ":workspace", "runtimeWorkspaceRoots": [".", "../extra"]})
+    assert _answer(fork) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
+    with pytest.raises(RpcFailure, match="`permissions` cannot be combined with `sandbox`"):
+        await client.call("thread/fork", {"threadId": thread["id"], "permissions": ":workspace", "sandbox": "read-only"})
