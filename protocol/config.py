@@ -67,6 +67,22 @@ class ProjectConfig(msgspec.Struct, kw_only=True, frozen=True):
     trust_level: TrustLevel | None = None
 
 
+class SandboxWorkspaceWrite(msgspec.Struct, kw_only=True, frozen=True):
+    """`[sandbox_workspace_write]`: the legacy `workspace-write` mode's options."""
+
+    writable_roots: list[str] = msgspec.field(default_factory=list)
+    """Writable besides the workspace roots (each keeps its `.git` and `.codex` read-only)."""
+    network_access: bool = False
+    exclude_tmpdir_env_var: bool = False
+    """`$TMPDIR` is not writable."""
+    exclude_slash_tmp: bool = False
+    """`/tmp` is not writable."""
+
+
+DEFAULT_SANDBOX_MODE: SandboxMode = "read-only"
+"""What commands may touch when the config selects neither a sandbox mode nor a profile."""
+
+
 class Config(msgspec.Struct, kw_only=True, frozen=True):
     """The settings a runtime starts threads with (the effective config of the layer stack)."""
 
@@ -75,7 +91,14 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     model_providers: dict[str, ModelProviderInfo] = msgspec.field(default_factory=dict)
     mcp_servers: dict[str, McpServerConfig] = msgspec.field(default_factory=dict)
     approval_policy: ApprovalPolicy = "on-request"
-    sandbox_mode: SandboxMode = "read-only"
+    sandbox_mode: SandboxMode | msgspec.UnsetType = msgspec.UNSET
+    """The legacy selection; when set (in any layer) it wins over `default_permissions`.
+    Unset and no profile selected: `DEFAULT_SANDBOX_MODE`."""
+    sandbox_workspace_write: SandboxWorkspaceWrite = msgspec.field(default_factory=SandboxWorkspaceWrite)
+    default_permissions: str | None = None
+    """The permission profile new threads select (a built-in `:id` or a `[permissions.<id>]`)."""
+    permissions: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """`[permissions.<id>]` tables, as written (checked by the runtime's permission profiles)."""
     model_context_window: int | None = None
     instructions: str | None = None
     model_reasoning_effort: str | None = None
@@ -108,14 +131,14 @@ CODEX_ONLY_KEYS: dict[type[msgspec.Struct], frozenset[str]] = {
     Config: frozenset({
         "review_model", "model_auto_compact_token_limit", "model_auto_compact_token_limit_scope",
         "model_verbosity", "model_supports_reasoning_summaries", "plan_mode_reasoning_effort",
-        "service_tier", "personality", "shell_environment_policy", "sandbox_workspace_write", "notify",
+        "service_tier", "personality", "shell_environment_policy", "notify",
         "developer_instructions", "model_instructions_file", "experimental_instructions_file",
         "compact_prompt", "experimental_compact_prompt_file", "forced_chatgpt_workspace_id",
         "forced_login_method", "cli_auth_credentials_store", "mcp_oauth_credentials_store",
         "project_doc_max_bytes", "project_doc_fallback_filenames", "history", "file_opener", "tui",
         "hide_agent_reasoning", "show_raw_agent_reasoning", "chatgpt_base_url", "tools", "features",
         "web_search", "windows_wsl_setup_acknowledged", "notice", "disable_paste_burst", "otel", "windows",
-        "analytics", "feedback", "apps", "skills", "hooks", "permissions", "default_permissions",
+        "analytics", "feedback", "apps", "skills", "hooks",
         "approvals_reviewer", "check_for_update_on_startup", "sandbox", "suppress_unstable_features_warning",
         "ghost_snapshot", "oss_provider", "agents", "memories", "zsh_path", "js_repl_node_path", "desktop",
         "browser_use", "computer_use", "client_search_provider", "log_dir", "sqlite_home", "plugins",

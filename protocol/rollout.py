@@ -37,6 +37,10 @@ class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
     session_config: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     """Spindle only: the thread's own config layer (`thread/start`'s `config` map, dotted keys),
     restored on resume. Left out of the line when unset; Codex's reader ignores the field."""
+    runtime_workspace_roots: list[str] | msgspec.UnsetType = msgspec.UNSET
+    """The thread's runtime workspace roots at start (Codex writes the same field)."""
+    permissions: str | msgspec.UnsetType = msgspec.UNSET
+    """Spindle only: the permission profile id the thread started with (unset: legacy sandbox)."""
 
 
 class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):
@@ -53,6 +57,10 @@ class TurnContextItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
     turn_id: str | None = None
     effort: str | None = None
     summary: str | None = None
+    permissions: str | None = None
+    """Spindle only: the permission profile id the turn selected (None: `sandbox_policy` selects)."""
+    runtime_workspace_roots: list[str] | None = None
+    """The thread's runtime workspace roots for the turn (Codex's name; None: just the cwd)."""
 
 
 class CompactedItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -32,6 +32,11 @@ class SettingsUpdate(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
     cwd: str | None = None
     approval_policy: ApprovalPolicy | None = None
     sandbox_mode: SandboxMode | None = None
+    """The legacy selection; it clears `permissions` (a profile selected before)."""
+    permissions: str | None = None
+    """A permission profile by id (`:workspace`, a `[permissions.<id>]` table)."""
+    runtime_workspace_roots: tuple[str, ...] | None = None
+    """Replaces the thread's runtime workspace roots (relative ones resolve against the cwd)."""
     instructions: str | None = None
     effort: str | None = None
     summary: str | None = None
@@ -41,8 +46,14 @@ class SettingsUpdate(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
         return {name: value for name in self.__struct_fields__ if (value := getattr(self, name)) is not None}
 
     def then(self, later: SettingsUpdate) -> SettingsUpdate:
-        """This update followed by `later`: where both set a field, `later` wins."""
-        return msgspec.structs.replace(self, **later.changes())
+        """This update followed by `later`: where both set a field, `later` wins; a selection in
+        `later` (a profile, or a legacy sandbox mode) replaces the other kind in this one."""
+        changes = later.changes()
+        if later.sandbox_mode is not None and later.permissions is None:
+            changes["permissions"] = None
+        if later.permissions is not None and later.sandbox_mode is None:
+            changes["sandbox_mode"] = None
+        return msgspec.structs.replace(self, **changes)
 
 
 class ThreadSettings(msgspec.Struct, kw_only=True, frozen=True):
@@ -53,11 +64,25 @@ class ThreadSettings(msgspec.Struct, kw_only=True, frozen=True):
     cwd: str
     approval_policy: ApprovalPolicy
     sandbox_mode: SandboxMode
+    """The legacy sandbox selection; under a profile, its legacy projection (for old readers)."""
     instructions: str
     effort: str | None = None
     summary: str | None = None
     model_context_window: int | None = None
+    permissions: str | None = None
+    """The selected permission profile's id, kept symbolic; None: `sandbox_mode` selects."""
+    runtime_workspace_roots: tuple[str, ...] | None = None
+    """The thread's runtime workspace roots (absolute, what `:workspace_roots` realises to, with
+    the profile's own roots); None: just the cwd, following it when it changes."""
 
     def updated(self, update: SettingsUpdate) -> ThreadSettings:
-        """These settings with `update` applied (unvalidated: see the runtime's `apply_update`)."""
-        return msgspec.structs.replace(self, **update.changes())
+        """These settings with `update` applied (unvalidated: see the runtime's `apply_update`).
+        A legacy `sandbox_mode` without `permissions` clears the profile selection."""
+        changes = update.changes()
+        if update.sandbox_mode is not None and update.permissions is None:
+            changes["permissions"] = None
+        return msgspec.structs.replace(self, **changes)
+
+    def workspace_roots(self) -> tuple[str, ...]:
+        """The runtime workspace roots: the explicit ones, else the cwd alone."""
+        return self.runtime_workspace_roots if self.runtime_workspace_roots is not None else (self.cwd,)

@@ -124,3 +124,28 @@ async def test_stdin_eof_flushes_and_exits_zero(home: Path) -> None:
     kinds = [line["payload"].get("type") for line in lines if line["type"] == "event_msg"]
     assert "task_started" in kinds
     assert kinds[-1] in ("task_complete", "turn_aborted")
+
+
+async def test_a_turn_root_update_is_returned_by_resume_in_a_new_process(home: Path, tmp_path: Path) -> None:
+    """Seed 003: runtime roots set by a turn persist onto the thread (its rollout), and a new
+    process's thread/resume returns them with the symbolic profile the thread selected."""
+    work, extra = tmp_path / "work", tmp_path / "extra"
+    work.mkdir()
+    extra.mkdir()
+    async with subprocess_server(home) as (client, process):
+        await client.initialize(experimental=True)
+        started = await client.call("thread/start", {"cwd": str(work), "permissions": ":workspace"})
+        assert started["runtimeWorkspaceRoots"] == [str(work)]
+        thread_id = started["thread"]["id"]
+        turn = (await client.call("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "widen"}],
+                                                 "runtimeWorkspaceRoots": [str(work), "../extra"]}))["turn"]
+        assert (await client.wait_turn(turn["id"]))["status"] == "completed"
+    assert process.returncode == 0
+
+    async with subprocess_server(home) as (client, process):
+        await client.initialize()
+        resumed = await client.call("thread/resume", {"threadId": thread_id})
+        assert resumed["runtimeWorkspaceRoots"] == [str(work), str(extra)]
+        assert resumed["activePermissionProfile"] == {"id": ":workspace", "extends": None}
+        assert resumed["sandbox"]["type"] == "workspaceWrite" and resumed["sandbox"]["writableRoots"] == [str(extra)]
+    assert process.returncode == 0

@@ -14,6 +14,7 @@ import pytest
 from spindle.actors.runtime import ConfigError, open_runtime
 from spindle.actors.runtime.config import load_config
 from spindle.actors.runtime.config_layers import LayeredConfig, LayerStack
+from spindle.actors.runtime.permission_profiles import default_selection
 from spindle.actors.testing.mock_model import MockModel
 from spindle.protocol.config import DEFAULT_MODEL
 from spindle.protocol.ops import ReloadUserConfigOp
@@ -79,7 +80,8 @@ def test_each_layer_wins_over_the_ones_below(tree: dict[str, Path]) -> None:
 
 def test_built_in_defaults_are_the_lowest_layer(tmp_path: Path) -> None:
     config = LayeredConfig(home=tmp_path, system_file=None).load(str(tmp_path)).config
-    assert (config.model, config.approval_policy, config.sandbox_mode) == (DEFAULT_MODEL, "on-request", "read-only")
+    assert (config.model, config.approval_policy, config.sandbox_mode) == (DEFAULT_MODEL, "on-request", msgspec.UNSET)
+    assert default_selection(config) == (None, "read-only")  # no layer selects: legacy read-only, as before profiles
 
 
 def test_an_untrusted_or_unknown_project_is_listed_but_not_applied(tree: dict[str, Path]) -> None:
@@ -236,3 +238,22 @@ def test_an_mcp_timeout_that_is_negative_or_nan_is_refused_naming_it(tmp_path: P
     _write(tmp_path / "config.toml", f'[mcp_servers.docs]\ncommand = "srv"\ntool_timeout_sec = {value}\n')
     with pytest.raises(ConfigError, match=r"key 'mcp_servers.docs.tool_timeout_sec': Expected `float` >= 0.0"):
         LayeredConfig(home=tmp_path, system_file=None).load().config  # noqa: B018
+
+
+async def test_reload_moves_a_thread_on_the_default_selection_to_the_new_one(tmp_path: Path, mock_model: MockModel) -> None:
+    """A thread still on the config's permission selection follows a reload (legacy to profile and
+    back); one given its own profile keeps it."""
+    home = tmp_path / "home"
+    base = f'model = "mock-model"\nmodel_provider = "mock"\n[model_providers.mock]\nname = "Mock"\nbase_url = "{mock_model.base_url}"\n'
+    user = _write(home / "config.toml", 'sandbox_mode = "read-only"\n' + base)
+    async with open_runtime(LayeredConfig(home=home, system_file=None)) as rt:
+        plain = await rt.start_thread()
+        chosen = await rt.start_thread(permissions=":danger-full-access")
+        user.write_text('default_permissions = "dev"\n' + base + '[permissions.dev]\nextends = ":workspace"\n')
+        assert await rt.reload_user_config(strict=True) == []
+        assert (plain.settings.permissions, plain.settings.sandbox_mode) == ("dev", "workspace-write")
+        assert plain.permission_profiles.get("dev").extends == ":workspace"
+        assert chosen.settings.permissions == ":danger-full-access"
+        user.write_text('sandbox_mode = "danger-full-access"\ndefault_permissions = "dev"\n' + base + '[permissions.dev]\n')
+        assert await rt.reload_user_config(strict=True) == []
+        assert (plain.settings.permissions, plain.settings.sandbox_mode) == (None, "danger-full-access")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,3 +84,17 @@ async def test_bounded_shutdown_reports_each_outcome(make_runtime: Callable[...,
         await busy.wait_closed()
         with pytest.raises(ThreadClosedError):
             await idle.ask("anyone there?")
+
+
+async def test_start_thread_selects_a_profile_and_runtime_roots(runtime: ThreadManager, tmp_path: Path) -> None:
+    """The embedding API: `start_thread(permissions=..., runtime_workspace_roots=...)`."""
+    (tmp_path / "extra").mkdir()
+    thread = await runtime.start_thread(permissions=":workspace", runtime_workspace_roots=[".", "extra"])
+    assert thread.settings.permissions == ":workspace" and thread.settings.sandbox_mode == "workspace-write"
+    assert thread.settings.runtime_workspace_roots == (str(tmp_path), str(tmp_path / "extra"))
+    legacy = await runtime.start_thread()
+    assert (legacy.settings.permissions, legacy.settings.sandbox_mode) == (None, "danger-full-access")
+    with pytest.raises(ConfigError, match="unknown permission profile 'ghost'; known profiles: :read-only"):
+        await runtime.start_thread(permissions="ghost")
+    with pytest.raises(ConfigError, match="runtime workspace root 'nowhere' does not exist"):
+        await runtime.start_thread(runtime_workspace_roots=["nowhere"])

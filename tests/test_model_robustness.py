@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from spindle.actors.runtime import open_runtime, turn
+from spindle.actors.runtime.permission_profiles import load_profiles
 from spindle.actors.runtime.tools import ToolRegistry
 from spindle.actors.testing.mock_model import HttpError, MockModel, Raw, Stall, Text, sse
 from spindle.protocol.config import Config
@@ -404,4 +405,4 @@ async def test_a_missing_provider_is_a_failed_sample() -> None:
         model="m", provider_id="gone", cwd="/", approval_policy="never", sandbox_mode="read-only", instructions=""
     )
     with pytest.raises(turn.SamplingFailed, match="unknown model provider 'gone'"):
-        await turn.run_turn(turn.Turn(turn_id="u", sub_id="s", settings=settings), _HostWithoutProvider())
+        await turn.run_turn(turn.Turn(turn_id="u", sub_id="s", settings=settings, profiles=load_profiles(Config())), _HostWithoutProvider())

@@ -12,8 +12,10 @@ import platform
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from spindle.actors.runtime.permission_profiles import load_profiles
 from spindle.actors.runtime.version import SPINDLE_VERSION
-from spindle.protocol.appserver import v2
+from spindle.protocol.appserver import v2, v2perm
+from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
 from . import config_methods as configs
 from . import mcp_methods as mcp
@@ -59,6 +61,21 @@ async def model_list(ctx: RequestContext, params: v2.ModelListParams) -> v2.Mode
     return v2.ModelListResult(data=[info])
 
 
+async def permission_profile_list(ctx: RequestContext, params: v2perm.PermissionProfileListParams) -> v2perm.PermissionProfileListResult:
+    """The profiles a thread may select, built-ins first (with `cwd`: its project layers too)."""
+    config = ctx.manager.config
+    if params.cwd is not None:
+        config = await ctx.manager.resources.thread_config(params.cwd, {})
+    profiles = list(load_profiles(config).profiles.values())
+    try:
+        start = int(params.cursor) if params.cursor else 0
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: cursor {params.cursor!r} is not one this server returned") from None
+    end = len(profiles) if not params.limit else start + params.limit
+    page = [v2perm.PermissionProfileSummary(id=p.id, description=p.description, allowed=True) for p in profiles[start:end]]
+    return v2perm.PermissionProfileListResult(data=page, next_cursor=str(end) if end < len(profiles) else None)
+
+
 HANDLERS: dict[str, Handler] = {
     "initialize": initialize,
     "thread/start": threads.thread_start,
@@ -78,6 +95,7 @@ HANDLERS: dict[str, Handler] = {
     "turn/steer": turns.turn_steer,
     "turn/interrupt": turns.turn_interrupt,
     "model/list": model_list,
+    "permissionProfile/list": permission_profile_list,
     "config/read": configs.config_read,
     "config/value/write": configs.config_value_write,
     "config/batchWrite": configs.config_batch_write,

@@ -21,7 +21,16 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
 
+def require_permission_fields(ctx: RequestContext, method: str, params: v2.ThreadSettingsParams | v2.TurnStartParams) -> None:
+    """The experimental permission fields need the client's `experimentalApi` opt-in."""
+    if params.permissions is not None:
+        ctx.peer.handshake.require_experimental(f"{method}.permissions")
+    if params.runtime_workspace_roots is not None:
+        ctx.peer.handshake.require_experimental(f"{method}.runtimeWorkspaceRoots")
+
+
 async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.ThreadSessionResult:
+    require_permission_fields(ctx, "thread/start", params)
     if params.persist_now is not None:
         ctx.peer.handshake.require_experimental("thread/start.persistNow")
     if params.persist_now and params.ephemeral:
@@ -40,6 +49,7 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
 
 async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v2.ThreadSessionResult:
     tid = thread_id_param(params.thread_id)
+    require_permission_fields(ctx, "thread/resume", params)
     if params.handoff is not None:
         ctx.peer.handshake.require_experimental("thread/resume.handoff")
     handle = await ctx.manager.resume_thread(
@@ -51,6 +61,7 @@ async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v
 
 async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.ThreadSessionResult:
     tid = thread_id_param(params.thread_id)
+    require_permission_fields(ctx, "thread/fork", params)
     snapshot = ForkSnapshot.interrupted()
     if params.last_turn_id is not None:
         snapshot = await _snapshot_through(ctx, tid, params.last_turn_id)

@@ -8,10 +8,14 @@ from spindle.protocol.appserver.v2map import turn_settings_update, user_inputs
 from spindle.protocol.ops import InterruptOp, UserInputOp, UserTurnOp
 
 from .context import RequestContext, dispatch, loaded, thread_id_param
+from .thread_methods import require_permission_fields
 
 
 async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.TurnResult:
     handle = loaded(ctx, thread_id_param(params.thread_id))
+    require_permission_fields(ctx, "turn/start", params)
+    if params.permissions is not None:
+        handle.permission_profiles.get(params.permissions)  # -32602 listing the known ids
     op = UserTurnOp(items=user_inputs(params.input), settings=turn_settings_update(params))
     ctx.peer.subscribe(handle)
     outcome = await dispatch(handle, op)

@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from spindle.actors.runtime import ThreadHandle, ThreadManager
+from spindle.actors.runtime.permissions import describe
 from spindle.persistence.query import classify_source
 from spindle.persistence.reader import RolloutReadError, read_rollout
 from spindle.persistence.store import ThreadEntry, preview_of
@@ -74,10 +75,15 @@ def _read_turns(path: Path) -> tuple[list[v2.Turn], str]:
 
 async def session_result(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool) -> v2.ThreadSessionResult:
     s = handle.settings
+    view = describe(s, handle.permission_profiles)
+    sandbox = sandbox_out(s.sandbox_mode, writable_roots=view.writable_roots, network=view.network,
+                          tmpdir_writable=view.tmpdir_writable, slash_tmp_writable=view.slash_tmp_writable)
+    active = v2.ActivePermissionProfile(id=view.profile.id, extends=view.profile.extends) if view.selected_by_id else None
     return v2.ThreadSessionResult(
         thread=await live_thread(manager, handle, include_turns=include_turns), model=s.model,
         model_provider=s.provider_id, cwd=s.cwd, approval_policy=s.approval_policy,
-        approvals_reviewer="user", sandbox=sandbox_out(s.sandbox_mode), reasoning_effort=s.effort,
+        approvals_reviewer="user", sandbox=sandbox, runtime_workspace_roots=view.runtime_roots,
+        active_permission_profile=active, reasoning_effort=s.effort,
     )
 
 

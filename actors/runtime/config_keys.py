@@ -73,7 +73,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _strip_optional(tp: Any) -> Any:
     if get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
+        args = [a for a in get_args(tp) if a is not type(None) and a is not msgspec.UnsetType]
         if len(args) == 1:
             return args[0]
     return tp

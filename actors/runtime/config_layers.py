@@ -38,6 +38,7 @@ from .config_keys import (
     unknown_keys,
 )
 from .errors import ConfigError
+from .permission_profiles import default_selection, load_profiles, selection_warnings
 
 log = structlog.get_logger(__name__)
 
@@ -228,6 +229,14 @@ class LayerStack:
             config.provider()
         except KeyError as exc:
             raise self._blame(["model_provider"], exc.args[0]) from None
+        try:
+            load_profiles(config)
+        except ConfigError as exc:
+            raise self._blame(["permissions"], str(exc)) from None
+        try:
+            default_selection(config)
+        except ConfigError as exc:
+            raise self._blame(["default_permissions"], str(exc)) from None
         return config
 
     def _blame(self, path: list[str], problem: str) -> ConfigError:
@@ -255,6 +264,11 @@ class LayerStack:
             for message in unknown_keys(layer.data):
                 path = layer.source if layer.kind in ("user", "project", "system") else None
                 out.append(ConfigWarning(summary=f"{message} in {layer.describe()}", path=path))
+        try:
+            permissions = selection_warnings(self.config)
+        except ConfigError:
+            permissions = []  # the config's own error says it
+        out.extend(ConfigWarning(summary=message) for message in permissions)
         return out
 
 

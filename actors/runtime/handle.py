@@ -29,6 +29,7 @@ from .fanout import Broadcaster, Subscription
 from .journal import HistoryView
 from .mcp_manager import McpServer
 from .outcomes import SubmissionOutcome
+from .permission_profiles import PermissionProfiles
 from .thread import ThreadActor
 
 DISPATCH_TIMEOUT_S = 30.0
@@ -82,6 +83,11 @@ class ThreadHandle:
     def config(self) -> Config:
         """The thread's effective config (disk layers for its cwd, then its own layer)."""
         return self._actor.config
+
+    @property
+    def permission_profiles(self) -> PermissionProfiles:
+        """The permission profiles of the thread's config (`settings.permissions` names one)."""
+        return self._actor.profiles
 
     @property
     def rollout(self) -> ThreadRollout:

@@ -77,6 +77,8 @@ def turn_context_item(turn_id: str, settings: ThreadSettings) -> TurnContextItem
         model=settings.model,
         effort=settings.effort,
         summary=settings.summary,
+        permissions=settings.permissions,
+        runtime_workspace_roots=list(settings.runtime_workspace_roots) if settings.runtime_workspace_roots is not None else None,
     )
 
 

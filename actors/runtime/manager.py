@@ -131,7 +131,18 @@ class ThreadManager:
         ephemeral: bool = False,
         persist_now: bool = False,
         config: Mapping[str, Any] | None = None,
+        permissions: str | None = None,
+        runtime_workspace_roots: Sequence[str] | None = None,
     ) -> ThreadHandle:
+        """A new thread (see `ThreadRegistry.start_thread`). `permissions` selects a permission
+        profile by id (`:workspace`, a `[permissions.<id>]`); `runtime_workspace_roots` are its
+        workspace roots (relative ones resolve against its cwd; default: the cwd). Both are
+        shorthands for the `SettingsUpdate` fields; ConfigError names an unknown profile or a
+        root that is not a directory."""
+        roots = tuple(runtime_workspace_roots) if runtime_workspace_roots is not None else None
+        if permissions is not None or roots is not None:
+            shorthand = SettingsUpdate(permissions=permissions, runtime_workspace_roots=roots)
+            settings = (settings or SettingsUpdate()).then(shorthand)
         return await self.registry.start_thread(
             settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now, config=config
         )

@@ -138,6 +138,8 @@ class ThreadRegistry:
             base_instructions=BaseInstructions(text=settings.instructions),
             forked_from_id=forked_from,
             session_config=dict(session_config) if session_config else msgspec.UNSET,
+            runtime_workspace_roots=list(settings.workspace_roots()),
+            permissions=settings.permissions if settings.permissions is not None else msgspec.UNSET,
         )
         path = rollout_path(self.home, thread_id, created)
         return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index, leases=self._leases)

@@ -13,6 +13,7 @@ from spindle.protocol.config import Config, ConfigWarning, ModelProviderInfo
 
 from .config_layers import ConfigSource, FixedConfig, LayerStack
 from .model_client import ModelClient
+from .permission_profiles import default_selection, load_profiles
 from .tools import ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,8 @@ class RuntimeResources:
         self._seen_warnings: set[ConfigWarning] = set()
         if isinstance(self.source, FixedConfig):  # a Config built in code is taken as it is
             self.config: Config = self.source.config
+            load_profiles(self.config)  # its permission profiles are checked up front
+            default_selection(self.config)
         else:
             stack = self.source.load()
             self.config = stack.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from spindle.protocol.config import Config
@@ -17,6 +18,7 @@ from spindle.protocol.settings import (
 )
 
 from .errors import ConfigError
+from .permission_profiles import default_selection, load_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -27,12 +29,17 @@ DEFAULT_INSTRUCTIONS = (
 
 
 def checked(config: Config, update: SettingsUpdate) -> SettingsUpdate:
-    """`update` with its cwd made absolute; ConfigError names a provider or cwd that cannot be used."""
+    """`update` with its cwd made absolute; ConfigError names a provider, cwd or permission
+    profile that cannot be used, or a profile combined with a legacy sandbox mode."""
     if update.provider_id is not None:
         try:
             config.provider(update.provider_id)
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
+    if update.permissions is not None:
+        if update.sandbox_mode is not None:
+            raise ConfigError("`permissions` cannot be combined with `sandbox_mode`: select a profile or a legacy sandbox mode")
+        load_profiles(config).get(update.permissions)
     if update.cwd is None:
         return update
     if not os.path.isdir(update.cwd):
@@ -41,8 +48,34 @@ def checked(config: Config, update: SettingsUpdate) -> SettingsUpdate:
 
 
 def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdate) -> ThreadSettings:
-    """`settings` changed by `update`, once checked against `config`."""
-    return settings.updated(checked(config, update))
+    """`settings` changed by `update`, once checked against `config`. Runtime roots resolve
+    against the resulting cwd; a cwd-only change moves the implicit cwd root and keeps the others.
+    A selected profile's legacy projection becomes `sandbox_mode`."""
+    update = checked(config, update)
+    changed = settings.updated(update)
+    roots: tuple[str, ...] | None
+    if update.runtime_workspace_roots is not None:
+        roots = runtime_roots(update.runtime_workspace_roots, changed.cwd)
+    elif update.cwd is not None and settings.runtime_workspace_roots is not None:
+        roots = tuple(dict.fromkeys(changed.cwd if root == settings.cwd else root for root in settings.runtime_workspace_roots))
+    else:
+        roots = changed.runtime_workspace_roots
+    mode = load_profiles(config).get(changed.permissions).legacy_mode if changed.permissions else changed.sandbox_mode
+    return msgspec.structs.replace(changed, runtime_workspace_roots=roots, sandbox_mode=mode)
+
+
+def runtime_roots(roots: tuple[str, ...], cwd: str) -> tuple[str, ...]:
+    """`roots` made absolute against `cwd` and resolved; ConfigError names one that does not
+    exist or is not a directory."""
+    out: list[str] = []
+    for root in roots:
+        path = Path(cwd, os.path.expanduser(root)).resolve()
+        if not path.exists():
+            raise ConfigError(f"runtime workspace root {root!r} does not exist (resolved against cwd {cwd!r}: {path})")
+        if not path.is_dir():
+            raise ConfigError(f"runtime workspace root {root!r} is not a directory ({path})")
+        out.append(str(path))
+    return tuple(dict.fromkeys(out))
 
 
 def start_cwd(config: Config, update: SettingsUpdate | None) -> str:
@@ -53,13 +86,15 @@ def start_cwd(config: Config, update: SettingsUpdate | None) -> str:
 
 
 def initial_settings(config: Config, update: SettingsUpdate | None = None) -> ThreadSettings:
-    """A new thread's settings: the config's defaults, then `update`."""
+    """A new thread's settings: the config's defaults (its permission selection), then `update`."""
+    permissions, sandbox_mode = default_selection(config)
     defaults = ThreadSettings(
         model=config.model,
         provider_id=config.model_provider,
         cwd=config.cwd or os.getcwd(),
         approval_policy=config.approval_policy,
-        sandbox_mode=config.sandbox_mode,
+        sandbox_mode=sandbox_mode,
+        permissions=permissions,
         instructions=config.instructions or DEFAULT_INSTRUCTIONS,
         model_context_window=config.model_context_window,
         effort=config.model_reasoning_effort,
@@ -80,11 +115,39 @@ def recorded_settings(config: Config, meta: SessionMeta, context: TurnContextIte
         provider = None
     approval = context.approval_policy if context else None
     sandbox = context.sandbox_policy.type if context and context.sandbox_policy else None
+    permissions, roots = _recorded_permissions(config, meta, context)
     return SettingsUpdate(
         model=context.model if context else None,
         provider_id=provider,
         cwd=(context.cwd if context else None) or meta.cwd or None,
         approval_policy=approval if approval in APPROVAL_POLICIES else None,  # type: ignore[arg-type]
-        sandbox_mode=sandbox if sandbox in SANDBOX_MODES else None,  # type: ignore[arg-type]
+        sandbox_mode=sandbox if sandbox in SANDBOX_MODES and permissions is None else None,  # type: ignore[arg-type]
+        permissions=permissions,
+        runtime_workspace_roots=roots,
         instructions=meta.base_instructions.text if meta.base_instructions else None,
     )
+
+
+def _recorded_permissions(
+    config: Config, meta: SessionMeta, context: TurnContextItem | None
+) -> tuple[str | None, tuple[str, ...] | None]:
+    """The profile id and runtime roots a rollout records (its last turn's, else its start's).
+    A profile this config does not define, or a root that is gone, is dropped with a warning."""
+    if context is not None:
+        permissions, roots = context.permissions, context.runtime_workspace_roots
+    else:
+        permissions = meta.permissions or None if isinstance(meta.permissions, str) else None
+        roots = meta.runtime_workspace_roots if isinstance(meta.runtime_workspace_roots, list) else None
+        if roots == [meta.cwd]:
+            roots = None  # the implicit root: it follows the cwd
+    if permissions is not None and permissions not in load_profiles(config).profiles:
+        log.warning("the rollout's permission profile is not defined here; using its legacy sandbox",
+                    thread_id=meta.id, permissions=permissions)
+        permissions = None
+    if roots is None:
+        return permissions, None
+    kept = tuple(root for root in roots if os.path.isdir(root))
+    if len(kept) != len(roots):
+        log.warning("runtime workspace roots of the rollout are gone; dropped", thread_id=meta.id,
+                    dropped=[root for root in roots if root not in kept])
+    return permissions, kept or None

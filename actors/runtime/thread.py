@@ -65,6 +65,7 @@ from .mcp_manager import McpManager
 from .mcp_tools import turn_tools
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
+from .permission_profiles import PermissionProfiles, default_selection, load_profiles
 from .resources import RuntimeResources
 from .settings import apply_update
 from .turn import SamplingFailed, Turn, run_turn
@@ -102,6 +103,8 @@ class ThreadActor:
         self.config: Config = config if config is not None else resources.config
         """The thread's effective config (disk layers for its cwd, then its session layer);
         rebuilt by `reload_user_config`."""
+        self.profiles: PermissionProfiles = load_profiles(self.config)
+        """The permission profiles of the thread's config (a turn realises its sandbox from them)."""
         self.settings = settings
         self.resources = resources
         self.tools = resources.tools
@@ -349,16 +352,21 @@ class ThreadActor:
 
     def apply_config(self, config: Config) -> None:
         """Make `config` the thread's effective config. Hot-reloaded into the settings of later
-        turns (a running turn keeps its own): the approval policy, sandbox mode and context
-        window, each only while the thread still has the old config's value (a value the thread
-        was given, at start or by a turn, stays). The model and reasoning effort are
+        turns (a running turn keeps its own): the approval policy, the permission selection (a
+        profile or a sandbox mode) and context window, each only while the thread still has the
+        old config's value (a value the thread was given, at start or by a turn, stays). The
+        thread's permission profiles are the new config's. The model and reasoning effort are
         session-static, as in Codex. The MCP refresh hooks in here: `config.mcp_servers` is the
         thread's new server set."""
         old, self.config = self.config, config
+        self.profiles = load_profiles(config)
         changes = {
-            name: getattr(config, name) for name in ("approval_policy", "sandbox_mode", "model_context_window")
+            name: getattr(config, name) for name in ("approval_policy", "model_context_window")
             if getattr(self.settings, name) == getattr(old, name) != getattr(config, name)
         }
+        selection = (self.settings.permissions, self.settings.sandbox_mode)
+        if selection == default_selection(old) != (new := default_selection(config)):
+            changes["permissions"], changes["sandbox_mode"] = new
         if changes:
             log.info("config reloaded", changes=changes)
             self.settings = msgspec.structs.replace(self.settings, **changes)
@@ -388,7 +396,7 @@ class ThreadActor:
         except (OSError, ThreadStoreError) as exc:
             self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
             return
-        turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings)
+        turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings, profiles=self.profiles)
         self.journal.begin_turn(turn.turn_id, turn.settings)
         turn.pending.append((sub_id, items))
         self.outcomes.set_turn(sub_id, turn.turn_id)

@@ -37,13 +37,15 @@ class ToolContext:
     turn_id: str
     call_id: str
     settings: ThreadSettings
-    sandbox: SandboxSpec
-    """What this turn's commands may touch, realised from `settings`."""
+    sandbox: SandboxSpec | None
+    """What this turn's commands may touch, realised from `settings` and the thread's profiles;
+    None when it cannot be realised: then `sandbox_error` says why, and no command may run."""
     ask_approval: Callable[[ApprovalRequestEvent, Hashable], Awaitable[ReviewDecision]]
     """Ask the user to approve a request and wait for the decision; one the user approved for
     the session under the same key (a command's argv, say) is approved without asking."""
     item_started: Callable[[TurnItem], None]
     item_completed: Callable[[TurnItem], None]
+    sandbox_error: str | None = None
 
 
 class Tool(Protocol):
@@ -159,6 +161,9 @@ class ShellTool:
                 f"approval_policy = \"never\"; this turn has sandbox_mode = \"{ctx.settings.sandbox_mode}\" "
                 f"and approval_policy = \"{ctx.settings.approval_policy}\""
             )
+        if ctx.sandbox is None:
+            ctx.item_completed(msgspec.structs.replace(item, status="declined"))
+            return f"shell refused: the sandbox cannot be set up: {ctx.sandbox_error}"
         ctx.item_started(item)
         timeout_ms = args.timeout_ms or SHELL_DEFAULT_TIMEOUT_MS
         started = time.monotonic()

@@ -62,7 +62,8 @@ from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals
 from .model_client import ModelClient, ModelError, decode_usage
-from .permissions import realise
+from .permission_profiles import PermissionProfiles
+from .permissions import SandboxUnavailable, realise
 from .tools import ToolContext, ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -84,6 +85,8 @@ class Turn:
     turn_id: str
     sub_id: str
     settings: ThreadSettings
+    profiles: PermissionProfiles
+    """The permission profiles of the thread's config when the turn started."""
     tools: ToolRegistry | None = None
     """The tools of this turn (the host's, unless set when it starts): a refresh never changes them."""
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -157,12 +160,17 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
     async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         return await host.approvals.ask(turn.sub_id, request, key)
 
+    try:
+        sandbox, error = realise(turn.settings, turn.profiles), None
+    except SandboxUnavailable as exc:
+        sandbox, error = None, str(exc)
     return ToolContext(
         thread_id=host.thread_id,
         turn_id=turn.turn_id,
         call_id=call.call_id,
         settings=turn.settings,
-        sandbox=realise(turn.settings),
+        sandbox=sandbox,
+        sandbox_error=error,
         ask_approval=ask,
         item_started=started,
         item_completed=completed,

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp
+from . import v2, v2config, v2mcp, v2perm
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -94,6 +94,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
     "model/list": v2.ModelListParams,
+    "permissionProfile/list": v2perm.PermissionProfileListParams,
     "config/read": v2config.ConfigReadParams,
     "config/value/write": v2config.ConfigValueWriteParams,
     "config/batchWrite": v2config.ConfigBatchWriteParams,
@@ -105,7 +106,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
 
 PARAMS_OPTIONAL = frozenset({
     "thread/start", "thread/list", "thread/loaded/list", "model/list", "config/read", "configRequirements/read", "mcpServerStatus/list",
-    "config/mcpServer/reload",
+    "config/mcpServer/reload", "permissionProfile/list",
 })
 """Methods whose `params` may be omitted (treated as `{}`)."""
 
@@ -121,7 +122,7 @@ KNOWN_UNSUPPORTED = frozenset({
     "fs/readFile", "fs/writeFile", "fs/createDirectory", "fs/getMetadata", "fs/readDirectory", "fs/remove",
     "fs/copy", "fs/watch", "fs/unwatch", "skills/config/write", "plugin/install", "plugin/uninstall",
     "review/start", "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
-    "modelProvider/capabilities/read", "experimentalFeature/list", "permissionProfile/list",
+    "modelProvider/capabilities/read", "experimentalFeature/list",
     "experimentalFeature/enablement/set", "mcpServer/oauth/login", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
     "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",
     "account/rateLimits/read", "account/rateLimitResetCredit/consume", "account/usage/read",

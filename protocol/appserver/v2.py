@@ -34,7 +34,21 @@ class SandboxPolicyV2(Inbound, kw_only=True, frozen=True):
 
 
 class SandboxPolicyOut(Wire, kw_only=True):
+    """The legacy `SandboxPolicy` projection: `readOnly {networkAccess}`, `workspaceWrite
+    {writableRoots, networkAccess, excludeTmpdirEnvVar, excludeSlashTmp}`, `dangerFullAccess`."""
+
     type: SandboxPolicyType
+    writable_roots: list[str] | UnsetType = UNSET
+    network_access: bool | UnsetType = UNSET
+    exclude_tmpdir_env_var: bool | UnsetType = UNSET
+    exclude_slash_tmp: bool | UnsetType = UNSET
+
+
+class ActivePermissionProfile(Wire, kw_only=True):
+    """The permission profile a thread selected by id (`extends`: its direct parent)."""
+
+    id: str
+    extends: str | None = None
 
 
 class ThreadStatus(Wire, kw_only=True):
@@ -202,6 +216,10 @@ class ThreadSettingsParams(Inbound, kw_only=True, frozen=True):
     cwd: str | None = None
     approval_policy: ApprovalPolicy | dict[str, Any] | None = None
     sandbox: SandboxMode | None = None
+    permissions: str | None = None
+    """Experimental: a permission profile by id (not with `sandbox`)."""
+    runtime_workspace_roots: list[str] | None = None
+    """Experimental: replaces the thread's runtime workspace roots (relative: against the cwd)."""
     base_instructions: str | None = None
     developer_instructions: str | None = None
     config: dict[str, Any] | None = None
@@ -287,6 +305,10 @@ class TurnStartParams(Inbound, kw_only=True, frozen=True):
     model: str | None = None
     approval_policy: ApprovalPolicy | dict[str, Any] | None = None
     sandbox_policy: SandboxPolicyV2 | None = None
+    permissions: str | None = None
+    """Experimental: a permission profile by id for this turn and later ones (not with `sandboxPolicy`)."""
+    runtime_workspace_roots: list[str] | None = None
+    """Experimental: replaces the thread's runtime workspace roots, for this turn and later ones."""
     effort: str | None = None
     summary: str | None = None
 
@@ -328,6 +350,8 @@ class ThreadSessionResult(Wire, kw_only=True):
     approval_policy: str
     approvals_reviewer: str
     sandbox: SandboxPolicyOut
+    runtime_workspace_roots: list[str] = msgspec.field(default_factory=list)
+    active_permission_profile: ActivePermissionProfile | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
     instruction_sources: list[str] = msgspec.field(default_factory=list)

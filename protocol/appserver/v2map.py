@@ -94,21 +94,35 @@ def thread_item(item: TurnItem) -> v2.ThreadItem:
     raise TypeError(f"not a turn item: {type(item).__name__}")
 
 
+class ConflictingParams(UnsupportedInput):
+    """Two params that select the same thing in two ways (a profile and a legacy sandbox)."""
+
+
 def thread_settings_update(params: v2.ThreadSettingsParams) -> SettingsUpdate:
     """What thread/start, thread/resume and thread/fork ask of the new thread's settings."""
+    if params.permissions is not None and params.sandbox is not None:
+        raise ConflictingParams("Invalid params: `permissions` cannot be combined with `sandbox`")
     return SettingsUpdate(
         model=params.model, provider_id=params.model_provider, cwd=params.cwd,
         approval_policy=approval_policy(params.approval_policy), sandbox_mode=params.sandbox,
+        permissions=params.permissions, runtime_workspace_roots=_roots(params.runtime_workspace_roots),
         instructions=params.base_instructions,
     )
 
 
 def turn_settings_update(params: v2.TurnStartParams) -> SettingsUpdate:
     """What turn/start asks of this turn's settings (and the later turns')."""
+    if params.permissions is not None and params.sandbox_policy is not None:
+        raise ConflictingParams("Invalid params: `permissions` cannot be combined with `sandboxPolicy`")
     return SettingsUpdate(
         model=params.model, cwd=params.cwd, approval_policy=approval_policy(params.approval_policy),
-        sandbox_mode=sandbox_policy(params.sandbox_policy), effort=params.effort, summary=params.summary,
+        sandbox_mode=sandbox_policy(params.sandbox_policy), permissions=params.permissions,
+        runtime_workspace_roots=_roots(params.runtime_workspace_roots), effort=params.effort, summary=params.summary,
     )
+
+
+def _roots(roots: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(roots) if roots is not None else None
 
 
 def approval_policy(value: str | dict[str, Any] | None) -> ApprovalPolicy | None:
@@ -128,8 +142,18 @@ def sandbox_policy(value: v2.SandboxPolicyV2 | None) -> SandboxMode | None:
         raise UnsupportedInput(f"sandbox policy {value.type!r} is not supported by Spindle") from None
 
 
-def sandbox_out(mode: str) -> v2.SandboxPolicyOut:
-    return v2.SandboxPolicyOut(type=SANDBOX_TO_V2.get(mode, "readOnly"))
+def sandbox_out(mode: SandboxMode, *, writable_roots: list[str], network: bool, tmpdir_writable: bool,
+                slash_tmp_writable: bool) -> v2.SandboxPolicyOut:
+    """The legacy `sandbox` of a thread/* answer: its mode, and for workspace-write the writable
+    roots other than the cwd and the tmp and network options."""
+    match mode:
+        case "danger-full-access":
+            return v2.SandboxPolicyOut(type="dangerFullAccess")
+        case "workspace-write":
+            return v2.SandboxPolicyOut(
+                type="workspaceWrite", writable_roots=writable_roots, network_access=network,
+                exclude_tmpdir_env_var=not tmpdir_writable, exclude_slash_tmp=not slash_tmp_writable)
+    return v2.SandboxPolicyOut(type="readOnly", network_access=network)
 
 
 def turn_error(message: str, info: str | None) -> v2.TurnError:
