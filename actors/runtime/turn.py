@@ -24,6 +24,7 @@ from spindle.protocol.events import (
     AgentMessageEvent,
     CodexErrorInfo,
     EventMsg,
+    ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     StreamErrorEvent,
@@ -150,6 +151,9 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
     def completed(item: TurnItem) -> None:
         host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
 
+    def output_delta(item_id: str, delta: str) -> None:
+        host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
+
     return ToolContext(
         thread_id=host.thread_id,
         turn_id=turn.turn_id,
@@ -158,6 +162,7 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
         sandbox=realise(turn.settings),
         item_started=started,
         item_completed=completed,
+        output_delta=output_delta,
     )
 
 

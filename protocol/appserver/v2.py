@@ -106,6 +106,8 @@ class CommandExecutionThreadItem(ThreadItemBase, tag="commandExecution", kw_only
     aggregated_output: str | None = None
     exit_code: int | None = None
     duration_ms: int | None = None
+    source: str = "agent"
+    process_id: str | None = None
 
 
 class McpToolCallError(Wire, kw_only=True):
@@ -432,6 +434,15 @@ class ItemCompleted(Wire, kw_only=True):
 
 
 class AgentMessageDelta(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item_id: str
+    delta: str
+
+
+class CommandExecutionOutputDelta(Wire, kw_only=True):
+    """`item/commandExecution/outputDelta`: a chunk of a running command's output."""
+
     thread_id: str
     turn_id: str
     item_id: str
