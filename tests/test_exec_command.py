@@ -12,6 +12,8 @@ import pytest
 from spindle.actors.runtime.tools import ExecCommandTool, ToolArgumentError, ToolContext
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient
+from spindle.persistence.policy import should_persist_event
+from spindle.protocol.events import Event, ExecCommandOutputDeltaEvent, is_lifecycle
 from spindle.protocol.items import CommandExecutionItem, TurnItem
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ApprovalPolicy, ThreadSettings
@@ -195,3 +197,10 @@ async def test_a_turn_streams_a_command_execution_item_and_its_output(
     assert completed["status"] == "completed" and completed["exitCode"] == 0
     assert completed["aggregatedOutput"] == "hi\nerr\n" and isinstance(completed["durationMs"], int)
     assert (tmp_path / "f.txt").read_text() == "made\n"
+
+
+def test_output_deltas_are_lossy_and_live_only() -> None:
+    """A lagging subscriber may lose them (like message deltas), and rollouts never hold them."""
+    delta = ExecCommandOutputDeltaEvent(item_id="call_1", delta="hi\n")
+    assert not is_lifecycle(Event(id="sub", msg=delta))
+    assert not should_persist_event(delta)

@@ -239,7 +239,7 @@ async def plan(
     Raises `SandboxUnavailable` when the spec asks for a sandbox that cannot be made."""
     if spec.full_access:
         return Plan(command=list(command))
-    bwrap = find_bwrap(cwd, path)
+    bwrap = await trio.to_thread.run_sync(find_bwrap, cwd, path)
     if bwrap is None:
         raise SandboxUnavailable(f"the sandbox is unavailable: no `bwrap` on PATH (outside {cwd}); {INSTALL_HINT}")
     await check_bwrap(bwrap)
