@@ -35,6 +35,7 @@ from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until, kinds
 from .sandbox_helpers import needs_bwrap
+from .test_execution import processes_with, sleeper
 
 
 def say(text: str) -> UserInputOp:
@@ -176,6 +177,25 @@ async def test_exec_command_under_read_only_runs_in_the_sandbox(runtime: ThreadM
     output = mock_model.requests[-1].json()["input"][-1]
     assert output["type"] == "function_call_output"
     assert "Process exited with code 1" in output["output"] and "Read-only file system" in output["output"]
+
+
+@needs_bwrap
+async def test_an_interrupt_kills_a_running_command_and_ends_its_item(
+    runtime: ThreadManager, mock_model: MockModel, tmp_path: Path
+) -> None:
+    seconds, script = sleeper()
+    thread = await runtime.start_thread(SettingsUpdate(cwd=str(tmp_path), sandbox_mode="workspace-write"))
+    mock_model.script(Call(name="exec_command", arguments={"cmd": script, "login": False}, call_id="call_long"),
+                      thread_id=thread.thread_id)
+    with thread.events() as events:
+        await thread.submit(say("run forever"))
+        await collect_until(events, ExecCommandOutputDeltaEvent)
+        await thread.submit(InterruptOp())
+        seen = await collect_until(events, TurnAbortedEvent)
+    (item,) = [ev.msg.item for ev in seen if isinstance(ev.msg, ItemCompletedEvent)]
+    assert isinstance(item, CommandExecutionItem) and item.id == "call_long"
+    assert item.status == "failed" and item.aggregated_output == "started\n"
+    assert processes_with(seconds) == []
 
 
 async def test_exec_command_is_refused_under_untrusted(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:

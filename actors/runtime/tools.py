@@ -22,6 +22,7 @@ import os
 import secrets
 import shlex
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -34,7 +35,7 @@ from spindle.protocol.items import CommandExecutionItem, FunctionCall, FunctionC
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ApprovalPolicy, ThreadSettings
 
-from .execution import ExecResult, run_process
+from .execution import BoundedCapture, ExecResult, run_process
 from .sandbox import SandboxUnavailable, plan
 
 log = structlog.get_logger(__name__)
@@ -272,14 +273,26 @@ class ExecCommandTool:
             item = msgspec.structs.replace(item, process_id=str(pid))
             ctx.item_started(item)
 
+        capture = BoundedCapture()
+        began = time.monotonic()
+        ended = False
         try:
             result = await run_process(
                 ready, cwd=cwd, env=env, timeout_s=self.timeout_s, on_output=stream.feed, on_start=started,
+                capture=capture,
             )
+            ended = True
         except OSError as exc:
+            ended = True
             ctx.item_started(item)
             ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=str(exc)))
             return f"exec_command failed: could not start {argv[0]!r} in {cwd}: {exc.strerror or exc}"
+        finally:
+            if not ended:  # cancelled (an interrupt): the group is killed; the item still ends
+                ctx.item_completed(msgspec.structs.replace(
+                    item, status="failed", aggregated_output=capture.text(),
+                    duration_ms=math.floor((time.monotonic() - began) * 1000),
+                ))
         stream.flush()
         ctx.item_completed(
             msgspec.structs.replace(
