@@ -125,6 +125,9 @@ class Mount:
     path: str
     kind: str
     source: str = ""
+    """For `tmp`, the host folder bound there."""
+    folder: bool = True
+    """For `deny`: a folder (masked by an empty tmpfs) or a file (masked by /dev/null)."""
 
 
 _KIND_ORDER = {"tmp": 0, "write": 1, "read": 2, "deny": 3}
@@ -170,10 +173,10 @@ def mounts(spec: SandboxSpec, *, cwd: str, tmp_dir: str | None, env: dict[str, s
     filesystem (realpath, stat): call it off the event loop."""
     found: dict[str, Mount] = {}
 
-    def add(path: str, kind: str, source: str = "") -> None:
+    def add(path: str, kind: str, source: str = "", folder: bool = True) -> None:
         prior = found.get(path)
         if prior is None or _KIND_ORDER[kind] >= _KIND_ORDER[prior.kind]:
-            found[path] = Mount(path=path, kind=kind, source=source)
+            found[path] = Mount(path=path, kind=kind, source=source, folder=folder)
 
     writable = [os.path.realpath(root) for root in spec.writable_roots]
     tmpdir = env.get("TMPDIR")
@@ -201,7 +204,7 @@ def mounts(spec: SandboxSpec, *, cwd: str, tmp_dir: str | None, env: dict[str, s
     for denied in spec.denied_paths:
         real = os.path.realpath(denied)
         if os.path.exists(real):
-            add(real, "deny")
+            add(real, "deny", folder=os.path.isdir(real))
     return sorted(found.values(), key=lambda m: (_depth(m.path), _KIND_ORDER[m.kind], m.path))
 
 
@@ -221,7 +224,7 @@ def bwrap_argv(
                 argv += ["--ro-bind", m.path, m.path]
             case "tmp":
                 argv += ["--bind", m.source, m.path]
-            case "deny" if os.path.isdir(m.path):
+            case "deny" if m.folder:
                 argv += ["--tmpfs", m.path, "--remount-ro", m.path]
             case "deny":
                 argv += ["--ro-bind", "/dev/null", m.path]
