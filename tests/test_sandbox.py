@@ -260,3 +260,17 @@ def test_mounts_go_from_broad_to_narrow(tmp_path: Path) -> None:
     assert [(m.path, m.kind) for m in layers] == [
         (str(tmp_path / "a"), "write"), (str(inner), "write"), (str(tmp_path / "a" / ".git"), "read"),
     ]
+
+
+@needs_bwrap
+async def test_a_tmpdir_under_the_hidden_host_tmp_points_at_the_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_tmpdir = Path("/tmp") / f"spindle-test-tmpdir-{tmp_path.name}"
+    host_tmpdir.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(host_tmpdir))
+    result = await sh(workspace(str(tmp_path)), 'echo "$TMPDIR"; echo x > "$TMPDIR/f" && echo wrote', str(tmp_path),
+                      thread_id=f"t-{tmp_path.name}")
+    assert out(result) == "/tmp\nwrote\n"
+    assert list(host_tmpdir.iterdir()) == []
+    host_tmpdir.rmdir()
