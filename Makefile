@@ -8,9 +8,13 @@ CODEX_VERSION := 0.171.0
 CODEX_DIR := .cache/codex-$(CODEX_VERSION)
 CODEX_BIN := $(CODEX_DIR)/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
 
-.PHONY: setup test lint unit run bench clean interop
+.PHONY: setup test lint unit run bench clean interop check-bwrap
 
-setup: $(STAMP)
+setup: $(STAMP) check-bwrap
+
+# The sandbox needs bubblewrap; without it sandboxed commands are refused (and their tests skip).
+check-bwrap:
+	@command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) is not installed: sandboxed commands will be refused. Install it: sudo apt-get install bubblewrap (Debian/Ubuntu), sudo dnf install bubblewrap (Fedora)." >&2
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

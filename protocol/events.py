@@ -79,6 +79,13 @@ class AgentMessageDeltaEvent(EventMsgBase, tag="agent_message_delta", kw_only=Tr
     item_id: str = ""
 
 
+class ExecCommandOutputDeltaEvent(EventMsgBase, tag="exec_command_output_delta", kw_only=True, frozen=True):
+    """A chunk of a running command's merged stdout and stderr, as text (live only)."""
+
+    item_id: str
+    delta: str
+
+
 class AgentMessageEvent(EventMsgBase, tag="agent_message", kw_only=True, frozen=True):
     """A complete assistant message."""
 
@@ -229,6 +236,7 @@ EventMsg = (
     | TaskCompleteEvent
     | TurnAbortedEvent
     | AgentMessageDeltaEvent
+    | ExecCommandOutputDeltaEvent
     | AgentMessageEvent
     | UserMessageEvent
     | ItemStartedEvent
@@ -253,9 +261,10 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     msg: EventMsg
 
 
-LOSSY_EVENTS = (AgentMessageDeltaEvent, TokenCountEvent)
-"""Events a subscriber that lags may lose: streaming deltas and token counts. Every other event
-(items, turns, status, errors, server requests) is lifecycle, delivered in order."""
+LOSSY_EVENTS = (AgentMessageDeltaEvent, ExecCommandOutputDeltaEvent, TokenCountEvent)
+"""Events a subscriber that lags may lose: streaming deltas (message and command output) and
+token counts. Every other event (items, turns, status, errors, server requests) is lifecycle,
+delivered in order."""
 
 
 def is_lifecycle(event: Event) -> bool:

@@ -138,13 +138,23 @@ class ReasoningItem(TurnItemBase, tag="Reasoning", kw_only=True, frozen=True):
     summary_text: list[str] = msgspec.field(default_factory=list)
 
 
+CommandSource = Literal["agent", "userShell", "unifiedExecStartup", "unifiedExecInteraction"]
+"""Who ran a command: the model's `exec_command` is `unifiedExecStartup`, as in Codex."""
+
+
 class CommandExecutionItem(TurnItemBase, tag="CommandExecution", kw_only=True, frozen=True):
+    """A command run: `command` as shown (`/bin/bash -lc '…'`), `actions` the commands it runs
+    (today the one script, an `unknown` action), `process_id` its process once started."""
+
     command: str
     cwd: str
     status: Literal["inProgress", "completed", "failed", "declined"]
     aggregated_output: str | None = None
     exit_code: int | None = None
     duration_ms: int | None = None
+    source: CommandSource = "agent"
+    process_id: str | None = None
+    actions: list[str] = msgspec.field(default_factory=list)
 
 
 class McpToolCallItem(TurnItemBase, tag="McpToolCall", kw_only=True, frozen=True):

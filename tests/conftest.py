@@ -22,6 +22,12 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(turn, "RETRY_BASE_DELAY_S", 0.001)
 
 
+@pytest.fixture(autouse=True)
+def sandbox_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's per-thread /tmp folders go under the test's own temp dir, not the user's."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
+
+
 @pytest.fixture
 async def mock_model(nursery: trio.Nursery) -> MockModel:
     return await nursery.start(MockModel().run)

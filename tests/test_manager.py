@@ -11,7 +11,7 @@ import trio
 
 from spindle.actors.runtime import ThreadClosedError, ThreadManager, ThreadNotFoundError
 from spindle.actors.runtime.config import ConfigError
-from spindle.actors.runtime.tools import ShellTool, ToolContext, ToolRegistry
+from spindle.actors.runtime.tools import ExecCommandTool, ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.events import ItemStartedEvent
 from spindle.protocol.items import CommandExecutionItem, TextInput
@@ -63,7 +63,7 @@ async def test_unknown_provider_is_a_clear_error(runtime: ThreadManager) -> None
 
 async def test_bounded_shutdown_reports_each_outcome(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
     stubborn = StubbornTool()
-    async with make_runtime(tools=ToolRegistry([ShellTool(), stubborn])) as rt:
+    async with make_runtime(tools=ToolRegistry([ExecCommandTool(), stubborn])) as rt:
         idle = await rt.start_thread()
         busy = await rt.start_thread()
         gone = await rt.start_thread()

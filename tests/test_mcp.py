@@ -67,7 +67,7 @@ async def test_tool_round_trip_through_the_model(make_runtime: Callable[..., Any
         mock_model.script(Call(name="mcp__docs__add", arguments={"a": 2, "b": 3}, call_id="call_1"),
                           Text(text="five"), thread_id=thread.thread_id)
         msgs = await run(thread, "add them")
-        assert {"mcp__docs__add", "mcp__docs__echo", "shell"} <= set(tool_names(mock_model, 0))
+        assert {"mcp__docs__add", "mcp__docs__echo", "exec_command"} <= set(tool_names(mock_model, 0))
         assert [n for n in tool_names(mock_model, 0) if "some" in n] == ["mcp__some_tools__add"]  # allow, then deny
         spec = next(t for t in mock_model.requests[0].json()["tools"] if t["name"] == "mcp__docs__add")
         assert spec["parameters"]["properties"].keys() == {"a", "b"} and spec["description"] == "Add two numbers."

@@ -12,13 +12,13 @@ import pytest
 
 from spindle.actors.runtime.config import config_from_mapping
 from spindle.actors.runtime.config_layers import LayeredConfig
-from spindle.actors.runtime.errors import ConfigError
+from spindle.actors.runtime.errors import ConfigError, SandboxUnavailable
 from spindle.actors.runtime.permission_profiles import (
     default_selection,
     load_profiles,
     selection_warnings,
 )
-from spindle.actors.runtime.permissions import SandboxUnavailable, describe, realise
+from spindle.actors.runtime.permissions import describe, realise
 from spindle.actors.runtime.settings import apply_update, initial_settings, recorded_settings
 from spindle.protocol.config import Config
 from spindle.protocol.rollout import SandboxPolicy, SessionMeta, TurnContextItem

@@ -12,7 +12,7 @@ import trio
 
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime.config import config_from_mapping
-from spindle.actors.runtime.tools import ShellTool, ToolContext, ToolRegistry
+from spindle.actors.runtime.tools import ExecCommandTool, ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.sandbox import SandboxSpec
@@ -60,7 +60,7 @@ async def manager(tmp_path: Path, mock_model: MockModel, dirs: dict[str, Path], 
                                 "workspace_roots": {str(dirs["profroot"]): True}}},
     }
     config = config_from_mapping(data, source="test config", home=tmp_path / "home")
-    async with open_runtime(config, tools=ToolRegistry([ShellTool(), probe])) as manager:
+    async with open_runtime(config, tools=ToolRegistry([ExecCommandTool(), probe])) as manager:
         yield manager
 
 

@@ -14,6 +14,7 @@ from spindle.protocol.config import Config
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ErrorEvent,
+    ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     SessionConfiguredEvent,
     ShutdownCompleteEvent,
@@ -33,6 +34,8 @@ from spindle.protocol.ops import (
 from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until, kinds
+from .sandbox_helpers import needs_bwrap
+from .test_execution import processes_with, sleeper
 
 
 def say(text: str) -> UserInputOp:
@@ -54,7 +57,7 @@ async def test_ask_returns_final_message_and_request_shape(runtime: ThreadManage
     assert body["prompt_cache_key"] == thread.thread_id
     assert body["model"] == "mock-model"
     assert body["instructions"]
-    assert [t["name"] for t in body["tools"]] == ["shell"]
+    assert [t["name"] for t in body["tools"]] == ["exec_command"]
     assert body["input"][-1] == {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}
     # the next turn replays the whole history, the assistant reply included
     await thread.ask("again")
@@ -137,10 +140,10 @@ async def test_user_input_during_a_turn_is_steered_into_it(runtime: ThreadManage
     assert last_input[-1]["content"][0]["text"] == "also this"
 
 
-async def test_shell_function_call_round_trip(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
+async def test_exec_command_round_trip(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
     thread = await runtime.start_thread(SettingsUpdate(cwd=str(tmp_path)))
     mock_model.script(
-        Call(name="shell", arguments={"command": ["sh", "-c", "pwd; echo out; exit 3"]}, call_id="call_1"),
+        Call(name="exec_command", arguments={"cmd": "pwd; echo out; exit 3"}, call_id="call_1"),
         Text(text="ran it"),
         thread_id=thread.thread_id,
     )
@@ -150,38 +153,76 @@ async def test_shell_function_call_round_trip(runtime: ThreadManager, mock_model
     commands = [ev.msg.item for ev in seen if isinstance(ev.msg, ItemCompletedEvent) and isinstance(ev.msg.item, CommandExecutionItem)]
     assert len(commands) == 1
     assert commands[0].exit_code == 3 and commands[0].aggregated_output == f"{tmp_path}\nout\n"
+    assert commands[0].command.endswith("bash -lc 'pwd; echo out; exit 3'") and commands[0].status == "failed"
+    deltas = "".join(ev.msg.delta for ev in seen if isinstance(ev.msg, ExecCommandOutputDeltaEvent))
+    assert deltas == f"{tmp_path}\nout\n"
     second = mock_model.requests[1].json()["input"]
     call, output = second[-2], second[-1]
     assert call["type"] == "function_call" and call["call_id"] == "call_1"
     assert output["type"] == "function_call_output" and output["call_id"] == "call_1"
-    assert "Exit code: 3" in output["output"] and "out\n" in output["output"]
+    assert "\nProcess exited with code 3\n" in output["output"] and output["output"].endswith("Output:\n" + f"{tmp_path}\nout\n")
 
 
-async def test_shell_is_refused_unless_settings_allow_it(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
+@needs_bwrap
+async def test_exec_command_under_read_only_runs_in_the_sandbox(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
     marker = tmp_path / "created"
     thread = await runtime.start_thread(SettingsUpdate(sandbox_mode="read-only", approval_policy="on-request"))
     mock_model.script(
-        Call(name="shell", arguments={"command": ["touch", str(marker)]}),
+        Call(name="exec_command", arguments={"cmd": f"touch {marker}"}),
         Text(text="ok"),
         thread_id=thread.thread_id,
     )
     assert await thread.ask("make a file") == "ok"
     assert not marker.exists()
     output = mock_model.requests[-1].json()["input"][-1]
-    assert output["type"] == "function_call_output" and output["output"].startswith("shell refused")
+    assert output["type"] == "function_call_output"
+    assert "Process exited with code 1" in output["output"] and "Read-only file system" in output["output"]
+
+
+@needs_bwrap
+async def test_an_interrupt_kills_a_running_command_and_ends_its_item(
+    runtime: ThreadManager, mock_model: MockModel, tmp_path: Path
+) -> None:
+    seconds, script = sleeper()
+    thread = await runtime.start_thread(SettingsUpdate(cwd=str(tmp_path), sandbox_mode="workspace-write"))
+    mock_model.script(Call(name="exec_command", arguments={"cmd": script, "login": False}, call_id="call_long"),
+                      thread_id=thread.thread_id)
+    with thread.events() as events:
+        await thread.submit(say("run forever"))
+        await collect_until(events, ExecCommandOutputDeltaEvent)
+        await thread.submit(InterruptOp())
+        seen = await collect_until(events, TurnAbortedEvent)
+    (item,) = [ev.msg.item for ev in seen if isinstance(ev.msg, ItemCompletedEvent)]
+    assert isinstance(item, CommandExecutionItem) and item.id == "call_long"
+    assert item.status == "failed" and item.aggregated_output == "started\n"
+    assert processes_with(seconds) == []
+
+
+async def test_exec_command_is_refused_under_untrusted(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
+    marker = tmp_path / "created"
+    thread = await runtime.start_thread(SettingsUpdate(approval_policy="untrusted"))
+    mock_model.script(
+        Call(name="exec_command", arguments={"cmd": f"touch {marker}"}),
+        Text(text="ok"),
+        thread_id=thread.thread_id,
+    )
+    assert await thread.ask("make a file") == "ok"
+    assert not marker.exists()
+    output = mock_model.requests[-1].json()["input"][-1]["output"]
+    assert output.startswith('exec_command refused: approval_policy "untrusted"') and "approvals are not available" in output
 
 
 async def test_bad_tool_arguments_reach_the_model_as_output(runtime: ThreadManager, mock_model: MockModel) -> None:
     thread = await runtime.start_thread()
     mock_model.script(
-        Call(name="shell", arguments="{not json"),
+        Call(name="exec_command", arguments="{not json"),
         Call(name="nope", arguments={}),
         Text(text="fine"),
         thread_id=thread.thread_id,
     )
     assert await thread.ask("x") == "fine"
     outputs = [msgspec.convert(i, FunctionCallOutput) for r in mock_model.requests[1:] for i in r.json()["input"][-1:]]
-    assert outputs[0].output.startswith("invalid arguments for shell")
+    assert outputs[0].output.startswith("invalid arguments for exec_command")
     assert outputs[1].output.startswith("unknown tool 'nope'")
 
 

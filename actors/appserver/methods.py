@@ -14,7 +14,7 @@ from typing import Any
 
 from spindle.actors.runtime.permission_profiles import load_profiles
 from spindle.actors.runtime.version import SPINDLE_VERSION
-from spindle.protocol.appserver import v2, v2perm
+from spindle.protocol.appserver import v2, v2models, v2perm
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
 from . import config_methods as configs
@@ -46,19 +46,19 @@ async def initialize(ctx: RequestContext, params: v2.InitializeParams) -> v2.Ini
 
 
 _EFFORTS = [
-    v2.ReasoningEffortOption(reasoning_effort="low", description="Fast responses with lighter reasoning"),
-    v2.ReasoningEffortOption(reasoning_effort="medium", description="Balances speed and reasoning depth"),
-    v2.ReasoningEffortOption(reasoning_effort="high", description="Greater reasoning depth for complex problems"),
+    v2models.ReasoningEffortOption(reasoning_effort="low", description="Fast responses with lighter reasoning"),
+    v2models.ReasoningEffortOption(reasoning_effort="medium", description="Balances speed and reasoning depth"),
+    v2models.ReasoningEffortOption(reasoning_effort="high", description="Greater reasoning depth for complex problems"),
 ]
 
 
-async def model_list(ctx: RequestContext, params: v2.ModelListParams) -> v2.ModelListResult:
+async def model_list(ctx: RequestContext, params: v2models.ModelListParams) -> v2models.ModelListResult:
     model = ctx.manager.config.model
-    info = v2.ModelInfo(
+    info = v2models.ModelInfo(
         id=model, model=model, display_name=model, description=f"The configured model ({ctx.manager.config.model_provider})",
         hidden=False, is_default=True, default_reasoning_effort="medium", supported_reasoning_efforts=_EFFORTS,
     )
-    return v2.ModelListResult(data=[info])
+    return v2models.ModelListResult(data=[info])
 
 
 async def permission_profile_list(ctx: RequestContext, params: v2perm.PermissionProfileListParams) -> v2perm.PermissionProfileListResult:

@@ -17,6 +17,7 @@ from spindle.protocol.events import (
     ErrorEvent,
     Event,
     ExecApprovalRequestEvent,
+    ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     McpStartupUpdateEvent,
@@ -85,6 +86,9 @@ class EventTranslator:
                 return [("item/completed", v2.ItemCompleted(thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=now_ms()))]
             case AgentMessageDeltaEvent(delta=delta, item_id=item_id) if self._turn is not None:
                 return [("item/agentMessage/delta", v2.AgentMessageDelta(thread_id=tid, turn_id=self._turn.id, item_id=item_id, delta=delta))]
+            case ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta) if self._turn is not None:
+                return [("item/commandExecution/outputDelta", v2.CommandExecutionOutputDelta(
+                    thread_id=tid, turn_id=self._turn.id, item_id=item_id, delta=delta))]
             case TokenCountEvent(info=info) if info is not None and self._turn is not None:
                 return [("thread/tokenUsage/updated", v2.TokenUsageUpdated(thread_id=tid, turn_id=self._turn.id, token_usage=token_usage(info)))]
             case ErrorEvent(message=message, codex_error_info="internal_server_error", turn_id=None):

@@ -25,3 +25,9 @@ class TurnAbortedError(Exception):
 class ConfigError(ValueError):
     """A config file, override or key that cannot be used; the message names where it came from
     (file, `-c` or thread config), the key and the problem."""
+
+
+class SandboxUnavailable(ConfigError):
+    """A command's sandbox cannot be set up: its permissions cannot be realised (a root vanished,
+    the profile is gone) or this machine cannot sandbox (no bubblewrap, no user namespaces). The
+    command is refused with this message, never run unsandboxed; it says why and what to do."""

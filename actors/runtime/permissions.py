@@ -17,17 +17,12 @@ from dataclasses import dataclass, field
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ThreadSettings
 
-from .errors import ConfigError
+from .errors import ConfigError, SandboxUnavailable
 from .permission_profiles import WORKSPACE_ROOTS, PermissionProfile, PermissionProfiles
 
 PROTECTED_NAMES = (".git", ".codex")
 """Inside a writable root, these stay read-only: a repository's metadata and its Codex config."""
 TMP_FLAGS = (":tmpdir", ":slash_tmp")
-
-
-class SandboxUnavailable(ConfigError):
-    """The turn's permissions cannot be realised (a root vanished, an unknown profile): commands
-    are refused with this message, never run unsandboxed."""
 
 
 def workspace_roots(settings: ThreadSettings, profile: PermissionProfile) -> list[str]:

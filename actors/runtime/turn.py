@@ -26,6 +26,7 @@ from spindle.protocol.events import (
     ApprovalRequestEvent,
     CodexErrorInfo,
     EventMsg,
+    ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     StreamErrorEvent,
@@ -61,9 +62,10 @@ from spindle.protocol.responses import (
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals
+from .errors import SandboxUnavailable
 from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
-from .permissions import SandboxUnavailable, realise
+from .permissions import realise
 from .tools import ToolContext, ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -164,6 +166,10 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
         sandbox, error = realise(turn.settings, turn.profiles), None
     except SandboxUnavailable as exc:
         sandbox, error = None, str(exc)
+
+    def output_delta(item_id: str, delta: str) -> None:
+        host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
+
     return ToolContext(
         thread_id=host.thread_id,
         turn_id=turn.turn_id,
@@ -174,6 +180,7 @@ def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext
         ask_approval=ask,
         item_started=started,
         item_completed=completed,
+        output_delta=output_delta,
     )
 
 

@@ -343,7 +343,7 @@ NO_RETRIES = {"request_max_retries": 0, "stream_max_retries": 0}
 
 
 def mock_config(mock: MockModel | str, home: Path, *, provider: dict[str, Any] | None = None, **extra: Any) -> Config:
-    """A config whose default provider is `mock` (a MockModel or its base URL), with shell enabled
+    """A config whose default provider is `mock` (a MockModel or its base URL), where `exec_command` runs unsandboxed
     (nothing leaves loopback); `provider` adds keys to its `[model_providers.mock]` table."""
     base_url = mock if isinstance(mock, str) else mock.base_url
     data: dict[str, Any] = {

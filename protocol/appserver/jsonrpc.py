@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp, v2perm
+from . import v2, v2config, v2mcp, v2models, v2perm
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -93,7 +93,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "turn/start": v2.TurnStartParams,
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
-    "model/list": v2.ModelListParams,
+    "model/list": v2models.ModelListParams,
     "permissionProfile/list": v2perm.PermissionProfileListParams,
     "config/read": v2config.ConfigReadParams,
     "config/value/write": v2config.ConfigValueWriteParams,

@@ -120,6 +120,8 @@ class CommandExecutionThreadItem(ThreadItemBase, tag="commandExecution", kw_only
     aggregated_output: str | None = None
     exit_code: int | None = None
     duration_ms: int | None = None
+    source: str = "agent"
+    process_id: str | None = None
 
 
 class McpToolCallError(Wire, kw_only=True):
@@ -324,12 +326,6 @@ class TurnInterruptParams(Inbound, kw_only=True, frozen=True):
     turn_id: str
 
 
-class ModelListParams(Inbound, kw_only=True, frozen=True):
-    cursor: str | None = None
-    limit: int | None = None
-    include_hidden: bool | None = None
-
-
 # --- results ----------------------------------------------------------------
 
 
@@ -385,28 +381,6 @@ class TurnSteerResult(Wire, kw_only=True):
     turn_id: str
 
 
-class ReasoningEffortOption(Wire, kw_only=True):
-    reasoning_effort: str
-    description: str
-
-
-class ModelInfo(Wire, kw_only=True):
-    id: str
-    model: str
-    display_name: str
-    description: str
-    hidden: bool
-    is_default: bool
-    default_reasoning_effort: str
-    supported_reasoning_efforts: list[ReasoningEffortOption]
-    input_modalities: list[str] = msgspec.field(default_factory=lambda: ["text", "image"])
-
-
-class ModelListResult(Wire, kw_only=True):
-    data: list[ModelInfo]
-    next_cursor: str | None = None
-
-
 class EmptyResult(Wire, kw_only=True):
     pass
 
@@ -456,6 +430,15 @@ class ItemCompleted(Wire, kw_only=True):
 
 
 class AgentMessageDelta(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item_id: str
+    delta: str
+
+
+class CommandExecutionOutputDelta(Wire, kw_only=True):
+    """`item/commandExecution/outputDelta`: a chunk of a running command's output."""
+
     thread_id: str
     turn_id: str
     item_id: str

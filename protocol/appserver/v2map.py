@@ -83,7 +83,8 @@ def thread_item(item: TurnItem) -> v2.ThreadItem:
             return v2.CommandExecutionThreadItem(
                 id=item.id, command=item.command, cwd=item.cwd, status=item.status,
                 aggregated_output=item.aggregated_output, exit_code=item.exit_code,
-                duration_ms=item.duration_ms,
+                duration_ms=item.duration_ms, source=item.source, process_id=item.process_id,
+                command_actions=[{"type": "unknown", "command": action} for action in item.actions],
             )
         case McpToolCallItem():
             return v2.McpToolCallThreadItem(
