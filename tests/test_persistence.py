@@ -131,6 +131,22 @@ async def test_resume_in_a_new_runtime_rebuilds_history(make_runtime: Callable[.
         assert [r["ordinal"] for r in rows] == list(range(len(rows)))
 
 
+async def test_a_thread_whose_cwd_is_gone_resumes_in_the_default_cwd(
+    make_runtime: Callable[..., Any], tmp_path: Path
+) -> None:
+    gone = tmp_path / "project"
+    gone.mkdir()
+    async with make_runtime() as rt:
+        thread = await rt.start_thread(SettingsUpdate(cwd=str(gone)))
+        await thread.ask("one")
+        tid, history = thread.thread_id, list(thread.history)
+    gone.rmdir()
+    async with make_runtime() as rt:
+        resumed = await rt.resume_thread(tid)
+        assert resumed.settings.cwd == str(tmp_path) and resumed.history == history
+        assert await resumed.ask("two") == "echo: two"
+
+
 async def test_resume_by_path_outside_home_is_refused(runtime: ThreadManager, tmp_path: Path) -> None:
     with pytest.raises(ThreadStoreError, match="outside"):
         await runtime.resume_thread(path=str(tmp_path / "elsewhere.jsonl"))

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 import trio
 
@@ -66,9 +67,14 @@ class StoredThreads:
         """A stored thread's settings and effective config: the disk layers for its recorded cwd
         (or the one asked for) and `session`, then what its rollout recorded, then `update`."""
         context = last_turn_context(read.source.items())
-        cwd = (update.cwd if update else None) or (context.cwd if context else None) or read.meta.cwd or None
+        recorded_cwd = (context.cwd if context else None) or read.meta.cwd or None
+        if recorded_cwd is not None and not await trio.to_thread.run_sync(os.path.isdir, recorded_cwd):
+            log.warning("the rollout's cwd is gone; the thread resumes in the default cwd",
+                        thread_id=read.meta.id, cwd=recorded_cwd)
+            recorded_cwd = None
+        cwd = (update.cwd if update else None) or recorded_cwd
         effective = await self.registry.resources.thread_config(start_cwd(self.config, SettingsUpdate(cwd=cwd)), session)
-        recorded = recorded_settings(effective, read.meta, context)
+        recorded = msgspec.structs.replace(recorded_settings(effective, read.meta, context), cwd=recorded_cwd)
         return initial_settings(effective, recorded.then(update or SettingsUpdate())), effective
 
     async def resume_thread(
