@@ -23,7 +23,7 @@ from .permission_profiles import default_selection, load_profiles
 log = structlog.get_logger(__name__)
 
 DEFAULT_INSTRUCTIONS = (
-    "You are a coding agent running in Spindle. Be precise, safe and helpful. Use the shell tool "
+    "You are a coding agent running in Spindle. Be precise, safe and helpful. Use the exec_command tool "
     "to inspect and change the workspace when the task needs it."
 )
 
