@@ -62,6 +62,15 @@ def parse_key_path(text: str) -> list[str]:
     return parts
 
 
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: tables merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        out[key] = deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
 def dotted(path: list[str]) -> str:
     """A key path as text, quoting segments that hold a dot (`projects."/p/w.x".trust_level`)."""
     return ".".join(f'"{p}"' if "." in p or not p else p for p in path)

@@ -29,6 +29,7 @@ from spindle.protocol.config import Config, ConfigLayer, ConfigWarning
 from .config_keys import (
     KeyPathError,
     allowed_values,
+    deep_merge,
     dotted,
     error_pattern,
     failing_path,
@@ -56,15 +57,6 @@ def version_of(content: bytes) -> str:
 
 def data_version(data: Mapping[str, Any]) -> str:
     return version_of(_json.encode(data))
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` on top of `base`: tables merge key by key, any other value replaces."""
-    out = dict(base)
-    for key, value in over.items():
-        old = out.get(key)
-        out[key] = deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
-    return out
 
 
 def set_path(tree: dict[str, Any], path: list[str], value: Any, source: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from spindle.protocol.config import DEFAULT_SANDBOX_MODE, Config
 from spindle.protocol.settings import SandboxMode, ThreadSettings
 
+from .config_keys import deep_merge
 from .errors import ConfigError
 
 Access = Literal["read", "write", "deny"]
@@ -168,15 +169,6 @@ def _legacy_workspace(config: Config) -> PermissionProfile:
     return _parse("workspace-write", table, None, None, [], where="[sandbox_workspace_write] writable_roots")
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """TOML-level merge: tables merge key by key, the child's value replaces the parent's."""
-    out = dict(base)
-    for key, value in over.items():
-        old = out.get(key)
-        out[key] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
-    return out
-
-
 def _resolved_table(profile_id: str, tables: Mapping[str, Any], chain: list[str]) -> dict[str, Any]:
     """Profile `profile_id`'s table with its parents' merged under it (`chain`: who asked)."""
     raw = {k: v for k, v in tables[profile_id].items() if k not in ("description", "extends")}
@@ -192,11 +184,11 @@ def _resolved_table(profile_id: str, tables: Mapping[str, Any], chain: list[str]
     if parent in chain:
         raise ConfigError(f"{where}: profile {parent!r} extends itself ({path})")
     if parent in BUILTIN_TABLES:
-        return _merge(BUILTIN_TABLES[parent], raw)
+        return deep_merge(BUILTIN_TABLES[parent], raw)
     if parent not in tables:
         known = ", ".join([READ_ONLY, WORKSPACE, *tables])
         raise ConfigError(f"{where}: unknown profile {parent!r} ({path}); known: {known}")
-    return _merge(_resolved_table(parent, tables, [*chain, parent]), raw)
+    return deep_merge(_resolved_table(parent, tables, [*chain, parent]), raw)
 
 
 def _parse(profile_id: str, table: Mapping[str, Any], description: Any, extends: Any, warnings: list[str],
