@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from spindle.actors.runtime.tools import ExecCommandTool, ToolArgumentError, ToolContext
+from spindle.actors.runtime.exec_command import ExecCommandTool
+from spindle.actors.runtime.tools import ToolArgumentError, ToolContext
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient
 from spindle.persistence.policy import should_persist_event

@@ -11,7 +11,8 @@ import trio
 
 from spindle.actors.runtime import ThreadClosedError, ThreadManager, ThreadNotFoundError
 from spindle.actors.runtime.config import ConfigError
-from spindle.actors.runtime.tools import ExecCommandTool, ToolContext, ToolRegistry
+from spindle.actors.runtime.exec_command import ExecCommandTool
+from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.events import ItemStartedEvent
 from spindle.protocol.items import CommandExecutionItem, TextInput

@@ -12,7 +12,8 @@ import trio
 
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime.config import config_from_mapping
-from spindle.actors.runtime.tools import ExecCommandTool, ToolContext, ToolRegistry
+from spindle.actors.runtime.exec_command import ExecCommandTool
+from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.sandbox import SandboxSpec

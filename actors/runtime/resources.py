@@ -12,6 +12,7 @@ import trio
 from spindle.protocol.config import Config, ConfigWarning, ModelProviderInfo
 
 from .config_layers import ConfigSource, FixedConfig, LayerStack
+from .exec_command import default_tools
 from .model_client import ModelClient
 from .permission_profiles import default_selection, load_profiles
 from .tools import ToolRegistry
@@ -45,7 +46,7 @@ class RuntimeResources:
             self.note_warnings(stack)
         self.config_writes = trio.CapacityLimiter(1)
         """One write of the user config.toml at a time (its version check and rename are one step)."""
-        self.tools = tools if tools is not None else ToolRegistry()
+        self.tools = tools if tools is not None else ToolRegistry(default_tools())
         self._clients: dict[tuple[str, bytes], ModelClient] = {}
 
     def note_warnings(self, stack: LayerStack) -> list[ConfigWarning]:

@@ -1,44 +1,23 @@
-"""Tools the model may call: a registry, and the one built-in tool, `exec_command`.
+"""Tools the model may call: what a tool is, what it knows of its turn, and the registry.
 
 A tool never raises into the turn: every failure (bad arguments, a refused command, a crash)
 becomes the `function_call_output` the model reads next.
 
-`exec_command` is Codex's command tool, with its schema: `cmd` runs through a shell (`bash -lc` by
-default; `shell` and `login` choose), in `workdir` (default the turn's cwd), inside the sandbox
-the turn realised (`ToolContext.sandbox`, see `sandbox.py`). Each run is a `CommandExecution`
-item, started, streamed (`ExecCommandOutputDeltaEvent`), completed. The model gets Codex's
-header lines and the output, cut to `max_output_tokens`. Until approvals exist: under
-`untrusted` every command is refused (each would need the user's approval), and so is a
-`require_escalated` request that would leave the sandbox. Not implemented: `tty` (output comes
-through pipes) and the `yield_time_ms` sessions of `write_stdin`; a command runs until it exits or
-`EXEC_TIMEOUT_S` passes.
+The built-in tool, `exec_command`, is in `exec_command.py`.
 """
 
 from __future__ import annotations
 
-import codecs
-import math
-import os
-import secrets
-import shlex
-import shutil
-import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import msgspec
 import structlog
-import trio
 
 from spindle.protocol.events import ApprovalRequestEvent
-from spindle.protocol.items import CommandExecutionItem, FunctionCall, FunctionCallOutput, TurnItem
+from spindle.protocol.items import FunctionCall, FunctionCallOutput, TurnItem
 from spindle.protocol.sandbox import SandboxSpec
-from spindle.protocol.settings import ApprovalPolicy, ReviewDecision, ThreadSettings
-
-from .errors import SandboxUnavailable
-from .execution import BoundedCapture, ExecResult, run_process
-from .sandbox import plan
+from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 log = structlog.get_logger(__name__)
 
@@ -84,8 +63,9 @@ class Tool(Protocol):
 
 class ToolRegistry:
     def __init__(self, tools: list[Tool] | None = None) -> None:
+        """A registry of `tools` (none by default; the runtime's default is `default_tools()`)."""
         self._tools: dict[str, Tool] = {}
-        for tool in tools if tools is not None else [ExecCommandTool()]:
+        for tool in tools or []:
             self.register(tool)
 
     def register(self, tool: Tool) -> None:
@@ -134,246 +114,3 @@ def clip(data: bytes, limit: int = CLIP_DEFAULT_BYTES) -> str:
     head = data[:half].decode("utf-8", "replace")
     tail = data[-half:].decode("utf-8", "replace")
     return f"{head}\n[… {dropped} bytes elided …]\n{tail}"
-
-
-# --- exec_command -----------------------------------------------------------
-
-EXEC_TIMEOUT_S = 600.0
-"""How long a command may run before its process group is killed (exit code 124)."""
-DEFAULT_MAX_OUTPUT_TOKENS = 10_000
-BYTES_PER_TOKEN = 4
-"""The estimate Codex uses to turn a token budget into text."""
-MAX_DELTA_BYTES = 1024 * 1024
-"""Output streamed as deltas per command; past it the completed item still carries head and tail."""
-COMMAND_ENV = {"NO_COLOR": "1", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"}
-"""Set for every command: its output goes to a pipe and to a model, not to a terminal."""
-
-
-class ExecCommandArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    cmd: str
-    workdir: str | None = None
-    shell: str | None = None
-    login: bool = True
-    tty: bool = False
-    yield_time_ms: float | None = None
-    max_output_tokens: float | None = None
-    sandbox_permissions: Literal["use_default", "require_escalated"] = "use_default"
-    justification: str | None = None
-    prefix_rule: list[str] | None = None
-
-
-_exec_args = msgspec.json.Decoder(ExecCommandArgs)
-
-EXEC_COMMAND_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "cmd": {"type": "string", "description": "Shell command to execute."},
-        "justification": {
-            "type": "string",
-            "description": "User-facing approval question for `require_escalated`; omit otherwise.",
-        },
-        "login": {
-            "type": "boolean",
-            "description": "True runs the shell with -l/-i semantics; false disables them. Defaults to true.",
-        },
-        "max_output_tokens": {
-            "type": "number",
-            "description": "Output token budget. Defaults to 10000 tokens; larger requests may be capped by policy.",
-        },
-        "prefix_rule": {
-            "type": "array",
-            "description": (
-                "Reusable approval prefix for `cmd`, only with `sandbox_permissions: \"require_escalated\"`; "
-                "for example [\"git\", \"pull\"]."
-            ),
-            "items": {"type": "string"},
-        },
-        "sandbox_permissions": {
-            "type": "string",
-            "description": (
-                "Per-command sandbox override. Defaults to `use_default`; use `require_escalated` for "
-                "unsandboxed execution."
-            ),
-            "enum": ["use_default", "require_escalated"],
-        },
-        "shell": {"type": "string", "description": "Shell binary to launch. Defaults to the user's default shell."},
-        "tty": {
-            "type": "boolean",
-            "description": "True allocates a PTY for the command; false or omitted uses plain pipes.",
-        },
-        "workdir": {"type": "string", "description": "Working directory for the command. Defaults to the turn cwd."},
-        "yield_time_ms": {
-            "type": "number",
-            "description": "Wait before yielding output. Defaults to 10000 ms; effective range is 250-30000 ms.",
-        },
-    },
-    "required": ["cmd"],
-    "additionalProperties": False,
-}
-
-
-def refusal(approval: ApprovalPolicy, sandbox: SandboxSpec, args: ExecCommandArgs) -> str | None:
-    """Why a command may not run under this policy (until approvals exist), or None."""
-    if approval == "untrusted":
-        return (
-            'approval_policy "untrusted" asks the user to approve every command, and approvals are not '
-            "available in Spindle yet; choose another approval policy to run commands in the sandbox"
-        )
-    if args.sandbox_permissions == "require_escalated" and not sandbox.full_access:
-        return (
-            'sandbox_permissions "require_escalated" asks the user to run the command outside the sandbox, '
-            "and approvals are not available in Spindle yet; run it inside the sandbox instead"
-        )
-    return None
-
-
-class ExecCommandTool:
-    """Codex's `exec_command`: a shell command, sandboxed, streamed, bounded."""
-
-    name = "exec_command"
-
-    def __init__(self, *, timeout_s: float = EXEC_TIMEOUT_S) -> None:
-        self.timeout_s = timeout_s
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "name": self.name,
-            "description": "Runs a command in a PTY, returning output or a session ID for ongoing interaction.",
-            "strict": False,
-            "parameters": EXEC_COMMAND_PARAMETERS,
-        }
-
-    async def run(self, arguments: str, ctx: ToolContext) -> str:
-        try:
-            args = _exec_args.decode(arguments or "{}")
-        except msgspec.MsgspecError as exc:
-            raise ToolArgumentError(str(exc)) from None
-        if not args.cmd.strip():
-            raise ToolArgumentError("cmd is empty")
-        cwd, shell = await trio.to_thread.run_sync(_resolve, args, ctx.settings.cwd)
-        argv = [shell, "-lc" if args.login else "-c", args.cmd]
-        item = CommandExecutionItem(
-            id=ctx.call_id, command=shlex.join(argv), cwd=cwd, status="inProgress",
-            source="unifiedExecStartup", actions=[args.cmd],
-        )
-        if ctx.sandbox is None:
-            ctx.item_started(item)
-            ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=ctx.sandbox_error))
-            return f"exec_command failed: {ctx.sandbox_error}"
-        refused = refusal(ctx.settings.approval_policy, ctx.sandbox, args)
-        if refused is None:
-            env = {**os.environ, **COMMAND_ENV}
-            if not ctx.sandbox.network:
-                env["CODEX_SANDBOX_NETWORK_DISABLED"] = "1"
-            try:
-                ready = await plan(ctx.sandbox, cwd=cwd, command=argv, env=env, thread_id=ctx.thread_id)
-            except SandboxUnavailable as exc:
-                ctx.item_started(item)
-                ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=str(exc)))
-                return f"exec_command failed: {exc}"
-        else:
-            ctx.item_started(item)
-            ctx.item_completed(msgspec.structs.replace(item, status="declined"))
-            return f"exec_command refused: {refused}"
-
-        stream = _DeltaStream(ctx, item.id)
-
-        def started(pid: int) -> None:
-            nonlocal item
-            item = msgspec.structs.replace(item, process_id=str(pid))
-            ctx.item_started(item)
-
-        capture = BoundedCapture()
-        began = time.monotonic()
-        ended = False
-        try:
-            result = await run_process(
-                ready, cwd=cwd, env=env, timeout_s=self.timeout_s, on_output=stream.feed, on_start=started,
-                capture=capture,
-            )
-            ended = True
-        except OSError as exc:
-            ended = True
-            ctx.item_started(item)
-            ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=str(exc)))
-            return f"exec_command failed: could not start {argv[0]!r} in {cwd}: {exc.strerror or exc}"
-        finally:
-            if not ended:  # cancelled (an interrupt): the group is killed; the item still ends
-                ctx.item_completed(msgspec.structs.replace(
-                    item, status="failed", aggregated_output=capture.text(),
-                    duration_ms=math.floor((time.monotonic() - began) * 1000),
-                ))
-        stream.flush()
-        ctx.item_completed(
-            msgspec.structs.replace(
-                item,
-                status="completed" if result.exit_code == 0 else "failed",
-                aggregated_output=result.output.text(),
-                exit_code=result.exit_code,
-                duration_ms=math.floor(result.duration_s * 1000),
-            )
-        )
-        return model_output(result, args.max_output_tokens, self.timeout_s)
-
-
-class _DeltaStream:
-    """Turns output bytes into text deltas (never splitting a UTF-8 character), up to a cap."""
-
-    def __init__(self, ctx: ToolContext, item_id: str) -> None:
-        self._ctx = ctx
-        self._item_id = item_id
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._sent = 0
-
-    def feed(self, chunk: bytes) -> None:
-        if self._sent >= MAX_DELTA_BYTES:
-            return
-        chunk = chunk[: MAX_DELTA_BYTES - self._sent]
-        self._sent += len(chunk)
-        self._emit(self._decoder.decode(chunk))
-
-    def flush(self) -> None:
-        self._emit(self._decoder.decode(b"", final=True))
-
-    def _emit(self, text: str) -> None:
-        if text:
-            self._ctx.output_delta(self._item_id, text)
-
-
-def model_output(result: ExecResult, max_output_tokens: float | None, timeout_s: float) -> str:
-    """The `function_call_output` text, shaped as Codex's: header lines, then the output."""
-    capture = result.output
-    budget = max(1, int(max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS))
-    lines = [f"Chunk ID: {secrets.token_hex(3)}", f"Wall time: {result.duration_s:.4f} seconds"]
-    if result.timed_out:
-        lines.append(f"Process timed out after {timeout_s:g} seconds; its process group was killed")
-    lines += [
-        f"Process exited with code {result.exit_code}",
-        f"Original token count: {math.ceil(capture.total / BYTES_PER_TOKEN)}",
-        "Output:",
-    ]
-    return "\n".join(lines) + "\n" + truncate_tokens(capture.text(), budget)
-
-
-def truncate_tokens(text: str, budget: int) -> str:
-    """`text` cut to about `budget` tokens: its head and tail kept, the middle counted."""
-    limit = budget * BYTES_PER_TOKEN
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    dropped = math.ceil((len(text) - 2 * half) / BYTES_PER_TOKEN)
-    return f"{text[:half]}\n…{dropped} tokens truncated…\n{text[-half:]}"
-
-
-def _resolve(args: ExecCommandArgs, turn_cwd: str) -> tuple[str, str]:
-    """The command's cwd and shell path (filesystem lookups: run in a thread)."""
-    cwd = os.path.normpath(os.path.join(turn_cwd, args.workdir)) if args.workdir else turn_cwd
-    if not os.path.isdir(cwd):
-        raise ToolArgumentError(f"workdir {cwd!r} is not an existing folder")
-    name = args.shell or "bash"
-    shell = shutil.which(name)
-    if shell is None:
-        raise ToolArgumentError(f"shell {name!r} was not found on PATH")
-    return cwd, shell
-
