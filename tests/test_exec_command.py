@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spindle.actors.runtime.exec_command import ExecCommandTool
+from spindle.actors.runtime.exec_command import REJECTED_BY_USER, ExecCommandTool
 from spindle.actors.runtime.tools import ToolArgumentError, ToolContext
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient
@@ -125,24 +125,52 @@ async def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path) ->
     assert not (tmp_path / "x").exists() and rec.started == []
 
 
-async def test_escalation_is_refused_until_approvals_exist(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, sandbox=workspace(str(tmp_path)), approval="on-request")
-    output = await run(rec, cmd="touch x", sandbox_permissions="require_escalated", justification="please")
-    assert output.startswith('exec_command refused: sandbox_permissions "require_escalated"')
-    assert "approvals are not available" in output
-    assert not (tmp_path / "x").exists()
-    assert [i.status for i in rec.completed] == ["declined"] and len(rec.started) == 1
-    # with full access there is nothing to escalate from: it runs
-    full = Recorder(tmp_path, sandbox=FULL, approval="on-request")
+async def test_escalation_is_refused_under_never_and_asked_otherwise(tmp_path: Path) -> None:
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    ws.mkdir()
+    outside.mkdir()
+    escalated = {"cmd": f"touch {outside / 'x'}", "sandbox_permissions": "require_escalated", "justification": "please"}
+    never = Recorder(ws, sandbox=workspace(str(ws)), approval="never")
+    assert (await run(never, **escalated)).startswith('exec_command refused: approval_policy "never" lets no command leave')
+    assert never.asked == [] and [i.status for i in never.completed] == ["declined"]
+    asking = Recorder(ws, sandbox=workspace(str(ws)), approval="on-request")
+    assert await run(asking, **escalated) == REJECTED_BY_USER
+    assert not (outside / "x").exists() and [i.status for i in asking.completed] == ["declined"]
+    (request,) = asking.asked
+    assert (request.reason, request.command[-1], request.cwd) == ("please", f"touch {outside / 'x'}", str(ws))
+    asking.decision = "approved"
+    assert "Process exited with code 0" in await run(asking, **escalated)
+    assert (outside / "x").exists()  # approved: it ran outside the sandbox
+    # with full access there is nothing to escalate from: it runs, unasked
+    full = Recorder(ws, sandbox=FULL, approval="on-request")
     assert "Process exited with code 0" in await run(full, cmd="touch y", sandbox_permissions="require_escalated")
-    assert (tmp_path / "y").exists()
+    assert (ws / "y").exists() and full.asked == []
 
 
-async def test_untrusted_refuses_every_command(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, sandbox=FULL, approval="untrusted")
-    output = await run(rec, cmd="touch x")
-    assert output.startswith('exec_command refused: approval_policy "untrusted"') and not (tmp_path / "x").exists()
-    assert [i.status for i in rec.completed] == ["declined"]
+@needs_bwrap
+async def test_untrusted_asks_before_any_command_that_is_not_known_safe(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    rec = Recorder(tmp_path, sandbox=workspace(str(tmp_path)), approval="untrusted")
+    assert "Process exited with code 0" in await run(rec, cmd="ls && git status | head -3")
+    assert rec.asked == []
+    assert await run(rec, cmd="touch x") == REJECTED_BY_USER
+    assert not (tmp_path / "x").exists() and len(rec.asked) == 1
+    rec.decision = "approved"
+    assert "Process exited with code 0" in await run(rec, cmd="touch x")
+    assert (tmp_path / "x").exists()
+    assert "Read-only file system" in await run(rec, cmd="touch .git/y")  # approved, yet still sandboxed
+
+
+@needs_bwrap
+async def test_on_failure_asks_to_run_again_outside_the_sandbox(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, sandbox=workspace(str(tmp_path)), approval="on-failure")
+    (tmp_path / ".git").mkdir(exist_ok=True)
+    output = await run(rec, cmd="touch .git/hooked")
+    assert "Read-only file system" in output and len(rec.asked) == 1 and not (tmp_path / ".git" / "hooked").exists()
+    rec.decision = "approved"
+    assert "Process exited with code 0" in await run(rec, cmd="touch .git/hooked")
+    assert (tmp_path / ".git" / "hooked").exists()
+    assert [i.status for i in rec.completed] == ["failed", "failed", "completed"]
 
 
 async def test_a_command_that_outlives_its_timeout_is_killed(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 default; `shell` and `login` choose), in `workdir` (default the turn's cwd), inside the sandbox
 the turn realised (`ToolContext.sandbox`, see `sandbox.py`). Each run is a `CommandExecution`
 item, started, streamed (`ExecCommandOutputDeltaEvent`), completed. The model gets Codex's
-header lines and the output, cut to `max_output_tokens`. Until approvals exist: under
-`untrusted` every command is refused (each would need the user's approval), and so is a
-`require_escalated` request that would leave the sandbox. Not implemented: `tty` (output comes
+header lines and the output, cut to `max_output_tokens`. Whether it runs, asks the user first
+(`ToolContext.ask_approval`, an `exec_approval_request`) or is refused is the approval policy's
+call (`exec_policy.py`); a declined command is a `declined` item and the model reads Codex's
+"rejected by user" text. Not implemented: `tty` (output comes
 through pipes) and the `yield_time_ms` sessions of `write_stdin`; a command runs until it exits or
 `EXEC_TIMEOUT_S` passes.
 """
@@ -24,11 +25,12 @@ import msgspec
 import structlog
 import trio
 
+from spindle.protocol.events import ExecApprovalRequestEvent
 from spindle.protocol.items import CommandExecutionItem
 from spindle.protocol.sandbox import SandboxSpec
-from spindle.protocol.settings import ApprovalPolicy
 
 from .errors import SandboxUnavailable
+from .exec_policy import decide, likely_sandbox_denial
 from .execution import BoundedCapture, ExecResult, run_process
 from .sandbox import plan
 from .tools import Tool, ToolArgumentError, ToolContext
@@ -109,21 +111,6 @@ EXEC_COMMAND_PARAMETERS: dict[str, Any] = {
 }
 
 
-def refusal(approval: ApprovalPolicy, sandbox: SandboxSpec, args: ExecCommandArgs) -> str | None:
-    """Why a command may not run under this policy (until approvals exist), or None."""
-    if approval == "untrusted":
-        return (
-            'approval_policy "untrusted" asks the user to approve every command, and approvals are not '
-            "available in Spindle yet; choose another approval policy to run commands in the sandbox"
-        )
-    if args.sandbox_permissions == "require_escalated" and not sandbox.full_access:
-        return (
-            'sandbox_permissions "require_escalated" asks the user to run the command outside the sandbox, '
-            "and approvals are not available in Spindle yet; run it inside the sandbox instead"
-        )
-    return None
-
-
 class ExecCommandTool:
     """Codex's `exec_command`: a shell command, sandboxed, streamed, bounded."""
 
@@ -155,25 +142,35 @@ class ExecCommandTool:
             source="unifiedExecStartup", actions=[args.cmd],
         )
         if ctx.sandbox is None:
-            ctx.item_started(item)
-            ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=ctx.sandbox_error))
-            return f"exec_command failed: {ctx.sandbox_error}"
-        refused = refusal(ctx.settings.approval_policy, ctx.sandbox, args)
-        if refused is None:
-            env = {**os.environ, **COMMAND_ENV}
-            if not ctx.sandbox.network:
-                env["CODEX_SANDBOX_NETWORK_DISABLED"] = "1"
-            try:
-                ready = await plan(ctx.sandbox, cwd=cwd, command=argv, env=env, thread_id=ctx.thread_id)
-            except SandboxUnavailable as exc:
-                ctx.item_started(item)
-                ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=str(exc)))
-                return f"exec_command failed: {exc}"
-        else:
-            ctx.item_started(item)
-            ctx.item_completed(msgspec.structs.replace(item, status="declined"))
-            return f"exec_command refused: {refused}"
+            return _ended(ctx, item, "failed", ctx.sandbox_error, f"exec_command failed: {ctx.sandbox_error}")
+        policy = ctx.settings.approval_policy
+        decision = decide(policy, ctx.sandbox, args.cmd, justification=args.justification,
+                          escalate=args.sandbox_permissions == "require_escalated")
+        if decision.verdict == "refuse":
+            return _ended(ctx, item, "declined", None, f"exec_command refused: {decision.reason}")
+        if decision.verdict == "ask" and not await _approved(ctx, argv, cwd, decision.reason, decision.escalate):
+            return _ended(ctx, item, "declined", None, REJECTED_BY_USER)
+        spec = UNSANDBOXED if decision.escalate else ctx.sandbox
+        result = await self._execute(ctx, args, argv, cwd, item, spec)
+        if (isinstance(result, ExecResult) and policy == "on-failure" and not spec.full_access
+                and likely_sandbox_denial(result.exit_code, result.output.text())
+                and await _approved(ctx, argv, cwd, RETRY_QUESTION, escalate=True)):
+            result = await self._execute(ctx, args, argv, cwd, item, UNSANDBOXED)
+        return result if isinstance(result, str) else model_output(result, args.max_output_tokens, self.timeout_s)
 
+    async def _execute(
+        self, ctx: ToolContext, args: ExecCommandArgs, argv: list[str], cwd: str, item: CommandExecutionItem,
+        spec: SandboxSpec,
+    ) -> ExecResult | str:
+        """Run the command in `spec` as the item (started, streamed, completed): its result, or
+        the model's text when it could not start."""
+        env = {**os.environ, **COMMAND_ENV}
+        if not spec.network:
+            env["CODEX_SANDBOX_NETWORK_DISABLED"] = "1"
+        try:
+            ready = await plan(spec, cwd=cwd, command=argv, env=env, thread_id=ctx.thread_id)
+        except SandboxUnavailable as exc:
+            return _ended(ctx, item, "failed", str(exc), f"exec_command failed: {exc}")
         stream = _DeltaStream(ctx, item.id)
 
         def started(pid: int) -> None:
@@ -192,9 +189,8 @@ class ExecCommandTool:
             ended = True
         except OSError as exc:
             ended = True
-            ctx.item_started(item)
-            ctx.item_completed(msgspec.structs.replace(item, status="failed", aggregated_output=str(exc)))
-            return f"exec_command failed: could not start {argv[0]!r} in {cwd}: {exc.strerror or exc}"
+            return _ended(ctx, item, "failed", str(exc),
+                          f"exec_command failed: could not start {argv[0]!r} in {cwd}: {exc.strerror or exc}")
         finally:
             if not ended:  # cancelled (an interrupt): the group is killed; the item still ends
                 ctx.item_completed(msgspec.structs.replace(
@@ -211,7 +207,27 @@ class ExecCommandTool:
                 duration_ms=math.floor(result.duration_s * 1000),
             )
         )
-        return model_output(result, args.max_output_tokens, self.timeout_s)
+        return result
+
+
+REJECTED_BY_USER = 'exec_command failed: CreateProcess { message: "Rejected(\\"rejected by user\\")" }'
+"""What the model reads when the user declines a command (Codex's words)."""
+RETRY_QUESTION = "The command failed inside the sandbox. Run it again without the sandbox?"
+UNSANDBOXED = SandboxSpec(full_access=True, network=True)
+
+
+async def _approved(ctx: ToolContext, argv: list[str], cwd: str, reason: str | None, escalate: bool) -> bool:
+    """Ask the user to approve running `argv`; whether they did (for this once or the session)."""
+    request = ExecApprovalRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, command=argv, cwd=cwd, reason=reason)
+    return await ctx.ask_approval(request, ("exec", tuple(argv), escalate)) in ("approved", "approved_for_session")
+
+
+def _ended(ctx: ToolContext, item: CommandExecutionItem, status: Literal["failed", "declined"],
+           output: str | None, answer: str) -> str:
+    """End the item that did not run (started and completed at once); the model reads `answer`."""
+    ctx.item_started(item)
+    ctx.item_completed(msgspec.structs.replace(item, status=status, aggregated_output=output))
+    return answer
 
 
 class _DeltaStream:
