@@ -93,7 +93,24 @@ class Reasoning(ResponseItemBase, tag="reasoning", kw_only=True, frozen=True):
     encrypted_content: str | None | UnsetType = UNSET
 
 
-ResponseItem = Message | FunctionCall | FunctionCallOutput | Reasoning
+class CustomToolCall(ResponseItemBase, tag="custom_tool_call", kw_only=True, frozen=True):
+    """A call of a freeform tool (`apply_patch`): `input` is the tool's raw text, not JSON."""
+
+    name: str
+    input: str
+    call_id: str
+    id: str | UnsetType = UNSET
+    status: str | UnsetType = UNSET
+
+
+class CustomToolCallOutput(ResponseItemBase, tag="custom_tool_call_output", kw_only=True, frozen=True):
+    call_id: str
+    output: str
+
+
+ResponseItem = Message | FunctionCall | FunctionCallOutput | Reasoning | CustomToolCall | CustomToolCallOutput
+ToolCall = FunctionCall | CustomToolCall
+"""A call the model makes of a tool; each gets the output item of its kind."""
 
 
 def user_message(inputs: list[UserInput] | tuple[UserInput, ...]) -> Message:
@@ -172,7 +189,24 @@ class McpToolCallItem(TurnItemBase, tag="McpToolCall", kw_only=True, frozen=True
     duration_ms: int | None = None
 
 
-TurnItem = UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem | McpToolCallItem
+class PatchChange(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One file of a patch: its absolute path, what happens to it, and the diff (for an addition
+    or a deletion, the file's text)."""
+
+    path: str
+    kind: Literal["add", "delete", "update"]
+    diff: str
+    move_path: str | None = None
+
+
+class FileChangeItem(TurnItemBase, tag="FileChange", kw_only=True, frozen=True):
+    """An `apply_patch` call: the files it changes, and whether it was applied."""
+
+    changes: list[PatchChange]
+    status: Literal["inProgress", "completed", "failed", "declined"]
+
+
+TurnItem = UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem | McpToolCallItem | FileChangeItem
 
 
 TURN_ABORTED_MARKER = (
@@ -187,11 +221,18 @@ def turn_aborted_marker() -> Message:
     return Message(role="user", content=[InputText(text=TURN_ABORTED_MARKER)])
 
 
-def close_dangling_calls(history: list[ResponseItem]) -> list[FunctionCallOutput]:
-    """Outputs for function calls in `history` that never got one (an aborted turn)."""
-    answered = {item.call_id for item in history if isinstance(item, FunctionCallOutput)}
+def call_output(call: ToolCall, output: str) -> FunctionCallOutput | CustomToolCallOutput:
+    """The output item answering `call`, of its kind."""
+    if isinstance(call, CustomToolCall):
+        return CustomToolCallOutput(call_id=call.call_id, output=output)
+    return FunctionCallOutput(call_id=call.call_id, output=output)
+
+
+def close_dangling_calls(history: list[ResponseItem]) -> list[FunctionCallOutput | CustomToolCallOutput]:
+    """Outputs for tool calls in `history` that never got one (an aborted turn)."""
+    answered = {item.call_id for item in history if isinstance(item, FunctionCallOutput | CustomToolCallOutput)}
     return [
-        FunctionCallOutput(call_id=item.call_id, output="aborted")
+        call_output(item, "aborted")
         for item in history
-        if isinstance(item, FunctionCall) and item.call_id not in answered
+        if isinstance(item, FunctionCall | CustomToolCall) and item.call_id not in answered
     ]

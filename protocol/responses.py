@@ -107,7 +107,9 @@ StreamEvent = (
     | ResponseIncomplete
 )
 
-KNOWN_ITEM_TYPES = frozenset({"message", "function_call", "function_call_output", "reasoning"})
+KNOWN_ITEM_TYPES = frozenset({
+    "message", "function_call", "function_call_output", "reasoning", "custom_tool_call", "custom_tool_call_output",
+})
 
 
 class TypeOnly(msgspec.Struct):

@@ -9,11 +9,14 @@ import pytest
 import trio
 
 from spindle.actors.runtime import ConfigError, ThreadManager, TurnAbortedError, open_runtime
+from spindle.actors.runtime.exec_command import REJECTED_BY_USER
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.config import Config
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
+    ApprovalRequestEvent,
     ErrorEvent,
+    ExecApprovalRequestEvent,
     ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     SessionConfiguredEvent,
@@ -31,7 +34,7 @@ from spindle.protocol.ops import (
     ShutdownOp,
     UserInputOp,
 )
-from spindle.protocol.settings import SettingsUpdate
+from spindle.protocol.settings import ReviewDecision, SettingsUpdate
 
 from .helpers import collect_until, kinds
 from .sandbox_helpers import needs_bwrap
@@ -198,18 +201,25 @@ async def test_an_interrupt_kills_a_running_command_and_ends_its_item(
     assert processes_with(seconds) == []
 
 
-async def test_exec_command_is_refused_under_untrusted(runtime: ThreadManager, mock_model: MockModel, tmp_path: Path) -> None:
+async def test_under_untrusted_ask_declines_a_command_unless_its_approver_accepts(
+    runtime: ThreadManager, mock_model: MockModel, tmp_path: Path
+) -> None:
     marker = tmp_path / "created"
     thread = await runtime.start_thread(SettingsUpdate(approval_policy="untrusted"))
-    mock_model.script(
-        Call(name="exec_command", arguments={"cmd": f"touch {marker}"}),
-        Text(text="ok"),
-        thread_id=thread.thread_id,
-    )
+    make = Call(name="exec_command", arguments={"cmd": f"touch {marker}"})
+    mock_model.script(make, Text(text="ok"), thread_id=thread.thread_id)
     assert await thread.ask("make a file") == "ok"
     assert not marker.exists()
-    output = mock_model.requests[-1].json()["input"][-1]["output"]
-    assert output.startswith('exec_command refused: approval_policy "untrusted"') and "approvals are not available" in output
+    assert mock_model.requests[-1].json()["input"][-1]["output"] == REJECTED_BY_USER
+    asked: list[ApprovalRequestEvent] = []
+
+    async def approve(request: ApprovalRequestEvent) -> ReviewDecision:
+        asked.append(request)
+        return "approved"
+
+    mock_model.script(make, Text(text="made"), thread_id=thread.thread_id)
+    assert await thread.ask("make it now", approve=approve) == "made"
+    assert marker.exists() and isinstance(asked[0], ExecApprovalRequestEvent)
 
 
 async def test_bad_tool_arguments_reach_the_model_as_output(runtime: ThreadManager, mock_model: MockModel) -> None:

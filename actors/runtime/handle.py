@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +12,27 @@ import trio
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.config import Config
 from spindle.protocol.events import (
+    ApplyPatchApprovalRequestEvent,
     ApprovalRequestEvent,
     ErrorEvent,
     Event,
+    ExecApprovalRequestEvent,
     ItemCompletedEvent,
     TaskCompleteEvent,
     TurnAbortedEvent,
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import TextInput, UserMessageItem
-from spindle.protocol.ops import InterruptOp, Op, ShutdownOp, Submission, UserInputOp
-from spindle.protocol.settings import ThreadSettings
+from spindle.protocol.ops import (
+    ExecApprovalOp,
+    InterruptOp,
+    Op,
+    PatchApprovalOp,
+    ShutdownOp,
+    Submission,
+    UserInputOp,
+)
+from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .errors import ThreadClosedError, TurnAbortedError, TurnError
 from .fanout import Broadcaster, Subscription
@@ -34,6 +44,10 @@ from .thread import ThreadActor
 
 DISPATCH_TIMEOUT_S = 30.0
 """How long `ThreadHandle.submit_and_wait` waits for the actor to take up a submission."""
+
+
+Approver = Callable[[ApprovalRequestEvent], Awaitable[ReviewDecision]]
+"""Answers an approval request (a command to run, a patch to apply) with the user's decision."""
 
 
 class ThreadHandle:
@@ -146,14 +160,21 @@ class ThreadHandle:
         await self._actor.mcp_configured.wait()
         await self._actor.mcp.wait_started(names)
 
-    async def ask(self, text: str) -> str:
-        """Send `text` as user input and return the final answer of the turn it joins."""
+    async def ask(self, text: str, *, approve: Approver | None = None) -> str:
+        """Send `text` as user input and return the final answer of the turn it joins.
+
+        An approval request of that turn is answered by `approve` (the request in, a decision
+        out); without one it is declined: the model is told and the turn goes on."""
         with self.events() as events:
             sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
             turn_id: str | None = None
             failure: str | None = None
             async for ev in events:
                 msg = ev.msg
+                if isinstance(msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent) and msg.turn_id == turn_id:
+                    decision: ReviewDecision = "denied" if approve is None else await approve(msg)
+                    op = ExecApprovalOp if isinstance(msg, ExecApprovalRequestEvent) else PatchApprovalOp
+                    await self.submit(op(id=msg.call_id, decision=decision))
                 if isinstance(msg, TurnAbortedEvent) and (turn_id is None or msg.turn_id == turn_id):
                     raise TurnAbortedError(f"turn {msg.turn_id} was {msg.reason}")
                 if turn_id is None:

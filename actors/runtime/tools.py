@@ -15,7 +15,14 @@ from typing import Any, Protocol
 import structlog
 
 from spindle.protocol.events import ApprovalRequestEvent
-from spindle.protocol.items import FunctionCall, FunctionCallOutput, TurnItem
+from spindle.protocol.items import (
+    CustomToolCall,
+    CustomToolCallOutput,
+    FunctionCallOutput,
+    ToolCall,
+    TurnItem,
+    call_output,
+)
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
@@ -57,7 +64,8 @@ class Tool(Protocol):
         ...
 
     async def run(self, arguments: str, ctx: ToolContext) -> str:
-        """Run with the model's JSON `arguments`; return the output text."""
+        """Run with the model's JSON `arguments` (a freeform tool: its raw input); return the
+        output text."""
         ...
 
 
@@ -85,20 +93,21 @@ class ToolRegistry:
     def specs(self) -> list[dict[str, Any]]:
         return [tool.spec() for tool in self._tools.values()]
 
-    async def dispatch(self, call: FunctionCall, ctx: ToolContext) -> FunctionCallOutput:
+    async def dispatch(self, call: ToolCall, ctx: ToolContext) -> FunctionCallOutput | CustomToolCallOutput:
+        """Run `call`; its output item (a freeform tool's input is passed as it came)."""
         tool = self._tools.get(call.name)
         if tool is None:
             known = ", ".join(sorted(self._tools)) or "none"
             output = f"unknown tool {call.name!r} (available: {known})"
         else:
             try:
-                output = await tool.run(call.arguments, ctx)
+                output = await tool.run(call.input if isinstance(call, CustomToolCall) else call.arguments, ctx)
             except ToolArgumentError as exc:
                 output = f"invalid arguments for {call.name}: {exc}"
             except Exception as exc:  # a tool bug must not end the turn
                 log.exception("tool failed", tool=call.name)
                 output = f"tool {call.name} failed: {type(exc).__name__}: {exc}"
-        return FunctionCallOutput(call_id=call.call_id, output=output)
+        return call_output(call, output)
 
 
 class ToolArgumentError(ValueError):

@@ -38,12 +38,14 @@ from spindle.protocol.ids import new_id
 from spindle.protocol.items import (
     AgentMessageContent,
     AgentMessageItem,
+    CustomToolCall,
     FunctionCall,
     Message,
     OutputText,
     Reasoning,
     ReasoningItem,
     ResponseItem,
+    ToolCall,
     TurnItem,
     UserInput,
 )
@@ -141,7 +143,7 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
             await host.commit_input(turn, sub_id, items)
         sample = await _sample_with_retries(turn, host)
         await host.commit(sample.items)
-        calls = [item for item in sample.items if isinstance(item, FunctionCall)]
+        calls = [item for item in sample.items if isinstance(item, FunctionCall | CustomToolCall)]
         for item in sample.items:
             if isinstance(item, Message) and item.role == "assistant":
                 last_message = item.text()
@@ -152,7 +154,7 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
             return last_message
 
 
-def _tool_context(turn: Turn, host: TurnHost, call: FunctionCall) -> ToolContext:
+def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolContext:
     def started(item: TurnItem) -> None:
         host.emit(turn.sub_id, ItemStartedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
 
@@ -323,7 +325,7 @@ def _decode_item(raw: msgspec.Raw, stream_event: str) -> ResponseItem | None:
 
 
 def _with_id(item: ResponseItem) -> ResponseItem:
-    if isinstance(item, Message | FunctionCall | Reasoning) and item.id is msgspec.UNSET:
+    if isinstance(item, Message | FunctionCall | CustomToolCall | Reasoning) and item.id is msgspec.UNSET:
         return msgspec.structs.replace(item, id=f"item_{new_id()}")
     return item
 

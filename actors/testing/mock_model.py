@@ -58,6 +58,15 @@ class Call:
     call_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Custom:
+    """A `custom_tool_call` of freeform tool `name` (e.g. `apply_patch`) with raw `input`."""
+
+    name: str
+    input: str
+    call_id: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class HttpError:
     """A non-200 answer with a JSON body."""
@@ -103,7 +112,7 @@ class Stall:
     then: Text | None = None
 
 
-Reply = Text | Call | HttpError | Failed | Truncated | Raw | Stall
+Reply = Text | Call | Custom | HttpError | Failed | Truncated | Raw | Stall
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,13 @@ class MockModel:
                 item = {"type": "function_call", "id": f"fc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
                         "name": name, "arguments": args, "status": "completed"}
                 out.append((sse({"type": "response.output_item.added", "output_index": 0, "item": {**item, "arguments": "", "status": "in_progress"}}), 0.0))
+                out.append((sse({"type": "response.output_item.done", "output_index": 0, "item": item}), 0.0))
+                out.append((sse(self._completed(resp_id, [item], True)), 0.0))
+                return out
+            case Custom(name=name, input=text, call_id=call_id):
+                item = {"type": "custom_tool_call", "id": f"ctc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
+                        "name": name, "input": text, "status": "completed"}
+                out.append((sse({"type": "response.output_item.added", "output_index": 0, "item": {**item, "input": "", "status": "in_progress"}}), 0.0))
                 out.append((sse({"type": "response.output_item.done", "output_index": 0, "item": item}), 0.0))
                 out.append((sse(self._completed(resp_id, [item], True)), 0.0))
                 return out
