@@ -13,7 +13,7 @@ from spindle.protocol.sandbox import SandboxSpec
 
 
 def _bwrap_problem() -> str | None:
-    bwrap = sandbox.find_bwrap("/nonexistent-cwd")
+    bwrap = sandbox.find_bwrap([])
     if bwrap is None:
         return "no `bwrap` on PATH"
     return sandbox._probe(bwrap)

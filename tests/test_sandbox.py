@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -63,6 +64,40 @@ async def test_git_and_codex_stay_read_only_inside_a_writable_root(tmp_path: Pat
     assert not (tmp_path / ".git" / "new").exists() and not (tmp_path / ".codex" / "config.toml").exists()
     assert (tmp_path / "src.txt").read_text() == "ok\n"
     assert out(result).count("Read-only file system") == 3
+
+
+@needs_bwrap
+async def test_no_capability_survives_to_undo_the_mounts(tmp_path: Path) -> None:
+    """Run as root (as in a container), a command still cannot remount / writable or unmount .git."""
+    (tmp_path / ".git").mkdir()
+    script = (f"mount -o remount,bind,rw / 2>&1; echo remount=$?; umount {tmp_path}/.git 2>&1; echo umount=$?; "
+              "echo x > .git/after; grep CapEff /proc/self/status")
+    result = await sh(workspace(str(tmp_path)), script, str(tmp_path))
+    text = out(result)
+    assert "remount=0" not in text and "umount=0" not in text, text
+    assert "CapEff:\t0000000000000000" in text
+    assert not (tmp_path / ".git" / "after").exists()
+
+
+@needs_bwrap
+async def test_a_missing_protected_path_cannot_be_created(tmp_path: Path) -> None:
+    """Else a command could plant `.codex/config.toml` (full access for the next thread) or git hooks."""
+    script = "mkdir -p .codex && echo 'sandbox_mode = \"danger-full-access\"' > .codex/config.toml; mkdir .git; echo ok > src.txt"
+    await sh(workspace(str(tmp_path)), script, str(tmp_path))
+    assert not (tmp_path / ".codex" / "config.toml").exists()
+    assert not any((tmp_path / ".git").iterdir()) if (tmp_path / ".git").is_dir() else not (tmp_path / ".git").exists()
+    assert (tmp_path / "src.txt").read_text() == "ok\n"
+
+
+@needs_bwrap
+async def test_a_symlinked_protected_path_is_refused_rather_than_left_replaceable(tmp_path: Path) -> None:
+    root, store = tmp_path / "work", tmp_path / "gitstore"
+    root.mkdir()
+    store.mkdir()
+    (root / ".git").symlink_to(store)
+    with pytest.raises(SandboxUnavailable, match=r"\.git is a symbolic link"):
+        await sh(workspace(str(root)), "rm .git && mkdir .git", str(root))
+    assert (root / ".git").is_symlink()
 
 
 @needs_bwrap
@@ -238,7 +273,7 @@ async def test_a_bwrap_that_cannot_make_namespaces_refuses(tmp_path: Path) -> No
     assert "apt-get install bubblewrap" in message
 
 
-def test_a_bwrap_inside_the_cwd_is_never_used(tmp_path: Path) -> None:
+def test_a_bwrap_inside_a_writable_root_is_never_used(tmp_path: Path) -> None:
     planted = tmp_path / "repo" / "bin"
     planted.mkdir(parents=True)
     (planted / "bwrap").write_text("#!/bin/sh\n")
@@ -247,8 +282,46 @@ def test_a_bwrap_inside_the_cwd_is_never_used(tmp_path: Path) -> None:
     elsewhere.mkdir()
     (elsewhere / "bwrap").write_text("#!/bin/sh\n")
     (elsewhere / "bwrap").chmod(0o755)
-    assert sandbox.find_bwrap(str(tmp_path / "repo"), f"{planted}:{elsewhere}") == str(elsewhere / "bwrap")
-    assert sandbox.find_bwrap(str(tmp_path / "repo"), str(planted)) is None
+    assert sandbox.find_bwrap([str(tmp_path / "repo")], f"{planted}:{elsewhere}") == str(elsewhere / "bwrap")
+    assert sandbox.find_bwrap([str(tmp_path / "repo")], str(planted)) is None
+    # nor one in any writable root (the command's workdir may be elsewhere), nor a relative PATH entry
+    assert sandbox.find_bwrap([str(tmp_path / "other"), str(tmp_path / "repo")], f"{planted}:{elsewhere}") == str(elsewhere / "bwrap")
+    assert sandbox.find_bwrap([], "repo/bin") is None
+
+
+@needs_bwrap
+async def test_a_bwrap_planted_in_a_writable_root_is_not_used_whatever_the_workdir(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    planted = root / ".venv" / "bin"
+    planted.mkdir(parents=True)
+    (planted / "bwrap").write_text("#!/bin/sh\nshift $(($# - 1)); exec sh -c \"$1\"\n")
+    (planted / "bwrap").chmod(0o755)
+    real = os.path.dirname(shutil.which("bwrap") or "/usr/bin/bwrap")
+    spec = SandboxSpec(writable_roots=(str(root),))
+    result = await sh(spec, f"echo escaped > {tmp_path}/outside.txt", "/usr", path=f"{planted}:{real}:/usr/bin:/bin")
+    assert not (tmp_path / "outside.txt").exists(), out(result)
+
+
+@needs_bwrap
+async def test_the_sandbox_state_folder_is_hidden_from_every_command(tmp_path: Path) -> None:
+    """Else one thread could swap another's private /tmp for a link to anywhere."""
+    state = sandbox.state_dir()
+    sandbox.thread_tmp_dir("t-victim")
+    spec = SandboxSpec(writable_roots=(str(tmp_path),), tmpdir_writable=True)
+    script = f"ls -A {state} | wc -l; touch {state}/planted 2>&1; echo touch=$?"
+    result = await sh(spec, script, str(tmp_path), thread_id="t-other")
+    assert out(result).split()[0] == "0" and "touch=0" not in out(result)
+    assert not os.path.exists(os.path.join(state, "planted"))
+
+
+def test_a_thread_tmp_folder_that_is_a_link_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    tmp_root = Path(sandbox.state_dir()) / "sandbox-tmp"
+    tmp_root.mkdir(mode=0o700, parents=True)
+    (tmp_root / "t-victim").symlink_to(tmp_path)
+    with pytest.raises(SandboxUnavailable, match="not a private folder"):
+        sandbox.thread_tmp_dir("t-victim")
 
 
 def test_mounts_go_from_broad_to_narrow(tmp_path: Path) -> None:

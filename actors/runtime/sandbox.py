@@ -1,28 +1,31 @@
 """A `SandboxSpec` realised as a bubblewrap (`bwrap`) invocation on Linux.
 
 The command sees the host filesystem read-only (`--ro-bind / /`), a fresh `/dev` and `/proc`, its
-own user and PID namespaces (so a kill of bwrap ends every process it started), and, unless the
-spec allows network, an empty network namespace plus the seccomp filter of `seccomp.py`. On top,
-in order of path depth so that a narrower entry wins over a broader one:
+own user and PID namespaces (so a kill of bwrap ends every process it started) with every
+capability dropped (even when Spindle runs as root, nothing can remount or unmount), and, unless
+the spec allows network, an empty network namespace plus the seccomp filter of `seccomp.py`. On
+top, in order of path depth so that a narrower entry wins over a broader one:
 
 - each writable root is bound writable (`--bind`), at its real path: bubblewrap binds resolved
   paths, so a symlink inside a root that points outside it leads to a read-only place;
 - each read-only sub-path that exists (`.git`, `.codex`, a profile's `read` entries) is bound
-  read-only again, and for a `.git` file (a worktree or submodule) the `gitdir:` it names too;
+  read-only again, and for a `.git` file (a worktree or submodule) the `gitdir:` it names too; one
+  that does not exist yet, where a command could create it, gets an empty read-only folder in its
+  place (so no command plants `.codex/config.toml` or git hooks; the empty folder stays behind as
+  the mount point); one that is a symbolic link refuses the command (the link itself could be
+  replaced);
 - each denied path that exists is masked: an empty read-only tmpfs over a folder, `/dev/null`
-  over a file;
+  over a file; so is the sandbox state folder below, in every sandbox;
 - with `slash_tmp_writable`, `/tmp` is a private folder of the thread, kept between its commands:
   `<state>/sandbox-tmp/<thread id>`, where `<state>` is `$XDG_RUNTIME_DIR/spindle` or
-  `<system temp>/spindle-<uid>`. It is not a tmpfs, so that a file one command leaves in `/tmp`
-  is there for the next, as on the host. Spindle does not delete these folders; the system's
-  temp cleaning does.
+  `<system temp>/spindle-<uid>`, each level checked to be a real 0700 folder of ours. It is not a
+  tmpfs, so that a file one command leaves in `/tmp` is there for the next, as on the host.
 
-The `bwrap` used is the first on `PATH` outside the command's cwd (a repository cannot plant
-one). Before its first use it is probed once (off the event loop) for user namespaces. When it is
-missing or cannot sandbox, `SandboxUnavailable` says why and how to install it: a command is
-never run unsandboxed in its place.
+The `bwrap` used is the first on `PATH` (absolute entries only) outside every folder a command
+may write, so no command can plant one for the next. It is probed (off the event loop) for user
+namespaces until it once succeeds. When it is missing or cannot sandbox, `SandboxUnavailable`
+says why and how to install it: a command is never run unsandboxed in its place.
 """
-
 from __future__ import annotations
 
 import os
@@ -48,27 +51,30 @@ INSTALL_HINT = (
     "or on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0)"
 )
 PROBE_TIMEOUT_S = 10.0
-_NAMESPACES = ["--unshare-user", "--unshare-pid"]
+_NAMESPACES = ["--unshare-user", "--unshare-pid", "--cap-drop", "ALL"]
+"""Own user and PID namespaces, and no capability at all, even when Spindle runs as root."""
 
 
-def find_bwrap(cwd: str, path: str | None = None) -> str | None:
-    """The first executable `bwrap` on `path` (default `$PATH`) that is not inside `cwd`."""
+def find_bwrap(exclude: list[str], path: str | None = None) -> str | None:
+    """The first executable `bwrap` on `path` (default `$PATH`) that no command could have put
+    there: absolute entries only, none inside a folder of `exclude` (the writable roots, the
+    sandbox state folder, a writable `$TMPDIR`)."""
     search = os.environ.get("PATH", "") if path is None else path
-    root = os.path.realpath(cwd)
+    roots = [os.path.realpath(root) for root in exclude]
     for entry in search.split(os.pathsep):
-        if not entry:
-            continue  # an empty entry means the current directory
+        if not os.path.isabs(entry):
+            continue  # empty or relative: resolved against whatever cwd the server has
         real = os.path.realpath(entry)
-        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        if any(_within(real, root) for root in roots):
             continue
         found = shutil.which("bwrap", path=entry)
-        if found is not None:
+        if found is not None and not any(_within(os.path.realpath(found), root) for root in roots):
             return found
     return None
 
 
-_probes: dict[str, str | None] = {}
-"""bwrap path -> None when it sandboxes, else why it cannot."""
+_sandboxes: set[str] = set()
+"""The bwrap paths probed and found able to sandbox."""
 
 
 def _probe(bwrap: str) -> str | None:
@@ -84,34 +90,42 @@ def _probe(bwrap: str) -> str | None:
 
 
 async def check_bwrap(bwrap: str) -> None:
-    """Raise `SandboxUnavailable` unless `bwrap` can sandbox; probed once per path, in a thread."""
-    if bwrap not in _probes:
-        problem = await trio.to_thread.run_sync(_probe, bwrap)
-        _probes[bwrap] = problem
-        if problem is not None:
-            log.warning("bubblewrap cannot sandbox", bwrap=bwrap, reason=problem)
-    problem = _probes[bwrap]
+    """Raise `SandboxUnavailable` unless `bwrap` can sandbox; probed in a thread until it once
+    succeeds (a failure is probed again next time: it may have been a passing overload)."""
+    if bwrap in _sandboxes:
+        return
+    problem = await trio.to_thread.run_sync(_probe, bwrap)
     if problem is not None:
+        log.warning("bubblewrap cannot sandbox", bwrap=bwrap, reason=problem)
         raise SandboxUnavailable(f"the sandbox is unavailable: {problem}; {INSTALL_HINT}")
+    _sandboxes.add(bwrap)
 
 
 def state_dir() -> str:
     """Where Spindle keeps the sandbox's per-thread folders (created 0700, checked to be ours)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = os.path.join(runtime, "spindle") if runtime else os.path.join(tempfile.gettempdir(), f"spindle-{os.getuid()}")
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    info = os.lstat(base)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise SandboxUnavailable(f"the sandbox state folder {base} is not a private folder of this user")
-    return base
+    return _private_dir(base)
 
 
 def thread_tmp_dir(thread_id: str) -> str:
-    """The private `/tmp` of a thread's sandboxed commands."""
+    """The private `/tmp` of a thread's sandboxed commands; each level is checked to be a real
+    folder of ours (not a link someone swapped in)."""
     if not thread_id or os.sep in thread_id or thread_id in (".", ".."):
         raise SandboxUnavailable(f"cannot make a private /tmp for thread id {thread_id!r}")
-    path = os.path.join(state_dir(), "sandbox-tmp", thread_id)
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    return _private_dir(os.path.join(_private_dir(os.path.join(state_dir(), "sandbox-tmp")), thread_id))
+
+
+def _private_dir(path: str) -> str:
+    try:
+        os.mkdir(path, mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot create the sandbox folder {path}: {exc.strerror or exc}") from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SandboxUnavailable(f"the sandbox folder {path} is not a private folder of this user")
     return path
 
 
@@ -165,7 +179,9 @@ def git_pointer_target(path: str) -> str | None:
     return target if os.path.isdir(target) else None
 
 
-def mounts(spec: SandboxSpec, *, cwd: str, tmp_dir: str | None, env: dict[str, str]) -> list[Mount]:
+def mounts(
+    spec: SandboxSpec, *, cwd: str, tmp_dir: str | None, env: dict[str, str], state: str | None = None
+) -> list[Mount]:
     """The mounts over the read-only root, in the order bubblewrap must apply them. Reads the
     filesystem (realpath, stat): call it off the event loop."""
     found: dict[str, Mount] = {}
@@ -190,14 +206,24 @@ def mounts(spec: SandboxSpec, *, cwd: str, tmp_dir: str | None, env: dict[str, s
         if _within(real_cwd, "/tmp") and not any(_within(real_cwd, root) for root in writable):
             add(real_cwd, "read")  # keep a read-only cwd under /tmp visible over the private /tmp
     for sub in spec.read_only_subpaths:
+        if os.path.islink(sub):
+            raise SandboxUnavailable(
+                f"{sub} is a symbolic link: the sandbox could protect only what it points to, not "
+                "keep the link from being replaced, so commands here are refused; make it a real "
+                "folder (or, for .git, a `gitdir:` file)")
         real = os.path.realpath(sub)
-        if not os.path.lexists(sub) or not os.path.exists(real):
+        if not os.path.exists(real):
+            guard = _first_missing(real, writable)
+            if guard is not None:  # it could be created: an empty read-only folder takes its place
+                add(guard, "deny")
             continue
         add(real, "read")
         if os.path.basename(sub) == ".git" and os.path.isfile(real):
             target = git_pointer_target(real)
             if target is not None:
                 add(target, "read")
+    if state is not None:
+        add(state, "deny")  # one thread's command never reaches another's private /tmp
     for denied in spec.denied_paths:
         real = os.path.realpath(denied)
         if os.path.exists(real):
@@ -239,9 +265,12 @@ async def plan(
     Raises `SandboxUnavailable` when the spec asks for a sandbox that cannot be made."""
     if spec.full_access:
         return Plan(command=list(command))
-    bwrap = await trio.to_thread.run_sync(find_bwrap, cwd, path)
+    state = await trio.to_thread.run_sync(state_dir)
+    exclude = [state, *spec.writable_roots, *([env["TMPDIR"]] if spec.tmpdir_writable and env.get("TMPDIR") else [])]
+    bwrap = await trio.to_thread.run_sync(find_bwrap, exclude, path)
     if bwrap is None:
-        raise SandboxUnavailable(f"the sandbox is unavailable: no `bwrap` on PATH (outside {cwd}); {INSTALL_HINT}")
+        raise SandboxUnavailable(
+            f"the sandbox is unavailable: no `bwrap` on PATH outside the folders a command may write; {INSTALL_HINT}")
     await check_bwrap(bwrap)
     seccomp: bytes | None = None
     if not spec.network:
@@ -252,7 +281,7 @@ async def plan(
 
     def prepare() -> tuple[list[Mount], dict[str, str]]:
         tmp_dir = thread_tmp_dir(thread_id) if spec.slash_tmp_writable else None
-        layers = mounts(spec, cwd=cwd, tmp_dir=tmp_dir, env=env)
+        layers = mounts(spec, cwd=cwd, tmp_dir=tmp_dir, env=env, state=state)
         extra: dict[str, str] = {}
         tmpdir = env.get("TMPDIR")
         if tmp_dir is not None and tmpdir and _within(os.path.realpath(tmpdir), "/tmp"):
@@ -261,6 +290,16 @@ async def plan(
 
     layers, extra = await trio.to_thread.run_sync(prepare)
     return Plan(command=list(command), bwrap=bwrap, spec=spec, cwd=cwd, layers=layers, seccomp=seccomp, env=extra)
+
+
+def _first_missing(path: str, writable: list[str]) -> str | None:
+    """The first missing folder on the way to `path`, when a writable root would let a command
+    create it; None when nothing there can be created."""
+    missing = path
+    while not os.path.lexists(os.path.dirname(missing)):
+        missing = os.path.dirname(missing)
+    parent = os.path.realpath(os.path.dirname(missing))
+    return missing if any(_within(parent, root) for root in writable) else None
 
 
 def _depth(path: str) -> int:
