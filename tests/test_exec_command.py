@@ -245,3 +245,13 @@ def test_output_deltas_are_lossy_and_live_only() -> None:
     delta = ExecCommandOutputDeltaEvent(item_id="call_1", delta="hi\n")
     assert not is_lifecycle(Event(id="sub", msg=delta))
     assert not should_persist_event(delta)
+
+
+async def test_secrets_in_the_servers_environment_do_not_reach_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-hidden-1")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp-hidden-2")
+    monkeypatch.setenv("MY_SETTING", "visible")
+    output = await run(Recorder(tmp_path, sandbox=FULL), cmd="env")
+    assert "MY_SETTING=visible" in output and "hidden-" not in output

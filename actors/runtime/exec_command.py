@@ -19,6 +19,7 @@ import secrets
 import shlex
 import shutil
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -46,6 +47,16 @@ MAX_DELTA_BYTES = 1024 * 1024
 """Output streamed as deltas per command; past it the completed item still carries head and tail."""
 COMMAND_ENV = {"NO_COLOR": "1", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"}
 """Set for every command: its output goes to a pipe and to a model, not to a terminal."""
+
+
+SECRET_MARKERS = ("KEY", "SECRET", "TOKEN")
+"""A variable whose name holds one of these (any case) is not passed to commands: Codex's
+default excludes of `shell_environment_policy`, so provider API keys never reach the model."""
+
+
+def command_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment as a command gets it: without secrets."""
+    return {name: value for name, value in environ.items() if not any(m in name.upper() for m in SECRET_MARKERS)}
 
 
 class ExecCommandArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -164,7 +175,7 @@ class ExecCommandTool:
     ) -> ExecResult | str:
         """Run the command in `spec` as the item (started, streamed, completed): its result, or
         the model's text when it could not start."""
-        env = {**os.environ, **COMMAND_ENV}
+        env = {**command_env(os.environ), **COMMAND_ENV}
         if not spec.network:
             env["CODEX_SANDBOX_NETWORK_DISABLED"] = "1"
         try:
