@@ -27,7 +27,8 @@ from spindle.protocol.settings import ApprovalPolicy, ReviewDecision, ThreadSett
 
 from .sandbox_helpers import needs_bwrap, workspace
 
-REFERENCE = Path("/work/shared/reference/model-request-codex-0.169.json")
+CODEX_TOOL = Path(__file__).parent / "fixtures" / "codex-0.169-exec-command-tool.json"
+"""The `exec_command` entry of the `tools` of a request Codex 0.169 sent (a captured request)."""
 HEADER = re.compile(
     r"Chunk ID: [0-9a-f]{6}\nWall time: \d+\.\d{4} seconds\n(?P<timeout>Process timed out[^\n]*\n)?"
     r"Process exited with code (?P<code>-?\d+)\nOriginal token count: (?P<tokens>\d+)\nOutput:\n"
@@ -72,11 +73,7 @@ async def run(rec: Recorder, tool: ExecCommandTool | None = None, **args: Any) -
 
 
 def test_the_tool_is_offered_as_codex_offers_it() -> None:
-    if not REFERENCE.exists():
-        pytest.skip(f"the Codex request capture {REFERENCE} is not on this machine")
-    tools = json.loads(REFERENCE.read_text())["body"]["tools"]
-    codex = next(t for t in tools if t.get("name") == "exec_command")
-    assert ExecCommandTool().spec() == codex
+    assert ExecCommandTool().spec() == json.loads(CODEX_TOOL.read_text())
 
 
 async def test_output_has_codex_header_lines_then_the_output(tmp_path: Path) -> None:
