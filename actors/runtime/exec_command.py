@@ -34,7 +34,7 @@ from .errors import SandboxUnavailable
 from .exec_policy import decide, likely_sandbox_denial
 from .execution import BoundedCapture, ExecResult, run_process
 from .sandbox import plan
-from .tools import Tool, ToolArgumentError, ToolContext
+from .tools import ToolArgumentError, ToolContext
 
 log = structlog.get_logger(__name__)
 
@@ -300,9 +300,3 @@ def _resolve(args: ExecCommandArgs, turn_cwd: str) -> tuple[str, str]:
     if shell is None:
         raise ToolArgumentError(f"shell {name!r} was not found on PATH")
     return cwd, shell
-
-
-
-def default_tools() -> list[Tool]:
-    """The runtime's built-in tools."""
-    return [ExecCommandTool()]

@@ -11,8 +11,9 @@ import trio
 
 from spindle.protocol.config import Config, ConfigWarning, ModelProviderInfo
 
+from .apply_patch_tool import ApplyPatchTool
 from .config_layers import ConfigSource, FixedConfig, LayerStack
-from .exec_command import default_tools
+from .exec_command import ExecCommandTool
 from .model_client import ModelClient
 from .permission_profiles import default_selection, load_profiles
 from .tools import ToolRegistry
@@ -46,7 +47,7 @@ class RuntimeResources:
             self.note_warnings(stack)
         self.config_writes = trio.CapacityLimiter(1)
         """One write of the user config.toml at a time (its version check and rename are one step)."""
-        self.tools = tools if tools is not None else ToolRegistry(default_tools())
+        self.tools = tools if tools is not None else ToolRegistry([ExecCommandTool(), ApplyPatchTool()])
         self._clients: dict[tuple[str, bytes], ModelClient] = {}
 
     def note_warnings(self, stack: LayerStack) -> list[ConfigWarning]:

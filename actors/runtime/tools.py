@@ -3,7 +3,7 @@
 A tool never raises into the turn: every failure (bad arguments, a refused command, a crash)
 becomes the `function_call_output` the model reads next.
 
-The built-in tool, `exec_command`, is in `exec_command.py`.
+The built-in tools are `exec_command` (`exec_command.py`) and `apply_patch` (`apply_patch_tool.py`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Tool(Protocol):
 
 class ToolRegistry:
     def __init__(self, tools: list[Tool] | None = None) -> None:
-        """A registry of `tools` (none by default; the runtime's default is `default_tools()`)."""
+        """A registry of `tools` (none by default; the runtime's are `exec_command` and `apply_patch`)."""
         self._tools: dict[str, Tool] = {}
         for tool in tools or []:
             self.register(tool)
@@ -90,8 +90,17 @@ class ToolRegistry:
             registry.register(tool)
         return registry
 
-    def specs(self) -> list[dict[str, Any]]:
-        return [tool.spec() for tool in self._tools.values()]
+    def specs(self, model: str = "") -> list[dict[str, Any]]:
+        """The definitions the model is offered. A tool whose form depends on the model (Codex
+        offers `apply_patch` freeform to GPT-5 models, as a function to others, or not at all) has
+        `spec_for(model)`, which may answer None: not offered."""
+        specs = []
+        for tool in self._tools.values():
+            spec_for = getattr(tool, "spec_for", None)
+            spec = spec_for(model) if spec_for is not None else tool.spec()
+            if spec is not None:
+                specs.append(spec)
+        return specs
 
     async def dispatch(self, call: ToolCall, ctx: ToolContext) -> FunctionCallOutput | CustomToolCallOutput:
         """Run `call`; its output item (a freeform tool's input is passed as it came)."""

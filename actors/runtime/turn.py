@@ -199,7 +199,7 @@ def build_request(turn: Turn, host: TurnHost) -> bytes:
         model=s.model,
         instructions=s.instructions,
         input=host.history,
-        tools=_tools(turn, host).specs(),
+        tools=_tools(turn, host).specs(s.model),
         reasoning=reasoning,
         prompt_cache_key=host.thread_id,
     )

@@ -145,9 +145,26 @@ class McpToolCallThreadItem(ThreadItemBase, tag="mcpToolCall", kw_only=True):
     mcp_app_resource_uri: str | None = None
 
 
+class PatchChangeKind(Wire, kw_only=True):
+    type: Literal["add", "delete", "update"]
+    move_path: str | None | UnsetType = msgspec.field(default=UNSET, name="move_path")
+
+
+class FileUpdateChange(Wire, kw_only=True):
+    path: str
+    kind: PatchChangeKind
+    diff: str
+
+
+class FileChangeThreadItem(ThreadItemBase, tag="fileChange", kw_only=True):
+    id: str
+    changes: list[FileUpdateChange]
+    status: Literal["inProgress", "completed", "failed", "declined"]
+
+
 ThreadItem = (
     UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
-    | McpToolCallThreadItem
+    | McpToolCallThreadItem | FileChangeThreadItem
 )
 
 # --- threads and turns ------------------------------------------------------

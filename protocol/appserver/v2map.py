@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec import UNSET
+
 from ..events import TokenUsage, TokenUsageInfo
 from ..items import (
     AgentMessageItem,
     CommandExecutionItem,
+    FileChangeItem,
     ImageInput,
     LocalImageInput,
     McpToolCallItem,
@@ -92,6 +95,11 @@ def thread_item(item: TurnItem) -> v2.ThreadItem:
                 result=item.result, error=v2.McpToolCallError(message=item.error) if item.error is not None else None,
                 duration_ms=item.duration_ms,
             )
+        case FileChangeItem(id=item_id, changes=changes, status=status):
+            return v2.FileChangeThreadItem(id=item_id, status=status, changes=[
+                v2.FileUpdateChange(path=c.path, diff=c.diff, kind=v2.PatchChangeKind(
+                    type=c.kind, move_path=c.move_path if c.kind == "update" else UNSET))
+                for c in changes])
     raise TypeError(f"not a turn item: {type(item).__name__}")
 
 
