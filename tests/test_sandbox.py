@@ -6,13 +6,16 @@ import os
 import shutil
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from spindle.actors.runtime import sandbox
 from spindle.actors.runtime.errors import SandboxUnavailable
 from spindle.actors.runtime.seccomp import ABIS, no_network_filter
+from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.sandbox import SandboxSpec
 
 from .sandbox_helpers import needs_bwrap, out, sh, workspace
@@ -347,3 +350,18 @@ async def test_a_tmpdir_under_the_hidden_host_tmp_points_at_the_private_one(
     assert out(result) == "/tmp\nwrote\n"
     assert list(host_tmpdir.iterdir()) == []
     host_tmpdir.rmdir()
+
+
+@needs_bwrap
+async def test_a_threads_private_tmp_is_deleted_when_the_thread_ends(
+    make_runtime: Callable[..., Any], mock_model: MockModel, tmp_path: Path
+) -> None:
+    async with make_runtime(sandbox_mode="workspace-write", approval_policy="never") as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="exec_command", arguments={"cmd": "echo kept > /tmp/note; cat /tmp/note"}),
+                          Text(text="done"), thread_id=thread.thread_id)
+        assert await thread.ask("go") == "done"
+        private = Path(sandbox.state_dir()) / "sandbox-tmp" / thread.thread_id
+        assert (private / "note").read_text() == "kept\n"
+        await thread.shutdown_and_wait()
+        assert not private.exists()

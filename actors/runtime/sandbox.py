@@ -19,7 +19,8 @@ top, in order of path depth so that a narrower entry wins over a broader one:
 - with `slash_tmp_writable`, `/tmp` is a private folder of the thread, kept between its commands:
   `<state>/sandbox-tmp/<thread id>`, where `<state>` is `$XDG_RUNTIME_DIR/spindle` or
   `<system temp>/spindle-<uid>`, each level checked to be a real 0700 folder of ours. It is not a
-  tmpfs, so that a file one command leaves in `/tmp` is there for the next, as on the host.
+  tmpfs, so that a file one command leaves in `/tmp` is there for the next, as on the host; it
+  is deleted when the thread ends (unloaded or shut down).
 
 The `bwrap` used is the first on `PATH` (absolute entries only) outside every folder a command
 may write, so no command can plant one for the next. It is probed (off the event loop) for user
@@ -103,9 +104,12 @@ async def check_bwrap(bwrap: str) -> None:
 
 def state_dir() -> str:
     """Where Spindle keeps the sandbox's per-thread folders (created 0700, checked to be ours)."""
+    return _private_dir(_state_path())
+
+
+def _state_path() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = os.path.join(runtime, "spindle") if runtime else os.path.join(tempfile.gettempdir(), f"spindle-{os.getuid()}")
-    return _private_dir(base)
+    return os.path.join(runtime, "spindle") if runtime else os.path.join(tempfile.gettempdir(), f"spindle-{os.getuid()}")
 
 
 def thread_tmp_dir(thread_id: str) -> str:
@@ -114,6 +118,18 @@ def thread_tmp_dir(thread_id: str) -> str:
     if not thread_id or os.sep in thread_id or thread_id in (".", ".."):
         raise SandboxUnavailable(f"cannot make a private /tmp for thread id {thread_id!r}")
     return _private_dir(os.path.join(_private_dir(os.path.join(state_dir(), "sandbox-tmp")), thread_id))
+
+
+def remove_thread_tmp(thread_id: str) -> None:
+    """Delete a thread's private `/tmp` (its thread has ended), if it has one. Blocking."""
+    if not thread_id or os.sep in thread_id or thread_id in (".", ".."):
+        return
+    path = os.path.join(_state_path(), "sandbox-tmp", thread_id)
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def _private_dir(path: str) -> str:

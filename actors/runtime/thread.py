@@ -67,6 +67,7 @@ from .model_client import ModelClient
 from .outcomes import OutcomeBook
 from .permission_profiles import PermissionProfiles, default_selection, load_profiles
 from .resources import RuntimeResources
+from .sandbox import remove_thread_tmp
 from .settings import apply_update
 from .turn import SamplingFailed, Turn, run_turn
 from .usage import UsageMeter
@@ -77,6 +78,9 @@ SUBMISSION_CAPACITY = 64
 """Submissions queued per thread before `submit` waits."""
 PERSIST_DEADLINE_S = 10.0
 """How long an aborted turn's cleanup may spend handing its last items to the writer."""
+
+CLEANUP_DEADLINE_S = 5.0
+"""How long an ending thread may spend deleting its sandbox's private /tmp."""
 
 INITIAL_SUB_ID = ""
 
@@ -191,6 +195,8 @@ class ThreadActor:
             finally:
                 self._events.close()
                 self.outcomes.settle_all(ErrorEvent(message=f"thread {self.thread_id} has shut down"))
+                with trio.move_on_after(CLEANUP_DEADLINE_S, shield=True):
+                    await trio.to_thread.run_sync(remove_thread_tmp, self.thread_id)
                 self.closed.set()
 
     async def _supervised(self, writers: trio.Nursery, task_status: TaskStatus[None]) -> None:
