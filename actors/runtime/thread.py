@@ -195,7 +195,7 @@ class ThreadActor:
             finally:
                 self._events.close()
                 self.outcomes.settle_all(ErrorEvent(message=f"thread {self.thread_id} has shut down"))
-                with trio.move_on_after(CLEANUP_DEADLINE_S, shield=True):
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_DEADLINE_S):
                     await trio.to_thread.run_sync(remove_thread_tmp, self.thread_id)
                 self.closed.set()
 
