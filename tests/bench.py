@@ -25,10 +25,13 @@ import trio
 from spindle.actors.loadtest.driver import LoadSpec, run_load
 from spindle.actors.loadtest.stats import percentile, rss_kib
 from spindle.actors.runtime import open_runtime
+from spindle.actors.runtime.execution import run_process
+from spindle.actors.runtime.sandbox import plan
 from spindle.actors.testing.mock_model import NO_RETRIES, mock_config
 from spindle.actors.testing.rpc_client import subprocess_server, write_config
 from spindle.protocol.config import Config
 from spindle.protocol.ids import new_id
+from spindle.protocol.sandbox import SandboxSpec
 
 RUNS = int(os.environ.get("SPINDLE_BENCH_RUNS", "5"))
 RESULTS = Path("bench-results")
@@ -232,6 +235,24 @@ async def listing(config: Config) -> dict[str, float]:
     return out
 
 
+async def sandbox_cost(config: Config, n: int = 40) -> dict[str, float]:
+    """What the sandbox adds to one command: `true` run as is, then under bubblewrap (network off:
+    with the seccomp filter), each n times; per-command wall time medians."""
+    with tempfile.TemporaryDirectory() as work:
+        results: dict[str, float] = {}
+        specs = {"bare": SandboxSpec(full_access=True), "sandboxed": SandboxSpec(writable_roots=(work,), slash_tmp_writable=True)}
+        for label, spec in specs.items():
+            times = []
+            for _ in range(n):
+                began = time.perf_counter()
+                ready = await plan(spec, cwd=work, command=["true"], env=dict(os.environ), thread_id="bench")
+                await run_process(ready, cwd=work)
+                times.append((time.perf_counter() - began) * 1000)
+            results[f"command_{label}_ms"] = statistics.median(times)
+    results["sandbox_overhead_ms"] = results["command_sandboxed_ms"] - results["command_bare_ms"]
+    return results
+
+
 async def idle_memory_10k(config: Config) -> dict[str, float]:
     out = await idle_memory(config, n=10_000)
     return {"idle_10k_kib_per_thread_py": out["idle_kib_per_thread_py"], "idle_10k_kib_per_thread_rss": out["idle_kib_per_thread_rss"]}
@@ -330,6 +351,9 @@ TARGETS = {
     "app_idle_kib_per_thread_rss": ("app-server: idle loaded thread, RSS (KiB)", "≤ 50 (Rust ~950)"),
     "app_100x5_turns_per_s": ("app-server: 100 threads × 5 turns pipelined, turns/s", "≥ 300 (Rust 40)"),
     "app_100x5_cpu_ms_per_turn": ("app-server: 100 × 5, server CPU per turn (ms)", ""),
+    "command_bare_ms": ("command `true`, no sandbox: wall time (ms)", ""),
+    "command_sandboxed_ms": ("command `true` under bubblewrap + seccomp: wall time (ms)", ""),
+    "sandbox_overhead_ms": ("sandbox cost per command (ms)", ""),
     "scale_100_turn_p50_ms": ("scaling: 100 concurrent threads, turn p50 (ms)", ""),
     "scale_100_rss_kib_per_thread": ("scaling: 100 threads, RSS per thread (KiB)", ""),
     "scale_100_turns_per_s": ("scaling: 100 threads, turns/s", ""),
@@ -347,7 +371,8 @@ TARGETS = {
 
 PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
     fn.__name__: fn
-    for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, listing, app_server, app_server_pipelined)
+    for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, listing, app_server,
+               app_server_pipelined, sandbox_cost)
 }
 
 

@@ -365,3 +365,11 @@ async def test_a_threads_private_tmp_is_deleted_when_the_thread_ends(
         assert (private / "note").read_text() == "kept\n"
         await thread.shutdown_and_wait()
         assert not private.exists()
+
+
+def test_a_sandbox_folder_of_ours_left_open_to_others_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    (Path(sandbox.state_dir()) / "sandbox-tmp").mkdir(mode=0o755)
+    path = Path(sandbox.thread_tmp_dir("t-1"))
+    assert stat.S_IMODE((path.parent).stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o700

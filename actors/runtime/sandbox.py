@@ -140,8 +140,10 @@ def _private_dir(path: str) -> str:
     except OSError as exc:
         raise SandboxUnavailable(f"cannot create the sandbox folder {path}: {exc.strerror or exc}") from None
     info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise SandboxUnavailable(f"the sandbox folder {path} is not a private folder of this user")
+    if info.st_mode & 0o077:  # ours, but open to others (made by an older version): close it
+        os.chmod(path, 0o700)
     return path
 
 
