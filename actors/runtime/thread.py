@@ -193,10 +193,10 @@ class ThreadActor:
                 async with trio.open_nursery() as writers:  # the rollout writer outlives the turns
                     await self._supervised(writers, task_status)
             finally:
-                self._events.close()
-                self.outcomes.settle_all(ErrorEvent(message=f"thread {self.thread_id} has shut down"))
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_DEADLINE_S):
                     await trio.to_thread.run_sync(remove_thread_tmp, self.thread_id)
+                self._events.close()
+                self.outcomes.settle_all(ErrorEvent(message=f"thread {self.thread_id} has shut down"))
                 self.closed.set()
 
     async def _supervised(self, writers: trio.Nursery, task_status: TaskStatus[None]) -> None:
