@@ -177,3 +177,21 @@ async def test_two_clients_are_asked_the_first_answer_wins_and_a_late_subscriber
             await third.answer(late["id"], {"decision": "accept"})
             await first.wait_turn(turn["id"])
         assert outputs(mock_model) == ["decision: denied", "decision: approved"]
+
+
+async def test_an_embedding_answers_through_thread_approvals(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="ask", arguments="f"), Call(name="ask", arguments="g"), Text(text="done"),
+                          thread_id=thread.thread_id)
+        with thread.events() as events:
+            await thread.submit(UserInputOp(items=[TextInput(text="go")]))
+            await collect_until(events, ExecApprovalRequestEvent)  # pending before the stream opens
+            with thread.approvals() as requests:
+                answers = iter(["accept", "decline"])
+                async for request in requests:
+                    await getattr(request, next(answers))()
+                    if request.request.command[-1] == "g":
+                        break
+            await collect_until(events, TaskCompleteEvent)
+        assert outputs(mock_model) == ["decision: approved", "decision: denied"]

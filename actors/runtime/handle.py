@@ -150,6 +150,11 @@ class ThreadHandle:
         its MCP servers have reported so far (so a subscriber never misses `starting` or how it ended)."""
         return self._events.subscribe(capacity, replay=self._actor.mcp_replay())
 
+    def approvals(self) -> ApprovalStream:
+        """The thread's approval requests as they come, those already pending first:
+        `with thread.approvals() as requests: async for request in requests: await request.accept()`."""
+        return ApprovalStream(self)
+
     @property
     def mcp_servers(self) -> Mapping[str, McpServer]:
         """The thread's MCP servers by name (read-only; status, tools, error)."""
@@ -226,3 +231,61 @@ class ThreadHandle:
 
     async def wait_closed(self) -> None:
         await self._actor.closed.wait()
+
+
+class PendingApproval:
+    """One approval request of a thread, and the ways to answer it."""
+
+    def __init__(self, thread: ThreadHandle, request: ApprovalRequestEvent) -> None:
+        self.thread = thread
+        self.request = request
+
+    async def answer(self, decision: ReviewDecision) -> None:
+        """Answer it; ThreadClosedError if the thread has ended. An answer to a request that was
+        answered already, or whose turn ended, changes nothing (the thread reports an error)."""
+        op = ExecApprovalOp if isinstance(self.request, ExecApprovalRequestEvent) else PatchApprovalOp
+        await self.thread.submit(op(id=self.request.call_id, decision=decision))
+
+    async def accept(self) -> None:
+        await self.answer("approved")
+
+    async def accept_for_session(self) -> None:
+        await self.answer("approved_for_session")
+
+    async def decline(self) -> None:
+        await self.answer("denied")
+
+    async def cancel(self) -> None:
+        """Decline it and interrupt its turn."""
+        await self.answer("abort")
+
+
+class ApprovalStream:
+    """The approval requests of one thread, from the moment it is entered (`with`): first those
+    already pending, then each new one. Ends when the thread does."""
+
+    def __init__(self, thread: ThreadHandle) -> None:
+        self._thread = thread
+        self._events: Subscription[Event] | None = None
+        self._backlog: list[ApprovalRequestEvent] = []
+
+    def __enter__(self) -> ApprovalStream:
+        self._events = self._thread.events()
+        self._backlog = [request for _, request in self._thread.pending_approvals()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._events is not None:
+            self._events.close()
+
+    def __aiter__(self) -> ApprovalStream:
+        return self
+
+    async def __anext__(self) -> PendingApproval:
+        assert self._events is not None, "use `with thread.approvals() as requests:`"
+        if self._backlog:
+            return PendingApproval(self._thread, self._backlog.pop(0))
+        async for event in self._events:  # subscribed and listed at once: no request is in both
+            if isinstance(event.msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent):
+                return PendingApproval(self._thread, event.msg)
+        raise StopAsyncIteration
