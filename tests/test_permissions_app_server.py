@@ -246,3 +246,24 @@ async def test_fork_takes_a_profile_and_roots(client: RpcClient, mock_model: Moc
     assert _answer(fork) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
     with pytest.raises(RpcFailure, match="`permissions` cannot be combined with `sandbox`"):
         await client.call("thread/fork", {"threadId": thread["id"], "permissions": ":workspace", "sandbox": "read-only"})
+
+
+async def test_a_root_or_cwd_that_cannot_be_resolved_is_invalid_params_and_the_thread_lives(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path]
+) -> None:
+    work = str(dirs["work"])
+    (dirs["work"] / "loop").symlink_to("loop")
+    refused = [
+        ("thread/start", {"cwd": work, "runtimeWorkspaceRoots": ["a\x00b"]}, "runtime workspace root 'a\\x00b' cannot be used"),
+        ("thread/start", {"cwd": work, "runtimeWorkspaceRoots": ["loop"]}, "runtime workspace root 'loop' cannot be used"),
+        ("thread/start", {"cwd": "a\x00b"}, "cwd 'a\\x00b' is not a directory"),
+    ]
+    thread = (await client.call("thread/start", {"cwd": work}))["thread"]
+    for params in ({"runtimeWorkspaceRoots": ["a\x00b"]}, {"runtimeWorkspaceRoots": ["loop"]}, {"cwd": "a\x00b"}):
+        refused.append(("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], **params}, ""))
+    for method, params, named in refused:
+        with pytest.raises(RpcFailure) as err:
+            await client.call(method, params)
+        assert named in err.value.message and (method == "turn/start" or err.value.code == -32602), (method, params, err.value)
+    await _turn(client, mock_model, thread["id"])  # the thread survived every refusal
+    assert (await client.call("thread/read", {"threadId": thread["id"]}))["thread"]["status"]["type"] == "idle"
