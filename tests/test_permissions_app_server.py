@@ -142,8 +142,11 @@ async def test_bad_runtime_roots_are_refused_naming_them(client: RpcClient, dirs
     with pytest.raises(RpcFailure, match="runtime workspace root 'file.txt' is not a directory"):
         await client.call("thread/start", {"cwd": str(dirs["work"]), "runtimeWorkspaceRoots": ["file.txt"]})
     thread = (await client.call("thread/start", {}))["thread"]
-    with pytest.raises(RpcFailure, match="runtime workspace root 'nope' does not exist"):
-        await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], "runtimeWorkspaceRoots": ["nope"]})
+    for params in ({"runtimeWorkspaceRoots": ["nope"]}, {"cwd": "/nope"}):
+        with pytest.raises(RpcFailure) as err:  # thread/start's code and words, not the thread's -32600
+            await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], **params})
+        assert err.value.code == -32602 and err.value.message.startswith("Invalid params: ")
+        assert "runtime workspace root 'nope' does not exist" in err.value.message or "cwd '/nope' is not a directory" in err.value.message
 
 
 async def test_rule1_runtime_roots_resolve_against_the_effective_cwd(client: RpcClient, dirs: dict[str, Path]) -> None:
@@ -260,10 +263,12 @@ async def test_a_root_or_cwd_that_cannot_be_resolved_is_invalid_params_and_the_t
     ]
     thread = (await client.call("thread/start", {"cwd": work}))["thread"]
     for params in ({"runtimeWorkspaceRoots": ["a\x00b"]}, {"runtimeWorkspaceRoots": ["loop"]}, {"cwd": "a\x00b"}):
-        refused.append(("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], **params}, ""))
+        named = "cwd 'a\\x00b'" if "cwd" in params else f"runtime workspace root {params['runtimeWorkspaceRoots'][0]!r}"
+        refused.append(("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], **params}, named))
     for method, params, named in refused:
         with pytest.raises(RpcFailure) as err:
             await client.call(method, params)
-        assert named in err.value.message and (method == "turn/start" or err.value.code == -32602), (method, params, err.value)
+        assert err.value.code == -32602 and err.value.message.startswith("Invalid params: "), (method, params, err.value)
+        assert named in err.value.message
     await _turn(client, mock_model, thread["id"])  # the thread survived every refusal
     assert (await client.call("thread/read", {"threadId": thread["id"]}))["thread"]["status"]["type"] == "idle"

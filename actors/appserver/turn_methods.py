@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import trio
+
+from spindle.actors.runtime import ConfigError
+from spindle.actors.runtime.settings import apply_update
 from spindle.protocol.appserver import v2
-from spindle.protocol.appserver.jsonrpc import invalid_request
+from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import turn_settings_update, user_inputs
 from spindle.protocol.ops import InterruptOp, UserInputOp, UserTurnOp
 
@@ -14,9 +18,12 @@ from .thread_methods import require_permission_fields
 async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.TurnResult:
     handle = loaded(ctx, thread_id_param(params.thread_id))
     require_permission_fields(ctx, "turn/start", params)
-    if params.permissions is not None:
-        handle.permission_profiles.get(params.permissions)  # -32602 listing the known ids
-    op = UserTurnOp(items=user_inputs(params.input), settings=turn_settings_update(params))
+    update = turn_settings_update(params)
+    try:  # the actor checks again; this answers bad params as thread/start does (-32602)
+        await trio.to_thread.run_sync(apply_update, handle.config, handle.settings, update)
+    except ConfigError as exc:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+    op = UserTurnOp(items=user_inputs(params.input), settings=update)
     ctx.peer.subscribe(handle)
     outcome = await dispatch(handle, op)
     if outcome.turn_id is None:
