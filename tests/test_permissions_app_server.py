@@ -272,3 +272,22 @@ async def test_a_root_or_cwd_that_cannot_be_resolved_is_invalid_params_and_the_t
         assert named in err.value.message
     await _turn(client, mock_model, thread["id"])  # the thread survived every refusal
     assert (await client.call("thread/read", {"threadId": thread["id"]}))["thread"]["status"]["type"] == "idle"
+
+
+async def test_resuming_a_loaded_thread_applies_its_permissions_and_roots(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe
+) -> None:
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work, "permissions": ":danger-full-access"}))["thread"]
+    with pytest.raises(RpcFailure) as err:
+        await client.call("thread/resume", {"threadId": thread["id"], "permissions": "ghost"})
+    assert err.value.code == -32602 and "unknown permission profile 'ghost'; known profiles: :read-only" in err.value.message
+    with pytest.raises(RpcFailure) as err:
+        await client.call("thread/resume", {"threadId": thread["id"], "runtimeWorkspaceRoots": ["nope"]})
+    assert err.value.code == -32602 and "runtime workspace root 'nope' does not exist" in err.value.message
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "permissions": ":read-only"})
+    assert _answer(resumed) == ([work], {"type": "readOnly", "networkAccess": False}, {"id": ":read-only", "extends": None})
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "permissions": ":workspace", "runtimeWorkspaceRoots": [work, extra]})
+    assert _answer(resumed) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
+    await _turn(client, mock_model, thread["id"])
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work, extra)]
