@@ -291,3 +291,23 @@ async def test_resuming_a_loaded_thread_applies_its_permissions_and_roots(
     assert _answer(resumed) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
     await _turn(client, mock_model, thread["id"])
     assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work, extra)]
+
+
+async def test_rule5_a_cwd_only_resume_or_fork_moves_the_cwd_root_and_keeps_the_others(
+    client: RpcClient, manager: ThreadManager, mock_model: MockModel, dirs: dict[str, Path]
+) -> None:
+    work, extra, sub = str(dirs["work"]), str(dirs["extra"]), str(dirs["work"] / "sub")
+    thread = (await client.call("thread/start", {"cwd": work, "runtimeWorkspaceRoots": [work, extra]}))["thread"]
+    await _turn(client, mock_model, thread["id"])
+    fork = await client.call("thread/fork", {"threadId": thread["id"], "cwd": sub})  # from the running thread
+    assert (fork["cwd"], fork["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
+    handle = manager.get_thread(thread["id"])
+    await client.call("thread/unsubscribe", {"threadId": thread["id"]})
+    with trio.fail_after(10):
+        await handle.wait_closed()
+    fork = await client.call("thread/fork", {"threadId": thread["id"], "cwd": sub})  # from its rollout
+    assert (fork["cwd"], fork["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "cwd": sub})
+    assert (resumed["cwd"], resumed["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "cwd": work})  # loaded now
+    assert (resumed["cwd"], resumed["runtimeWorkspaceRoots"]) == (work, [work, extra])

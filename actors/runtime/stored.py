@@ -68,7 +68,9 @@ class StoredThreads:
         self, read: RolloutRead, update: SettingsUpdate | None, session: Mapping[str, Any]
     ) -> tuple[ThreadSettings, Config]:
         """A stored thread's settings and effective config: the disk layers for its recorded cwd
-        (or the one asked for) and `session`, then what its rollout recorded, then `update`."""
+        (or the one asked for) and `session`, then what its rollout recorded, then `update`
+        applied on top as a turn's would be (a cwd-only update moves the implicit cwd root and
+        keeps the other runtime roots)."""
         context = last_turn_context(read.source.items())
         recorded_cwd = (context.cwd if context else None) or read.meta.cwd or None
         if recorded_cwd is not None and not await trio.to_thread.run_sync(os.path.isdir, recorded_cwd):
@@ -78,7 +80,8 @@ class StoredThreads:
         cwd = (update.cwd if update else None) or recorded_cwd
         effective = await self.registry.resources.thread_config(start_cwd(self.config, SettingsUpdate(cwd=cwd)), session)
         recorded = msgspec.structs.replace(recorded_settings(effective, read.meta, context), cwd=recorded_cwd)
-        return initial_settings(effective, recorded.then(update or SettingsUpdate())), effective
+        base = initial_settings(effective, recorded)  # what it held; `update` changes it as a turn would
+        return apply_update(effective, base, update or SettingsUpdate()), effective
 
     async def resume_thread(
         self,
