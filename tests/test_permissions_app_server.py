@@ -311,3 +311,15 @@ async def test_rule5_a_cwd_only_resume_or_fork_moves_the_cwd_root_and_keeps_the_
     assert (resumed["cwd"], resumed["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
     resumed = await client.call("thread/resume", {"threadId": thread["id"], "cwd": work})  # loaded now
     assert (resumed["cwd"], resumed["runtimeWorkspaceRoots"]) == (work, [work, extra])
+
+
+async def test_rule2_a_profile_root_is_not_held_so_it_is_not_writable_under_another_profile(
+    client: RpcClient, manager: ThreadManager, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe
+) -> None:
+    work, prof = str(dirs["work"]), str(dirs["profroot"])
+    thread = (await client.call("thread/start", {"cwd": work, "permissions": "dev", "runtimeWorkspaceRoots": [work, prof]}))["thread"]
+    assert manager.get_thread(thread["id"]).settings.runtime_workspace_roots == (work,)  # held == answered
+    await _turn(client, mock_model, thread["id"], permissions=":workspace")
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert _answer(resumed) == ([work], _ws(), {"id": ":workspace", "extends": None})
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work,)]  # == writable

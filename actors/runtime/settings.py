@@ -49,8 +49,10 @@ def checked(config: Config, update: SettingsUpdate) -> SettingsUpdate:
 
 def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdate) -> ThreadSettings:
     """`settings` changed by `update`, once checked against `config`. Runtime roots resolve
-    against the resulting cwd; a cwd-only change moves the implicit cwd root and keeps the others.
-    A selected profile's legacy projection becomes `sandbox_mode`."""
+    against the resulting cwd; a cwd-only change moves the implicit cwd root and keeps the others;
+    the selected profile's own workspace roots are dropped from them (seed 003: they are not
+    runtime roots), so what the thread holds is what it answers. A selected profile's legacy
+    projection becomes `sandbox_mode`."""
     update = checked(config, update)
     changed = settings.updated(update)
     roots: tuple[str, ...] | None
@@ -60,8 +62,14 @@ def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdat
         roots = tuple(dict.fromkeys(changed.cwd if root == settings.cwd else root for root in settings.runtime_workspace_roots))
     else:
         roots = changed.runtime_workspace_roots
-    mode = load_profiles(config).get(changed.permissions).legacy_mode if changed.permissions else changed.sandbox_mode
-    return msgspec.structs.replace(changed, runtime_workspace_roots=roots, sandbox_mode=mode)
+    profiles = load_profiles(config)
+    mode = profiles.get(changed.permissions).legacy_mode if changed.permissions else changed.sandbox_mode
+    changed = msgspec.structs.replace(changed, sandbox_mode=mode)
+    if roots is not None:  # the profile's own roots are its, not the thread's: held, answered and writable alike
+        own = profiles.selected(changed).workspace_roots
+        own_real = {*own, *(os.path.realpath(root) for root in own)}
+        roots = tuple(root for root in roots if root not in own_real)
+    return msgspec.structs.replace(changed, runtime_workspace_roots=roots)
 
 
 def runtime_roots(roots: tuple[str, ...], cwd: str) -> tuple[str, ...]:
