@@ -323,3 +323,23 @@ async def test_rule2_a_profile_root_is_not_held_so_it_is_not_writable_under_anot
     resumed = await client.call("thread/resume", {"threadId": thread["id"]})
     assert _answer(resumed) == ([work], _ws(), {"id": ":workspace", "extends": None})
     assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work,)]  # == writable
+
+
+async def test_a_legacy_turn_sandbox_keeps_its_writable_roots_and_refuses_options_it_cannot_honour(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe
+) -> None:
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work, "sandbox": "read-only"}))["thread"]
+    for option, value in (("networkAccess", True), ("excludeTmpdirEnvVar", True), ("excludeSlashTmp", True)):
+        with pytest.raises(RpcFailure) as err:
+            await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}],
+                                             "sandboxPolicy": {"type": "workspaceWrite", "writableRoots": [extra], option: value}})
+        assert err.value.code == -32602 and f"sandboxPolicy.{option} true is not supported" in err.value.message
+    with pytest.raises(RpcFailure, match="sandboxPolicy.networkAccess true is not supported"):
+        await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}],
+                                         "sandboxPolicy": {"type": "readOnly", "networkAccess": True}})
+    policy = {"type": "workspaceWrite", "writableRoots": [extra], "networkAccess": False, "excludeTmpdirEnvVar": False}
+    await _turn(client, mock_model, thread["id"], sandboxPolicy=policy)
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work, extra)]
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert _answer(resumed) == ([work, extra], _ws(extra), None)
