@@ -343,3 +343,12 @@ async def test_a_legacy_turn_sandbox_keeps_its_writable_roots_and_refuses_option
     assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work, extra)]
     resumed = await client.call("thread/resume", {"threadId": thread["id"]})
     assert _answer(resumed) == ([work, extra], _ws(extra), None)
+
+
+async def test_permission_profile_list_refuses_a_limit_below_one_and_a_bad_cursor(client: RpcClient) -> None:
+    for params, named in (({"limit": 0}, "limit must be at least 1, got 0"), ({"limit": -1}, "limit must be at least 1, got -1"),
+                          ({"cursor": "-1"}, "cursor '-1'"), ({"cursor": "99"}, "cursor '99'"), ({"cursor": "x"}, "cursor 'x'"),
+                          ({"cursor": ""}, "cursor ''")):
+        with pytest.raises(RpcFailure) as err:
+            await client.call("permissionProfile/list", params)
+        assert (err.value.code, err.value.message.startswith("Invalid params: ")) == (-32602, True) and named in err.value.message
