@@ -352,3 +352,27 @@ async def test_permission_profile_list_refuses_a_limit_below_one_and_a_bad_curso
         with pytest.raises(RpcFailure) as err:
             await client.call("permissionProfile/list", params)
         assert (err.value.code, err.value.message.startswith("Invalid params: ")) == (-32602, True) and named in err.value.message
+
+
+async def test_a_turn_realises_its_sandbox_once_off_the_event_loop(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from spindle.actors.runtime import permissions, turn
+
+    calls: list[bool] = []
+
+    def counting(*args: Any) -> Any:
+        calls.append(threading.current_thread() is threading.main_thread())
+        return permissions.realise(*args)
+
+    monkeypatch.setattr(turn, "realise", counting)
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work}))["thread"]
+    mock_model.script(Call(name="probe", arguments={}), Call(name="probe", arguments={}), Text(text="done"), thread_id=thread["id"])
+    started = await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "go"}]})
+    await client.wait_turn(started["turn"]["id"])
+    await _turn(client, mock_model, thread["id"], runtimeWorkspaceRoots=[work, extra])
+    assert calls == [False, False]  # one per turn, each in a worker thread
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work,), (work,), (work, extra)]
