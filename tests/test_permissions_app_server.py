@@ -19,6 +19,7 @@ from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.sandbox import SandboxSpec
 
 from .helpers import app_client
+from .sandbox_helpers import needs_bwrap
 
 
 class SandboxProbe:
@@ -376,3 +377,24 @@ async def test_a_turn_realises_its_sandbox_once_off_the_event_loop(
     await _turn(client, mock_model, thread["id"], runtimeWorkspaceRoots=[work, extra])
     assert calls == [False, False]  # one per turn, each in a worker thread
     assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work,), (work,), (work, extra)]
+
+
+@needs_bwrap
+async def test_rule4_a_roots_only_update_moves_the_real_writes_of_a_profile_chosen_earlier(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path]
+) -> None:
+    work, extra = dirs["work"], dirs["extra"]
+    thread = (await client.call("thread/start", {"cwd": str(work), "sandbox": "read-only"}))["thread"]
+
+    async def command(cmd: str, **params: Any) -> dict[str, Any]:
+        mock_model.script(Call(name="exec_command", arguments={"cmd": cmd, "login": False}), Text(text="done"), thread_id=thread["id"])
+        turn = (await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "go"}], **params}))["turn"]
+        return await client.wait_turn(turn["id"])
+
+    await command(f"echo one > {work}/turn1.txt", permissions="dev")  # the profile, on the implicit cwd root
+    await command(f"echo two > {extra}/turn2.txt; echo three > {work}/dropped.txt", runtimeWorkspaceRoots=[str(extra)])
+    assert (work / "turn1.txt").read_text() == "one\n"
+    assert (extra / "turn2.txt").read_text() == "two\n"  # the new root is writable under the same profile
+    assert not (work / "dropped.txt").exists()  # and the dropped one is not
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert (resumed["runtimeWorkspaceRoots"], resumed["activePermissionProfile"]["id"]) == ([str(extra)], "dev")
