@@ -86,7 +86,10 @@ def realise(settings: ThreadSettings, profiles: PermissionProfiles) -> SandboxSp
 
 
 def _real_root(root: str) -> str:
-    real = os.path.realpath(root)
+    try:
+        real = os.path.realpath(root)
+    except (OSError, ValueError) as exc:  # a NUL byte in a profile's root, say
+        raise SandboxUnavailable(f"workspace root {root!r} cannot be used: {exc}") from None
     if not os.path.exists(real):
         raise SandboxUnavailable(f"workspace root {root!r} does not exist")
     if not os.path.isdir(real):
