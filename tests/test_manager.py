@@ -99,3 +99,12 @@ async def test_start_thread_selects_a_profile_and_runtime_roots(runtime: ThreadM
         await runtime.start_thread(permissions="ghost")
     with pytest.raises(ConfigError, match="runtime workspace root 'nowhere' does not exist"):
         await runtime.start_thread(runtime_workspace_roots=["nowhere"])
+
+
+async def test_start_thread_refuses_a_profile_with_a_sandbox_mode_and_a_string_of_roots(runtime: ThreadManager, tmp_path: Path) -> None:
+    """As the wire does: a profile and a legacy sandbox mode are one choice; roots are a list."""
+    with pytest.raises(ConfigError, match=r"`permissions` \(':read-only'\) cannot be combined with `sandbox_mode` \('danger-full-access'\)"):
+        await runtime.start_thread(SettingsUpdate(sandbox_mode="danger-full-access"), permissions=":read-only")
+    with pytest.raises(TypeError, match="runtime_workspace_roots must be a list of paths, not a single str"):
+        await runtime.start_thread(runtime_workspace_roots=str(tmp_path))
+    assert runtime.list_thread_ids() == []

@@ -304,3 +304,10 @@ def test_a_profile_gone_from_the_config_refuses_commands_but_still_describes(tmp
         realise(settings, profiles)
     view = describe(settings, profiles)
     assert (view.profile.id, view.selected_by_id, view.writable_roots) == ("dev", True, [])
+
+
+def test_a_root_that_cannot_be_real_pathed_makes_the_sandbox_unavailable(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, permissions=":workspace")
+    settings = msgspec.structs.replace(settings, runtime_workspace_roots=("a\x00b",))
+    with pytest.raises(SandboxUnavailable, match=r"workspace root 'a\\x00b' cannot be used: embedded null byte"):
+        realise(settings, load_profiles(_config(tmp_path)))

@@ -19,6 +19,7 @@ from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.sandbox import SandboxSpec
 
 from .helpers import app_client
+from .sandbox_helpers import needs_bwrap
 
 
 class SandboxProbe:
@@ -142,8 +143,11 @@ async def test_bad_runtime_roots_are_refused_naming_them(client: RpcClient, dirs
     with pytest.raises(RpcFailure, match="runtime workspace root 'file.txt' is not a directory"):
         await client.call("thread/start", {"cwd": str(dirs["work"]), "runtimeWorkspaceRoots": ["file.txt"]})
     thread = (await client.call("thread/start", {}))["thread"]
-    with pytest.raises(RpcFailure, match="runtime workspace root 'nope' does not exist"):
-        await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], "runtimeWorkspaceRoots": ["nope"]})
+    for params in ({"runtimeWorkspaceRoots": ["nope"]}, {"cwd": "/nope"}):
+        with pytest.raises(RpcFailure) as err:  # thread/start's code and words, not the thread's -32600
+            await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], **params})
+        assert err.value.code == -32602 and err.value.message.startswith("Invalid params: ")
+        assert "runtime workspace root 'nope' does not exist" in err.value.message or "cwd '/nope' is not a directory" in err.value.message
 
 
 async def test_rule1_runtime_roots_resolve_against_the_effective_cwd(client: RpcClient, dirs: dict[str, Path]) -> None:
@@ -246,3 +250,151 @@ async def test_fork_takes_a_profile_and_roots(client: RpcClient, mock_model: Moc
     assert _answer(fork) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
     with pytest.raises(RpcFailure, match="`permissions` cannot be combined with `sandbox`"):
         await client.call("thread/fork", {"threadId": thread["id"], "permissions": ":workspace", "sandbox": "read-only"})
+
+
+async def test_a_root_or_cwd_that_cannot_be_resolved_is_invalid_params_and_the_thread_lives(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path]
+) -> None:
+    work = str(dirs["work"])
+    (dirs["work"] / "loop").symlink_to("loop")
+    refused = [
+        ("thread/start", {"cwd": work, "runtimeWorkspaceRoots": ["a\x00b"]}, "runtime workspace root 'a\\x00b' cannot be used"),
+        ("thread/start", {"cwd": work, "runtimeWorkspaceRoots": ["loop"]}, "runtime workspace root 'loop' cannot be used"),
+        ("thread/start", {"cwd": "a\x00b"}, "cwd 'a\\x00b' is not a directory"),
+    ]
+    thread = (await client.call("thread/start", {"cwd": work}))["thread"]
+    for params in ({"runtimeWorkspaceRoots": ["a\x00b"]}, {"runtimeWorkspaceRoots": ["loop"]}, {"cwd": "a\x00b"}):
+        named = "cwd 'a\\x00b'" if "cwd" in params else f"runtime workspace root {params['runtimeWorkspaceRoots'][0]!r}"
+        refused.append(("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}], **params}, named))
+    for method, params, named in refused:
+        with pytest.raises(RpcFailure) as err:
+            await client.call(method, params)
+        assert err.value.code == -32602 and err.value.message.startswith("Invalid params: "), (method, params, err.value)
+        assert named in err.value.message
+    await _turn(client, mock_model, thread["id"])  # the thread survived every refusal
+    assert (await client.call("thread/read", {"threadId": thread["id"]}))["thread"]["status"]["type"] == "idle"
+
+
+async def test_resuming_a_loaded_thread_applies_its_permissions_and_roots(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe
+) -> None:
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work, "permissions": ":danger-full-access"}))["thread"]
+    with pytest.raises(RpcFailure) as err:
+        await client.call("thread/resume", {"threadId": thread["id"], "permissions": "ghost"})
+    assert err.value.code == -32602 and "unknown permission profile 'ghost'; known profiles: :read-only" in err.value.message
+    with pytest.raises(RpcFailure) as err:
+        await client.call("thread/resume", {"threadId": thread["id"], "runtimeWorkspaceRoots": ["nope"]})
+    assert err.value.code == -32602 and "runtime workspace root 'nope' does not exist" in err.value.message
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "permissions": ":read-only"})
+    assert _answer(resumed) == ([work], {"type": "readOnly", "networkAccess": False}, {"id": ":read-only", "extends": None})
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "permissions": ":workspace", "runtimeWorkspaceRoots": [work, extra]})
+    assert _answer(resumed) == ([work, extra], _ws(extra), {"id": ":workspace", "extends": None})
+    await _turn(client, mock_model, thread["id"])
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work, extra)]
+
+
+async def test_rule5_a_cwd_only_resume_or_fork_moves_the_cwd_root_and_keeps_the_others(
+    client: RpcClient, manager: ThreadManager, mock_model: MockModel, dirs: dict[str, Path]
+) -> None:
+    work, extra, sub = str(dirs["work"]), str(dirs["extra"]), str(dirs["work"] / "sub")
+    thread = (await client.call("thread/start", {"cwd": work, "runtimeWorkspaceRoots": [work, extra]}))["thread"]
+    await _turn(client, mock_model, thread["id"])
+    fork = await client.call("thread/fork", {"threadId": thread["id"], "cwd": sub})  # from the running thread
+    assert (fork["cwd"], fork["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
+    handle = manager.get_thread(thread["id"])
+    await client.call("thread/unsubscribe", {"threadId": thread["id"]})
+    with trio.fail_after(10):
+        await handle.wait_closed()
+    fork = await client.call("thread/fork", {"threadId": thread["id"], "cwd": sub})  # from its rollout
+    assert (fork["cwd"], fork["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "cwd": sub})
+    assert (resumed["cwd"], resumed["runtimeWorkspaceRoots"]) == (sub, [sub, extra])
+    resumed = await client.call("thread/resume", {"threadId": thread["id"], "cwd": work})  # loaded now
+    assert (resumed["cwd"], resumed["runtimeWorkspaceRoots"]) == (work, [work, extra])
+
+
+async def test_rule2_a_profile_root_is_not_held_so_it_is_not_writable_under_another_profile(
+    client: RpcClient, manager: ThreadManager, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe
+) -> None:
+    work, prof = str(dirs["work"]), str(dirs["profroot"])
+    thread = (await client.call("thread/start", {"cwd": work, "permissions": "dev", "runtimeWorkspaceRoots": [work, prof]}))["thread"]
+    assert manager.get_thread(thread["id"]).settings.runtime_workspace_roots == (work,)  # held == answered
+    await _turn(client, mock_model, thread["id"], permissions=":workspace")
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert _answer(resumed) == ([work], _ws(), {"id": ":workspace", "extends": None})
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work,)]  # == writable
+
+
+async def test_a_legacy_turn_sandbox_keeps_its_writable_roots_and_refuses_options_it_cannot_honour(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe
+) -> None:
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work, "sandbox": "read-only"}))["thread"]
+    for option, value in (("networkAccess", True), ("excludeTmpdirEnvVar", True), ("excludeSlashTmp", True)):
+        with pytest.raises(RpcFailure) as err:
+            await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}],
+                                             "sandboxPolicy": {"type": "workspaceWrite", "writableRoots": [extra], option: value}})
+        assert err.value.code == -32602 and f"sandboxPolicy.{option} true is not supported" in err.value.message
+    with pytest.raises(RpcFailure, match="sandboxPolicy.networkAccess true is not supported"):
+        await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "x"}],
+                                         "sandboxPolicy": {"type": "readOnly", "networkAccess": True}})
+    policy = {"type": "workspaceWrite", "writableRoots": [extra], "networkAccess": False, "excludeTmpdirEnvVar": False}
+    await _turn(client, mock_model, thread["id"], sandboxPolicy=policy)
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work, extra)]
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert _answer(resumed) == ([work, extra], _ws(extra), None)
+
+
+async def test_permission_profile_list_refuses_a_limit_below_one_and_a_bad_cursor(client: RpcClient) -> None:
+    for params, named in (({"limit": 0}, "limit must be at least 1, got 0"), ({"limit": -1}, "limit must be at least 1, got -1"),
+                          ({"cursor": "-1"}, "cursor '-1'"), ({"cursor": "99"}, "cursor '99'"), ({"cursor": "x"}, "cursor 'x'"),
+                          ({"cursor": ""}, "cursor ''")):
+        with pytest.raises(RpcFailure) as err:
+            await client.call("permissionProfile/list", params)
+        assert (err.value.code, err.value.message.startswith("Invalid params: ")) == (-32602, True) and named in err.value.message
+
+
+async def test_a_turn_realises_its_sandbox_once_off_the_event_loop(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path], probe: SandboxProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from spindle.actors.runtime import permissions, turn
+
+    calls: list[bool] = []
+
+    def counting(*args: Any) -> Any:
+        calls.append(threading.current_thread() is threading.main_thread())
+        return permissions.realise(*args)
+
+    monkeypatch.setattr(turn, "realise", counting)
+    work, extra = str(dirs["work"]), str(dirs["extra"])
+    thread = (await client.call("thread/start", {"cwd": work}))["thread"]
+    mock_model.script(Call(name="probe", arguments={}), Call(name="probe", arguments={}), Text(text="done"), thread_id=thread["id"])
+    started = await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "go"}]})
+    await client.wait_turn(started["turn"]["id"])
+    await _turn(client, mock_model, thread["id"], runtimeWorkspaceRoots=[work, extra])
+    assert calls == [False, False]  # one per turn, each in a worker thread
+    assert [spec.writable_roots if spec else error for spec, error in probe.seen] == [(work,), (work,), (work, extra)]
+
+
+@needs_bwrap
+async def test_rule4_a_roots_only_update_moves_the_real_writes_of_a_profile_chosen_earlier(
+    client: RpcClient, mock_model: MockModel, dirs: dict[str, Path]
+) -> None:
+    work, extra = dirs["work"], dirs["extra"]
+    thread = (await client.call("thread/start", {"cwd": str(work), "sandbox": "read-only"}))["thread"]
+
+    async def command(cmd: str, **params: Any) -> dict[str, Any]:
+        mock_model.script(Call(name="exec_command", arguments={"cmd": cmd, "login": False}), Text(text="done"), thread_id=thread["id"])
+        turn = (await client.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "go"}], **params}))["turn"]
+        return await client.wait_turn(turn["id"])
+
+    await command(f"echo one > {work}/turn1.txt", permissions="dev")  # the profile, on the implicit cwd root
+    await command(f"echo two > {extra}/turn2.txt; echo three > {work}/dropped.txt", runtimeWorkspaceRoots=[str(extra)])
+    assert (work / "turn1.txt").read_text() == "one\n"
+    assert (extra / "turn2.txt").read_text() == "two\n"  # the new root is writable under the same profile
+    assert not (work / "dropped.txt").exists()  # and the dropped one is not
+    resumed = await client.call("thread/resume", {"threadId": thread["id"]})
+    assert (resumed["runtimeWorkspaceRoots"], resumed["activePermissionProfile"]["id"]) == ([str(extra)], "dev")

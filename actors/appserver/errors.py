@@ -24,11 +24,16 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (UnsupportedInput, INVALID_PARAMS),
 )
 """A state the request cannot act on, or params it cannot use."""
+INVALID_PARAMS_PREFIX = "Invalid params: "
 
 
 def rpc_error(exc: Exception) -> RpcError | None:
-    """`exc` as the error answer to a request, if it is one of Spindle's own errors."""
+    """`exc` as the error answer to a request, if it is one of Spindle's own errors. Params it
+    cannot use answer "Invalid params: ...", as the real app-server does."""
     for kind, code in DOMAIN_ERRORS:
         if isinstance(exc, kind):
-            return RpcError(code, str(exc))
+            message = str(exc)
+            if code == INVALID_PARAMS and not message.startswith(INVALID_PARAMS_PREFIX):
+                message = INVALID_PARAMS_PREFIX + message
+            return RpcError(code, message)
     return None

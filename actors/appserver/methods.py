@@ -67,11 +67,15 @@ async def permission_profile_list(ctx: RequestContext, params: v2perm.Permission
     if params.cwd is not None:
         config = await ctx.manager.resources.thread_config(params.cwd, {})
     profiles = list(load_profiles(config).profiles.values())
+    if params.limit is not None and params.limit < 1:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: limit must be at least 1, got {params.limit}")
     try:
-        start = int(params.cursor) if params.cursor else 0
+        start = int(params.cursor) if params.cursor is not None else 0
     except ValueError:
-        raise RpcError(INVALID_PARAMS, f"Invalid params: cursor {params.cursor!r} is not one this server returned") from None
-    end = len(profiles) if not params.limit else start + params.limit
+        start = -1
+    if not 0 <= start <= len(profiles) or (params.cursor is not None and str(start) != params.cursor):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: cursor {params.cursor!r} is not one this server returned")
+    end = len(profiles) if params.limit is None else start + params.limit
     page = [v2perm.PermissionProfileSummary(id=p.id, description=p.description, allowed=True) for p in profiles[start:end]]
     return v2perm.PermissionProfileListResult(data=page, next_cursor=str(end) if end < len(profiles) else None)
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import trio
+
+from spindle.actors.runtime import ConfigError
+from spindle.actors.runtime.permission_profiles import READ_ONLY, PermissionProfiles
+from spindle.actors.runtime.settings import apply_update
 from spindle.protocol.appserver import v2
-from spindle.protocol.appserver.jsonrpc import invalid_request
+from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import turn_settings_update, user_inputs
 from spindle.protocol.ops import InterruptOp, UserInputOp, UserTurnOp
 
@@ -14,14 +21,43 @@ from .thread_methods import require_permission_fields
 async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.TurnResult:
     handle = loaded(ctx, thread_id_param(params.thread_id))
     require_permission_fields(ctx, "turn/start", params)
-    if params.permissions is not None:
-        handle.permission_profiles.get(params.permissions)  # -32602 listing the known ids
-    op = UserTurnOp(items=user_inputs(params.input), settings=turn_settings_update(params))
+    update = turn_settings_update(params)
+    if params.sandbox_policy is not None:
+        check_legacy_options(params.sandbox_policy, handle.permission_profiles)
+    try:  # the actor checks again; this answers bad params as thread/start does (-32602)
+        await trio.to_thread.run_sync(apply_update, handle.config, handle.settings, update)
+    except ConfigError as exc:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+    op = UserTurnOp(items=user_inputs(params.input), settings=update)
     ctx.peer.subscribe(handle)
     outcome = await dispatch(handle, op)
     if outcome.turn_id is None:
         raise invalid_request("the turn did not start")
     return v2.TurnResult(turn=v2.Turn(id=outcome.turn_id, items_view="notLoaded"))
+
+
+def check_legacy_options(policy: v2.SandboxPolicyV2, profiles: PermissionProfiles) -> None:
+    """A legacy `sandboxPolicy` option the thread's legacy sandbox cannot honour is -32602 naming
+    it: its network, `$TMPDIR` and `/tmp` access are the config's (`[sandbox_workspace_write]`),
+    so a value that differs is refused rather than dropped. A permission profile selects others."""
+    match policy.type:
+        case "workspaceWrite":
+            profile = profiles.legacy_workspace
+        case "readOnly":
+            profile = profiles.get(READ_ONLY)
+        case _:
+            return
+    held = {"networkAccess": (policy.network_access, profile.network)}
+    if policy.type == "workspaceWrite":
+        held["excludeTmpdirEnvVar"] = (policy.exclude_tmpdir_env_var, profile.grants(":tmpdir", ".") != "write")
+        held["excludeSlashTmp"] = (policy.exclude_slash_tmp, profile.grants(":slash_tmp", ".") != "write")
+    where = " (its config's [sandbox_workspace_write])" if policy.type == "workspaceWrite" else ""
+    for name, (asked, value) in held.items():
+        if asked is not None and asked != value:
+            raise RpcError(INVALID_PARAMS, (
+                f"Invalid params: sandboxPolicy.{name} {json.dumps(asked)} is not supported: this server's legacy "
+                f"{policy.type} sandbox has {name} {json.dumps(value)}{where}; "
+                "select a permission profile with `permissions` instead"))
 
 
 async def turn_steer(ctx: RequestContext, params: v2.TurnSteerParams) -> v2.TurnSteerResult:

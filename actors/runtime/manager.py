@@ -137,8 +137,15 @@ class ThreadManager:
         """A new thread (see `ThreadRegistry.start_thread`). `permissions` selects a permission
         profile by id (`:workspace`, a `[permissions.<id>]`); `runtime_workspace_roots` are its
         workspace roots (relative ones resolve against its cwd; default: the cwd). Both are
-        shorthands for the `SettingsUpdate` fields; ConfigError names an unknown profile or a
-        root that is not a directory."""
+        shorthands for the `SettingsUpdate` fields; ConfigError names an unknown profile, a
+        root that is not a directory, or `permissions` with a `settings.sandbox_mode` (a profile
+        and a legacy sandbox select the same thing); TypeError a `str` given as the roots."""
+        if isinstance(runtime_workspace_roots, str | bytes):
+            raise TypeError(f"runtime_workspace_roots must be a list of paths, not a single {type(runtime_workspace_roots).__name__} "
+                            f"({runtime_workspace_roots!r}): pass [{runtime_workspace_roots!r}]")
+        if permissions is not None and settings is not None and settings.sandbox_mode is not None:
+            raise ConfigError(f"`permissions` ({permissions!r}) cannot be combined with `sandbox_mode` "
+                              f"({settings.sandbox_mode!r}): select a profile or a legacy sandbox mode")
         roots = tuple(runtime_workspace_roots) if runtime_workspace_roots is not None else None
         if permissions is not None or roots is not None:
             shorthand = SettingsUpdate(permissions=permissions, runtime_workspace_roots=roots)

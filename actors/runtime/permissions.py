@@ -38,7 +38,8 @@ class PermissionsView:
     selected_by_id: bool
     """A profile id selected it (else the legacy `sandbox_mode` did)."""
     runtime_roots: list[str]
-    """The runtime workspace roots, without the profile's own."""
+    """The runtime workspace roots the thread holds (never the profile's own: `apply_update`
+    drops those)."""
     writable_roots: list[str]
     """The legacy projection's writable roots: all but the cwd (profile roots included)."""
     network: bool
@@ -56,7 +57,7 @@ def describe(settings: ThreadSettings, profiles: PermissionProfiles) -> Permissi
     writable = [] if profile.full_access else _Grants.of(profile, workspace_roots(settings, profile), real=False).writable
     return PermissionsView(
         profile=profile, selected_by_id=settings.permissions is not None,
-        runtime_roots=[root for root in settings.workspace_roots() if root not in profile.workspace_roots],
+        runtime_roots=list(settings.workspace_roots()),
         writable_roots=[root for root in writable if root != settings.cwd], network=profile.network,
         tmpdir_writable=profile.grants(":tmpdir", ".") == "write",
         slash_tmp_writable=profile.grants(":slash_tmp", ".") == "write",
@@ -85,7 +86,10 @@ def realise(settings: ThreadSettings, profiles: PermissionProfiles) -> SandboxSp
 
 
 def _real_root(root: str) -> str:
-    real = os.path.realpath(root)
+    try:
+        real = os.path.realpath(root)
+    except (OSError, ValueError) as exc:  # a NUL byte in a profile's root, say
+        raise SandboxUnavailable(f"workspace root {root!r} cannot be used: {exc}") from None
     if not os.path.exists(real):
         raise SandboxUnavailable(f"workspace root {root!r} does not exist")
     if not os.path.isdir(real):

@@ -44,13 +44,15 @@ def checked(config: Config, update: SettingsUpdate) -> SettingsUpdate:
         return update
     if not os.path.isdir(update.cwd):
         raise ConfigError(f"cwd {update.cwd!r} is not a directory")
-    return update.then(SettingsUpdate(cwd=str(Path(update.cwd).resolve())))
+    return update.then(SettingsUpdate(cwd=str(_resolved(update.cwd, "cwd"))))
 
 
 def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdate) -> ThreadSettings:
     """`settings` changed by `update`, once checked against `config`. Runtime roots resolve
-    against the resulting cwd; a cwd-only change moves the implicit cwd root and keeps the others.
-    A selected profile's legacy projection becomes `sandbox_mode`."""
+    against the resulting cwd; a cwd-only change moves the implicit cwd root and keeps the others;
+    the selected profile's own workspace roots are dropped from them (seed 003: they are not
+    runtime roots), so what the thread holds is what it answers. A selected profile's legacy
+    projection becomes `sandbox_mode`."""
     update = checked(config, update)
     changed = settings.updated(update)
     roots: tuple[str, ...] | None
@@ -60,8 +62,14 @@ def apply_update(config: Config, settings: ThreadSettings, update: SettingsUpdat
         roots = tuple(dict.fromkeys(changed.cwd if root == settings.cwd else root for root in settings.runtime_workspace_roots))
     else:
         roots = changed.runtime_workspace_roots
-    mode = load_profiles(config).get(changed.permissions).legacy_mode if changed.permissions else changed.sandbox_mode
-    return msgspec.structs.replace(changed, runtime_workspace_roots=roots, sandbox_mode=mode)
+    profiles = load_profiles(config)
+    mode = profiles.get(changed.permissions).legacy_mode if changed.permissions else changed.sandbox_mode
+    changed = msgspec.structs.replace(changed, sandbox_mode=mode)
+    if roots is not None:  # the profile's own roots are its, not the thread's: held, answered and writable alike
+        own = profiles.selected(changed).workspace_roots
+        own_real = {*own, *(os.path.realpath(root) for root in own)}
+        roots = tuple(root for root in roots if root not in own_real)
+    return msgspec.structs.replace(changed, runtime_workspace_roots=roots)
 
 
 def runtime_roots(roots: tuple[str, ...], cwd: str) -> tuple[str, ...]:
@@ -69,7 +77,7 @@ def runtime_roots(roots: tuple[str, ...], cwd: str) -> tuple[str, ...]:
     exist or is not a directory."""
     out: list[str] = []
     for root in roots:
-        path = Path(cwd, os.path.expanduser(root)).resolve()
+        path = _resolved(Path(cwd, os.path.expanduser(root)), f"runtime workspace root {root!r}")
         if not path.exists():
             raise ConfigError(f"runtime workspace root {root!r} does not exist (resolved against cwd {cwd!r}: {path})")
         if not path.is_dir():
@@ -78,11 +86,23 @@ def runtime_roots(roots: tuple[str, ...], cwd: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _resolved(path: str | Path, what: str) -> Path:
+    """`path` made absolute with its symlinks resolved; ConfigError names `what` when it cannot
+    be (a NUL byte, a symlink loop, an unreadable component)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{what} cannot be used: {exc}") from None
+
+
 def start_cwd(config: Config, update: SettingsUpdate | None) -> str:
     """The cwd a new thread will have (its project layers depend on it): asked for, else the
-    config's, else the process's."""
-    cwd = (update.cwd if update is not None else None) or config.cwd or os.getcwd()
-    return os.path.abspath(cwd)
+    config's, else the process's. ConfigError names an asked-for cwd that is not a directory
+    (before any config layer is looked for under it)."""
+    asked = update.cwd if update is not None else None
+    if asked and not os.path.isdir(asked):
+        raise ConfigError(f"cwd {asked!r} is not a directory")
+    return os.path.abspath(asked or config.cwd or os.getcwd())
 
 
 def initial_settings(config: Config, update: SettingsUpdate | None = None) -> ThreadSettings:

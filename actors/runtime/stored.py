@@ -1,6 +1,7 @@
 """Operations on stored threads: resume, fork, archive, unarchive and list, over the thread store.
 
-A running thread is used as it is (resume returns it; fork flushes it and reads its in-memory
+A running thread is used as it is (resume returns it, with the permission selection, runtime
+roots and cwd it asks for applied by the thread's actor; fork flushes it and reads its in-memory
 source); otherwise its rollout is read once, off the event loop.
 """
 
@@ -25,8 +26,10 @@ from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
 from spindle.protocol.config import Config
 from spindle.protocol.ids import new_id, parse_thread_id
+from spindle.protocol.ops import OverrideTurnContextOp
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
+from .errors import ConfigError
 from .handle import ThreadHandle
 from .handoff import request_handoff
 from .registry import ThreadRegistry
@@ -65,7 +68,9 @@ class StoredThreads:
         self, read: RolloutRead, update: SettingsUpdate | None, session: Mapping[str, Any]
     ) -> tuple[ThreadSettings, Config]:
         """A stored thread's settings and effective config: the disk layers for its recorded cwd
-        (or the one asked for) and `session`, then what its rollout recorded, then `update`."""
+        (or the one asked for) and `session`, then what its rollout recorded, then `update`
+        applied on top as a turn's would be (a cwd-only update moves the implicit cwd root and
+        keeps the other runtime roots)."""
         context = last_turn_context(read.source.items())
         recorded_cwd = (context.cwd if context else None) or read.meta.cwd or None
         if recorded_cwd is not None and not await trio.to_thread.run_sync(os.path.isdir, recorded_cwd):
@@ -75,7 +80,8 @@ class StoredThreads:
         cwd = (update.cwd if update else None) or recorded_cwd
         effective = await self.registry.resources.thread_config(start_cwd(self.config, SettingsUpdate(cwd=cwd)), session)
         recorded = msgspec.structs.replace(recorded_settings(effective, read.meta, context), cwd=recorded_cwd)
-        return initial_settings(effective, recorded.then(update or SettingsUpdate())), effective
+        base = initial_settings(effective, recorded)  # what it held; `update` changes it as a turn would
+        return apply_update(effective, base, update or SettingsUpdate()), effective
 
     async def resume_thread(
         self,
@@ -86,7 +92,9 @@ class StoredThreads:
         handoff: bool = False,
         config: Mapping[str, Any] | None = None,
     ) -> ThreadHandle:
-        """Resume a thread from its rollout (read once); a running thread is returned as it is.
+        """Resume a thread from its rollout (read once); a running thread is returned as it is,
+        but for its permission selection, runtime roots and cwd: those of `settings` are applied
+        to it (ConfigError names one it refuses, and nothing changes).
 
         Its settings are those its rollout last recorded, changed by `settings`. Its own config
         layer is the one its rollout recorded, with `config` (dotted keys) on top for this load. The thread's
@@ -102,7 +110,7 @@ class StoredThreads:
                     raise ThreadStoreError(
                         f"thread {thread_id} is already running with rollout {running.rollout_path}, not {path}"
                     )
-                return running
+                return await _updated_running(running, settings)
         located = await self._locate(thread_id, path)
         tid = thread_id or thread_id_of(located)
         if tid is None:  # a rollout under a name of its own: its session_meta says whose it is
@@ -117,7 +125,7 @@ class StoredThreads:
         await self.registry.wait_released(tid)
         running = self.registry.running(tid)
         if running is not None:
-            return running
+            return await _updated_running(running, settings)
         lease = await self._take_lease(tid, handoff=handoff)  # before reading: the file is final then
         try:
             read = await trio.to_thread.run_sync(read_rollout, located)
@@ -229,6 +237,22 @@ class StoredThreads:
     async def list_threads(self, query: ThreadQuery) -> ThreadPage:
         """One page of stored threads (the store reconciles its index with the files first)."""
         return await self.store.list_threads(query)
+
+
+async def _updated_running(running: ThreadHandle, settings: SettingsUpdate | None) -> ThreadHandle:
+    """`running`, resumed with `settings`: the permission selection (a profile or a legacy
+    sandbox mode), runtime roots and cwd it asks for are applied by the thread's actor, for its
+    later turns, as `override_turn_context`; ConfigError names what the thread refused. The
+    other settings (model, instructions, ...) of a loaded thread stay as they are."""
+    if settings is None:
+        return running
+    update = SettingsUpdate(cwd=settings.cwd, sandbox_mode=settings.sandbox_mode, permissions=settings.permissions,
+                            runtime_workspace_roots=settings.runtime_workspace_roots)
+    if update.changes():
+        outcome = await running.submit_and_wait(OverrideTurnContextOp(settings=update))
+        if outcome.error is not None:
+            raise ConfigError(outcome.error.message)
+    return running
 
 
 def recorded_session(read: RolloutRead) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from spindle.protocol.responses import (
     TypeOnly,
     Usage,
 )
+from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals
@@ -97,6 +98,9 @@ class Turn:
     pending: list[tuple[str, list[UserInput]]] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     abort_reason: str = "interrupted"
+    realised: tuple[SandboxSpec | None, str | None] | None = None
+    """The sandbox of this turn's commands (or why there is none), realised from `settings` at
+    its first tool call and kept for the turn: roots change only between turns."""
 
 
 class SamplingFailed(Exception):
@@ -148,13 +152,29 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
             if isinstance(item, Message) and item.role == "assistant":
                 last_message = item.text()
         for call in calls:
-            output = await _tools(turn, host).dispatch(call, _tool_context(turn, host, call))
+            output = await _tools(turn, host).dispatch(call, await _tool_context(turn, host, call))
             await host.commit([output])
         if not calls and not turn.pending:
             return last_message
 
 
-def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolContext:
+async def realised_sandbox(turn: Turn) -> tuple[SandboxSpec | None, str | None]:
+    """`turn`'s sandbox and, when it cannot be realised, why: realised once per turn, in a worker
+    thread (it real-paths and checks every root), from the symbolic selection the turn started
+    with, so a later roots-only change rebinds the next turn's."""
+    if turn.realised is None:
+        turn.realised = await trio.to_thread.run_sync(_realise, turn.settings, turn.profiles)
+    return turn.realised
+
+
+def _realise(settings: ThreadSettings, profiles: PermissionProfiles) -> tuple[SandboxSpec | None, str | None]:
+    try:
+        return realise(settings, profiles), None
+    except SandboxUnavailable as exc:
+        return None, str(exc)
+
+
+async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolContext:
     def started(item: TurnItem) -> None:
         host.emit(turn.sub_id, ItemStartedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
 
@@ -164,10 +184,7 @@ def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolContext:
     async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         return await host.approvals.ask(turn.sub_id, request, key)
 
-    try:
-        sandbox, error = realise(turn.settings, turn.profiles), None
-    except SandboxUnavailable as exc:
-        sandbox, error = None, str(exc)
+    sandbox, error = await realised_sandbox(turn)
 
     def output_delta(item_id: str, delta: str) -> None:
         host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))

@@ -29,8 +29,13 @@ SandboxPolicyType = Literal["readOnly", "workspaceWrite", "dangerFullAccess", "e
 
 
 class SandboxPolicyV2(Inbound, kw_only=True, frozen=True):
+    """turn/start's legacy `sandboxPolicy` (`networkAccess` is a string for `externalSandbox`)."""
+
     type: SandboxPolicyType
     network_access: Any = None
+    writable_roots: list[str] | None = None
+    exclude_tmpdir_env_var: bool | None = None
+    exclude_slash_tmp: bool | None = None
 
 
 class SandboxPolicyOut(Wire, kw_only=True):

@@ -123,11 +123,25 @@ def turn_settings_update(params: v2.TurnStartParams) -> SettingsUpdate:
     """What turn/start asks of this turn's settings (and the later turns')."""
     if params.permissions is not None and params.sandbox_policy is not None:
         raise ConflictingParams("Invalid params: `permissions` cannot be combined with `sandboxPolicy`")
+    roots = _roots(params.runtime_workspace_roots)
+    legacy = _legacy_writable_roots(params.sandbox_policy)
+    if legacy is not None:
+        if roots is not None:
+            raise ConflictingParams("Invalid params: `runtimeWorkspaceRoots` cannot be combined with `sandboxPolicy.writableRoots`")
+        roots = legacy
     return SettingsUpdate(
         model=params.model, cwd=params.cwd, approval_policy=approval_policy(params.approval_policy),
         sandbox_mode=sandbox_policy(params.sandbox_policy), permissions=params.permissions,
-        runtime_workspace_roots=_roots(params.runtime_workspace_roots), effort=params.effort, summary=params.summary,
+        runtime_workspace_roots=roots, effort=params.effort, summary=params.summary,
     )
+
+
+def _legacy_writable_roots(policy: v2.SandboxPolicyV2 | None) -> tuple[str, ...] | None:
+    """A legacy `workspaceWrite.writableRoots` as runtime roots: the cwd (`.`, resolved against
+    the turn's cwd) plus those, as Codex's legacy policy writes the cwd and its writable roots."""
+    if policy is None or policy.type != "workspaceWrite" or policy.writable_roots is None:
+        return None
+    return (".", *policy.writable_roots)
 
 
 def _roots(roots: list[str] | None) -> tuple[str, ...] | None:
