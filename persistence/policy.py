@@ -21,7 +21,12 @@ from spindle.protocol.events import (
     TurnAbortedEvent,
     UserMessageEvent,
 )
-from spindle.protocol.items import AgentMessageItem, McpToolCallItem, UserMessageItem
+from spindle.protocol.items import (
+    AgentMessageItem,
+    DynamicToolCallItem,
+    McpToolCallItem,
+    UserMessageItem,
+)
 
 PERSISTED_EVENTS = (
     TaskStartedEvent,
@@ -37,5 +42,5 @@ PERSISTED_EVENTS = (
 
 def should_persist_event(msg: EventMsg) -> bool:
     if isinstance(msg, ItemCompletedEvent):
-        return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem)
+        return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem)
     return isinstance(msg, PERSISTED_EVENTS)

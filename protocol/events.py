@@ -220,14 +220,30 @@ class ApplyPatchApprovalRequestEvent(EventMsgBase, tag="apply_patch_approval_req
 
 
 class ApprovalResolvedEvent(EventMsgBase, tag="approval_resolved", kw_only=True, frozen=True):
-    """The approval request `call_id` is over: answered with `decision`, or cleared (None) because
-    its turn ended or was interrupted. Clients dismiss it."""
+    """The client request `call_id` (an approval or a dynamic tool call) is over: answered (an
+    approval with `decision`), or cleared (`decision` None) because its turn ended or was
+    interrupted. Clients dismiss it."""
 
     call_id: str
     decision: ReviewDecision | None = None
 
 
 ApprovalRequestEvent = ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent
+
+
+class DynamicToolCallRequestEvent(EventMsgBase, tag="dynamic_tool_call_request", kw_only=True, frozen=True):
+    """The turn waits for the client that registered tool `tool` to run it (answered by
+    `dynamic_tool_response`)."""
+
+    call_id: str
+    turn_id: str
+    tool: str
+    namespace: str | None = None
+    arguments: Any = None
+
+
+ClientRequestEvent = ApprovalRequestEvent | DynamicToolCallRequestEvent
+"""What a turn can wait on a client for."""
 
 
 EventMsg = (
@@ -251,6 +267,7 @@ EventMsg = (
     | ExecApprovalRequestEvent
     | ApplyPatchApprovalRequestEvent
     | ApprovalResolvedEvent
+    | DynamicToolCallRequestEvent
 )
 
 

@@ -206,7 +206,34 @@ class FileChangeItem(TurnItemBase, tag="FileChange", kw_only=True, frozen=True):
     status: Literal["inProgress", "completed", "failed", "declined"]
 
 
-TurnItem = UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem | McpToolCallItem | FileChangeItem
+class DynamicToolSpec(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A tool a client registered on its thread (`dynamicTools`): the model calls it, the server
+    asks that client to run it (`item/tool/call`). `defer_loading`: registered and callable, but
+    not offered to the model."""
+
+    name: str
+    description: str
+    input_schema: Any
+    namespace: str | None = None
+    defer_loading: bool = False
+
+
+class DynamicToolCallItem(TurnItemBase, tag="DynamicToolCall", kw_only=True, frozen=True):
+    """A call of a client's tool: the client's `content_items` and whether it `success`-ed."""
+
+    tool: str
+    namespace: str | None = None
+    arguments: Any = None
+    status: Literal["inProgress", "completed", "failed"]
+    content_items: list[dict[str, Any]] | None = None
+    success: bool | None = None
+    duration_ms: int | None = None
+
+
+TurnItem = (
+    UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem | McpToolCallItem | FileChangeItem
+    | DynamicToolCallItem
+)
 
 
 TURN_ABORTED_MARKER = (

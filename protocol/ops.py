@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -80,6 +80,14 @@ class PatchApprovalOp(OpBase, tag="patch_approval", kw_only=True, frozen=True):
     decision: ReviewDecision
 
 
+class DynamicToolResponseOp(OpBase, tag="dynamic_tool_response", kw_only=True, frozen=True):
+    """A client's result for a call of its dynamic tool `id` (the call id)."""
+
+    id: str
+    content_items: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    success: bool = True
+
+
 class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
     """Run a shell command the user typed (not the model)."""
 
@@ -120,6 +128,7 @@ Op = (
     | ThreadRollbackOp
     | ExecApprovalOp
     | PatchApprovalOp
+    | DynamicToolResponseOp
     | RunUserShellCommandOp
     | SetThreadMemoryModeOp
     | RefreshMcpServersOp

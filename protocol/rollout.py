@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from .events import EventMsg, EventMsgBase
-from .items import ResponseItem, ResponseItemBase
+from .items import DynamicToolSpec, ResponseItem, ResponseItemBase
 
 
 class BaseInstructions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -41,6 +41,8 @@ class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
     """The thread's runtime workspace roots at start (Codex writes the same field)."""
     permissions: str | msgspec.UnsetType = msgspec.UNSET
     """Spindle only: the permission profile id the thread started with (unset: legacy sandbox)."""
+    dynamic_tools: list[DynamicToolSpec] | msgspec.UnsetType = msgspec.UNSET
+    """The tools the client registered at `thread/start`, restored on resume."""
 
 
 class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):

@@ -109,13 +109,13 @@ async def test_an_interrupt_clears_a_pending_request_and_a_late_answer_is_refuse
             await thread.submit(UserInputOp(items=[TextInput(text="go")]))
             request = (await collect_until(events, ExecApprovalRequestEvent))[-1].msg
             assert isinstance(request, ExecApprovalRequestEvent)
-            assert [r.call_id for _, r in thread.pending_approvals()] == [request.call_id]
+            assert [r.call_id for _, r in thread.pending_requests()] == [request.call_id]
             await thread.submit(InterruptOp())
             msgs = [m.msg for m in await collect_until(events, TurnAbortedEvent)]
         assert ApprovalResolvedEvent(call_id=request.call_id, decision=None) in msgs
-        assert thread.pending_approvals() == []
+        assert thread.pending_requests() == []
         outcome = await thread.submit_and_wait(PatchApprovalOp(id=request.call_id, decision="approved"))
-        assert outcome.error is not None and "no approval request" in outcome.error.message
+        assert outcome.error is not None and "no client request" in outcome.error.message
 
 
 # --- over the app-server ------------------------------------------------------

@@ -51,8 +51,7 @@ from spindle.protocol.appserver.jsonrpc import (
     thread_timeout,
 )
 from spindle.protocol.events import Event
-from spindle.protocol.ops import ExecApprovalOp, PatchApprovalOp
-from spindle.protocol.settings import ReviewDecision
+from spindle.protocol.ops import Op
 
 from .context import RequestContext, SubscriberIndex
 from .errors import rpc_error
@@ -157,7 +156,7 @@ class Connection:
     async def _pump(self, handle: ThreadHandle, scope: trio.CancelScope, events: Subscription[Event]) -> None:
         translator = EventTranslator(handle.thread_id)
         with scope, events:
-            for sub_id, request in handle.pending_approvals():  # asked before this client subscribed
+            for sub_id, request in handle.pending_requests():  # asked before this client subscribed
                 await self._send_outputs(handle.thread_id, translator.translate(Event(id=sub_id, msg=request)))
             while True:
                 try:
@@ -178,6 +177,9 @@ class Connection:
         for output in outputs:
             match output:
                 case Ask(key=key, method=method, params=params):
+                    owner = self.index.tool_owner(thread_id) if method == v2approvals.TOOL_CALL else None
+                    if owner is not None and owner is not self:
+                        continue  # a tool call goes to the client that registered the tools, while it is here
                     request_id = self._asks.open(thread_id, key, method)
                     if request_id is not None:
                         await self._emit(self.writer.request(request_id, method, params))
@@ -192,30 +194,27 @@ class Connection:
     # --- answers to server requests ------------------------------------------
     async def _take_reply(self, reply: Reply) -> None:
         """A client's answer to a server request: checked here, then handed to the thread (which
-        settles the request for every client). A bad or unexpected answer changes nothing and the
-        client is told so in a `warning`."""
+        settles the request for every client). An error answer declines an approval and fails a
+        tool call; a bad decision or an unexpected answer changes nothing and the client is told
+        so in a `warning`."""
         asked = self._asks.get(reply.id)
         if asked is None:
             await self._warn_reply(reply.id, None, "no such request is pending on this connection "
                                    "(it was answered or resolved already, or never sent)")
             return
+        try:
+            op = v2approvals.answer_op(asked.method, asked.key, reply.result, reply.error)
+        except v2approvals.BadDecision as exc:
+            await self._warn_reply(reply.id, asked.thread_id, f"{exc}; the request is still pending")
+            return
         if reply.error is not None:
-            log.warning("client answered a server request with an error; taken as decline",
-                        connection=self.name, method=asked.method, error=bytes(reply.error)[:200].decode("utf-8", "replace"))
-            decision: ReviewDecision = "denied"
-        else:
-            try:
-                decision = v2approvals.review_decision(reply.result or b"null", asked.method)
-            except v2approvals.BadDecision as exc:
-                await self._warn_reply(reply.id, asked.thread_id, f"{exc}; the request is still pending")
-                return
+            log.warning("client answered a server request with an error", connection=self.name, method=asked.method,
+                        error=bytes(reply.error)[:200].decode("utf-8", "replace"))
         assert self._nursery is not None, "Connection.run is not running"
-        self._nursery.start_soon(self._deliver_decision, reply.id, asked, decision)
+        self._nursery.start_soon(self._deliver_answer, reply.id, asked, op)
 
-    async def _deliver_decision(self, reply_id: int, asked: AskedRequest, decision: ReviewDecision) -> None:
+    async def _deliver_answer(self, reply_id: int, asked: AskedRequest, op: Op) -> None:
         handle = self.manager.running(asked.thread_id)
-        op = (ExecApprovalOp if asked.method == v2approvals.COMMAND_APPROVAL else PatchApprovalOp)(
-            id=asked.key, decision=decision)
         problem = f"thread {asked.thread_id} is not loaded"
         if handle is not None:
             try:

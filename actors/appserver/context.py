@@ -39,6 +39,13 @@ class SubscriberIndex(Protocol):
 
     def drop_subscribers(self, thread_id: str) -> None: ...
 
+    def register_tools(self, thread_id: str, peer: Peer) -> None:
+        """`peer` registered the thread's dynamic tools: their calls go to it."""
+
+    def tool_owner(self, thread_id: str) -> Peer | None:
+        """The client that registered the thread's dynamic tools, while it is connected and
+        subscribed; None otherwise (then any subscribed client is asked)."""
+
 
 @dataclass
 class RequestContext:

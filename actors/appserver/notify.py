@@ -7,13 +7,14 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from spindle.protocol.appserver import v2, v2approvals, v2mcp
+from spindle.protocol.appserver import v2, v2approvals, v2mcp, v2usage
 from spindle.protocol.appserver.jsonrpc import now_ms
 from spindle.protocol.appserver.v2map import thread_item, token_usage, turn_error
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ApplyPatchApprovalRequestEvent,
     ApprovalResolvedEvent,
+    DynamicToolCallRequestEvent,
     ErrorEvent,
     Event,
     ExecApprovalRequestEvent,
@@ -65,6 +66,8 @@ class EventTranslator:
         self._started_ns = 0
         self._waiting: set[str] = set()
         """The approval requests waiting for an answer (the `waitingOnApproval` flag)."""
+        self._calls: set[str] = set()
+        """The dynamic tool calls waiting for their client."""
 
     def translate(self, event: Event) -> list[Output]:
         tid = self.thread_id
@@ -90,7 +93,7 @@ class EventTranslator:
                 return [("item/commandExecution/outputDelta", v2.CommandExecutionOutputDelta(
                     thread_id=tid, turn_id=self._turn.id, item_id=item_id, delta=delta))]
             case TokenCountEvent(info=info) if info is not None and self._turn is not None:
-                return [("thread/tokenUsage/updated", v2.TokenUsageUpdated(thread_id=tid, turn_id=self._turn.id, token_usage=token_usage(info)))]
+                return [("thread/tokenUsage/updated", v2usage.TokenUsageUpdated(thread_id=tid, turn_id=self._turn.id, token_usage=token_usage(info)))]
             case ErrorEvent(message=message, codex_error_info="internal_server_error", turn_id=None):
                 return [
                     ("warning", v2.WarningNotice(message=message, thread_id=tid)),
@@ -114,6 +117,13 @@ class EventTranslator:
                 params = v2approvals.PatchApprovalParams(
                     thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=now_ms(), reason=reason, grant_root=root)
                 return self._ask(key, v2approvals.PATCH_APPROVAL, params)
+            case DynamicToolCallRequestEvent(call_id=key, turn_id=turn_id, tool=tool, namespace=namespace, arguments=args):
+                self._calls.add(key)  # no waitingOn flag for a tool call, as in Codex
+                return [Ask(key, v2approvals.TOOL_CALL, v2approvals.ToolCallParams(
+                    thread_id=tid, turn_id=turn_id, call_id=key, tool=tool, namespace=namespace, arguments=args))]
+            case ApprovalResolvedEvent(call_id=key) if key in self._calls:
+                self._calls.discard(key)
+                return [Settled(key)]
             case ApprovalResolvedEvent(call_id=key) if key in self._waiting:
                 self._waiting.discard(key)
                 return [Settled(key), *self._flags()]

@@ -28,6 +28,7 @@ class AppServer:
         self._connection_count = 0
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
+        self._tool_owners: dict[str, Peer] = {}
 
     async def run(self, *, task_status: TaskStatus[AppServer] = trio.TASK_STATUS_IGNORED) -> None:
         """The server's own task: it owns the closing of threads that lost their last subscriber.
@@ -45,6 +46,15 @@ class AppServer:
     def subscribers(self, thread_id: str) -> set[Connection]:
         """The connections subscribed to `thread_id`: those whose pump for it runs."""
         return {conn for conn in self._connections if conn.is_subscribed(thread_id)}
+
+    def register_tools(self, thread_id: str, peer: Peer) -> None:
+        self._tool_owners[thread_id] = peer
+
+    def tool_owner(self, thread_id: str) -> Peer | None:
+        owner = self._tool_owners.get(thread_id)
+        if owner is None or owner not in self._connections or not owner.is_subscribed(thread_id):
+            return None
+        return owner
 
     def unsubscribe(self, peer: Peer, thread_id: str) -> bool:
         """Drop `peer`'s subscription; the last one out closes the thread."""

@@ -9,7 +9,7 @@ from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
 from spindle.persistence.reader import read_rollout
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
-from spindle.protocol.appserver.v2map import thread_settings_update
+from spindle.protocol.appserver.v2map import dynamic_tool_specs, thread_settings_update
 from spindle.protocol.ops import CompactOp, ThreadRollbackOp
 
 from .config_methods import warnings_since
@@ -35,11 +35,15 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
         ctx.peer.handshake.require_experimental("thread/start.persistNow")
     if params.persist_now and params.ephemeral:
         raise RpcError(INVALID_PARAMS, "Invalid params: persistNow cannot be combined with ephemeral (an ephemeral thread is never written)")
+    if params.dynamic_tools is not None:
+        ctx.peer.handshake.require_experimental("thread/start.dynamicTools")
     seen = len(ctx.manager.config_warnings)
     handle = await ctx.manager.start_thread(
         ephemeral=bool(params.ephemeral), persist_now=bool(params.persist_now), settings=thread_settings_update(params),
-        config=params.config,
+        config=params.config, dynamic_tools=dynamic_tool_specs(params.dynamic_tools or []),
     )
+    if params.dynamic_tools:
+        ctx.index.register_tools(handle.thread_id, ctx.peer)
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=False)
     ctx.after(("thread/started", v2.ThreadStarted(thread=result.thread)))

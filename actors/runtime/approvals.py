@@ -1,4 +1,5 @@
-"""A thread's pending approval requests: a tool asks, the user answers through an op.
+"""A thread's pending client requests: approvals (a tool asks, the user answers through an op)
+and calls of a client's dynamic tools (the client runs it and answers with its result).
 
 A tool of a running turn calls `Approvals.ask` with an approval request event; the event goes
 to every subscriber (the app-server turns it into a server request to its clients), and the tool
@@ -8,17 +9,25 @@ or a shutdown), `ApprovalResolvedEvent` follows, so every client dismisses the r
 that subscribes later gets the requests still pending (`replay`).
 
 `approved_for_session` is remembered per request key (a command's argv, a patch's set of files)
-for the life of the thread: the same request is then approved without asking.
+for the life of the thread: the same request is then approved without asking. A dynamic tool
+call (`call_client`) waits the same way for the `dynamic_tool_response` op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from spindle.protocol.events import ApprovalRequestEvent, ApprovalResolvedEvent, EventMsg
+from spindle.protocol.events import (
+    ApprovalRequestEvent,
+    ApprovalResolvedEvent,
+    ClientRequestEvent,
+    DynamicToolCallRequestEvent,
+    EventMsg,
+)
 from spindle.protocol.settings import ReviewDecision
 
 
@@ -26,16 +35,28 @@ class ApprovalError(Exception):
     """An answer that matches no pending request (unknown id, or already resolved)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class ToolResult:
+    """A client's answer to a call of its dynamic tool: content items (`inputText`,
+    `inputImage`, ...) and whether the call succeeded."""
+
+    content_items: list[dict[str, Any]]
+    success: bool
+
+
+Answer = ReviewDecision | ToolResult
+
+
 @dataclass(eq=False)
 class _Pending:
     sub_id: str
-    request: ApprovalRequestEvent
+    request: ClientRequestEvent
     answered: trio.Event = field(default_factory=trio.Event)
-    decision: ReviewDecision = "abort"
+    answer: Answer | None = None
 
 
 class Approvals:
-    """The approval requests pending on one thread, and what the user approved for the session."""
+    """The client requests pending on one thread, and what the user approved for the session."""
 
     def __init__(self, emit: Callable[[str, EventMsg], None]) -> None:
         self._emit = emit
@@ -47,33 +68,44 @@ class Approvals:
         `approved_for_session` if `key` was approved so before. Cancelled with the turn."""
         if key in self._approved_for_session:
             return "approved_for_session"
+        decision = await self._wait(sub_id, request)
+        assert isinstance(decision, str)
+        if decision == "approved_for_session":
+            self._approved_for_session.add(key)
+        return decision
+
+    async def call_client(self, sub_id: str, request: DynamicToolCallRequestEvent) -> ToolResult:
+        """The client's result for a call of its tool. Cancelled with the turn."""
+        result = await self._wait(sub_id, request)
+        assert isinstance(result, ToolResult)
+        return result
+
+    async def _wait(self, sub_id: str, request: ClientRequestEvent) -> Answer:
         if request.call_id in self._pending:
-            raise ApprovalError(f"an approval request with id {request.call_id!r} is already pending")
+            raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
         pending = self._pending[request.call_id] = _Pending(sub_id, request)
         self._emit(sub_id, request)
         try:
             await pending.answered.wait()
         finally:
             del self._pending[request.call_id]
-            answered = pending.answered.is_set()
-            self._emit(sub_id, ApprovalResolvedEvent(
-                call_id=request.call_id, decision=pending.decision if answered else None))
-        if pending.decision == "approved_for_session":
-            self._approved_for_session.add(key)
-        return pending.decision
+            decision = pending.answer if isinstance(pending.answer, str) else None
+            self._emit(sub_id, ApprovalResolvedEvent(call_id=request.call_id, decision=decision))
+        assert pending.answer is not None
+        return pending.answer
 
-    def answer(self, call_id: str, decision: ReviewDecision) -> None:
-        """Answer the pending request `call_id`; ApprovalError if there is none."""
+    def answer(self, call_id: str, answer: Answer) -> None:
+        """Answer the pending request `call_id` (a decision for an approval, a result for a tool
+        call); ApprovalError if there is none, or the answer is of the other kind."""
         pending = self._pending.get(call_id)
         if pending is None or pending.answered.is_set():
-            raise ApprovalError(f"no approval request {call_id!r} is pending (it was answered, or its turn ended)")
-        pending.decision = decision
+            raise ApprovalError(f"no client request {call_id!r} is pending (it was answered, or its turn ended)")
+        if isinstance(pending.request, DynamicToolCallRequestEvent) != isinstance(answer, ToolResult):
+            wanted = "a tool result" if isinstance(answer, str) else "an approval decision"
+            raise ApprovalError(f"client request {call_id!r} wants {wanted}")
+        pending.answer = answer
         pending.answered.set()
 
-    def replay(self) -> list[tuple[str, ApprovalRequestEvent]]:
+    def replay(self) -> list[tuple[str, ClientRequestEvent]]:
         """The requests still waiting for an answer, oldest first, with their submission ids."""
         return [(p.sub_id, p.request) for p in self._pending.values() if not p.answered.is_set()]
-
-    @property
-    def waiting(self) -> bool:
-        return any(not p.answered.is_set() for p in self._pending.values())

@@ -14,6 +14,7 @@ from spindle.protocol.config import Config
 from spindle.protocol.events import (
     ApplyPatchApprovalRequestEvent,
     ApprovalRequestEvent,
+    ClientRequestEvent,
     ErrorEvent,
     Event,
     ExecApprovalRequestEvent,
@@ -88,9 +89,9 @@ class ThreadHandle:
         """The thread's own config layer (dotted keys to values), kept for its lifetime."""
         return self._actor.session_config
 
-    def pending_approvals(self) -> list[tuple[str, ApprovalRequestEvent]]:
-        """The approval requests waiting for an answer (submission id, request), oldest first:
-        what a client that subscribes now must be shown."""
+    def pending_requests(self) -> list[tuple[str, ClientRequestEvent]]:
+        """The client requests (approvals, dynamic tool calls) waiting for an answer (submission
+        id, request), oldest first: what a client that subscribes now must be shown."""
         return self._actor.approvals.replay()
 
     @property
@@ -271,7 +272,8 @@ class ApprovalStream:
 
     def __enter__(self) -> ApprovalStream:
         self._events = self._thread.events()
-        self._backlog = [request for _, request in self._thread.pending_approvals()]
+        self._backlog = [request for _, request in self._thread.pending_requests()
+                         if isinstance(request, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent)]
         return self
 
     def __exit__(self, *exc: object) -> None:

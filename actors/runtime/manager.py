@@ -16,6 +16,7 @@ from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import DEFAULT_LIMIT, ThreadQuery
 from spindle.persistence.store import LocalThreadStore, ThreadPage
 from spindle.protocol.config import Config, ConfigWarning
+from spindle.protocol.items import DynamicToolSpec
 from spindle.protocol.ops import ReloadUserConfigOp
 from spindle.protocol.settings import SettingsUpdate
 
@@ -133,13 +134,15 @@ class ThreadManager:
         config: Mapping[str, Any] | None = None,
         permissions: str | None = None,
         runtime_workspace_roots: Sequence[str] | None = None,
+        dynamic_tools: Sequence[DynamicToolSpec] = (),
     ) -> ThreadHandle:
         """A new thread (see `ThreadRegistry.start_thread`). `permissions` selects a permission
         profile by id (`:workspace`, a `[permissions.<id>]`); `runtime_workspace_roots` are its
         workspace roots (relative ones resolve against its cwd; default: the cwd). Both are
         shorthands for the `SettingsUpdate` fields; ConfigError names an unknown profile, a
         root that is not a directory, or `permissions` with a `settings.sandbox_mode` (a profile
-        and a legacy sandbox select the same thing); TypeError a `str` given as the roots."""
+        and a legacy sandbox select the same thing); TypeError a `str` given as the roots.
+        `dynamic_tools` are tools the embedding runs itself (see `dynamic_tools.py`)."""
         if isinstance(runtime_workspace_roots, str | bytes):
             raise TypeError(f"runtime_workspace_roots must be a list of paths, not a single {type(runtime_workspace_roots).__name__} "
                             f"({runtime_workspace_roots!r}): pass [{runtime_workspace_roots!r}]")
@@ -151,7 +154,8 @@ class ThreadManager:
             shorthand = SettingsUpdate(permissions=permissions, runtime_workspace_roots=roots)
             settings = (settings or SettingsUpdate()).then(shorthand)
         return await self.registry.start_thread(
-            settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now, config=config
+            settings, thread_id=thread_id, ephemeral=ephemeral, persist_now=persist_now, config=config,
+            dynamic_tools=dynamic_tools,
         )
 
     def get_thread(self, thread_id: str) -> ThreadHandle:

@@ -3,7 +3,7 @@ shuts them all down within a deadline, reporting how each one ended."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ from spindle.persistence.store import ThreadStoreError
 from spindle.protocol.config import Config
 from spindle.protocol.events import Event, is_lifecycle
 from spindle.protocol.ids import new_id, parse_thread_id
-from spindle.protocol.items import ResponseItem
+from spindle.protocol.items import DynamicToolSpec, ResponseItem
 from spindle.protocol.ops import Submission
 from spindle.protocol.rollout import BaseInstructions, SessionMeta
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
+from .dynamic_tools import checked_specs
 from .errors import ThreadNotFoundError
 from .fanout import Broadcaster, Subscription
 from .handle import ThreadHandle
@@ -68,9 +69,11 @@ class ThreadRegistry:
         ephemeral: bool = False,
         persist_now: bool = False,
         config: Mapping[str, Any] | None = None,
+        dynamic_tools: Sequence[DynamicToolSpec] = (),
     ) -> ThreadHandle:
         """Start a new thread actor (the config's settings, changed by `settings`); returns once
-        it has emitted `session_configured`.
+        it has emitted `session_configured`. `dynamic_tools` are the client's own tools
+        (`dynamic_tools.checked_specs`), recorded in the rollout for resume.
 
         `config` is the thread's own config layer (dotted keys to values, above `-c`): its
         effective config is the disk layers for its cwd plus this layer, and the settings come
@@ -87,7 +90,8 @@ class ThreadRegistry:
         effective = await self.resources.thread_config(start_cwd(self.resources.config, settings), session)
         resolved = initial_settings(effective, settings)
         tid = parse_thread_id(thread_id) if thread_id else new_id()
-        rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral, session_config=session)
+        rollout = self.new_rollout(tid, resolved, ephemeral=ephemeral, session_config=session,
+                                   dynamic_tools=checked_specs(dynamic_tools, self.resources.tools.names()))
         if persist_now:
             await self.write_now(rollout)
         return await self.spawn_holding(tid, resolved, rollout, session_config=session, config=effective)
@@ -124,7 +128,7 @@ class ThreadRegistry:
 
     def new_rollout(
         self, thread_id: str, settings: ThreadSettings, *, ephemeral: bool = False, forked_from: str | None = None,
-        session_config: Mapping[str, Any] | None = None,
+        session_config: Mapping[str, Any] | None = None, dynamic_tools: Sequence[DynamicToolSpec] = (),
     ) -> ThreadRollout:
         """The (not yet written) rollout of a new thread."""
         created = now_utc()
@@ -140,6 +144,7 @@ class ThreadRegistry:
             session_config=dict(session_config) if session_config else msgspec.UNSET,
             runtime_workspace_roots=list(settings.workspace_roots()),
             permissions=settings.permissions if settings.permissions is not None else msgspec.UNSET,
+            dynamic_tools=list(dynamic_tools) if dynamic_tools else msgspec.UNSET,
         )
         path = rollout_path(self.home, thread_id, created)
         return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index, leases=self._leases)

@@ -190,7 +190,9 @@ class StoredThreads:
             session = {**recorded_session(read), **(config or {})}
             resolved, effective = await self._resumed_settings(read, settings, session)
         fork_id = new_id()
-        rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id, session_config=session)
+        tools = source_meta.dynamic_tools if isinstance(source_meta.dynamic_tools, list) else ()
+        rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id, session_config=session,
+                                            dynamic_tools=tools)
         rollout.record(fork_items(items, snapshot))
         await self.registry.write_now(rollout)
         history = rebuild_history(rollout.source.iter_forward_from(0))

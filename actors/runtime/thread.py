@@ -42,6 +42,7 @@ from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
 from spindle.protocol.mcp import McpStartupStatus
 from spindle.protocol.ops import (
+    DynamicToolResponseOp,
     ExecApprovalOp,
     InterruptOp,
     Op,
@@ -55,9 +56,10 @@ from spindle.protocol.ops import (
     UserInputOp,
     UserTurnOp,
 )
-from spindle.protocol.settings import ReviewDecision, SettingsUpdate, ThreadSettings
+from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
-from .approvals import ApprovalError, Approvals
+from .approvals import Answer, ApprovalError, Approvals, ToolResult
+from .dynamic_tools import DynamicTool
 from .errors import ConfigError
 from .fanout import Broadcaster
 from .journal import ThreadJournal
@@ -69,6 +71,7 @@ from .permission_profiles import PermissionProfiles, default_selection, load_pro
 from .resources import RuntimeResources
 from .sandbox import remove_thread_tmp
 from .settings import apply_update
+from .tools import Tool
 from .turn import SamplingFailed, Turn, run_turn
 from .usage import UsageMeter
 
@@ -124,6 +127,9 @@ class ThreadActor:
         self._writers: trio.Nursery | None = None
         self.mcp = McpManager(self._mcp_status)
         self.approvals = Approvals(self.emit)
+        registered = rollout.meta.dynamic_tools
+        self.dynamic_tools: list[Tool] = [DynamicTool(spec) for spec in registered] if isinstance(registered, list) else []
+        """The client's own tools (`dynamicTools`), as its rollout records them."""
         self.mcp_configured = trio.Event()
         """Set once the thread's first MCP server set is applied (turns wait for it)."""
         self._mcp_pending: dict[str, McpServerConfig] | None = None
@@ -291,6 +297,8 @@ class ThreadActor:
                 await self._rollback(sub.id, num_turns)
             case ExecApprovalOp(id=call_id, decision=decision) | PatchApprovalOp(id=call_id, decision=decision):
                 await self._answer_approval(sub.id, call_id, decision)
+            case DynamicToolResponseOp(id=call_id, content_items=items, success=success):
+                await self._answer_approval(sub.id, call_id, ToolResult(content_items=items, success=success))
             case ReloadUserConfigOp(config=config, cwd=cwd):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
@@ -321,8 +329,9 @@ class ThreadActor:
                     server=server.name, status=server.status, error=server.error)))
         return events
 
-    async def _answer_approval(self, sub_id: str, call_id: str, decision: ReviewDecision) -> None:
-        """Answer a pending approval request; `abort` also interrupts the turn that asked."""
+    async def _answer_approval(self, sub_id: str, call_id: str, decision: Answer) -> None:
+        """Answer a pending client request; the approval decision `abort` also interrupts the
+        turn that asked."""
         try:
             self.approvals.answer(call_id, decision)
         except ApprovalError as exc:
@@ -419,7 +428,7 @@ class ThreadActor:
                     try:
                         await self.mcp_configured.wait()
                         await self.mcp.wait_started()  # bounded by each server's startup timeout
-                        turn.tools = turn_tools(self.tools, self.mcp)  # fixed for the whole turn
+                        turn.tools = turn_tools(self.tools.extended(self.dynamic_tools), self.mcp)  # fixed for the turn
                         last = await run_turn(turn, self)
                     except SamplingFailed as err:
                         log.info("turn failed", error=err.message)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from spindle.protocol.events import ApprovalRequestEvent
+from spindle.protocol.events import ApprovalRequestEvent, DynamicToolCallRequestEvent
 from spindle.protocol.items import (
     CustomToolCall,
     CustomToolCallOutput,
@@ -26,9 +26,16 @@ from spindle.protocol.items import (
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
+from .approvals import ToolResult
+
 log = structlog.get_logger(__name__)
 
 CLIP_DEFAULT_BYTES = 64 * 1024
+
+
+async def _no_client(request: DynamicToolCallRequestEvent) -> ToolResult:
+    """The default `ToolContext.call_client`: there is no client to ask."""
+    return ToolResult(content_items=[{"type": "inputText", "text": "no client can run this tool"}], success=False)
 
 
 def _ignore_delta(item_id: str, delta: str) -> None:
@@ -52,6 +59,8 @@ class ToolContext:
     item_started: Callable[[TurnItem], None]
     item_completed: Callable[[TurnItem], None]
     sandbox_error: str | None = None
+    call_client: Callable[[DynamicToolCallRequestEvent], Awaitable[ToolResult]] = _no_client
+    """Ask the client that registered a dynamic tool to run it, and wait for its result."""
     output_delta: Callable[[str, str], None] = _ignore_delta
     """Streams a chunk of a running item's output: (item id, text)."""
 

@@ -25,6 +25,7 @@ from spindle.protocol.events import (
     AgentMessageEvent,
     ApprovalRequestEvent,
     CodexErrorInfo,
+    DynamicToolCallRequestEvent,
     EventMsg,
     ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
@@ -64,7 +65,7 @@ from spindle.protocol.responses import (
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
-from .approvals import Approvals
+from .approvals import Approvals, ToolResult
 from .errors import SandboxUnavailable
 from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
@@ -184,6 +185,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
     async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         return await host.approvals.ask(turn.sub_id, request, key)
 
+    async def call_client(request: DynamicToolCallRequestEvent) -> ToolResult:
+        return await host.approvals.call_client(turn.sub_id, request)
+
     sandbox, error = await realised_sandbox(turn)
 
     def output_delta(item_id: str, delta: str) -> None:
@@ -197,6 +201,7 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         sandbox=sandbox,
         sandbox_error=error,
         ask_approval=ask,
+        call_client=call_client,
         item_started=started,
         item_completed=completed,
         output_delta=output_delta,

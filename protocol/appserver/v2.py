@@ -13,6 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..settings import ApprovalPolicy, SandboxMode
+from .v2tools import DynamicToolSpecV2
 
 # --- shared shapes ----------------------------------------------------------
 
@@ -167,9 +168,20 @@ class FileChangeThreadItem(ThreadItemBase, tag="fileChange", kw_only=True):
     status: Literal["inProgress", "completed", "failed", "declined"]
 
 
+class DynamicToolCallThreadItem(ThreadItemBase, tag="dynamicToolCall", kw_only=True):
+    id: str
+    tool: str
+    namespace: str | None = None
+    arguments: Any = None
+    status: Literal["inProgress", "completed", "failed"]
+    content_items: list[Any] | None = None
+    success: bool | None = None
+    duration_ms: int | None = None
+
+
 ThreadItem = (
     UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
-    | McpToolCallThreadItem | FileChangeThreadItem
+    | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem
 )
 
 # --- threads and turns ------------------------------------------------------
@@ -251,6 +263,7 @@ class ThreadSettingsParams(Inbound, kw_only=True, frozen=True):
 
 class ThreadStartParams(ThreadSettingsParams, kw_only=True, frozen=True):
     ephemeral: bool | None = None
+    dynamic_tools: list[DynamicToolSpecV2] | None = None
     persist_now: bool | None = None
     """Spindle (experimental): write the rollout now, so the id is durable before the first turn."""
 
@@ -465,26 +478,6 @@ class CommandExecutionOutputDelta(Wire, kw_only=True):
     turn_id: str
     item_id: str
     delta: str
-
-
-class TokenUsageBreakdown(Wire, kw_only=True):
-    total_tokens: int
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    reasoning_output_tokens: int
-
-
-class ThreadTokenUsage(Wire, kw_only=True):
-    total: TokenUsageBreakdown
-    last: TokenUsageBreakdown
-    model_context_window: int | None = None
-
-
-class TokenUsageUpdated(Wire, kw_only=True):
-    thread_id: str
-    turn_id: str
-    token_usage: ThreadTokenUsage
 
 
 class ErrorNotice(Wire, kw_only=True):

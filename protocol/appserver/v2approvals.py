@@ -1,4 +1,5 @@
-"""Approval requests from the server to the client, and the client's decisions.
+"""Requests from the server to a client (approvals, calls of the client's dynamic tools), and
+the op each answer becomes.
 
 `item/commandExecution/requestApproval` and `item/fileChange/requestApproval` carry Codex 0.171's
 params; every request ends with `serverRequest/resolved`. A decision maps onto the runtime's
@@ -14,11 +15,13 @@ from typing import Any, Literal
 
 import msgspec
 
+from ..ops import DynamicToolResponseOp, ExecApprovalOp, Op, PatchApprovalOp
 from ..settings import ReviewDecision
 from .v2 import Wire
 
 COMMAND_APPROVAL = "item/commandExecution/requestApproval"
 PATCH_APPROVAL = "item/fileChange/requestApproval"
+TOOL_CALL = "item/tool/call"
 RESOLVED = "serverRequest/resolved"
 
 DECISIONS: dict[str, ReviewDecision] = {
@@ -51,6 +54,15 @@ class PatchApprovalParams(Wire, kw_only=True):
     grant_root: str | None = None
 
 
+class ToolCallParams(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    call_id: str
+    tool: str
+    namespace: str | None = None
+    arguments: Any = None
+
+
 class ServerRequestResolved(Wire, kw_only=True):
     thread_id: str
     request_id: int | str
@@ -80,3 +92,39 @@ def review_decision(result: bytes, method: str) -> ReviewDecision:
         return "approved"
     shown = "missing" if decision is msgspec.UNSET else repr(decision)[:60]
     raise BadDecision(f"the decision for {method} is {shown}; allowed: {allowed}")
+
+
+class _ToolAnswer(msgspec.Struct, rename="camel"):
+    content_items: list[dict[str, Any]]
+    success: bool = True
+
+
+_tool_answer = msgspec.json.Decoder(_ToolAnswer)
+_error_message = msgspec.json.Decoder(dict[str, Any])
+
+
+def answer_op(method: str, key: str, result: bytes | None, error: bytes | None) -> Op:
+    """The op a client's answer to request `method` (about the thread's request `key`) becomes:
+    a decision for an approval (an error answer declines; BadDecision for a decision that is
+    none), a result for a tool call (an error or a malformed answer fails the call)."""
+    if method == TOOL_CALL:
+        try:
+            answer = _tool_answer.decode(result) if error is None and result is not None else None
+        except msgspec.DecodeError as exc:
+            problem = f"the client's answer is not a tool result ({{contentItems, success}}): {exc}"
+        else:
+            if answer is not None:
+                return DynamicToolResponseOp(id=key, content_items=answer.content_items, success=answer.success)
+            problem = f"the client failed the call: {_message_of(error)}"
+        return DynamicToolResponseOp(id=key, content_items=[{"type": "inputText", "text": problem}], success=False)
+    decision: ReviewDecision = "denied" if error is not None else review_decision(result or b"null", method)
+    return (ExecApprovalOp if method == COMMAND_APPROVAL else PatchApprovalOp)(id=key, decision=decision)
+
+
+def _message_of(error: bytes | None) -> str:
+    try:
+        body = _error_message.decode(error or b"{}")
+    except msgspec.DecodeError:
+        return "no message"
+    return str(body.get("message", "no message"))[:500]
+

@@ -10,6 +10,8 @@ from ..events import TokenUsage, TokenUsageInfo
 from ..items import (
     AgentMessageItem,
     CommandExecutionItem,
+    DynamicToolCallItem,
+    DynamicToolSpec,
     FileChangeItem,
     ImageInput,
     LocalImageInput,
@@ -21,7 +23,7 @@ from ..items import (
     UserMessageItem,
 )
 from ..settings import ApprovalPolicy, SandboxMode, SettingsUpdate
-from . import v2
+from . import v2, v2tools, v2usage
 
 SANDBOX_TO_V2: dict[str, v2.SandboxPolicyType] = {
     "read-only": "readOnly",
@@ -100,6 +102,10 @@ def thread_item(item: TurnItem) -> v2.ThreadItem:
                 v2.FileUpdateChange(path=c.path, diff=c.diff, kind=v2.PatchChangeKind(
                     type=c.kind, move_path=c.move_path if c.kind == "update" else UNSET))
                 for c in changes])
+        case DynamicToolCallItem():
+            return v2.DynamicToolCallThreadItem(
+                id=item.id, tool=item.tool, namespace=item.namespace, arguments=item.arguments, status=item.status,
+                content_items=item.content_items, success=item.success, duration_ms=item.duration_ms)
     raise TypeError(f"not a turn item: {type(item).__name__}")
 
 
@@ -183,16 +189,26 @@ def turn_error(message: str, info: str | None) -> v2.TurnError:
     return v2.TurnError(message=message, codex_error_info=ERROR_INFO_TO_V2.get(info or "", None))
 
 
-def _breakdown(usage: TokenUsage) -> v2.TokenUsageBreakdown:
-    return v2.TokenUsageBreakdown(
+def _breakdown(usage: TokenUsage) -> v2usage.TokenUsageBreakdown:
+    return v2usage.TokenUsageBreakdown(
         total_tokens=usage.total_tokens, input_tokens=usage.input_tokens,
         cached_input_tokens=usage.cached_input_tokens, output_tokens=usage.output_tokens,
         reasoning_output_tokens=usage.reasoning_output_tokens,
     )
 
 
-def token_usage(info: TokenUsageInfo) -> v2.ThreadTokenUsage:
-    return v2.ThreadTokenUsage(
+def token_usage(info: TokenUsageInfo) -> v2usage.ThreadTokenUsage:
+    return v2usage.ThreadTokenUsage(
         total=_breakdown(info.total_token_usage), last=_breakdown(info.last_token_usage),
         model_context_window=info.model_context_window,
     )
+
+
+def dynamic_tool_specs(specs: list[v2tools.DynamicToolSpecV2]) -> list[DynamicToolSpec]:
+    """The runtime's specs of `thread/start`'s `dynamicTools` (a namespace's tools carry its name)."""
+    out = []
+    for spec in specs:
+        members = [(None, spec)] if isinstance(spec, v2tools.FunctionToolSpec) else [(spec.name, tool) for tool in spec.tools]
+        out += [DynamicToolSpec(name=tool.name, description=tool.description, input_schema=tool.input_schema,
+                                namespace=namespace, defer_loading=tool.defer_loading) for namespace, tool in members]
+    return out
