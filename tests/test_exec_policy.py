@@ -36,6 +36,11 @@ def test_each_policy_runs_asks_or_refuses(policy: ApprovalPolicy, cmd: str, esca
         assert decision == expected
 
 
+def test_a_command_for_another_shell_is_never_judged_safe() -> None:
+    assert decide("untrusted", SANDBOXED, "ls", escalate=False, justification=None, shell="/usr/bin/bash").verdict == "run"
+    assert decide("untrusted", SANDBOXED, "ls", escalate=False, justification=None, shell="/usr/bin/python3").verdict == "ask"
+
+
 def test_full_access_has_nothing_to_escalate_from() -> None:
     assert decide("never", FULL, "touch x", escalate=True, justification=None) == ExecDecision(verdict="run")
     assert decide("untrusted", FULL, "touch x", escalate=True, justification=None).verdict == "ask"
@@ -53,6 +58,8 @@ def test_read_only_commands_are_known_safe(cmd: str) -> None:
     "touch x", "rm -rf /", "ls > out.txt", "cat < in", "echo $(rm x)", "echo `id`", "ls & rm x",
     "find . -delete", "find . -exec rm {} ;", "rg --pre ./evil x", "git push", "git -c core.pager=x log",
     "sed -i s/a/b/ f", "FOO=1 ls", "(ls)", "ls && ", "cat 'unbalanced", "git diff --output=x", "python3 -c 1",
+    "ls\nrm -rf x", "ls\rrm x", "echo a#; rm -rf x", "echo $'\\''; touch x; echo \"'\" #\"", "uniq in out", "./ls",
+    "bin/cat x",
 ])
 def test_anything_that_may_write_or_run_is_not(cmd: str) -> None:
     assert not is_known_safe(cmd)

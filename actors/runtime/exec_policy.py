@@ -33,8 +33,13 @@ class ExecDecision:
     """For `ask`, the question shown to the user; for `refuse`, why (the model reads it)."""
 
 
+SHELLS_READ_AS_BASH = frozenset({"bash", "sh"})
+"""The shells whose command text `is_known_safe` can judge."""
+
+
 def decide(
-    approval: ApprovalPolicy, sandbox: SandboxSpec, cmd: str, *, escalate: bool, justification: str | None
+    approval: ApprovalPolicy, sandbox: SandboxSpec, cmd: str, *, escalate: bool, justification: str | None,
+    shell: str = "bash",
 ) -> ExecDecision:
     if escalate and not sandbox.full_access:
         if approval == "never":
@@ -43,7 +48,7 @@ def decide(
                 "run the command inside the sandbox instead"))
         return ExecDecision(verdict="ask", escalate=True,
                             reason=justification or "Run this command outside the sandbox?")
-    if approval == "untrusted" and not is_known_safe(cmd):
+    if approval == "untrusted" and not (os.path.basename(shell) in SHELLS_READ_AS_BASH and is_known_safe(cmd)):
         return ExecDecision(verdict="ask", reason=justification)
     return ExecDecision(verdict="run")
 
@@ -65,7 +70,7 @@ def likely_sandbox_denial(exit_code: int, output: str) -> bool:
 # --- known-safe commands ----------------------------------------------------------------------
 SAFE_PROGRAMS = frozenset({
     "cat", "cd", "cut", "echo", "expr", "false", "grep", "head", "id", "ls", "nl", "paste", "pwd",
-    "rev", "seq", "stat", "tail", "tr", "true", "uname", "uniq", "wc", "which", "whoami",
+    "rev", "seq", "stat", "tail", "tr", "true", "uname", "wc", "which", "whoami",
 })
 SAFE_GIT = frozenset({"status", "log", "diff", "show"})
 UNSAFE_FIND = frozenset({"-exec", "-execdir", "-ok", "-okdir", "-delete", "-fls", "-fprint", "-fprint0", "-fprintf"})
@@ -74,11 +79,12 @@ SEPARATORS = frozenset({"&&", "||", ";", "|"})
 
 
 def is_known_safe(cmd: str) -> bool:
-    """Whether `cmd` only reads: every simple command in it is a known read-only program (with no
-    option that writes or runs something), joined only by `&&`, `||`, `;` or `|`, with no
-    redirection, substitution or subshell."""
-    if any(mark in cmd for mark in ("`", "$(", "<(", ">(")):
-        return False
+    """Whether `cmd` only reads: every simple command in it is a known read-only program, named
+    bare (found on PATH), with no option that writes or runs something, joined only by `&&`,
+    `||`, `;` or `|`, with no redirection, substitution, subshell, comment, ANSI-C quoting or
+    line break (where Python's and bash's reading of the text could differ)."""
+    if any(mark in cmd for mark in ("`", "$(", "<(", ">(", "$'", '$"', "#", "\n", "\r")):
+        return False  # where shlex and bash would read the command differently, it is not safe
     lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     try:
@@ -99,9 +105,9 @@ def is_known_safe(cmd: str) -> bool:
 
 
 def _safe_simple(argv: list[str]) -> bool:
-    program, args = os.path.basename(argv[0]), argv[1:]
-    if "=" in argv[0]:
-        return False  # an environment assignment
+    program, args = argv[0], argv[1:]
+    if "=" in program or os.sep in program:
+        return False  # an environment assignment, or a program of some folder (a repository's own `ls`)
     if program in SAFE_PROGRAMS:
         return True
     if program == "find":
