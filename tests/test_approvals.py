@@ -3,6 +3,8 @@ wait ends is followed by `ApprovalResolvedEvent`; `approved_for_session` is reme
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from typing import Any
 
@@ -143,9 +145,10 @@ async def test_a_command_approval_round_trip_over_the_wire(
         await client.answer(request["id"], {"decision": "bogus"})
         warning = await client.wait_for("warning", lambda p: "bogus" in p["message"])
         assert "allowed: accept, acceptForSession, decline, cancel" in warning["params"]["message"]
-        await client.answer(request["id"], {"decision": "acceptForSession"})
+        answer = json.dumps({"id": request["id"], "result": {"decision": "acceptForSession"}}).encode() + b"\n"
+        await client.send_raw(answer * 2)  # a double click: the second answer must not fail the turn
         completed = await client.wait_turn(turn["id"])
-        assert completed["status"] == "completed"
+        assert completed["status"] == "completed" and "error" not in client.methods()
         assert outputs(mock_model) == ["decision: approved_for_session"]
         resolved = await client.wait_for("serverRequest/resolved")
         assert resolved["params"] == {"threadId": tid, "requestId": 0}

@@ -99,6 +99,8 @@ class EventTranslator:
                     ("warning", v2.WarningNotice(message=message, thread_id=tid)),
                     ("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.SYSTEM_ERROR)),
                 ]
+            case ErrorEvent(message=message, codex_error_info="bad_request", turn_id=None):
+                return [("warning", v2.WarningNotice(message=message, thread_id=tid))]  # a refused op, not the turn's failure
             case ErrorEvent(message=message, codex_error_info=info, turn_id=turn_id):
                 return self._error(message, info, turn_id, will_retry=False)
             case StreamErrorEvent(message=message, codex_error_info=info):

@@ -334,8 +334,8 @@ class ThreadActor:
         turn that asked."""
         try:
             self.approvals.answer(call_id, decision)
-        except ApprovalError as exc:
-            self.emit(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
+        except ApprovalError as exc:  # told to the one who answered (a double click, a late client), no one else
+            self.outcomes.set_error(sub_id, ErrorEvent(message=str(exc), codex_error_info="bad_request"))
             return
         if decision == "abort":
             self.outcomes.set_turn(sub_id, self.active_turn_id)
