@@ -3,12 +3,14 @@ atomic failure, the approval policy for files outside, and the fileChange item o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from spindle.actors.runtime import apply_patch_tool
 from spindle.actors.runtime.apply_patch_tool import ApplyPatchTool
@@ -178,3 +180,107 @@ async def test_a_patch_round_trip_over_the_wire_in_both_forms(
         assert [c["status"] for c in changes] == ["completed", "completed"]
         assert changes[0]["changes"] == [{"path": str(tmp_path / "hello.txt"), "kind": {"type": "add"}, "diff": "hello\n"}]
         assert (tmp_path / "hello.txt").read_text() == "hello\n" and (tmp_path / "again.txt").read_text() == "again\n"
+
+
+async def test_no_file_is_read_before_the_paths_are_checked_and_only_regular_files_are(tmp_path: Path) -> None:
+    secret = tmp_path / "outside" / "secret.env"
+    secret.parent.mkdir()
+    secret.write_text("API_KEY=hunter2\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    os.mkfifo(work / "pipe")
+    never = Recorder(work, sandbox=roots(work), approval="never")
+    output = await ApplyPatchTool().run(envelope(f"*** Delete File: {secret}"), never.ctx)
+    assert output.startswith("apply_patch refused") and "hunter2" not in repr(never.items)
+    rec = Recorder(work, sandbox=roots(work))
+    with trio.fail_after(5):  # a FIFO, a device: refused, never read (it would block, or never end)
+        for target in ("pipe", "/dev/zero"):
+            out = await ApplyPatchTool().run(envelope(f"*** Update File: {target}", "@@", "-a", "+b"), rec.ctx)
+            assert "not a regular file" in out, out
+    assert secret.read_text() == "API_KEY=hunter2\n"
+
+
+@pytest.mark.parametrize("patch", [
+    envelope("*** Add File: .", "+x"), envelope("*** Add File: src", "+x"),
+    envelope("*** Update File: a.txt", "*** Move to: src", "@@", "-a", "+b"),
+])
+async def test_a_folder_is_never_replaced(tmp_path: Path, patch: str) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "keep.py").write_text("keep\n")
+    (tmp_path / "a.txt").write_text("a\n")
+    output = await ApplyPatchTool().run(patch, Recorder(tmp_path, sandbox=roots(tmp_path)).ctx)
+    assert "is a folder" in output
+    assert (tmp_path / "src" / "keep.py").read_text() == "keep\n" and (tmp_path / "a.txt").read_text() == "a\n"
+
+
+async def test_accept_for_session_covers_the_same_changes_only(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "out").mkdir()
+    rec = Recorder(tmp_path, sandbox=roots(tmp_path), approval="untrusted")
+    remembered: set[Hashable] = set()
+
+    async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
+        """What Approvals does with approved_for_session: the same key is not asked again."""
+        if key not in remembered:
+            rec.asked.append(request)
+            remembered.add(key)
+        return "approved_for_session"
+
+    ctx = dataclasses.replace(rec.ctx, ask_approval=ask)
+    await ApplyPatchTool().run(envelope("*** Update File: a.txt", "@@", "-a", "+b"), ctx)
+    await ApplyPatchTool().run(envelope("*** Update File: a.txt", "@@", "-b", "+c"), ctx)
+    assert len(rec.asked) == 1  # the same change to the same file: asked once
+    await ApplyPatchTool().run(envelope("*** Update File: a.txt", "*** Move to: out/a.txt", "@@", "-c", "+d"), ctx)
+    assert len(rec.asked) == 2  # a move is another change: asked again
+
+
+async def test_a_file_changed_while_the_user_is_asked_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x = 1\n")
+    rec = Recorder(tmp_path, sandbox=roots(tmp_path), approval="untrusted")
+
+    async def edit_then_approve(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
+        (tmp_path / "a.txt").write_text("x = 1\nz = 3\n")  # the user edits meanwhile
+        return "approved"
+
+    ctx = dataclasses.replace(rec.ctx, ask_approval=edit_then_approve)
+    output = await ApplyPatchTool().run(envelope("*** Update File: a.txt", "@@", "-x = 1", "+x = 2"), ctx)
+    assert output == "apply_patch failed: nothing was changed: a file changed while the patch waited for approval"
+    assert (tmp_path / "a.txt").read_text() == "x = 1\nz = 3\n" and rec.final.status == "failed"
+
+
+async def test_an_interrupt_while_asked_still_ends_the_item(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, sandbox=roots(tmp_path), approval="untrusted")
+
+    async def never_answered(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    ctx = dataclasses.replace(rec.ctx, ask_approval=never_answered)
+    with trio.move_on_after(0.1):
+        await ApplyPatchTool().run(envelope("*** Add File: x.txt", "+x"), ctx)
+    assert [phase for phase, _ in rec.items] == ["started", "completed"] and not (tmp_path / "x.txt").exists()
+
+
+async def test_hunks_on_one_file_build_on_each_other_and_line_endings_and_links_are_kept(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("a\nb\nc\n")
+    (tmp_path / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
+    (tmp_path / "AGENTS.md").write_text("old\n")
+    (tmp_path / "CLAUDE.md").symlink_to("AGENTS.md")
+    patch = envelope("*** Update File: f.txt", "@@", "-a", "+A", "*** Update File: f.txt", "@@", "-c", "+C",
+                     "*** Update File: crlf.txt", "@@", "-two", "+2", "*** Update File: CLAUDE.md", "@@", "-old", "+new",
+                     "*** Add File: odd.txt", "+x\u2028y\x0cz")
+    rec = Recorder(tmp_path, sandbox=roots(tmp_path))
+    await ApplyPatchTool().run(patch, rec.ctx)
+    assert (tmp_path / "f.txt").read_text() == "A\nb\nC\n"
+    assert (tmp_path / "crlf.txt").read_bytes() == b"one\r\n2\r\n"
+    assert (tmp_path / "CLAUDE.md").is_symlink() and (tmp_path / "AGENTS.md").read_text() == "new\n"
+    assert (tmp_path / "odd.txt").read_text() == "x\u2028y\x0cz\n"
+    assert [os.path.basename(c.path) for c in rec.final.changes] == ["f.txt", "crlf.txt", "CLAUDE.md", "odd.txt"]
+
+
+async def test_a_control_character_in_a_path_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a\n")
+    patch = envelope("*** Update File: a.txt", "@@", "-a", "+A", "*** Add File: b\0c", "+x")
+    output = await ApplyPatchTool().run(patch, Recorder(tmp_path, sandbox=roots(tmp_path)).ctx)
+    assert "control characters" in output and (tmp_path / "a.txt").read_text() == "a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

@@ -4,7 +4,6 @@ wait ends is followed by `ApprovalResolvedEvent`; `approved_for_session` is reme
 from __future__ import annotations
 
 import json
-
 from collections.abc import Callable
 from typing import Any
 

@@ -22,8 +22,11 @@ what confine them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -43,10 +46,12 @@ from spindle.protocol.items import FileChangeItem, PatchChange
 from spindle.protocol.sandbox import SandboxSpec
 
 from .patch import FileChange as PlannedChange
-from .patch import PatchError, parse, plan, summary
+from .patch import Hunk, PatchError, UpdateFile, parse, plan, resolve, summary
 from .tools import ToolContext
 
 Form = Literal["auto", "freeform", "function"]
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""The largest file a patch may change (it is read whole)."""
 
 GRAMMAR = r"""
 start: begin_patch hunk+ end_patch
@@ -113,37 +118,78 @@ class ApplyPatchTool:
     async def run(self, arguments: str, ctx: ToolContext) -> str:
         began = time.monotonic()
         item = FileChangeItem(id=ctx.call_id, changes=[], status="inProgress")
+        if ctx.sandbox is None:
+            return _ended(ctx, item, "failed", f"apply_patch failed: {ctx.sandbox_error}")
+        spec, cwd, policy = ctx.sandbox, ctx.settings.cwd, ctx.settings.approval_policy
         try:
             hunks = parse(_patch_text(arguments))
-            changes = await trio.to_thread.run_sync(plan, hunks, ctx.settings.cwd, _read)
+            outside = await trio.to_thread.run_sync(paths_outside, spec, targets(hunks, cwd))
+            if outside and policy == "never":  # refused before any file is read
+                return _ended(ctx, item, "declined", f"apply_patch refused: {', '.join(outside)} may not be written "
+                              'in this sandbox, and approval_policy "never" asks no one')
+            changes = await trio.to_thread.run_sync(checked_plan, hunks, cwd)
         except PatchError as exc:
             return _ended(ctx, item, "failed", f"apply_patch verification failed: {exc}")
         item = msgspec.structs.replace(item, changes=[
             PatchChange(path=c.path, kind=c.kind, diff=c.diff, move_path=c.move_path) for c in changes])
-        if ctx.sandbox is None:
-            return _ended(ctx, item, "failed", f"apply_patch failed: {ctx.sandbox_error}")
-        outside = await trio.to_thread.run_sync(paths_outside, ctx.sandbox, changes)
-        policy = ctx.settings.approval_policy
-        if outside and policy == "never":
-            return _ended(ctx, item, "declined", f"apply_patch refused: {', '.join(outside)} may not be written "
-                          'in this sandbox, and approval_policy "never" asks no one')
         ctx.item_started(item)
-        if outside or policy == "untrusted":
-            reason = f"write outside the writable roots: {', '.join(outside)}" if outside else None
-            request = ApplyPatchApprovalRequestEvent(
-                call_id=ctx.call_id, turn_id=ctx.turn_id, changes=_request_changes(changes), reason=reason)
-            decision = await ctx.ask_approval(request, ("patch", tuple(sorted(c.path for c in changes))))
-            if decision not in ("approved", "approved_for_session"):
-                ctx.item_completed(msgspec.structs.replace(item, status="declined"))
-                return "patch rejected by user"
+        status: Literal["completed", "failed", "declined"] = "failed"
         try:
-            await trio.to_thread.run_sync(apply_atomically, changes)
-        except OSError as exc:
-            ctx.item_completed(msgspec.structs.replace(item, status="failed"))
-            return f"apply_patch failed: nothing was changed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
-        ctx.item_completed(msgspec.structs.replace(item, status="completed"))
+            if outside or policy == "untrusted":
+                reason = f"write outside the writable roots: {', '.join(outside)}" if outside else None
+                request = ApplyPatchApprovalRequestEvent(
+                    call_id=ctx.call_id, turn_id=ctx.turn_id, changes=_request_changes(changes), reason=reason)
+                key = ("patch", tuple((c.kind, c.path, c.move_path) for c in changes))
+                if await ctx.ask_approval(request, key) not in ("approved", "approved_for_session"):
+                    status = "declined"
+                    return "patch rejected by user"
+            try:
+                await trio.to_thread.run_sync(commit, hunks, cwd, spec, changes, outside)
+            except PatchError as exc:
+                return f"apply_patch failed: nothing was changed: {exc}"
+            except OSError as exc:
+                return f"apply_patch failed: nothing was changed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            status = "completed"
+        finally:  # an interrupt while the user is asked, too: the item always ends
+            ctx.item_completed(msgspec.structs.replace(item, status=status))
         wall = time.monotonic() - began
-        return f"Exit code: 0\nWall time: {wall:.0f} seconds\nOutput:\n{summary(changes, ctx.settings.cwd)}"
+        return f"Exit code: 0\nWall time: {wall:.0f} seconds\nOutput:\n{summary(changes, cwd)}"
+
+
+def targets(hunks: Sequence[Hunk], cwd: str) -> list[str]:
+    """Every file `hunks` would write (a move's destination too), made absolute."""
+    paths = [resolve(cwd, hunk.path) for hunk in hunks]
+    return paths + [resolve(cwd, hunk.move_to) for hunk in hunks if isinstance(hunk, UpdateFile) and hunk.move_to]
+
+
+def checked_plan(hunks: Sequence[Hunk], cwd: str) -> list[PlannedChange]:
+    """The change set, read from regular files only; a folder is never a patch's target. Blocking."""
+    changes = plan(hunks, cwd, _read)
+    for path in [p for c in changes for p in (c.path, c.move_path) if p is not None]:
+        if os.path.isdir(path):
+            raise PatchError(f"'{path}' is a folder: a patch writes files")
+    return changes
+
+
+def commit(hunks: Sequence[Hunk], cwd: str, spec: SandboxSpec, approved: Sequence[PlannedChange],
+           outside: Sequence[str]) -> None:
+    """Apply `hunks` as approved: planned again from the files as they are now, which must be
+    what the user was shown, and where no path has come to lead anywhere else. Blocking."""
+    fresh = checked_plan(hunks, cwd)
+    if [(c.path, c.original) for c in fresh] != [(c.path, c.original) for c in approved]:
+        raise PatchError("a file changed while the patch waited for approval")
+    written = [p for c in fresh for p in (c.path, c.move_path) if p is not None]
+    moved_out = sorted(set(paths_outside(spec, written)) - set(outside))
+    if moved_out:
+        raise PatchError(f"{', '.join(moved_out)} now lead(s) outside the writable roots")
+    apply_atomically([_through_link(change) for change in fresh])
+
+
+def _through_link(change: PlannedChange) -> PlannedChange:
+    """An update of a symlink changes the file it points to (checked above), and keeps the link."""
+    if change.kind == "update" and change.move_path is None and os.path.islink(change.path):
+        return dataclasses.replace(change, path=os.path.realpath(change.path))
+    return change
 
 
 def _patch_text(arguments: str) -> str:
@@ -160,8 +206,21 @@ def _patch_text(arguments: str) -> str:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()
+    """A regular file's text, line endings kept; never a device, a FIFO or a huge file (their
+    reads could block or never end)."""
+    fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"over {MAX_FILE_BYTES} bytes", path)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8")
 
 
 def _ended(ctx: ToolContext, item: FileChangeItem, status: Literal["failed", "declined"], answer: str) -> str:
@@ -183,15 +242,15 @@ def _request_changes(changes: Sequence[PlannedChange]) -> dict[str, FileChange]:
     return out
 
 
-def paths_outside(spec: SandboxSpec, changes: Sequence[PlannedChange]) -> list[str]:
-    """The files of `changes` that `spec` does not let a command write (on real paths: the
+def paths_outside(spec: SandboxSpec, paths: Sequence[str]) -> list[str]:
+    """The files of `paths` that `spec` does not let a command write (on real paths: the
     deepest existing folder of each is resolved). Blocking: call it in a thread."""
     if spec.full_access:
         return []
     roots = [os.path.realpath(root) for root in spec.writable_roots]
     closed = [os.path.realpath(path) for path in (*spec.read_only_subpaths, *spec.denied_paths)]
     outside = []
-    for path in [p for c in changes for p in (c.path, c.move_path) if p is not None]:
+    for path in paths:
         real = _real(path)
         if not any(_within(real, root) for root in roots) or any(_within(real, shut) for shut in closed):
             outside.append(path)
@@ -224,12 +283,12 @@ def apply_atomically(changes: Sequence[PlannedChange]) -> None:
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".apply_patch-")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(change.content)
             with contextlib.suppress(OSError):
                 os.chmod(temp, os.stat(change.path).st_mode & 0o7777 if os.path.exists(change.path) else 0o644)
             staged.append((temp, target))
-    except OSError:
+    except BaseException:
         _discard(staged)
         raise
     _commit(changes, staged)
@@ -246,11 +305,11 @@ def _commit(changes: Sequence[PlannedChange], staged: list[tuple[str | None, str
     backups: list[tuple[str, str | None]] = []  # (path, its former content kept aside, or None if new)
     try:
         for change, (temp, target) in zip(changes, staged, strict=True):
-            for path in {change.path, target}:
+            for path in dict.fromkeys((change.path, target)):
                 backups.append((path, _set_aside(path)))
             if temp is not None:
                 os.replace(temp, target)
-    except OSError:
+    except BaseException:
         for path, aside in reversed(backups):
             with contextlib.suppress(OSError):
                 if aside is not None:
@@ -269,6 +328,8 @@ def _set_aside(path: str) -> str | None:
     """Move `path` (if it exists) to a hidden name beside it; that name, to restore it from."""
     if not os.path.lexists(path):
         return None
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise OSError(errno.EISDIR, "is a folder", path)
     aside = os.path.join(os.path.dirname(path), f".apply_patch-old-{os.getpid()}-{time.monotonic_ns()}")
     os.replace(path, aside)
     return aside

@@ -81,12 +81,14 @@ class FileChange:
     diff: str
     content: str | None = None
     move_path: str | None = None
+    original: str | None = None
+    """The file's text the change was planned against (an update, a deletion)."""
 
 
 # --- parsing ------------------------------------------------------------
 def parse(text: str) -> list[Hunk]:
     """The hunks of `text`, in order. PatchError names the offending line."""
-    lines = _unwrap(text.strip().splitlines())
+    lines = _unwrap([line.removesuffix("\r") for line in text.strip().split("\n")])
     if not lines or lines[0].strip() != BEGIN:
         raise PatchError(f"the first line of the patch must be '{BEGIN}'")
     if lines[-1].strip() != END:
@@ -181,31 +183,51 @@ def _chunk(lines: list[str], at: int, *, first: bool) -> tuple[Chunk, int]:
 
 # --- planning -----------------------------------------------------------
 def plan(hunks: Sequence[Hunk], cwd: str, read: Callable[[str], str]) -> list[FileChange]:
-    """The change set of `hunks`, relative paths taken against `cwd`; `read(path)` gives a file's
-    current text (OSError if it cannot). PatchError when a path is unsafe or a hunk does not apply."""
-    changes: list[FileChange] = []
+    """The change set of `hunks`, one change per file, relative paths taken against `cwd`;
+    `read(path)` gives a file's current text (OSError if it cannot). A later hunk on a file builds
+    on the earlier ones; a CRLF file keeps its line endings. PatchError when a path is unsafe or
+    a hunk does not apply."""
+    changes: dict[str, FileChange] = {}
     for hunk in hunks:
         path = resolve(cwd, hunk.path)
+        prior = changes.get(path)
         match hunk:
             case AddFile(content=content):
-                changes.append(FileChange(path=path, kind="add", diff=content, content=content))
+                changes[path] = FileChange(path=path, kind="add", diff=content, content=content)
             case DeleteFile():
-                old = _read(read, path, "delete")
-                changes.append(FileChange(path=path, kind="delete", diff=old))
+                old = _current(prior, read, path, "delete")
+                original = prior.original if prior is not None else old
+                changes[path] = FileChange(path=path, kind="delete", diff=old, original=original)
             case UpdateFile(move_to=move_to, chunks=chunks):
-                old = _read(read, path, "update")
-                new = apply_chunks(old, chunks, hunk.path)
-                changes.append(FileChange(
-                    path=path, kind="update", diff=unified_diff(old, new), content=new,
-                    move_path=resolve(cwd, move_to) if move_to else None,
-                ))
-    return changes
+                old = _current(prior, read, path, "update")
+                new = _with_line_endings_of(old, apply_chunks(old.replace("\r\n", "\n"), chunks, hunk.path))
+                original = prior.original if prior is not None else old
+                kind: Literal["add", "update"] = "add" if prior is not None and prior.kind == "add" else "update"
+                diff = new if kind == "add" else unified_diff((original or "").replace("\r\n", "\n"), new.replace("\r\n", "\n"))
+                changes[path] = FileChange(path=path, kind=kind, diff=diff, content=new, original=original,
+                                           move_path=resolve(cwd, move_to) if move_to else None)
+    return list(changes.values())
+
+
+def _current(prior: FileChange | None, read: Callable[[str], str], path: str, verb: str) -> str:
+    """A file's text as the hunks before have left it (from disk if none touched it)."""
+    if prior is None:
+        return _read(read, path, verb)
+    if prior.content is None:
+        raise PatchError(f"cannot {verb} '{path}': an earlier hunk deleted it")
+    return prior.content
+
+
+def _with_line_endings_of(old: str, new: str) -> str:
+    return new.replace("\n", "\r\n") if "\r\n" in old else new
 
 
 def resolve(cwd: str, path: str) -> str:
     """`path` made absolute against `cwd`; a `..` component is refused (a patch stays where it says)."""
     if ".." in path.replace("\\", "/").split("/"):
         raise PatchError(f"'{path}': a patch path may not contain '..'")
+    if any(ord(ch) < 32 for ch in path):
+        raise PatchError(f"{path!r}: a patch path may not contain control characters")
     return os.path.normpath(os.path.join(cwd, path))
 
 
