@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
 from spindle.actors.runtime import ThreadHandle
@@ -14,6 +15,7 @@ from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient
 from spindle.protocol.events import (
+    ApprovalRequestEvent,
     ApprovalResolvedEvent,
     ExecApprovalRequestEvent,
     TaskCompleteEvent,
@@ -141,6 +143,9 @@ async def test_a_command_approval_round_trip_over_the_wire(
         params = request["params"]
         assert (params["threadId"], params["turnId"], params["command"], params["reason"]) == (
             tid, turn["id"], "touch f", "make a file")
+        waiting = {"type": "active", "activeFlags": ["waitingOnApproval"]}
+        assert (await client.call("thread/read", {"threadId": tid}))["thread"]["status"] == waiting
+        assert [t["status"] for t in (await client.call("thread/list", {}))["data"] if t["id"] == tid] == [waiting]
         await client.answer(request["id"], {"decision": "bogus"})
         warning = await client.wait_for("warning", lambda p: "bogus" in p["message"])
         assert "allowed: accept, acceptForSession, decline, cancel" in warning["params"]["message"]
@@ -197,3 +202,19 @@ async def test_an_embedding_answers_through_thread_approvals(make_runtime: Calla
                         break
             await collect_until(events, TaskCompleteEvent)
         assert outputs(mock_model) == ["decision: approved", "decision: denied"]
+
+
+async def test_an_approver_that_fails_stops_the_turn_it_held(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="ask", arguments="f"), Text(text="never"), thread_id=thread.thread_id)
+
+        async def broken(request: ApprovalRequestEvent) -> ReviewDecision:
+            raise RuntimeError("the approver broke")
+
+        with pytest.raises(RuntimeError, match="the approver broke"):
+            await thread.ask("go", approve=broken)
+        with trio.fail_after(10):
+            while thread.active_turn_id is not None:  # noqa: ASYNC110 - the abort is being handled
+                await trio.sleep(0.01)
+        assert thread.pending_requests() == []

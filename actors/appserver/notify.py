@@ -142,8 +142,7 @@ class EventTranslator:
 
     def _flags(self) -> list[Output]:
         """`thread/status/changed` for the thread's active flags (after they changed)."""
-        flags = ["waitingOnApproval"] if self._waiting else []
-        status = v2.ThreadStatus(type="active", active_flags=flags)
+        status = v2.active_status(bool(self._waiting))
         return [("thread/status/changed", v2.ThreadStatusChanged(thread_id=self.thread_id, status=status))]
 
     def _error(self, message: str, info: str | None, turn_id: str | None, *, will_retry: bool) -> list[Output]:

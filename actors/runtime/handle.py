@@ -151,6 +151,12 @@ class ThreadHandle:
         its MCP servers have reported so far (so a subscriber never misses `starting` or how it ended)."""
         return self._events.subscribe(capacity, replay=self._actor.mcp_replay())
 
+    @property
+    def waiting_on_approval(self) -> bool:
+        """Whether an approval request of the thread waits for the user."""
+        return any(isinstance(request, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent)
+                   for _, request in self.pending_requests())
+
     def approvals(self) -> ApprovalStream:
         """The thread's approval requests as they come, those already pending first:
         `with thread.approvals() as requests: async for request in requests: await request.accept()`."""
@@ -178,8 +184,13 @@ class ThreadHandle:
             async for ev in events:
                 msg = ev.msg
                 if isinstance(msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent) and msg.turn_id == turn_id:
-                    decision: ReviewDecision = "denied" if approve is None else await approve(msg)
                     op = ExecApprovalOp if isinstance(msg, ExecApprovalRequestEvent) else PatchApprovalOp
+                    try:
+                        decision: ReviewDecision = "denied" if approve is None else await approve(msg)
+                    except BaseException:  # an approver that fails or is cancelled stops the turn it held
+                        with trio.CancelScope(shield=True):
+                            await self.submit(op(id=msg.call_id, decision="abort"))
+                        raise
                     await self.submit(op(id=msg.call_id, decision=decision))
                 if isinstance(msg, TurnAbortedEvent) and (turn_id is None or msg.turn_id == turn_id):
                     raise TurnAbortedError(f"turn {msg.turn_id} was {msg.reason}")

@@ -67,8 +67,8 @@ NOT_LOADED = ThreadStatus(type="notLoaded")
 SYSTEM_ERROR = ThreadStatus(type="systemError")
 
 
-def active_status() -> ThreadStatus:
-    return ThreadStatus(type="active", active_flags=[])
+def active_status(waiting_on_approval: bool = False) -> ThreadStatus:
+    return ThreadStatus(type="active", active_flags=["waitingOnApproval"] if waiting_on_approval else [])
 
 
 # --- user input -------------------------------------------------------------
