@@ -302,19 +302,13 @@ class MockModel:
                 return out
             case Call(name=name, arguments=arguments, call_id=call_id):
                 args = arguments if isinstance(arguments, str) else _enc.encode(arguments).decode()
-                item = {"type": "function_call", "id": f"fc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
-                        "name": name, "arguments": args, "status": "completed"}
-                out.append((sse({"type": "response.output_item.added", "output_index": 0, "item": {**item, "arguments": "", "status": "in_progress"}}), 0.0))
-                out.append((sse({"type": "response.output_item.done", "output_index": 0, "item": item}), 0.0))
-                out.append((sse(self._completed(resp_id, [item], True)), 0.0))
-                return out
+                return out + self._tool_call(resp_id, {
+                    "type": "function_call", "id": f"fc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
+                    "name": name, "arguments": args, "status": "completed"}, "arguments")
             case Custom(name=name, input=text, call_id=call_id):
-                item = {"type": "custom_tool_call", "id": f"ctc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
-                        "name": name, "input": text, "status": "completed"}
-                out.append((sse({"type": "response.output_item.added", "output_index": 0, "item": {**item, "input": "", "status": "in_progress"}}), 0.0))
-                out.append((sse({"type": "response.output_item.done", "output_index": 0, "item": item}), 0.0))
-                out.append((sse(self._completed(resp_id, [item], True)), 0.0))
-                return out
+                return out + self._tool_call(resp_id, {
+                    "type": "custom_tool_call", "id": f"ctc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
+                    "name": name, "input": text, "status": "completed"}, "input")
             case Text() | Truncated():
                 text = reply.text
                 chunks = reply.chunks if isinstance(reply, Text) else 1
@@ -332,6 +326,15 @@ class MockModel:
                     out.append((sse(self._completed(resp_id, [done], reply.usage)), 0.0))
                 return out
         raise AssertionError(f"unhandled reply {reply!r}")
+
+    def _tool_call(self, resp_id: str, item: dict[str, Any], payload: str) -> list[tuple[bytes, float]]:
+        """The stream of one tool call `item`: added (its `payload` still empty), done, completed."""
+        added = {**item, payload: "", "status": "in_progress"}
+        return [
+            (sse({"type": "response.output_item.added", "output_index": 0, "item": added}), 0.0),
+            (sse({"type": "response.output_item.done", "output_index": 0, "item": item}), 0.0),
+            (sse(self._completed(resp_id, [item], True)), 0.0),
+        ]
 
     @staticmethod
     def _completed(resp_id: str, output: list[Any], usage: bool) -> dict[str, Any]:
