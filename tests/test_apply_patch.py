@@ -180,6 +180,12 @@ async def test_a_patch_round_trip_over_the_wire_in_both_forms(
         assert [c["status"] for c in changes] == ["completed", "completed"]
         assert changes[0]["changes"] == [{"path": str(tmp_path / "hello.txt"), "kind": {"type": "add"}, "diff": "hello\n"}]
         assert (tmp_path / "hello.txt").read_text() == "hello\n" and (tmp_path / "again.txt").read_text() == "again\n"
+        diffs = [n["params"]["diff"] for n in client.notifications if n["method"] == "turn/diff/updated"]
+        assert diffs == [
+            f"--- /dev/null\n+++ b{tmp_path}/hello.txt\n@@ -0,0 +1,1 @@\n+hello\n",
+            f"--- /dev/null\n+++ b{tmp_path}/hello.txt\n@@ -0,0 +1,1 @@\n+hello\n"
+            f"--- /dev/null\n+++ b{tmp_path}/again.txt\n@@ -0,0 +1,1 @@\n+again\n",
+        ]  # the turn's changes so far, after each
 
 
 async def test_no_file_is_read_before_the_paths_are_checked_and_only_regular_files_are(tmp_path: Path) -> None:

@@ -464,6 +464,12 @@ class ItemCompleted(Wire, kw_only=True):
     completed_at_ms: int
 
 
+class TurnDiffUpdated(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    diff: str
+
+
 class AgentMessageDelta(Wire, kw_only=True):
     thread_id: str
     turn_id: str
