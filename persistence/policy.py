@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from spindle.protocol.events import (
     AgentMessageEvent,
+    ApprovalResolvedEvent,
     ErrorEvent,
     EventMsg,
     ItemCompletedEvent,
@@ -41,6 +42,8 @@ PERSISTED_EVENTS = (
 
 
 def should_persist_event(msg: EventMsg) -> bool:
+    if isinstance(msg, ApprovalResolvedEvent):  # what was approved for the session outlives the process
+        return msg.decision == "approved_for_session"
     if isinstance(msg, ItemCompletedEvent):
         return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem)
     return isinstance(msg, PERSISTED_EVENTS)

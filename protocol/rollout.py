@@ -41,8 +41,10 @@ class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
     """The thread's runtime workspace roots at start (Codex writes the same field)."""
     permissions: str | msgspec.UnsetType = msgspec.UNSET
     """Spindle only: the permission profile id the thread started with (unset: legacy sandbox)."""
-    dynamic_tools: list[DynamicToolSpec] | msgspec.UnsetType = msgspec.UNSET
-    """The tools the client registered at `thread/start`, restored on resume."""
+    dynamic_tools: list[DynamicToolSpec] | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="spindle_dynamic_tools")
+    """Spindle only: the tools the client registered at `thread/start`, restored on resume. Under
+    its own name: Codex reads a `dynamic_tools` of another shape, and a session_meta it cannot
+    read hides the whole thread from it."""
 
 
 class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):

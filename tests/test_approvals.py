@@ -218,3 +218,20 @@ async def test_an_approver_that_fails_stops_the_turn_it_held(make_runtime: Calla
             while thread.active_turn_id is not None:  # noqa: ASYNC110 - the abort is being handled
                 await trio.sleep(0.01)
         assert thread.pending_requests() == []
+
+
+async def test_approved_for_session_survives_a_resume_in_a_new_runtime(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread()
+        mock_model.script(Call(name="ask", arguments="f"), Text(text="done"), thread_id=thread.thread_id)
+        await answer_each(thread, "approved_for_session", TaskCompleteEvent)
+        tid = thread.thread_id
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt:
+        resumed = await rt.resume_thread(tid)
+        mock_model.script(Call(name="ask", arguments="f"), Call(name="ask", arguments="g"), Text(text="done"), thread_id=tid)
+        seen = await answer_each(resumed, "denied", TaskCompleteEvent)
+        asked = [m.command for m in seen if isinstance(m, ExecApprovalRequestEvent)]
+        assert asked == [["touch", "g"]]  # `f` was approved for the session before the restart
+        assert outputs(mock_model)[-2:] == ["decision: approved_for_session", "decision: denied"]

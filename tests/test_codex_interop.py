@@ -265,3 +265,39 @@ async def test_real_codex_reads_a_spindle_thread_with_an_mcp_tool_call(tmp_path:
     async with codex_app_server(home) as (codex, _):
         read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
         assert [_user_texts(t) for t in read["thread"]["turns"]] == [["add"], ["and then"]]
+
+
+@needs_codex
+async def test_real_codex_reads_a_spindle_thread_with_approvals_profiles_and_dynamic_tools(
+    tmp_path: Path, mock_model: MockModel
+) -> None:
+    """What issues 13 and 14 add to a rollout (a profile and runtime roots in `turn_context`,
+    dynamic tools in `session_meta`, an `approval_resolved` event) must not stop Codex reading it."""
+    from spindle.actors.runtime.config import load_config
+    from spindle.actors.runtime.tools import ToolRegistry
+    from spindle.actors.testing.mock_model import Call, Text
+    from spindle.protocol.items import DynamicToolSpec
+
+    from .test_approvals import AskingTool
+
+    home = tmp_path / "home"
+    write_config(home, mock_model)
+    lookup = DynamicToolSpec(name="lookup", description="Look up.", input_schema={"type": "object"})
+    async with open_runtime(load_config(home=home), tools=ToolRegistry([AskingTool()])) as rt:
+        thread = await rt.start_thread(permissions=":workspace", runtime_workspace_roots=[str(tmp_path)],
+                                       dynamic_tools=[lookup])
+        mock_model.script(Call(name="ask", arguments="f"), Text(text="asked"), thread_id=thread.thread_id)
+
+        async def for_session(request: Any) -> Any:
+            return "approved_for_session"
+
+        assert await thread.ask("ask me", approve=for_session) == "asked"
+        tid = thread.thread_id
+        await thread.shutdown_and_wait()
+    text = thread.rollout_path.read_text()
+    assert '"approval_resolved"' in text and '"spindle_dynamic_tools"' in text and '"runtime_workspace_roots"' in text
+    async with codex_app_server(home) as (codex, _):
+        assert tid in [t["id"] for t in (await codex.call("thread/list", {}))["data"]]
+        read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
+        assert [_user_texts(t) for t in read["thread"]["turns"]] == [["ask me"]]
+        await codex.call("thread/resume", {"threadId": tid})

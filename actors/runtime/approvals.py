@@ -15,7 +15,7 @@ call (`call_client`) waits the same way for the `dynamic_tool_response` op.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +68,17 @@ class Approvals:
         `approved_for_session` if `key` was approved so before. Cancelled with the turn."""
         if key in self._approved_for_session:
             return "approved_for_session"
-        decision = await self._wait(sub_id, request)
+        decision = await self._wait(sub_id, request, key)
         assert isinstance(decision, str)
         if decision == "approved_for_session":
             self._approved_for_session.add(key)
         return decision
+
+    def remember(self, events: Iterable[object]) -> None:
+        """Take up what `events` (a resumed rollout's) approved for the session."""
+        for event in events:
+            if isinstance(event, ApprovalResolvedEvent) and event.decision == "approved_for_session":
+                self._approved_for_session.add(_frozen(event.session_key))
 
     async def call_client(self, sub_id: str, request: DynamicToolCallRequestEvent) -> ToolResult:
         """The client's result for a call of its tool. Cancelled with the turn."""
@@ -80,7 +86,7 @@ class Approvals:
         assert isinstance(result, ToolResult)
         return result
 
-    async def _wait(self, sub_id: str, request: ClientRequestEvent) -> Answer:
+    async def _wait(self, sub_id: str, request: ClientRequestEvent, key: Hashable = None) -> Answer:
         if request.call_id in self._pending:
             raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
         pending = self._pending[request.call_id] = _Pending(sub_id, request)
@@ -90,7 +96,9 @@ class Approvals:
         finally:
             del self._pending[request.call_id]
             decision = pending.answer if isinstance(pending.answer, str) else None
-            self._emit(sub_id, ApprovalResolvedEvent(call_id=request.call_id, decision=decision))
+            self._emit(sub_id, ApprovalResolvedEvent(
+                call_id=request.call_id, decision=decision,
+                session_key=key if decision == "approved_for_session" else None))
         assert pending.answer is not None
         return pending.answer
 
@@ -109,3 +117,10 @@ class Approvals:
     def replay(self) -> list[tuple[str, ClientRequestEvent]]:
         """The requests still waiting for an answer, oldest first, with their submission ids."""
         return [(p.sub_id, p.request) for p in self._pending.values() if not p.answered.is_set()]
+
+
+def _frozen(value: Any) -> Hashable:
+    """A key read back from JSON (lists) as the tuples it was made of."""
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    return value  # type: ignore[no-any-return]

@@ -127,6 +127,8 @@ class ThreadActor:
         self._writers: trio.Nursery | None = None
         self.mcp = McpManager(self._mcp_status)
         self.approvals = Approvals(self.emit)
+        if rollout.persisted:  # resumed: what the user approved for the session still holds
+            self.approvals.remember(rollout.source.iter_forward_from(0))
         registered = rollout.meta.dynamic_tools
         self.dynamic_tools: list[Tool] = [DynamicTool(spec) for spec in registered] if isinstance(registered, list) else []
         """The client's own tools (`dynamicTools`), as its rollout records them."""
