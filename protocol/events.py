@@ -8,7 +8,7 @@ import msgspec
 
 from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
 from .mcp import McpStartupStatus
-from .settings import ApprovalPolicy, ReviewDecision, SandboxMode
+from .settings import Approval, ReviewDecision, SandboxMode
 
 
 class TokenUsage(msgspec.Struct, kw_only=True, frozen=True):
@@ -45,7 +45,7 @@ class SessionConfiguredEvent(EventMsgBase, tag="session_configured", kw_only=Tru
     model: str
     model_provider_id: str
     cwd: str
-    approval_policy: ApprovalPolicy
+    approval_policy: Approval
     sandbox_policy: SandboxMode
     rollout_path: str | None = None
     forked_from_id: str | None = None

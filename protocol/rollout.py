@@ -13,6 +13,7 @@ import msgspec
 
 from .events import EventMsg, EventMsgBase
 from .items import DynamicToolSpec, ResponseItem, ResponseItemBase
+from .settings import Granular
 
 
 class BaseInstructions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -55,7 +56,7 @@ class TurnContextItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
     """The settings one turn ran with."""
 
     cwd: str
-    approval_policy: str
+    approval_policy: str | Granular
     model: str
     sandbox_policy: SandboxPolicy | None = None
     turn_id: str | None = None

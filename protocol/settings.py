@@ -20,6 +20,30 @@ ReviewDecision = Literal["approved", "approved_for_session", "denied", "abort"]
 """A user's answer to an approval request: run it, run it and stop asking for it this session,
 do not run it (the turn goes on), or do not run it and interrupt the turn."""
 
+class GranularApproval(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Which kinds of prompt a granular policy lets through (`true`: the user is asked) or rejects
+    without asking (`false`). Spindle prompts only for `sandbox_approval` (leaving the sandbox,
+    writing outside it); the others are kept as given."""
+
+    sandbox_approval: bool
+    rules: bool
+    mcp_elicitations: bool
+    request_permissions: bool = False
+    skill_approval: bool = False
+
+
+class Granular(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`{"granular": {...}}`: on-request, with some kinds of prompt rejected without asking."""
+
+    granular: GranularApproval
+
+    def rejects_sandbox_prompts(self) -> bool:
+        return not self.granular.sandbox_approval
+
+
+Approval = ApprovalPolicy | Granular
+"""An approval policy: one of the named ones, or a granular one."""
+
 APPROVAL_POLICIES: frozenset[str] = frozenset(get_args(ApprovalPolicy))
 SANDBOX_MODES: frozenset[str] = frozenset(get_args(SandboxMode))
 
@@ -30,7 +54,7 @@ class SettingsUpdate(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
     model: str | None = None
     provider_id: str | None = None
     cwd: str | None = None
-    approval_policy: ApprovalPolicy | None = None
+    approval_policy: Approval | None = None
     sandbox_mode: SandboxMode | None = None
     """The legacy selection; it clears `permissions` (a profile selected before)."""
     permissions: str | None = None
@@ -62,7 +86,7 @@ class ThreadSettings(msgspec.Struct, kw_only=True, frozen=True):
     model: str
     provider_id: str
     cwd: str
-    approval_policy: ApprovalPolicy
+    approval_policy: Approval
     sandbox_mode: SandboxMode
     """The legacy sandbox selection; under a profile, its legacy projection (for old readers)."""
     instructions: str

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from spindle.actors.appserver.server import AppServer
 from spindle.actors.runtime import ThreadHandle
 from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
-from spindle.actors.testing.rpc_client import RpcClient
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.events import (
     ApprovalRequestEvent,
     ApprovalResolvedEvent,
@@ -235,3 +237,32 @@ async def test_approved_for_session_survives_a_resume_in_a_new_runtime(
         asked = [m.command for m in seen if isinstance(m, ExecApprovalRequestEvent)]
         assert asked == [["touch", "g"]]  # `f` was approved for the session before the restart
         assert outputs(mock_model)[-2:] == ["decision: approved_for_session", "decision: denied"]
+
+
+GRANULAR = {"granular": {"sandbox_approval": False, "rules": True, "mcp_elicitations": True}}
+
+
+async def test_a_granular_policy_needs_the_experimental_api_and_rejects_what_it_says(
+    make_runtime: Callable[..., Any], mock_model: MockModel, tmp_path: Path
+) -> None:
+    async with make_runtime() as rt, app_client(rt) as plain:
+        with pytest.raises(RpcFailure, match="askForApproval.granular requires experimentalApi capability"):
+            await plain.call("thread/start", {"approvalPolicy": GRANULAR})
+    async with make_runtime() as rt, trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(rt).run)
+        async with in_memory(server) as client:
+            await client.initialize(experimental=True)
+            started = await client.call("thread/start", {"approvalPolicy": GRANULAR, "cwd": str(tmp_path),
+                                                          "sandbox": "workspace-write"})
+            assert started["approvalPolicy"] == {"granular": {**GRANULAR["granular"], "request_permissions": False,
+                                                              "skill_approval": False}}
+            tid = started["thread"]["id"]
+            escalate = Call(name="exec_command", arguments={
+                "cmd": "touch escaped", "sandbox_permissions": "require_escalated", "justification": "please"})
+            mock_model.script(escalate, Text(text="done"), thread_id=tid)
+            await client.run_turn(tid, "escalate")
+            assert outputs(mock_model)[-1].startswith("exec_command refused: the granular approval policy rejects")
+            assert client.server_requests == [] and not (tmp_path / "escaped").exists()
+            resumed = await client.call("thread/resume", {"threadId": tid})
+            assert resumed["approvalPolicy"]["granular"]["sandbox_approval"] is False
+        nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ from spindle.actors.runtime.exec_policy import (
     likely_sandbox_denial,
 )
 from spindle.protocol.sandbox import SandboxSpec
-from spindle.protocol.settings import ApprovalPolicy
+from spindle.protocol.settings import ApprovalPolicy, Granular, GranularApproval
 
 SANDBOXED, FULL = SandboxSpec(writable_roots=("/w",)), SandboxSpec(full_access=True, network=True)
 
@@ -71,3 +71,11 @@ def test_sandbox_denials_are_told_from_other_failures() -> None:
     assert not likely_sandbox_denial(1, "grep: no match")
     assert not likely_sandbox_denial(0, "Permission denied was printed but it worked")
     assert not likely_sandbox_denial(124, "timed out: permission denied")
+
+
+def test_a_granular_policy_asks_like_on_request_unless_it_rejects_sandbox_prompts() -> None:
+    allow = Granular(granular=GranularApproval(sandbox_approval=True, rules=False, mcp_elicitations=False))
+    reject = Granular(granular=GranularApproval(sandbox_approval=False, rules=True, mcp_elicitations=True))
+    assert decide(allow, SANDBOXED, "touch x", escalate=True, justification="why").verdict == "ask"
+    assert decide(reject, SANDBOXED, "touch x", escalate=True, justification="why").verdict == "refuse"
+    assert decide(reject, SANDBOXED, "touch x", escalate=False, justification=None).verdict == "run"

@@ -11,6 +11,7 @@ from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import dynamic_tool_specs, thread_settings_update
 from spindle.protocol.ops import CompactOp, ThreadRollbackOp
+from spindle.protocol.settings import Granular
 
 from .config_methods import warnings_since
 from .context import RequestContext, dispatch, loaded, thread_id_param
@@ -21,8 +22,11 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
 
-def require_permission_fields(ctx: RequestContext, method: str, params: v2.ThreadSettingsParams | v2.TurnStartParams) -> None:
-    """The experimental permission fields need the client's `experimentalApi` opt-in."""
+def require_experimental_fields(ctx: RequestContext, method: str, params: v2.ThreadSettingsParams | v2.TurnStartParams) -> None:
+    """The experimental fields (the permission selection, a granular approval policy) need the
+    client's `experimentalApi` opt-in."""
+    if isinstance(params.approval_policy, Granular):
+        ctx.peer.handshake.require_experimental("askForApproval.granular")
     if params.permissions is not None:
         ctx.peer.handshake.require_experimental(f"{method}.permissions")
     if params.runtime_workspace_roots is not None:
@@ -30,7 +34,7 @@ def require_permission_fields(ctx: RequestContext, method: str, params: v2.Threa
 
 
 async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.ThreadSessionResult:
-    require_permission_fields(ctx, "thread/start", params)
+    require_experimental_fields(ctx, "thread/start", params)
     if params.persist_now is not None:
         ctx.peer.handshake.require_experimental("thread/start.persistNow")
     if params.persist_now and params.ephemeral:
@@ -53,7 +57,7 @@ async def thread_start(ctx: RequestContext, params: v2.ThreadStartParams) -> v2.
 
 async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v2.ThreadSessionResult:
     tid = thread_id_param(params.thread_id)
-    require_permission_fields(ctx, "thread/resume", params)
+    require_experimental_fields(ctx, "thread/resume", params)
     if params.handoff is not None:
         ctx.peer.handshake.require_experimental("thread/resume.handoff")
     handle = await ctx.manager.resume_thread(
@@ -65,7 +69,7 @@ async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v
 
 async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.ThreadSessionResult:
     tid = thread_id_param(params.thread_id)
-    require_permission_fields(ctx, "thread/fork", params)
+    require_experimental_fields(ctx, "thread/fork", params)
     snapshot = ForkSnapshot.interrupted()
     if params.last_turn_id is not None:
         snapshot = await _snapshot_through(ctx, tid, params.last_turn_id)

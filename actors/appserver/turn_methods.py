@@ -15,12 +15,12 @@ from spindle.protocol.appserver.v2map import turn_settings_update, user_inputs
 from spindle.protocol.ops import InterruptOp, UserInputOp, UserTurnOp
 
 from .context import RequestContext, dispatch, loaded, thread_id_param
-from .thread_methods import require_permission_fields
+from .thread_methods import require_experimental_fields
 
 
 async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.TurnResult:
     handle = loaded(ctx, thread_id_param(params.thread_id))
-    require_permission_fields(ctx, "turn/start", params)
+    require_experimental_fields(ctx, "turn/start", params)
     update = turn_settings_update(params)
     if params.sandbox_policy is not None:
         check_legacy_options(params.sandbox_policy, handle.permission_profiles)

@@ -11,8 +11,8 @@ turn's writable roots and outside their protected paths (`.git`, `.codex`, a pro
 and `deny` paths), judged on real paths, so neither `..` nor a symlink leads out; under
 `danger-full-access` anything goes. Whether it applies at once, asks the user
 (`apply_patch_approval_request`) or is refused follows the approval policy: `untrusted` always
-asks; `on-request` and `on-failure` ask only for a file outside the writable roots; `never`
-refuses that. The writes are atomic: every new content is written beside its file first, then all
+asks; `on-request`, `on-failure` and a granular policy ask only for a file outside the writable roots;
+`never`, and a granular policy with `sandbox_approval = false`, refuse that. The writes are atomic: every new content is written beside its file first, then all
 are moved into place; if one step fails, the files moved so far are put back.
 
 The writes are made by the server itself, not by a sandboxed process: the path checks above are
@@ -44,6 +44,7 @@ from spindle.protocol.events import (
 )
 from spindle.protocol.items import FileChangeItem, PatchChange
 from spindle.protocol.sandbox import SandboxSpec
+from spindle.protocol.settings import Granular
 
 from .patch import FileChange as PlannedChange
 from .patch import Hunk, PatchError, UpdateFile, parse, plan, resolve, summary
@@ -124,9 +125,9 @@ class ApplyPatchTool:
         try:
             hunks = parse(_patch_text(arguments))
             outside = await trio.to_thread.run_sync(paths_outside, spec, targets(hunks, cwd))
-            if outside and policy == "never":  # refused before any file is read
+            if outside and (policy == "never" or isinstance(policy, Granular) and policy.rejects_sandbox_prompts()):
                 return _ended(ctx, item, "declined", f"apply_patch refused: {', '.join(outside)} may not be written "
-                              'in this sandbox, and approval_policy "never" asks no one')
+                              "in this sandbox, and the approval policy asks no one about it")  # before any file is read
             changes = await trio.to_thread.run_sync(checked_plan, hunks, cwd)
         except PatchError as exc:
             return _ended(ctx, item, "failed", f"apply_patch verification failed: {exc}")

@@ -7,6 +7,7 @@ applied to the command and the turn's sandbox. Pure.
 | `on-request` | runs | asks; approved runs unsandboxed |
 | `on-failure` | runs; if the sandbox seems to have denied it, asks to run it again unsandboxed | asks |
 | `untrusted` | a known-safe, read-only command runs; any other asks, and approved runs sandboxed | asks |
+| `{"granular": …}` | runs | as `on-request`, refused when `sandbox_approval` is false |
 
 A turn with full access has no sandbox to leave: `require_escalated` changes nothing there.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from spindle.protocol.sandbox import SandboxSpec
-from spindle.protocol.settings import ApprovalPolicy
+from spindle.protocol.settings import Approval, Granular
 
 Verdict = Literal["run", "ask", "refuse"]
 
@@ -38,13 +39,17 @@ SHELLS_READ_AS_BASH = frozenset({"bash", "sh"})
 
 
 def decide(
-    approval: ApprovalPolicy, sandbox: SandboxSpec, cmd: str, *, escalate: bool, justification: str | None,
+    approval: Approval, sandbox: SandboxSpec, cmd: str, *, escalate: bool, justification: str | None,
     shell: str = "bash",
 ) -> ExecDecision:
     if escalate and not sandbox.full_access:
         if approval == "never":
             return ExecDecision(verdict="refuse", reason=(
                 'approval_policy "never" lets no command leave the sandbox, and no user is asked; '
+                "run the command inside the sandbox instead"))
+        if isinstance(approval, Granular) and approval.rejects_sandbox_prompts():
+            return ExecDecision(verdict="refuse", reason=(
+                "the granular approval policy rejects requests to leave the sandbox (sandbox_approval = false); "
                 "run the command inside the sandbox instead"))
         return ExecDecision(verdict="ask", escalate=True,
                             reason=justification or "Run this command outside the sandbox?")

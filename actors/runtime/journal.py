@@ -22,7 +22,7 @@ from spindle.protocol.items import (
     turn_aborted_marker,
 )
 from spindle.protocol.rollout import SandboxPolicy, TurnContextItem
-from spindle.protocol.settings import ThreadSettings
+from spindle.protocol.settings import Granular, ThreadSettings
 
 
 class HistoryView(Sequence[ResponseItem]):
@@ -60,7 +60,7 @@ def environment_context(settings: ThreadSettings) -> Message:
     text = (
         "<environment_context>\n"
         f"  <cwd>{settings.cwd}</cwd>\n"
-        f"  <approval_policy>{settings.approval_policy}</approval_policy>\n"
+        f"  <approval_policy>{'granular' if isinstance(settings.approval_policy, Granular) else settings.approval_policy}</approval_policy>\n"
         f"  <sandbox_mode>{settings.sandbox_mode}</sandbox_mode>\n"
         "  <shell>bash</shell>\n"
         "</environment_context>"

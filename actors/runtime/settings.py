@@ -13,6 +13,7 @@ from spindle.protocol.rollout import SessionMeta, TurnContextItem
 from spindle.protocol.settings import (
     APPROVAL_POLICIES,
     SANDBOX_MODES,
+    Granular,
     SettingsUpdate,
     ThreadSettings,
 )
@@ -140,7 +141,7 @@ def recorded_settings(config: Config, meta: SessionMeta, context: TurnContextIte
         model=context.model if context else None,
         provider_id=provider,
         cwd=(context.cwd if context else None) or meta.cwd or None,
-        approval_policy=approval if approval in APPROVAL_POLICIES else None,  # type: ignore[arg-type]
+        approval_policy=approval if isinstance(approval, Granular) or approval in APPROVAL_POLICIES else None,  # type: ignore[arg-type]
         sandbox_mode=sandbox if sandbox in SANDBOX_MODES and permissions is None else None,  # type: ignore[arg-type]
         permissions=permissions,
         runtime_workspace_roots=roots,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..settings import ApprovalPolicy, SandboxMode
+from ..settings import Approval, SandboxMode
 from .v2tools import DynamicToolSpecV2
 
 # --- shared shapes ----------------------------------------------------------
@@ -250,7 +250,7 @@ class ThreadSettingsParams(Inbound, kw_only=True, frozen=True):
     model: str | None = None
     model_provider: str | None = None
     cwd: str | None = None
-    approval_policy: ApprovalPolicy | dict[str, Any] | None = None
+    approval_policy: Approval | None = None
     sandbox: SandboxMode | None = None
     permissions: str | None = None
     """Experimental: a permission profile by id (not with `sandbox`)."""
@@ -340,7 +340,7 @@ class TurnStartParams(Inbound, kw_only=True, frozen=True):
     input: list[UserInputV2]
     cwd: str | None = None
     model: str | None = None
-    approval_policy: ApprovalPolicy | dict[str, Any] | None = None
+    approval_policy: Approval | None = None
     sandbox_policy: SandboxPolicyV2 | None = None
     permissions: str | None = None
     """Experimental: a permission profile by id for this turn and later ones (not with `sandboxPolicy`)."""
@@ -378,7 +378,7 @@ class ThreadSessionResult(Wire, kw_only=True):
     model: str
     model_provider: str
     cwd: str
-    approval_policy: str
+    approval_policy: Approval
     approvals_reviewer: str
     sandbox: SandboxPolicyOut
     runtime_workspace_roots: list[str] = msgspec.field(default_factory=list)

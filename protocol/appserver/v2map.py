@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from msgspec import UNSET
 
 from ..events import TokenUsage, TokenUsageInfo
@@ -23,7 +21,7 @@ from ..items import (
     UserInput,
     UserMessageItem,
 )
-from ..settings import ApprovalPolicy, SandboxMode, SettingsUpdate
+from ..settings import Approval, SandboxMode, SettingsUpdate
 from . import v2, v2tools, v2usage
 
 SANDBOX_TO_V2: dict[str, v2.SandboxPolicyType] = {
@@ -155,12 +153,8 @@ def _roots(roots: list[str] | None) -> tuple[str, ...] | None:
     return tuple(roots) if roots is not None else None
 
 
-def approval_policy(value: str | dict[str, Any] | None) -> ApprovalPolicy | None:
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        raise UnsupportedInput("granular approval policies are not supported by Spindle")
-    return value  # type: ignore[return-value]
+def approval_policy(value: Approval | None) -> Approval | None:
+    return value
 
 
 def sandbox_policy(value: v2.SandboxPolicyV2 | None) -> SandboxMode | None:
