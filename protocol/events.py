@@ -226,9 +226,9 @@ class ApprovalResolvedEvent(EventMsgBase, tag="approval_resolved", kw_only=True,
 
     call_id: str
     decision: ReviewDecision | None = None
-    session_key: Any = None
-    """With `approved_for_session`: what the same request is known by (kept in the rollout, so a
-    resumed thread does not ask again)."""
+    session_key: str | None = None
+    """With `approved_for_session`: what the same request is known by, as canonical JSON (kept in
+    the rollout, so a resumed thread does not ask again)."""
 
 
 ApprovalRequestEvent = ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ import trio
 
 from spindle.actors.appserver.server import AppServer
 from spindle.actors.runtime import ThreadHandle
+from spindle.actors.runtime.approvals import key_text
 from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
@@ -266,3 +267,9 @@ async def test_a_granular_policy_needs_the_experimental_api_and_rejects_what_it_
             resumed = await client.call("thread/resume", {"threadId": tid})
             assert resumed["approvalPolicy"]["granular"]["sandbox_approval"] is False
         nursery.cancel_scope.cancel()
+
+
+def test_a_request_key_is_remembered_as_canonical_json() -> None:
+    assert key_text(("exec", ("ls", "-la"), False)) == '["exec",["ls","-la"],false]'
+    assert key_text(frozenset({"b", "a"})) == key_text(frozenset({"a", "b"})) == '["a","b"]'
+    assert key_text(PurePosixPath("/x")).startswith("PurePosixPath(")  # not JSON: kept by its repr

@@ -12,8 +12,11 @@ import trio
 
 from spindle.actors.appserver.server import AppServer
 from spindle.actors.runtime import ThreadManager
+from spindle.actors.runtime.approvals import ToolResult
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.protocol.events import DynamicToolCallRequestEvent
+from spindle.protocol.items import DynamicToolSpec
 
 LOOKUP = {"type": "function", "name": "lookup_ticket", "description": "Look a ticket up.",
           "inputSchema": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}}
@@ -56,7 +59,9 @@ async def test_a_call_goes_to_the_registering_client_and_its_answer_to_the_model
                                            "success": True})
         assert (await owner.wait_turn(turn["id"]))["status"] == "completed"
         assert outputs(mock_model) == ["ticket ABC-1 is open"]
-        assert other.server_requests == []  # only the registering client is asked
+        await other.wait_turn(turn["id"])  # the other client has seen the whole turn...
+        assert other.server_requests == []  # ...and was not asked: only the registering client is
+        assert "serverRequest/resolved" not in owner.methods()  # none for a tool call, as in Codex
         offered = mock_model.requests[0].json()["tools"]
         assert {"type": "function", "name": "lookup_ticket", "description": "Look a ticket up.", "strict": False,
                 "parameters": LOOKUP["inputSchema"]} in offered
@@ -128,3 +133,76 @@ async def test_deferred_and_namespaced_tools_are_callable_and_survive_a_resume(
         await resumer.wait_turn(turn["id"])
         assert outputs(mock_model) == ["read it"]
         assert "lookup_ticket" in [t["name"] for t in mock_model.requests[-1].json()["tools"]]
+
+
+async def test_a_call_fails_when_its_client_leaves_and_one_client_runs_orphaned_tools(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime() as rt, trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(rt).run)
+        async with in_memory(server) as a, in_memory(server) as b:
+            await a.initialize(experimental=True)
+            await b.initialize(experimental=True)
+            async with in_memory(server) as owner:
+                await owner.initialize(experimental=True)
+                tid = await start(owner, LOOKUP)
+                await a.call("thread/resume", {"threadId": tid})
+                await b.call("thread/resume", {"threadId": tid})
+                mock_model.script(Call(name="lookup_ticket", arguments={"id": "1"}),
+                                  Call(name="lookup_ticket", arguments={"id": "2"}), Text(text="done"), thread_id=tid)
+                turn = (await owner.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
+                await owner.wait_request(TOOL_CALL)
+            # the owner left mid-call: that call fails; the next goes to one of the clients still here
+            await a.wait_until(lambda: any(r["method"] == TOOL_CALL for r in a.server_requests + b.server_requests))
+            (asked,) = [c for c in (a, b) if c.server_requests]
+            request = await asked.wait_request(TOOL_CALL)
+            await asked.answer(request["id"], {"contentItems": [{"type": "inputText", "text": "two"}], "success": True})
+            await a.wait_turn(turn["id"])
+            await b.wait_turn(turn["id"])
+            assert len(a.server_requests) + len(b.server_requests) == 1
+            assert outputs(mock_model) == [
+                "the tool failed: the client that registered this tool has disconnected", "two"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_embedding_runs_its_own_tools_through_ask_and_a_call_is_kept_small(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    spec = DynamicToolSpec(name="lookup", description="Look up.", input_schema={"type": "object"})
+    async with make_runtime() as rt:
+        thread = await rt.start_thread(dynamic_tools=[spec])
+        mock_model.script(Call(name="lookup", arguments={}), Text(text="done"), thread_id=thread.thread_id)
+        assert await thread.ask("no runner") == "done"  # without a runner the call fails; nothing hangs
+        assert outputs(mock_model) == ["the tool failed: no one can run this tool here"]
+
+        async def run(request: DynamicToolCallRequestEvent) -> ToolResult:
+            return ToolResult(content_items=[{"type": "inputText", "text": "x" * 200_000},
+                                             {"type": "inputImage", "imageUrl": "data:image/png;base64," + "A" * 100_000}],
+                              success=True)
+
+        mock_model.script(Call(name="lookup", arguments={}), Text(text="done"), thread_id=thread.thread_id)
+        assert await thread.ask("with a runner", run_tool=run) == "done"
+        output = outputs(mock_model)[-1]
+        assert len(output) < 70_000 and "elided" in output and output.endswith("[image: (inline data, not kept)]")
+
+
+async def test_an_interrupt_while_a_client_runs_a_tool_ends_its_item(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime() as rt, clients(rt, 1) as (owner,):
+        tid = await start(owner, LOOKUP)
+        mock_model.script(Call(name="lookup_ticket", arguments={"id": "1"}), Text(text="never"), thread_id=tid)
+        turn = (await owner.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
+        await owner.wait_request(TOOL_CALL)
+        await owner.call("turn/interrupt", {"threadId": tid, "turnId": turn["id"]})
+        assert (await owner.wait_turn(turn["id"]))["status"] == "interrupted"
+        done = [n["params"]["item"] for n in owner.notifications
+                if n["method"] == "item/completed" and n["params"]["item"]["type"] == "dynamicToolCall"]
+        assert [i["status"] for i in done] == ["failed"]
+
+
+async def test_too_many_tool_specs_are_refused(make_runtime: Callable[..., Any]) -> None:
+    big = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "d" * 500} for i in range(100)}}
+    async with make_runtime() as rt, clients(rt, 1) as (client,):
+        with pytest.raises(RpcFailure, match="bytes of tool specs; at most"):
+            await start(client, *({**LOOKUP, "name": f"t{i}", "inputSchema": big} for i in range(8)))

@@ -37,7 +37,8 @@ def test_each_policy_runs_asks_or_refuses(policy: ApprovalPolicy, cmd: str, esca
 
 
 def test_a_command_for_another_shell_is_never_judged_safe() -> None:
-    assert decide("untrusted", SANDBOXED, "ls", escalate=False, justification=None, shell="/usr/bin/bash").verdict == "run"
+    assert decide("untrusted", SANDBOXED, "ls", escalate=False, justification=None, shell="bash").verdict == "run"
+    assert decide("untrusted", SANDBOXED, "ls", escalate=False, justification=None, shell="/repo/tools/bash").verdict == "ask"
     assert decide("untrusted", SANDBOXED, "ls", escalate=False, justification=None, shell="/usr/bin/python3").verdict == "ask"
 
 

@@ -21,6 +21,8 @@ thread actors never wait for anyone.
 
 from __future__ import annotations
 
+import itertools
+
 import structlog
 import trio
 
@@ -76,6 +78,9 @@ CLOSE_DRAIN_S = 5.0
 """How long a closing connection may spend writing what it still has queued."""
 
 
+_serials = itertools.count()
+
+
 class Connection:
     """One client: its handshake, its request queue, its subscriptions and its output."""
 
@@ -93,6 +98,8 @@ class Connection:
         self._threads_apart = False  # whether requests naming a thread go to that thread's lane
         self._pumps: dict[str, trio.CancelScope] = {}
         self._asks = ServerRequests()
+        self.serial = next(_serials)
+        """The order the connection came in (the first able client runs a thread's orphaned tools)."""
         self._nursery: trio.Nursery | None = None
         self._lanes_nursery: trio.Nursery | None = None
         self._writer_done = trio.Event()
@@ -177,15 +184,14 @@ class Connection:
         for output in outputs:
             match output:
                 case Ask(key=key, method=method, params=params):
-                    owner = self.index.tool_owner(thread_id) if method == v2approvals.TOOL_CALL else None
-                    if owner is not None and owner is not self:
-                        continue  # a tool call goes to the client that registered the tools, while it is here
+                    if method == v2approvals.TOOL_CALL and self.index.tool_owner(thread_id) is not self:
+                        continue  # a tool call goes to one client: the one that runs the thread's tools
                     request_id = self._asks.open(thread_id, key, method)
                     if request_id is not None:
                         await self._emit(self.writer.request(request_id, method, params))
-                case Settled(key=key):
+                case Settled(key=key, announce=announce):
                     request_id = self._asks.close(thread_id, key)
-                    if request_id is not None:
+                    if request_id is not None and announce:
                         await self.notify(v2approvals.RESOLVED, v2approvals.ServerRequestResolved(
                             thread_id=thread_id, request_id=request_id))
                 case (method, params):

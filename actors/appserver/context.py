@@ -43,8 +43,7 @@ class SubscriberIndex(Protocol):
         """`peer` registered the thread's dynamic tools: their calls go to it."""
 
     def tool_owner(self, thread_id: str) -> Peer | None:
-        """The client that registered the thread's dynamic tools, while it is connected and
-        subscribed; None otherwise (then any subscribed client is asked)."""
+        """The one client that runs the thread's dynamic tools (see `AppServer.tool_owner`)."""
 
 
 @dataclass

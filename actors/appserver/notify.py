@@ -49,6 +49,8 @@ class Settled:
     """The request `key` is over (answered here or elsewhere, or cleared): the client dismisses it."""
 
     key: str
+    announce: bool = True
+    """Whether the client is told (`serverRequest/resolved`)."""
 
 
 Output = Notice | Ask | Settled
@@ -134,7 +136,7 @@ class EventTranslator:
                     thread_id=tid, turn_id=turn_id, call_id=key, tool=tool, namespace=namespace, arguments=args))]
             case ApprovalResolvedEvent(call_id=key) if key in self._calls:
                 self._calls.discard(key)
-                return [Settled(key)]
+                return [Settled(key, announce=False)]  # Codex sends no serverRequest/resolved for a tool call
             case ApprovalResolvedEvent(call_id=key) if key in self._waiting:
                 self._waiting.discard(key)
                 return [Settled(key), *self._flags()]

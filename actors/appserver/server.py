@@ -3,12 +3,16 @@ connections, and closes a thread when its last subscriber lets go."""
 
 from __future__ import annotations
 
+import contextlib
+
 import structlog
 import trio
 from trio_typing import TaskStatus
 
-from spindle.actors.runtime import ThreadHandle, ThreadManager
+from spindle.actors.runtime import ThreadClosedError, ThreadHandle, ThreadManager
 from spindle.protocol.appserver import v2
+from spindle.protocol.events import DynamicToolCallRequestEvent
+from spindle.protocol.ops import DynamicToolResponseOp
 
 from .connection import Connection
 from .context import Peer
@@ -51,22 +55,43 @@ class AppServer:
         self._tool_owners[thread_id] = peer
 
     def tool_owner(self, thread_id: str) -> Peer | None:
+        """The client that runs the thread's dynamic tools: the one that registered them while it
+        is here, else the first subscribed client with `experimentalApi` (a resume, a fork), which
+        then keeps them; None if there is none (the call waits for one)."""
         owner = self._tool_owners.get(thread_id)
-        if owner is None or owner not in self._connections or not owner.is_subscribed(thread_id):
+        if owner is not None and owner in self._connections and owner.is_subscribed(thread_id):
+            return owner
+        able = sorted((c for c in self.subscribers(thread_id) if c.handshake.experimental_api), key=lambda c: c.serial)
+        if not able:
             return None
-        return owner
+        self._tool_owners[thread_id] = able[0]
+        return able[0]
 
     def unsubscribe(self, peer: Peer, thread_id: str) -> bool:
         """Drop `peer`'s subscription; the last one out closes the thread."""
         if not peer.is_subscribed(thread_id):
             return False
         peer.end_subscription(thread_id)
+        if self._tool_owners.get(thread_id) is peer:  # its tools have no one to run them now
+            del self._tool_owners[thread_id]
+            handle = self.manager.running(thread_id)
+            if handle is not None:
+                assert self._nursery is not None, "AppServer.run is not running"
+                self._nursery.start_soon(self._fail_tool_calls, handle)
         if not self.subscribers(thread_id):
             handle = self.manager.running(thread_id)  # tracked until closed: a resume waits for it
             if handle is not None:
                 assert self._nursery is not None, "AppServer.run is not running"
                 self._nursery.start_soon(self._close_thread, peer, handle)
         return True
+
+    async def _fail_tool_calls(self, handle: ThreadHandle) -> None:
+        """Fail the thread's pending calls of dynamic tools: the client that runs them has left."""
+        for _, request in handle.pending_requests():
+            if isinstance(request, DynamicToolCallRequestEvent):
+                gone = [{"type": "inputText", "text": "the client that registered this tool has disconnected"}]
+                with contextlib.suppress(ThreadClosedError):
+                    await handle.submit(DynamicToolResponseOp(id=request.call_id, content_items=gone, success=False))
 
     async def _close_thread(self, conn: Peer, handle: ThreadHandle) -> None:
         with trio.move_on_after(CLOSE_THREAD_S) as scope:

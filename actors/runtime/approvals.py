@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from spindle.protocol.events import (
@@ -61,24 +62,26 @@ class Approvals:
     def __init__(self, emit: Callable[[str, EventMsg], None]) -> None:
         self._emit = emit
         self._pending: dict[str, _Pending] = {}
-        self._approved_for_session: set[Hashable] = set()
+        self._approved_for_session: set[str] = set()
 
     async def ask(self, sub_id: str, request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         """The user's decision on `request` (emitted under submission `sub_id`); at once
         `approved_for_session` if `key` was approved so before. Cancelled with the turn."""
-        if key in self._approved_for_session:
+        text = key_text(key)
+        if text in self._approved_for_session:
             return "approved_for_session"
-        decision = await self._wait(sub_id, request, key)
+        decision = await self._wait(sub_id, request, text)
         assert isinstance(decision, str)
         if decision == "approved_for_session":
-            self._approved_for_session.add(key)
+            self._approved_for_session.add(text)
         return decision
 
     def remember(self, events: Iterable[object]) -> None:
         """Take up what `events` (a resumed rollout's) approved for the session."""
         for event in events:
             if isinstance(event, ApprovalResolvedEvent) and event.decision == "approved_for_session":
-                self._approved_for_session.add(_frozen(event.session_key))
+                if isinstance(event.session_key, str):
+                    self._approved_for_session.add(event.session_key)
 
     async def call_client(self, sub_id: str, request: DynamicToolCallRequestEvent) -> ToolResult:
         """The client's result for a call of its tool. Cancelled with the turn."""
@@ -86,7 +89,7 @@ class Approvals:
         assert isinstance(result, ToolResult)
         return result
 
-    async def _wait(self, sub_id: str, request: ClientRequestEvent, key: Hashable = None) -> Answer:
+    async def _wait(self, sub_id: str, request: ClientRequestEvent, key: str | None = None) -> Answer:
         if request.call_id in self._pending:
             raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
         pending = self._pending[request.call_id] = _Pending(sub_id, request)
@@ -119,8 +122,10 @@ class Approvals:
         return [(p.sub_id, p.request) for p in self._pending.values() if not p.answered.is_set()]
 
 
-def _frozen(value: Any) -> Hashable:
-    """A key read back from JSON (lists) as the tuples it was made of."""
-    if isinstance(value, list):
-        return tuple(_frozen(item) for item in value)
-    return value  # type: ignore[no-any-return]
+def key_text(key: Hashable) -> str:
+    """A request key as canonical JSON (sets sorted), the form it is remembered and stored in; a
+    key JSON cannot hold is kept by its repr (remembered, but equal only to itself)."""
+    try:
+        return msgspec.json.encode(key, order="deterministic").decode()
+    except (TypeError, msgspec.EncodeError):
+        return repr(key)

@@ -23,11 +23,16 @@ from spindle.protocol.items import DynamicToolCallItem, DynamicToolSpec
 
 from .approvals import ToolResult
 from .errors import ConfigError
-from .tools import ToolArgumentError, ToolContext
+from .tools import ToolArgumentError, ToolContext, clip
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What the Responses API accepts as a function name."""
 MAX_SCHEMA_BYTES = 64 * 1024
+MAX_TOOLS = 128
+MAX_TOTAL_BYTES = 256 * 1024
+"""All of a thread's tool specs together (they are written in its rollout's first line)."""
+MAX_OUTPUT_BYTES = 64 * 1024
+"""The most of one text item of a client's answer the model (and the rollout) gets."""
 
 
 class DynamicTool:
@@ -51,12 +56,34 @@ class DynamicTool:
                                    status="inProgress")
         ctx.item_started(item)
         began = time.monotonic()
-        result = await ctx.call_client(DynamicToolCallRequestEvent(
-            call_id=ctx.call_id, turn_id=ctx.turn_id, tool=self.name, namespace=self.dynamic.namespace, arguments=args))
-        ctx.item_completed(msgspec.structs.replace(
-            item, status="completed" if result.success else "failed", content_items=result.content_items,
-            success=result.success, duration_ms=int((time.monotonic() - began) * 1000)))
-        return output_text(result)
+        ended = msgspec.structs.replace(item, status="failed")
+        try:
+            result = await ctx.call_client(DynamicToolCallRequestEvent(
+                call_id=ctx.call_id, turn_id=ctx.turn_id, tool=self.name, namespace=self.dynamic.namespace,
+                arguments=args))
+            kept = kept_items(result.content_items)
+            ended = msgspec.structs.replace(item, status="completed" if result.success else "failed",
+                                            content_items=kept, success=result.success)
+            return output_text(ToolResult(content_items=kept, success=result.success))
+        finally:  # an interrupt while the client runs it, too: the item always ends
+            ctx.item_completed(msgspec.structs.replace(ended, duration_ms=int((time.monotonic() - began) * 1000)))
+
+
+def kept_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A client's content items as the thread keeps them: text clipped to `MAX_OUTPUT_BYTES`, an
+    image or audio given inline (a data URL) replaced by a placeholder, anything else dropped."""
+    kept: list[dict[str, Any]] = []
+    for item in items:
+        match item:
+            case {"type": "inputText", "text": str(text)}:
+                kept.append({"type": "inputText", "text": clip(text.encode(), MAX_OUTPUT_BYTES)})
+            case {"type": "inputImage" | "inputAudio" as kind, **rest}:
+                field = "imageUrl" if kind == "inputImage" else "audioUrl"
+                url = rest.get(field)
+                if isinstance(url, str):
+                    kept.append({"type": kind, field: url if not url.startswith("data:") and len(url) <= 2048
+                                 else "(inline data, not kept)"})
+    return kept
 
 
 def output_text(result: ToolResult) -> str:
@@ -77,7 +104,13 @@ def output_text(result: ToolResult) -> str:
 def checked_specs(specs: Sequence[DynamicToolSpec], taken: Iterable[str]) -> list[DynamicToolSpec]:
     """`specs`, or ConfigError naming the first bad one: a name the Responses API refuses, a name
     used twice or by a built-in tool, an input schema that is not a JSON object schema or is over
-    `MAX_SCHEMA_BYTES`."""
+    `MAX_SCHEMA_BYTES`; or all of them over `MAX_TOOLS` or `MAX_TOTAL_BYTES` (they are kept in
+    the rollout's first line)."""
+    if len(specs) > MAX_TOOLS:
+        raise ConfigError(f"dynamicTools: {len(specs)} tools; at most {MAX_TOOLS}")
+    total = len(msgspec.json.encode(list(specs)))
+    if total > MAX_TOTAL_BYTES:
+        raise ConfigError(f"dynamicTools: {total} bytes of tool specs; at most {MAX_TOTAL_BYTES}")
     seen = set(taken)
     for spec in specs:
         where = f"dynamicTools: tool {spec.name!r}"

@@ -155,7 +155,7 @@ class ExecCommandTool:
         if ctx.sandbox is None:
             return _ended(ctx, item, "failed", ctx.sandbox_error, f"exec_command failed: {ctx.sandbox_error}")
         policy = ctx.settings.approval_policy
-        decision = decide(policy, ctx.sandbox, args.cmd, justification=args.justification, shell=shell,
+        decision = decide(policy, ctx.sandbox, args.cmd, justification=args.justification, shell=args.shell or "bash",
                           escalate=args.sandbox_permissions == "require_escalated")
         if decision.verdict == "refuse":
             return _ended(ctx, item, "declined", None, f"exec_command refused: {decision.reason}")

@@ -35,7 +35,8 @@ class ExecDecision:
 
 
 SHELLS_READ_AS_BASH = frozenset({"bash", "sh"})
-"""The shells whose command text `is_known_safe` can judge."""
+"""The shells whose command text `is_known_safe` can judge, named bare (found on PATH): a path
+could name a repository's own `bash`."""
 
 
 def decide(
@@ -53,7 +54,7 @@ def decide(
                 "run the command inside the sandbox instead"))
         return ExecDecision(verdict="ask", escalate=True,
                             reason=justification or "Run this command outside the sandbox?")
-    if approval == "untrusted" and not (os.path.basename(shell) in SHELLS_READ_AS_BASH and is_known_safe(cmd)):
+    if approval == "untrusted" and not (shell in SHELLS_READ_AS_BASH and is_known_safe(cmd)):
         return ExecDecision(verdict="ask", reason=justification)
     return ExecDecision(verdict="run")
 

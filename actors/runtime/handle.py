@@ -15,6 +15,7 @@ from spindle.protocol.events import (
     ApplyPatchApprovalRequestEvent,
     ApprovalRequestEvent,
     ClientRequestEvent,
+    DynamicToolCallRequestEvent,
     ErrorEvent,
     Event,
     ExecApprovalRequestEvent,
@@ -25,6 +26,7 @@ from spindle.protocol.events import (
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import TextInput, UserMessageItem
 from spindle.protocol.ops import (
+    DynamicToolResponseOp,
     ExecApprovalOp,
     InterruptOp,
     Op,
@@ -35,6 +37,7 @@ from spindle.protocol.ops import (
 )
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
+from .approvals import ToolResult
 from .errors import ThreadClosedError, TurnAbortedError, TurnError
 from .fanout import Broadcaster, Subscription
 from .journal import HistoryView
@@ -49,6 +52,12 @@ DISPATCH_TIMEOUT_S = 30.0
 
 Approver = Callable[[ApprovalRequestEvent], Awaitable[ReviewDecision]]
 """Answers an approval request (a command to run, a patch to apply) with the user's decision."""
+
+
+ToolRunner = Callable[[DynamicToolCallRequestEvent], Awaitable[ToolResult]]
+"""Runs a call of one of the thread's dynamic tools (an embedding's own tools)."""
+NO_TOOL_RUNNER = ToolResult(content_items=[{"type": "inputText", "text": "no one can run this tool here"}],
+                            success=False)
 
 
 class ThreadHandle:
@@ -172,17 +181,22 @@ class ThreadHandle:
         await self._actor.mcp_configured.wait()
         await self._actor.mcp.wait_started(names)
 
-    async def ask(self, text: str, *, approve: Approver | None = None) -> str:
+    async def ask(self, text: str, *, approve: Approver | None = None, run_tool: ToolRunner | None = None) -> str:
         """Send `text` as user input and return the final answer of the turn it joins.
 
         An approval request of that turn is answered by `approve` (the request in, a decision
-        out); without one it is declined: the model is told and the turn goes on."""
+        out); without one it is declined: the model is told and the turn goes on. A call of one
+        of the thread's dynamic tools is run by `run_tool`; without one it fails."""
         with self.events() as events:
             sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
             turn_id: str | None = None
             failure: str | None = None
             async for ev in events:
                 msg = ev.msg
+                if isinstance(msg, DynamicToolCallRequestEvent) and msg.turn_id == turn_id:
+                    result = await run_tool(msg) if run_tool is not None else NO_TOOL_RUNNER
+                    await self.submit(DynamicToolResponseOp(
+                        id=msg.call_id, content_items=result.content_items, success=result.success))
                 if isinstance(msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent) and msg.turn_id == turn_id:
                     op = ExecApprovalOp if isinstance(msg, ExecApprovalRequestEvent) else PatchApprovalOp
                     try:

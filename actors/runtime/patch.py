@@ -33,6 +33,8 @@ from typing import Literal
 BEGIN, END = "*** Begin Patch", "*** End Patch"
 ADD, DELETE, UPDATE, MOVE = "*** Add File: ", "*** Delete File: ", "*** Update File: ", "*** Move to: "
 END_OF_FILE = "*** End of File"
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+"""Characters that reorder how a path is shown (a name that reads as another)."""
 DIFF_CONTEXT_LINES = 1
 """Context lines around each change in a file change's diff (as Codex's items carry them)."""
 
@@ -226,7 +228,7 @@ def resolve(cwd: str, path: str) -> str:
     """`path` made absolute against `cwd`; a `..` component is refused (a patch stays where it says)."""
     if ".." in path.replace("\\", "/").split("/"):
         raise PatchError(f"'{path}': a patch path may not contain '..'")
-    if any(ord(ch) < 32 for ch in path):
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F or ch in BIDI_CONTROLS for ch in path):
         raise PatchError(f"{path!r}: a patch path may not contain control characters")
     return os.path.normpath(os.path.join(cwd, path))
 
