@@ -35,6 +35,21 @@ async def clients(manager: ThreadManager, count: int, *, experimental: bool = Tr
         nursery.cancel_scope.cancel()
 
 
+async def first_asked(*candidates: RpcClient) -> RpcClient:
+    """The first of `candidates` to get an `item/tool/call` request."""
+    winner: list[RpcClient] = []
+
+    async def watch(client: RpcClient) -> None:
+        await client.wait_request(TOOL_CALL)
+        winner.append(client)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for client in candidates:
+            nursery.start_soon(watch, client)
+    return winner[0]
+
+
 def outputs(mock: MockModel) -> list[str]:
     return [i["output"] for i in mock.requests[-1].json()["input"] if i["type"] == "function_call_output"]
 
@@ -153,8 +168,7 @@ async def test_a_call_fails_when_its_client_leaves_and_one_client_runs_orphaned_
                 turn = (await owner.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
                 await owner.wait_request(TOOL_CALL)
             # the owner left mid-call: that call fails; the next goes to one of the clients still here
-            await a.wait_until(lambda: any(r["method"] == TOOL_CALL for r in a.server_requests + b.server_requests))
-            (asked,) = [c for c in (a, b) if c.server_requests]
+            asked = await first_asked(a, b)
             request = await asked.wait_request(TOOL_CALL)
             await asked.answer(request["id"], {"contentItems": [{"type": "inputText", "text": "two"}], "success": True})
             await a.wait_turn(turn["id"])
