@@ -273,3 +273,28 @@ def test_a_request_key_is_remembered_as_canonical_json() -> None:
     assert key_text(("exec", ("ls", "-la"), False)) == '["exec",["ls","-la"],false]'
     assert key_text(frozenset({"b", "a"})) == key_text(frozenset({"a", "b"})) == '["a","b"]'
     assert key_text(PurePosixPath("/x")).startswith("PurePosixPath(")  # not JSON: kept by its repr
+
+
+async def test_a_request_waits_out_a_disconnect_and_goes_to_the_next_client(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt, trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(rt).run)
+        async with in_memory(server) as first:
+            await first.initialize()
+            tid = (await first.call("thread/start", {}))["thread"]["id"]
+            await first.call("thread/resume", {"threadId": tid})
+            mock_model.script(Call(name="ask", arguments="f"), Text(text="done"), thread_id=tid)
+            turn = (await first.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
+            await first.wait_request(COMMAND)
+        # the only client left without answering: the thread keeps the request and waits
+        handle = rt.get_thread(tid)
+        assert [r.call_id for _, r in handle.pending_requests()] != []
+        async with in_memory(server) as second:
+            await second.initialize()
+            await second.call("thread/resume", {"threadId": tid})
+            request = await second.wait_request(COMMAND)  # asked again, with this connection's id
+            await second.answer(request["id"], {"decision": "accept"})
+            assert (await second.wait_turn(turn["id"]))["status"] == "completed"
+        assert outputs(mock_model) == ["decision: approved"]
+        nursery.cancel_scope.cancel()
