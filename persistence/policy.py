@@ -43,7 +43,7 @@ PERSISTED_EVENTS = (
 
 def should_persist_event(msg: EventMsg) -> bool:
     if isinstance(msg, ApprovalResolvedEvent):  # what was approved for the session outlives the process
-        return msg.decision == "approved_for_session"
+        return msg.decision == "approved_for_session" and msg.session_key is not None
     if isinstance(msg, ItemCompletedEvent):
         return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem)
     return isinstance(msg, PERSISTED_EVENTS)

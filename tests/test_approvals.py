@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from spindle.actors.appserver.server import AppServer
 from spindle.actors.runtime import ThreadHandle
-from spindle.actors.runtime.approvals import key_text
+from spindle.actors.runtime.approvals import Approvals, InProcess, key_text
 from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.persistence.policy import should_persist_event
 from spindle.protocol.events import (
     ApprovalRequestEvent,
     ApprovalResolvedEvent,
@@ -298,3 +300,18 @@ async def test_a_request_waits_out_a_disconnect_and_goes_to_the_next_client(
             assert (await second.wait_turn(turn["id"]))["status"] == "completed"
         assert outputs(mock_model) == ["decision: approved"]
         nursery.cancel_scope.cancel()
+
+
+async def test_an_in_process_key_is_remembered_but_never_written() -> None:
+    emitted: list[Any] = []
+    approvals = Approvals(lambda sub_id, msg: emitted.append(msg))
+    request = ExecApprovalRequestEvent(call_id="c1", turn_id="t", command=["touch", "x"], cwd="/")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(approvals.ask, "s", request, InProcess(("exec", ("touch", "x"), True)))
+        await trio.testing.wait_all_tasks_blocked()
+        approvals.answer("c1", "approved_for_session")
+    resolved = [m for m in emitted if isinstance(m, ApprovalResolvedEvent)]
+    assert resolved == [ApprovalResolvedEvent(call_id="c1", decision="approved_for_session", session_key=None)]
+    assert not should_persist_event(resolved[0])
+    again = ExecApprovalRequestEvent(call_id="c2", turn_id="t", command=["touch", "x"], cwd="/")
+    assert await approvals.ask("s", again, InProcess(("exec", ("touch", "x"), True))) == "approved_for_session"

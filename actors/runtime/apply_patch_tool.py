@@ -46,6 +46,7 @@ from spindle.protocol.items import FileChangeItem, PatchChange
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import Granular
 
+from .approvals import InProcess
 from .patch import FileChange as PlannedChange
 from .patch import Hunk, PatchError, UpdateFile, parse, plan, resolve, summary
 from .tools import ToolContext
@@ -140,7 +141,8 @@ class ApplyPatchTool:
                 reason = f"write outside the writable roots: {', '.join(outside)}" if outside else None
                 request = ApplyPatchApprovalRequestEvent(
                     call_id=ctx.call_id, turn_id=ctx.turn_id, changes=_request_changes(changes), reason=reason)
-                key = ("patch", tuple((c.kind, c.path, c.move_path) for c in changes))
+                changed = ("patch", tuple((c.kind, c.path, c.move_path) for c in changes))
+                key = InProcess(changed) if outside else changed  # writing outside is not carried across a restart
                 if await ctx.ask_approval(request, key) not in ("approved", "approved_for_session"):
                     status = "declined"
                     return "patch rejected by user"

@@ -9,7 +9,8 @@ or a shutdown), `ApprovalResolvedEvent` follows, so every client dismisses the r
 that subscribes later gets the requests still pending (`replay`).
 
 `approved_for_session` is remembered per request key (a command's argv, a patch's set of files)
-for the life of the thread: the same request is then approved without asking. A dynamic tool
+for the life of the thread, kept in its rollout (a key wrapped in `InProcess`, such as an
+escalation's, only while it stays loaded): the same request is then approved without asking. A dynamic tool
 call (`call_client`) waits the same way for the `dynamic_tool_response` op.
 """
 
@@ -34,6 +35,14 @@ from spindle.protocol.settings import ReviewDecision
 
 class ApprovalError(Exception):
     """An answer that matches no pending request (unknown id, or already resolved)."""
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """A request key that `approved_for_session` covers only while the thread stays loaded, not
+    after a restart: leaving the sandbox, writing outside it."""
+
+    key: Hashable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,10 +76,11 @@ class Approvals:
     async def ask(self, sub_id: str, request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         """The user's decision on `request` (emitted under submission `sub_id`); at once
         `approved_for_session` if `key` was approved so before. Cancelled with the turn."""
-        text = key_text(key)
+        durable = not isinstance(key, InProcess)
+        text = key_text(key.key if isinstance(key, InProcess) else key)
         if text in self._approved_for_session:
             return "approved_for_session"
-        decision = await self._wait(sub_id, request, text)
+        decision = await self._wait(sub_id, request, text if durable else None)
         assert isinstance(decision, str)
         if decision == "approved_for_session":
             self._approved_for_session.add(text)

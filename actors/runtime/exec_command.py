@@ -19,7 +19,7 @@ import secrets
 import shlex
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -30,6 +30,7 @@ from spindle.protocol.events import ExecApprovalRequestEvent
 from spindle.protocol.items import CommandExecutionItem
 from spindle.protocol.sandbox import SandboxSpec
 
+from .approvals import InProcess
 from .errors import SandboxUnavailable
 from .exec_policy import decide, likely_sandbox_denial
 from .execution import BoundedCapture, ExecResult, run_process
@@ -230,7 +231,8 @@ UNSANDBOXED = SandboxSpec(full_access=True, network=True)
 async def _approved(ctx: ToolContext, argv: list[str], cwd: str, reason: str | None, escalate: bool) -> bool:
     """Ask the user to approve running `argv`; whether they did (for this once or the session)."""
     request = ExecApprovalRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, command=argv, cwd=cwd, reason=reason)
-    return await ctx.ask_approval(request, ("exec", tuple(argv), escalate)) in ("approved", "approved_for_session")
+    key: Hashable = ("exec", tuple(argv), escalate)
+    return await ctx.ask_approval(request, InProcess(key) if escalate else key) in ("approved", "approved_for_session")
 
 
 def _ended(ctx: ToolContext, item: CommandExecutionItem, status: Literal["failed", "declined"],
