@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from spindle.protocol.events import (
+    ApprovalResolvedEvent,
+    ClientRequestEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
     ThreadRolledBackEvent,
@@ -116,6 +118,29 @@ def snapshot_turn_state(items: Sequence[RolloutItem]) -> TurnState:
     last = positions[-1]
     closed = any(isinstance(item, TaskCompleteEvent | TurnAbortedEvent) for item in items[last + 1 :])
     return TurnState(not closed, None, None if closed else _turn_start(items, last))
+
+
+@dataclass(frozen=True)
+class UnfinishedTurn:
+    """The turn a rollout ends in the middle of (the process stopped while it ran), and the
+    client requests it was still waiting on, oldest first."""
+
+    turn_id: str
+    pending: list[ClientRequestEvent]
+
+
+def unfinished_turn(items: Sequence[RolloutItem]) -> UnfinishedTurn | None:
+    """The turn `items` end in the middle of, if they do and it has an id; None otherwise."""
+    state = snapshot_turn_state(items)
+    if not state.ends_mid_turn or state.active_turn_id is None or state.active_turn_start is None:
+        return None
+    pending: dict[str, ClientRequestEvent] = {}
+    for item in items[state.active_turn_start:]:
+        if isinstance(item, ClientRequestEvent):
+            pending[item.call_id] = item
+        elif isinstance(item, ApprovalResolvedEvent):
+            pending.pop(item.call_id, None)
+    return UnfinishedTurn(state.active_turn_id, list(pending.values()))
 
 
 def fork_items(items: Sequence[RolloutItem], snapshot: ForkSnapshot) -> list[RolloutItem]:

@@ -2,7 +2,9 @@
 
 Written: `session_meta`; every model-visible history item (`response_item`), including the
 initial context and interrupt markers; one `turn_context` per turn; `compacted`; and the events
-below, which are what resume, fork and `thread/read` need to rebuild turns. Never written: deltas
+below, which are what resume, fork and `thread/read` need to rebuild turns. A client request
+(an approval, a dynamic tool call) and its end are written too: a thread resumed after the
+process stopped mid-turn asks again what was still unanswered. Never written: deltas
 (`agent_message_delta`), `item_started`, `mcp_startup_update`, `session_configured`, `stream_error`, `warning`,
 `shutdown_complete` — they are live-only and would only bloat the file.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from spindle.protocol.events import (
     AgentMessageEvent,
     ApprovalResolvedEvent,
+    ClientRequestEvent,
     ErrorEvent,
     EventMsg,
     ItemCompletedEvent,
@@ -38,12 +41,11 @@ PERSISTED_EVENTS = (
     ThreadRolledBackEvent,
     AgentMessageEvent,
     UserMessageEvent,
+    ApprovalResolvedEvent,
 )
 
 
 def should_persist_event(msg: EventMsg) -> bool:
-    if isinstance(msg, ApprovalResolvedEvent):  # what was approved for the session outlives the process
-        return msg.decision == "approved_for_session" and msg.session_key is not None
     if isinstance(msg, ItemCompletedEvent):
         return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem)
-    return isinstance(msg, PERSISTED_EVENTS)
+    return isinstance(msg, PERSISTED_EVENTS) or isinstance(msg, ClientRequestEvent)

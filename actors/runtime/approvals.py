@@ -11,12 +11,14 @@ that subscribes later gets the requests still pending (`replay`).
 `approved_for_session` is remembered per request key (a command's argv, a patch's set of files)
 for the life of the thread, kept in its rollout (a key wrapped in `InProcess`, such as an
 escalation's, only while it stays loaded): the same request is then approved without asking. A dynamic tool
-call (`call_client`) waits the same way for the `dynamic_tool_response` op.
+call (`call_client`) waits the same way for the `dynamic_tool_response` op. A request is on disk
+before any client hears it, and so is its end: a thread resumed after the process stopped asks
+again what was left unanswered (see `ThreadActor._take_up_unfinished_turn`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,8 +70,12 @@ class _Pending:
 class Approvals:
     """The client requests pending on one thread, and what the user approved for the session."""
 
-    def __init__(self, emit: Callable[[str, EventMsg], None]) -> None:
+    def __init__(self, emit: Callable[[str, EventMsg], None],
+                 emit_durably: Callable[[str, EventMsg], Awaitable[None]] | None = None) -> None:
+        """`emit` records and delivers an event; `emit_durably`, if given, delivers a request only
+        once its record is on disk (so a restart can ask it again)."""
         self._emit = emit
+        self._emit_durably = emit_durably
         self._pending: dict[str, _Pending] = {}
         self._approved_for_session: set[str] = set()
 
@@ -103,8 +109,11 @@ class Approvals:
         if request.call_id in self._pending:
             raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
         pending = self._pending[request.call_id] = _Pending(sub_id, request)
-        self._emit(sub_id, request)
         try:
+            if self._emit_durably is not None:
+                await self._emit_durably(sub_id, request)
+            else:
+                self._emit(sub_id, request)
             await pending.answered.wait()
         finally:
             del self._pending[request.call_id]

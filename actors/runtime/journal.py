@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import overload
 
+import structlog
+import trio
+
 from spindle.persistence.history import rebuild_history
 from spindle.persistence.policy import should_persist_event
 from spindle.persistence.rollout import ThreadRollout
-from spindle.protocol.events import EventMsg, ThreadRolledBackEvent
+from spindle.protocol.events import EventMsg, SessionConfiguredEvent, ThreadRolledBackEvent
 from spindle.protocol.items import (
     InputText,
     Message,
@@ -23,6 +26,8 @@ from spindle.protocol.items import (
 )
 from spindle.protocol.rollout import SandboxPolicy, TurnContextItem
 from spindle.protocol.settings import Granular, ThreadSettings
+
+log = structlog.get_logger(__name__)
 
 
 class HistoryView(Sequence[ResponseItem]):
@@ -96,10 +101,28 @@ class ThreadJournal:
         """The history as the model will see it (the turn loop sends it as the request input)."""
         return self._history
 
+    def session_configured(self, thread_id: str, settings: ThreadSettings) -> SessionConfiguredEvent:
+        """The thread's first event: its settings and where its rollout is (None if ephemeral)."""
+        return SessionConfiguredEvent(
+            session_id=thread_id, model=settings.model, model_provider_id=settings.provider_id, cwd=settings.cwd,
+            approval_policy=settings.approval_policy, sandbox_policy=settings.sandbox_mode,
+            rollout_path=None if self.rollout.ephemeral else str(self.rollout.path),
+            forked_from_id=self.rollout.meta.forked_from_id,
+        )
+
     def record_event(self, msg: EventMsg) -> None:
         """Record `msg` in the rollout if the persistence policy keeps it."""
         if should_persist_event(msg):
             self.rollout.record([msg])
+
+    async def record_durably(self, msg: EventMsg) -> None:
+        """Record `msg` and wait until the rollout is on disk; a write that fails is logged (the
+        thread goes on, as it does when any other write fails)."""
+        self.record_event(msg)
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            log.warning("failed to write a client request to the rollout", error=str(exc))
 
     def append(self, items: Sequence[ResponseItem]) -> None:
         """Add items to the history and to the rollout (written at the next `drain`)."""

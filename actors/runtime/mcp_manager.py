@@ -21,6 +21,7 @@ import structlog
 import trio
 
 from spindle.protocol.config import McpServerConfig
+from spindle.protocol.events import McpStartupUpdateEvent
 from spindle.protocol.mcp import McpStartupStatus
 
 if TYPE_CHECKING:  # the SDK is imported when a server starts: `spindle app-server` starts faster
@@ -210,6 +211,17 @@ class McpManager:
             else:
                 server.settled.set()
         return started
+
+    def status_replay(self) -> list[McpStartupUpdateEvent]:
+        """The start-up statuses so far of the current servers, as a new subscriber hears them."""
+        events: list[McpStartupUpdateEvent] = []
+        for server in self.servers.values():
+            if server.status is None:
+                continue
+            events.append(McpStartupUpdateEvent(server=server.name, status="starting"))
+            if server.status != "starting":
+                events.append(McpStartupUpdateEvent(server=server.name, status=server.status, error=server.error))
+        return events
 
     def _stop(self, server: McpServer) -> None:
         server.scope.cancel()

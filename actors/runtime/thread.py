@@ -17,6 +17,7 @@ import structlog
 import trio
 from trio_typing import TaskStatus
 
+from spindle.persistence.history import unfinished_turn
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.config import Config, McpServerConfig
@@ -126,7 +127,7 @@ class ThreadActor:
         self._nursery: trio.Nursery | None = None
         self._writers: trio.Nursery | None = None
         self.mcp = McpManager(self._mcp_status)
-        self.approvals = Approvals(self.emit)
+        self.approvals = Approvals(self.emit, self.emit_durably)
         if rollout.persisted:  # resumed: what the user approved for the session still holds
             self.approvals.remember(rollout.source.iter_forward_from(0))
         registered = rollout.meta.dynamic_tools
@@ -159,6 +160,11 @@ class ThreadActor:
         self.journal.record_event(msg)
         self._deliver(sub_id, msg)
 
+    async def emit_durably(self, sub_id: str, msg: EventMsg) -> None:
+        """`emit`, delivering `msg` once the rollout holds it on disk (or could not)."""
+        await self.journal.record_durably(msg)
+        self._deliver(sub_id, msg)
+
     def _deliver(self, sub_id: str, msg: EventMsg) -> None:
         if isinstance(msg, ErrorEvent):
             self.outcomes.set_error(sub_id, msg)
@@ -180,17 +186,7 @@ class ThreadActor:
 
     # --- lifecycle ------------------------------------------------------
     def session_configured(self) -> SessionConfiguredEvent:
-        s = self.settings
-        return SessionConfiguredEvent(
-            session_id=self.thread_id,
-            model=s.model,
-            model_provider_id=s.provider_id,
-            cwd=s.cwd,
-            approval_policy=s.approval_policy,
-            sandbox_policy=s.sandbox_mode,
-            rollout_path=None if self.rollout.ephemeral else str(self.rollout.path),
-            forked_from_id=self.rollout.meta.forked_from_id,
-        )
+        return self.journal.session_configured(self.thread_id, self.settings)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve submissions until shutdown. A fault of the actor's own ends this thread only: it
@@ -217,6 +213,7 @@ class ThreadActor:
                 self.mcp.bind(nursery)
                 self.emit(INITIAL_SUB_ID, self.session_configured())
                 self._start_mcp()
+                await self._take_up_unfinished_turn()
                 task_status.started()
                 started = True
                 await self._submission_loop(writers)
@@ -321,15 +318,7 @@ class ThreadActor:
 
     def mcp_replay(self) -> list[Event]:
         """The start-up statuses so far of the current servers, for a new subscriber."""
-        events: list[Event] = []
-        for server in self.mcp.servers.values():
-            if server.status is None:
-                continue
-            events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(server=server.name, status="starting")))
-            if server.status != "starting":
-                events.append(Event(id=INITIAL_SUB_ID, msg=McpStartupUpdateEvent(
-                    server=server.name, status=server.status, error=server.error)))
-        return events
+        return [Event(id=INITIAL_SUB_ID, msg=msg) for msg in self.mcp.status_replay()]
 
     async def _answer_approval(self, sub_id: str, call_id: str, decision: Answer) -> None:
         """Answer a pending client request; the approval decision `abort` also interrupts the
@@ -420,11 +409,31 @@ class ThreadActor:
         self._active = turn
         self._nursery.start_soon(self._run_turn, turn)
 
+    async def _take_up_unfinished_turn(self) -> None:
+        """Resumed after the process stopped mid-turn: a turn waiting on a client goes on and asks
+        again; any other is closed as interrupted (no tool call is left without an output)."""
+        unfinished = unfinished_turn(self.rollout.source.items()) if self.rollout.persisted else None
+        if unfinished is None:
+            return
+        if unfinished.pending:
+            assert self._nursery is not None
+            self._active = Turn(turn_id=unfinished.turn_id, sub_id=INITIAL_SUB_ID, settings=self.settings,
+                                profiles=self.profiles, resumed_calls=frozenset(r.call_id for r in unfinished.pending))
+            self._nursery.start_soon(self._run_turn, self._active)
+            return
+        self.journal.close_aborted_turn()
+        self.emit(INITIAL_SUB_ID, TurnAbortedEvent(turn_id=unfinished.turn_id, reason="interrupted"))
+        await self.rollout.drain()
+
     async def _run_turn(self, turn: Turn) -> None:
         finished = False
         last: str | None = None
         with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id):
-            self.emit(turn.sub_id, TaskStartedEvent(turn_id=turn.turn_id, model_context_window=turn.settings.model_context_window))
+            started = TaskStartedEvent(turn_id=turn.turn_id, model_context_window=turn.settings.model_context_window)
+            if turn.resumed_calls is None:
+                self.emit(turn.sub_id, started)
+            else:  # the rollout has it already: subscribers are told the turn goes on
+                self._deliver(turn.sub_id, started)
             try:
                 with turn.scope:
                     try:

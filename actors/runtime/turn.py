@@ -40,7 +40,9 @@ from spindle.protocol.items import (
     AgentMessageContent,
     AgentMessageItem,
     CustomToolCall,
+    CustomToolCallOutput,
     FunctionCall,
+    FunctionCallOutput,
     Message,
     OutputText,
     Reasoning,
@@ -49,6 +51,7 @@ from spindle.protocol.items import (
     ToolCall,
     TurnItem,
     UserInput,
+    call_output,
 )
 from spindle.protocol.responses import (
     KNOWN_ITEM_TYPES,
@@ -102,6 +105,9 @@ class Turn:
     realised: tuple[SandboxSpec | None, str | None] | None = None
     """The sandbox of this turn's commands (or why there is none), realised from `settings` at
     its first tool call and kept for the turn: roots change only between turns."""
+    resumed_calls: frozenset[str] | None = None
+    """Set on a turn taken up again after the process stopped in it: the tool calls (by call id)
+    that were waiting on a client, to run again (so they ask again) before sampling."""
 
 
 class SamplingFailed(Exception):
@@ -142,6 +148,8 @@ class _Sample:
 async def run_turn(turn: Turn, host: TurnHost) -> str | None:
     """Run `turn` to its final answer; returns the last agent message. Raises SamplingFailed."""
     last_message: str | None = None
+    if turn.resumed_calls is not None:
+        await _finish_calls(turn, host, turn.resumed_calls)
     while True:
         pending, turn.pending = turn.pending, []
         for sub_id, items in pending:
@@ -157,6 +165,20 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
             await host.commit([output])
         if not calls and not turn.pending:
             return last_message
+
+
+async def _finish_calls(turn: Turn, host: TurnHost, waiting: frozenset[str]) -> None:
+    """Give every call the history left without an output one: a call that was waiting on a client
+    runs again (and asks again); any other may have run in part, so it is not repeated, and the
+    model is told it was cut short, as after an interrupt."""
+    answered = {item.call_id for item in host.history if isinstance(item, FunctionCallOutput | CustomToolCallOutput)}
+    dangling = [item for item in host.history if isinstance(item, FunctionCall | CustomToolCall) and item.call_id not in answered]
+    for call in dangling:
+        if call.call_id in waiting:
+            output = await _tools(turn, host).dispatch(call, await _tool_context(turn, host, call))
+        else:
+            output = call_output(call, "aborted")
+        await host.commit([output])
 
 
 async def realised_sandbox(turn: Turn) -> tuple[SandboxSpec | None, str | None]:
