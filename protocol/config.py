@@ -109,6 +109,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     project_root_markers: list[str] = msgspec.field(default_factory=lambda: [".git"])
     cwd: str | None = None
     codex_home: str = ""
+    features: dict[str, Any] = msgspec.field(default_factory=dict)
+    """`[features]` flags, as written (Spindle reads `request_permissions_tool`)."""
 
     def provider(self, provider_id: str | None = None) -> ModelProviderInfo:
         """The provider by id (default: `model_provider`); KeyError names the known ones."""
@@ -136,7 +138,7 @@ CODEX_ONLY_KEYS: dict[type[msgspec.Struct], frozenset[str]] = {
         "compact_prompt", "experimental_compact_prompt_file", "forced_chatgpt_workspace_id",
         "forced_login_method", "cli_auth_credentials_store", "mcp_oauth_credentials_store",
         "project_doc_max_bytes", "project_doc_fallback_filenames", "history", "file_opener", "tui",
-        "hide_agent_reasoning", "show_raw_agent_reasoning", "chatgpt_base_url", "tools", "features",
+        "hide_agent_reasoning", "show_raw_agent_reasoning", "chatgpt_base_url", "tools",
         "web_search", "windows_wsl_setup_acknowledged", "notice", "disable_paste_burst", "otel", "windows",
         "analytics", "feedback", "apps", "skills", "hooks",
         "approvals_reviewer", "check_for_update_on_startup", "sandbox", "suppress_unstable_features_warning",

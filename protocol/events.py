@@ -8,6 +8,7 @@ import msgspec
 
 from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
 from .mcp import McpStartupStatus
+from .sandbox import RequestedPermissions
 from .settings import Approval, ReviewDecision, SandboxMode
 
 
@@ -245,7 +246,18 @@ class DynamicToolCallRequestEvent(EventMsgBase, tag="dynamic_tool_call_request",
     arguments: Any = None
 
 
-ClientRequestEvent = ApprovalRequestEvent | DynamicToolCallRequestEvent
+class PermissionsRequestEvent(EventMsgBase, tag="request_permissions", kw_only=True, frozen=True):
+    """The turn waits for the user to grant the extra access the model asked for (answered by
+    `request_permissions_response`)."""
+
+    call_id: str
+    turn_id: str
+    cwd: str
+    permissions: RequestedPermissions
+    reason: str | None = None
+
+
+ClientRequestEvent = ApprovalRequestEvent | DynamicToolCallRequestEvent | PermissionsRequestEvent
 """What a turn can wait on a client for."""
 
 
@@ -271,6 +283,7 @@ EventMsg = (
     | ApplyPatchApprovalRequestEvent
     | ApprovalResolvedEvent
     | DynamicToolCallRequestEvent
+    | PermissionsRequestEvent
 )
 
 

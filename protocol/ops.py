@@ -8,6 +8,7 @@ import msgspec
 
 from .config import Config, McpServerConfig
 from .items import UserInput
+from .sandbox import PermissionGrant
 from .settings import ReviewDecision, SettingsUpdate
 
 
@@ -88,6 +89,14 @@ class DynamicToolResponseOp(OpBase, tag="dynamic_tool_response", kw_only=True, f
     success: bool = True
 
 
+class RequestPermissionsResponseOp(OpBase, tag="request_permissions_response", kw_only=True, frozen=True):
+    """The user's answer to the permissions request `id` (the call id): what is granted, and for
+    how long. Anything not requested is ignored; anything left out is denied."""
+
+    id: str
+    response: PermissionGrant = msgspec.field(default_factory=PermissionGrant)
+
+
 class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
     """Run a shell command the user typed (not the model)."""
 
@@ -129,6 +138,7 @@ Op = (
     | ExecApprovalOp
     | PatchApprovalOp
     | DynamicToolResponseOp
+    | RequestPermissionsResponseOp
     | RunUserShellCommandOp
     | SetThreadMemoryModeOp
     | RefreshMcpServersOp

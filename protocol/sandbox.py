@@ -3,6 +3,8 @@ bubblewrap invocation. Paths are absolute; the executor resolves symlinks before
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -24,3 +26,36 @@ class SandboxSpec(msgspec.Struct, kw_only=True, frozen=True):
     network: bool = False
     slash_tmp_writable: bool = False
     tmpdir_writable: bool = False
+
+
+class FileSystemPermissions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Paths a command may read, or write, beyond what its sandbox allows."""
+
+    read: list[str] | None = None
+    write: list[str] | None = None
+
+
+class NetworkPermissions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    enabled: bool | None = None
+
+
+class RequestedPermissions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Extra access the model asks for with `request_permissions` (or the part of it a user
+    grants): file system paths and the network."""
+
+    file_system: FileSystemPermissions | None = None
+    network: NetworkPermissions | None = None
+
+    def is_empty(self) -> bool:
+        fs = self.file_system
+        return not (fs and (fs.read or fs.write)) and not (self.network and self.network.enabled)
+
+
+PermissionScope = Literal["turn", "session"]
+
+
+class PermissionGrant(msgspec.Struct, kw_only=True, frozen=True):
+    """A user's answer to a permissions request: what is granted, for the turn or the session."""
+
+    permissions: RequestedPermissions = msgspec.field(default_factory=RequestedPermissions)
+    scope: PermissionScope = "turn"

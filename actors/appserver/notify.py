@@ -22,6 +22,7 @@ from spindle.protocol.events import (
     ItemCompletedEvent,
     ItemStartedEvent,
     McpStartupUpdateEvent,
+    PermissionsRequestEvent,
     StreamErrorEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
@@ -130,6 +131,11 @@ class EventTranslator:
                 params = v2approvals.PatchApprovalParams(
                     thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=now_ms(), reason=reason, grant_root=root)
                 return self._ask(key, v2approvals.PATCH_APPROVAL, params)
+            case PermissionsRequestEvent(call_id=key, turn_id=turn_id, cwd=cwd, permissions=asked, reason=reason):
+                params = v2approvals.PermissionsApprovalParams(
+                    thread_id=tid, turn_id=turn_id, item_id=key, cwd=cwd, started_at_ms=now_ms(),
+                    permissions=v2approvals.permissions_wire(asked), reason=reason)
+                return self._ask(key, v2approvals.PERMISSIONS_APPROVAL, params)
             case DynamicToolCallRequestEvent(call_id=key, turn_id=turn_id, tool=tool, namespace=namespace, arguments=args):
                 self._calls.add(key)  # no waitingOn flag for a tool call, as in Codex
                 return [Ask(key, v2approvals.TOOL_CALL, v2approvals.ToolCallParams(

@@ -31,8 +31,18 @@ from spindle.protocol.events import (
     ClientRequestEvent,
     DynamicToolCallRequestEvent,
     EventMsg,
+    PermissionsRequestEvent,
 )
+from spindle.protocol.ops import (
+    DynamicToolResponseOp,
+    ExecApprovalOp,
+    PatchApprovalOp,
+    RequestPermissionsResponseOp,
+)
+from spindle.protocol.sandbox import PermissionGrant
 from spindle.protocol.settings import ReviewDecision
+
+from .grants import Grants
 
 
 class ApprovalError(Exception):
@@ -56,7 +66,20 @@ class ToolResult:
     success: bool
 
 
-Answer = ReviewDecision | ToolResult
+Answer = ReviewDecision | ToolResult | PermissionGrant
+AnswerOp = ExecApprovalOp | PatchApprovalOp | DynamicToolResponseOp | RequestPermissionsResponseOp
+"""The ops that answer a pending client request."""
+
+
+def answer_of(op: AnswerOp) -> Answer:
+    """What `op` answers its request with."""
+    match op:
+        case DynamicToolResponseOp(content_items=items, success=success):
+            return ToolResult(content_items=items, success=success)
+        case RequestPermissionsResponseOp(response=grant):
+            return grant
+        case ExecApprovalOp(decision=decision) | PatchApprovalOp(decision=decision):
+            return decision
 
 
 @dataclass(eq=False)
@@ -78,6 +101,8 @@ class Approvals:
         self._emit_durably = emit_durably
         self._pending: dict[str, _Pending] = {}
         self._approved_for_session: set[str] = set()
+        self.session_grants = Grants()
+        """The extra access granted for the session (`request_permissions`), while loaded."""
 
     async def ask(self, sub_id: str, request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         """The user's decision on `request` (emitted under submission `sub_id`); at once
@@ -105,6 +130,12 @@ class Approvals:
         assert isinstance(result, ToolResult)
         return result
 
+    async def ask_permissions(self, sub_id: str, request: PermissionsRequestEvent) -> PermissionGrant:
+        """The user's answer to a request for extra access. Cancelled with the turn."""
+        grant = await self._wait(sub_id, request)
+        assert isinstance(grant, PermissionGrant)
+        return grant
+
     async def _wait(self, sub_id: str, request: ClientRequestEvent, key: str | None = None) -> Answer:
         if request.call_id in self._pending:
             raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
@@ -130,8 +161,8 @@ class Approvals:
         pending = self._pending.get(call_id)
         if pending is None or pending.answered.is_set():
             raise ApprovalError(f"no client request {call_id!r} is pending (it was answered, or its turn ended)")
-        if isinstance(pending.request, DynamicToolCallRequestEvent) != isinstance(answer, ToolResult):
-            wanted = "a tool result" if isinstance(answer, str) else "an approval decision"
+        wanted, kind = _WANTED.get(type(pending.request), ("an approval decision", str))
+        if not isinstance(answer, kind):
             raise ApprovalError(f"client request {call_id!r} wants {wanted}")
         pending.answer = answer
         pending.answered.set()
@@ -139,6 +170,13 @@ class Approvals:
     def replay(self) -> list[tuple[str, ClientRequestEvent]]:
         """The requests still waiting for an answer, oldest first, with their submission ids."""
         return [(p.sub_id, p.request) for p in self._pending.values() if not p.answered.is_set()]
+
+
+_WANTED: dict[type, tuple[str, type]] = {
+    DynamicToolCallRequestEvent: ("a tool result", ToolResult),
+    PermissionsRequestEvent: ("a permission grant", PermissionGrant),
+}
+"""The answer each kind of request takes, if not a decision."""
 
 
 def key_text(key: Hashable) -> str:

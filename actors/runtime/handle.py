@@ -20,6 +20,7 @@ from spindle.protocol.events import (
     Event,
     ExecApprovalRequestEvent,
     ItemCompletedEvent,
+    PermissionsRequestEvent,
     TaskCompleteEvent,
     TurnAbortedEvent,
 )
@@ -31,10 +32,12 @@ from spindle.protocol.ops import (
     InterruptOp,
     Op,
     PatchApprovalOp,
+    RequestPermissionsResponseOp,
     ShutdownOp,
     Submission,
     UserInputOp,
 )
+from spindle.protocol.sandbox import PermissionGrant
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import ToolResult
@@ -56,6 +59,8 @@ Approver = Callable[[ApprovalRequestEvent], Awaitable[ReviewDecision]]
 
 ToolRunner = Callable[[DynamicToolCallRequestEvent], Awaitable[ToolResult]]
 """Runs a call of one of the thread's dynamic tools (an embedding's own tools)."""
+Granter = Callable[[PermissionsRequestEvent], Awaitable[PermissionGrant]]
+"""Answers a request for more permissions with what is granted, for the turn or the session."""
 NO_TOOL_RUNNER = ToolResult(content_items=[{"type": "inputText", "text": "no one can run this tool here"}],
                             success=False)
 
@@ -163,7 +168,7 @@ class ThreadHandle:
     @property
     def waiting_on_approval(self) -> bool:
         """Whether an approval request of the thread waits for the user."""
-        return any(isinstance(request, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent)
+        return any(isinstance(request, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent | PermissionsRequestEvent)
                    for _, request in self.pending_requests())
 
     def approvals(self) -> ApprovalStream:
@@ -181,12 +186,14 @@ class ThreadHandle:
         await self._actor.mcp_configured.wait()
         await self._actor.mcp.wait_started(names)
 
-    async def ask(self, text: str, *, approve: Approver | None = None, run_tool: ToolRunner | None = None) -> str:
+    async def ask(self, text: str, *, approve: Approver | None = None, run_tool: ToolRunner | None = None,
+                  grant: Granter | None = None) -> str:
         """Send `text` as user input and return the final answer of the turn it joins.
 
         An approval request of that turn is answered by `approve` (the request in, a decision
         out); without one it is declined: the model is told and the turn goes on. A call of one
-        of the thread's dynamic tools is run by `run_tool`; without one it fails."""
+        of the thread's dynamic tools is run by `run_tool`; without one it fails. A request for
+        more permissions is answered by `grant`; without one nothing is granted."""
         with self.events() as events:
             sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
             turn_id: str | None = None
@@ -197,6 +204,9 @@ class ThreadHandle:
                     result = await run_tool(msg) if run_tool is not None else NO_TOOL_RUNNER
                     await self.submit(DynamicToolResponseOp(
                         id=msg.call_id, content_items=result.content_items, success=result.success))
+                if isinstance(msg, PermissionsRequestEvent) and msg.turn_id == turn_id:
+                    answer = await grant(msg) if grant is not None else PermissionGrant()
+                    await self.submit(RequestPermissionsResponseOp(id=msg.call_id, response=answer))
                 if isinstance(msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent) and msg.turn_id == turn_id:
                     op = ExecApprovalOp if isinstance(msg, ExecApprovalRequestEvent) else PatchApprovalOp
                     try:

@@ -51,6 +51,7 @@ from spindle.protocol.ops import (
     PatchApprovalOp,
     RefreshMcpServersOp,
     ReloadUserConfigOp,
+    RequestPermissionsResponseOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -59,7 +60,7 @@ from spindle.protocol.ops import (
 )
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
-from .approvals import Answer, ApprovalError, Approvals, ToolResult
+from .approvals import Answer, ApprovalError, Approvals, answer_of
 from .dynamic_tools import DynamicTool
 from .errors import ConfigError
 from .fanout import Broadcaster
@@ -69,6 +70,7 @@ from .mcp_tools import turn_tools
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
 from .permission_profiles import PermissionProfiles, default_selection, load_profiles
+from .request_permissions_tool import offered
 from .resources import RuntimeResources
 from .sandbox import remove_thread_tmp
 from .settings import apply_update
@@ -294,10 +296,8 @@ class ThreadActor:
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
-            case ExecApprovalOp(id=call_id, decision=decision) | PatchApprovalOp(id=call_id, decision=decision):
-                await self._answer_approval(sub.id, call_id, decision)
-            case DynamicToolResponseOp(id=call_id, content_items=items, success=success):
-                await self._answer_approval(sub.id, call_id, ToolResult(content_items=items, success=success))
+            case ExecApprovalOp() | PatchApprovalOp() | DynamicToolResponseOp() | RequestPermissionsResponseOp():
+                await self._answer_approval(sub.id, sub.op.id, answer_of(sub.op))
             case ReloadUserConfigOp(config=config, cwd=cwd):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
@@ -439,7 +439,7 @@ class ThreadActor:
                     try:
                         await self.mcp_configured.wait()
                         await self.mcp.wait_started()  # bounded by each server's startup timeout
-                        turn.tools = turn_tools(self.tools.extended(self.dynamic_tools), self.mcp)  # fixed for the turn
+                        turn.tools = turn_tools(self.tools.extended([*offered(self.config.features), *self.dynamic_tools]), self.mcp)  # fixed for the turn
                         last = await run_turn(turn, self)
                     except SamplingFailed as err:
                         log.info("turn failed", error=err.message)

@@ -14,7 +14,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from spindle.protocol.events import ApprovalRequestEvent, DynamicToolCallRequestEvent
+from spindle.protocol.events import (
+    ApprovalRequestEvent,
+    DynamicToolCallRequestEvent,
+    PermissionsRequestEvent,
+)
 from spindle.protocol.items import (
     CustomToolCall,
     CustomToolCallOutput,
@@ -23,7 +27,7 @@ from spindle.protocol.items import (
     TurnItem,
     call_output,
 )
-from spindle.protocol.sandbox import SandboxSpec
+from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import ToolResult
@@ -40,6 +44,11 @@ async def _no_client(request: DynamicToolCallRequestEvent) -> ToolResult:
 
 def _ignore_delta(item_id: str, delta: str) -> None:
     """The default `ToolContext.output_delta`: nobody listens."""
+
+
+async def _grant_nothing(request: PermissionsRequestEvent) -> PermissionGrant:
+    """The default `ToolContext.request_permissions`: nobody can grant anything."""
+    return PermissionGrant()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +72,9 @@ class ToolContext:
     """Ask the client that registered a dynamic tool to run it, and wait for its result."""
     output_delta: Callable[[str, str], None] = _ignore_delta
     """Streams a chunk of a running item's output: (item id, text)."""
+    request_permissions: Callable[[PermissionsRequestEvent], Awaitable[PermissionGrant]] = _grant_nothing
+    """Ask the user for extra access and wait; what is granted (real paths that exist, asked for)
+    widens the sandbox of the turn's later commands, or of the session's."""
 
 
 class Tool(Protocol):

@@ -30,6 +30,7 @@ from spindle.protocol.events import (
     ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
+    PermissionsRequestEvent,
     StreamErrorEvent,
     TokenCountEvent,
     TokenUsage,
@@ -65,11 +66,12 @@ from spindle.protocol.responses import (
     TypeOnly,
     Usage,
 )
-from spindle.protocol.sandbox import SandboxSpec
+from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals, ToolResult
 from .errors import SandboxUnavailable
+from .grants import Grants, granted
 from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
 from .permissions import realise
@@ -105,6 +107,8 @@ class Turn:
     realised: tuple[SandboxSpec | None, str | None] | None = None
     """The sandbox of this turn's commands (or why there is none), realised from `settings` at
     its first tool call and kept for the turn: roots change only between turns."""
+    grants: Grants = field(default_factory=Grants)
+    """Extra access the user granted for this turn (`request_permissions`)."""
     resumed_calls: frozenset[str] | None = None
     """Set on a turn taken up again after the process stopped in it: the tool calls (by call id)
     that were waiting on a client, to run again (so they ask again) before sampling."""
@@ -210,7 +214,17 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
     async def call_client(request: DynamicToolCallRequestEvent) -> ToolResult:
         return await host.approvals.call_client(turn.sub_id, request)
 
+    async def request_permissions(request: PermissionsRequestEvent) -> PermissionGrant:
+        answer = await host.approvals.ask_permissions(turn.sub_id, request)
+        grants = await trio.to_thread.run_sync(granted, request.permissions, answer.permissions, turn.settings.cwd)
+        if answer.scope == "session":
+            host.approvals.session_grants |= grants
+        else:
+            turn.grants |= grants
+        return PermissionGrant(permissions=grants.as_permissions(), scope=answer.scope)
+
     sandbox, error = await realised_sandbox(turn)
+    sandbox = (host.approvals.session_grants | turn.grants).apply(sandbox)
 
     def output_delta(item_id: str, delta: str) -> None:
         host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
@@ -227,6 +241,7 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         item_started=started,
         item_completed=completed,
         output_delta=output_delta,
+        request_permissions=request_permissions,
     )
 
 

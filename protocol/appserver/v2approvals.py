@@ -6,7 +6,8 @@ params; every request ends with `serverRequest/resolved`. A decision maps onto t
 `ReviewDecision`: `accept` runs it, `acceptForSession` also stops asking for the same request for
 the rest of the thread, `decline` does not run it (the model is told; the turn goes on), `cancel`
 does not run it and interrupts the turn. `acceptWithExecpolicyAmendment` is taken as `accept`
-(Spindle keeps no exec policy).
+(Spindle keeps no exec policy). `item/permissions/requestApproval` is answered with what is
+granted and for how long (`scope`); an error answer grants nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +16,25 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..ops import DynamicToolResponseOp, ExecApprovalOp, Op, PatchApprovalOp
+from ..ops import (
+    DynamicToolResponseOp,
+    ExecApprovalOp,
+    Op,
+    PatchApprovalOp,
+    RequestPermissionsResponseOp,
+)
+from ..sandbox import (
+    FileSystemPermissions,
+    NetworkPermissions,
+    PermissionGrant,
+    RequestedPermissions,
+)
 from ..settings import ReviewDecision
 from .v2 import Wire
 
 COMMAND_APPROVAL = "item/commandExecution/requestApproval"
 PATCH_APPROVAL = "item/fileChange/requestApproval"
+PERMISSIONS_APPROVAL = "item/permissions/requestApproval"
 TOOL_CALL = "item/tool/call"
 RESOLVED = "serverRequest/resolved"
 
@@ -52,6 +66,54 @@ class PatchApprovalParams(Wire, kw_only=True):
     started_at_ms: int
     reason: str | None = None
     grant_root: str | None = None
+
+
+class FileSystemGrant(Wire, kw_only=True, omit_defaults=True):
+    read: list[str] | None = None
+    write: list[str] | None = None
+
+
+class NetworkGrant(Wire, kw_only=True, omit_defaults=True):
+    enabled: bool | None = None
+
+
+class PermissionsWire(Wire, kw_only=True, omit_defaults=True):
+    """`{fileSystem?, network?}`: what is asked for, or granted."""
+
+    file_system: FileSystemGrant | None = None
+    network: NetworkGrant | None = None
+
+
+class PermissionsApprovalParams(Wire, kw_only=True):
+    thread_id: str
+    turn_id: str
+    item_id: str
+    cwd: str
+    started_at_ms: int
+    permissions: PermissionsWire
+    reason: str | None = None
+    environment_id: str = "local"
+
+
+class _PermissionsAnswer(Wire, kw_only=True):
+    permissions: PermissionsWire = msgspec.field(default_factory=PermissionsWire)
+    scope: Literal["turn", "session"] = "turn"
+
+
+_permissions_answer = msgspec.json.Decoder(_PermissionsAnswer)
+
+
+def permissions_wire(permissions: RequestedPermissions) -> PermissionsWire:
+    fs, net = permissions.file_system, permissions.network
+    return PermissionsWire(file_system=FileSystemGrant(read=fs.read, write=fs.write) if fs else None,
+                           network=NetworkGrant(enabled=net.enabled) if net else None)
+
+
+def _grant(answer: _PermissionsAnswer) -> PermissionGrant:
+    fs, net = answer.permissions.file_system, answer.permissions.network
+    return PermissionGrant(scope=answer.scope, permissions=RequestedPermissions(
+        file_system=FileSystemPermissions(read=fs.read, write=fs.write) if fs else None,
+        network=NetworkPermissions(enabled=net.enabled) if net else None))
 
 
 class ToolCallParams(Wire, kw_only=True):
@@ -117,6 +179,14 @@ def answer_op(method: str, key: str, result: bytes | None, error: bytes | None) 
                 return DynamicToolResponseOp(id=key, content_items=answer.content_items, success=answer.success)
             problem = f"the client failed the call: {_message_of(error)}"
         return DynamicToolResponseOp(id=key, content_items=[{"type": "inputText", "text": problem}], success=False)
+    if method == PERMISSIONS_APPROVAL:
+        if error is not None:
+            return RequestPermissionsResponseOp(id=key)  # nothing granted
+        try:
+            return RequestPermissionsResponseOp(id=key, response=_grant(_permissions_answer.decode(result or b"null")))
+        except msgspec.DecodeError as exc:
+            raise BadDecision(f"the answer to {method} must be {{permissions: {{fileSystem?, network?}}, "
+                              f"scope: \"turn\"|\"session\"}}: {exc}") from None
     decision: ReviewDecision = "denied" if error is not None else review_decision(result or b"null", method)
     return (ExecApprovalOp if method == COMMAND_APPROVAL else PatchApprovalOp)(id=key, decision=decision)
 
