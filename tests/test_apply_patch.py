@@ -254,6 +254,19 @@ async def test_a_file_changed_while_the_user_is_asked_is_not_overwritten(tmp_pat
     assert (tmp_path / "a.txt").read_text() == "x = 1\nz = 3\n" and rec.final.status == "failed"
 
 
+async def test_a_file_made_while_the_user_is_asked_is_not_overwritten(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, sandbox=roots(tmp_path), approval="untrusted")
+
+    async def write_then_approve(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
+        (tmp_path / "a.txt").write_text("mine\n")  # the user makes the file meanwhile
+        return "approved"
+
+    ctx = dataclasses.replace(rec.ctx, ask_approval=write_then_approve)
+    output = await ApplyPatchTool().run(envelope("*** Add File: a.txt", "+theirs"), ctx)
+    assert output == "apply_patch failed: nothing was changed: a file changed while the patch waited for approval"
+    assert (tmp_path / "a.txt").read_text() == "mine\n" and rec.final.status == "failed"
+
+
 async def test_an_interrupt_while_asked_still_ends_the_item(tmp_path: Path) -> None:
     rec = Recorder(tmp_path, sandbox=roots(tmp_path), approval="untrusted")
 

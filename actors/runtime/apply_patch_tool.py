@@ -179,13 +179,18 @@ def commit(hunks: Sequence[Hunk], cwd: str, spec: SandboxSpec, approved: Sequenc
     """Apply `hunks` as approved: planned again from the files as they are now, which must be
     what the user was shown, and where no path has come to lead anywhere else. Blocking."""
     fresh = checked_plan(hunks, cwd)
-    if [(c.path, c.original) for c in fresh] != [(c.path, c.original) for c in approved]:
+    if [_before(c) for c in fresh] != [_before(c) for c in approved]:
         raise PatchError("a file changed while the patch waited for approval")
     written = [p for c in fresh for p in (c.path, c.move_path) if p is not None]
     moved_out = sorted(set(paths_outside(spec, written)) - set(outside))
     if moved_out:
         raise PatchError(f"{', '.join(moved_out)} now lead(s) outside the writable roots")
     apply_atomically([_through_link(change) for change in fresh])
+
+
+def _before(change: PlannedChange) -> tuple[str, str | None, str | None]:
+    """What a change's files held when it was planned."""
+    return change.path, change.original, change.replaced
 
 
 def _through_link(change: PlannedChange) -> PlannedChange:
