@@ -3,8 +3,8 @@
 Written: `session_meta`; every model-visible history item (`response_item`), including the
 initial context and interrupt markers; one `turn_context` per turn; `compacted`; and the events
 below, which are what resume, fork and `thread/read` need to rebuild turns. Never written: deltas
-(`agent_message_delta`), `item_started`, `mcp_startup_update`, `session_configured`, `stream_error`, `warning`,
-`shutdown_complete` — they are live-only and would only bloat the file.
+(`agent_message_delta`), `item_started`, `turn_diff`, `mcp_startup_update`, `session_configured`, `stream_error`,
+`warning`, `shutdown_complete` — they are live-only and would only bloat the file.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ The built-in tools are `exec_command` (`exec_command.py`) and `apply_patch` (`ap
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -27,6 +27,7 @@ from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import ToolResult
+from .turn_diff import TurnDiff
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,10 @@ async def _no_client(request: DynamicToolCallRequestEvent) -> ToolResult:
 
 def _ignore_delta(item_id: str, delta: str) -> None:
     """The default `ToolContext.output_delta`: nobody listens."""
+
+
+def _ignore_diff(diff: str) -> None:
+    """The default `ToolContext.diff_updated`: nobody listens."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +68,11 @@ class ToolContext:
     """Ask the client that registered a dynamic tool to run it, and wait for its result."""
     output_delta: Callable[[str, str], None] = _ignore_delta
     """Streams a chunk of a running item's output: (item id, text)."""
+    turn_diff: TurnDiff = field(default_factory=TurnDiff)
+    """The files the turn's patches wrote (one per turn, shared by its calls: `apply_patch` records
+    into it what it applied)."""
+    diff_updated: Callable[[str], None] = _ignore_diff
+    """Announces the turn's net diff (`TurnDiff`) after a patch changed it."""
 
 
 class Tool(Protocol):

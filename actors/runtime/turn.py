@@ -34,6 +34,7 @@ from spindle.protocol.events import (
     TokenCountEvent,
     TokenUsage,
     TokenUsageInfo,
+    TurnDiffEvent,
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import (
@@ -71,6 +72,7 @@ from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
 from .permissions import realise
 from .tools import ToolContext, ToolRegistry
+from .turn_diff import TurnDiff
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +104,8 @@ class Turn:
     realised: tuple[SandboxSpec | None, str | None] | None = None
     """The sandbox of this turn's commands (or why there is none), realised from `settings` at
     its first tool call and kept for the turn: roots change only between turns."""
+    diff: TurnDiff = field(default_factory=TurnDiff)
+    """The files this turn's patches wrote, for its net diff (`turn_diff`): each turn starts afresh."""
 
 
 class SamplingFailed(Exception):
@@ -193,6 +197,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
     def output_delta(item_id: str, delta: str) -> None:
         host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
 
+    def diff_updated(diff: str) -> None:
+        host.emit(turn.sub_id, TurnDiffEvent(turn_id=turn.turn_id, unified_diff=diff))
+
     return ToolContext(
         thread_id=host.thread_id,
         turn_id=turn.turn_id,
@@ -205,6 +212,8 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         item_started=started,
         item_completed=completed,
         output_delta=output_delta,
+        turn_diff=turn.diff,
+        diff_updated=diff_updated,
     )
 
 
