@@ -5,8 +5,8 @@ initial context and interrupt markers; one `turn_context` per turn; `compacted`;
 below, which are what resume, fork and `thread/read` need to rebuild turns. A client request
 (an approval, a dynamic tool call) and its end are written too: a thread resumed after the
 process stopped mid-turn asks again what was still unanswered. Never written: deltas
-(`agent_message_delta`), `item_started`, `mcp_startup_update`, `session_configured`, `stream_error`, `warning`,
-`shutdown_complete` — they are live-only and would only bloat the file.
+(`agent_message_delta`), `item_started`, `turn_diff`, `mcp_startup_update`, `session_configured`, `stream_error`,
+`warning`, `shutdown_complete` — they are live-only and would only bloat the file.
 """
 
 from __future__ import annotations

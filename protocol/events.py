@@ -144,6 +144,13 @@ CodexErrorInfo = Literal[
 ]
 
 
+class TurnDiffEvent(EventMsgBase, tag="turn_diff", kw_only=True, frozen=True):
+    """The turn's net file changes so far, as one unified diff, after a patch changed them (live only)."""
+
+    turn_id: str
+    unified_diff: str
+
+
 class ErrorEvent(EventMsgBase, tag="error", kw_only=True, frozen=True):
     """Something failed; `message` says what and where."""
 
@@ -273,6 +280,7 @@ EventMsg = (
     | ItemStartedEvent
     | ItemCompletedEvent
     | TokenCountEvent
+    | TurnDiffEvent
     | ErrorEvent
     | StreamErrorEvent
     | WarningEvent

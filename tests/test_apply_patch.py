@@ -4,6 +4,7 @@ atomic failure, the approval policy for files outside, and the fileChange item o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -27,6 +28,20 @@ from spindle.protocol.settings import ApprovalPolicy, ReviewDecision, ThreadSett
 
 from .helpers import app_client
 
+ZERO = "0" * 40
+"""The object id Codex's turn diff gives a file that is not there."""
+
+
+def blob_id(text: str) -> str:
+    """The git blob id of `text`."""
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def oid(*lines: str) -> str:
+    """The git blob id of a text of `lines` (each ended by a newline)."""
+    return blob_id("".join(line + "\n" for line in lines))
+
 
 def envelope(*body: str) -> str:
     return "\n".join(("*** Begin Patch", *body, "*** End Patch")) + "\n"
@@ -39,12 +54,14 @@ class Recorder:
         self.items: list[tuple[str, FileChangeItem]] = []
         self.asked: list[ApprovalRequestEvent] = []
         self.decision: ReviewDecision = "denied"
+        self.diffs: list[str] = []
+        """The turn's net diff, each time it is announced."""
         settings = ThreadSettings(model="m", provider_id="p", cwd=str(cwd), approval_policy=approval,
                                   sandbox_mode="workspace-write", instructions="")
         self.ctx = ToolContext(
             thread_id="t", turn_id="turn", call_id="call_1", settings=settings, sandbox=sandbox,
             ask_approval=self._ask, item_started=lambda i: self._item("started", i),
-            item_completed=lambda i: self._item("completed", i),
+            item_completed=lambda i: self._item("completed", i), diff_updated=self.diffs.append,
         )
 
     async def _ask(self, request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
@@ -181,11 +198,11 @@ async def test_a_patch_round_trip_over_the_wire_in_both_forms(
         assert changes[0]["changes"] == [{"path": str(tmp_path / "hello.txt"), "kind": {"type": "add"}, "diff": "hello\n"}]
         assert (tmp_path / "hello.txt").read_text() == "hello\n" and (tmp_path / "again.txt").read_text() == "again\n"
         diffs = [n["params"]["diff"] for n in client.notifications if n["method"] == "turn/diff/updated"]
-        assert diffs == [
-            f"--- /dev/null\n+++ b{tmp_path}/hello.txt\n@@ -0,0 +1,1 @@\n+hello\n",
-            f"--- /dev/null\n+++ b{tmp_path}/hello.txt\n@@ -0,0 +1,1 @@\n+hello\n"
-            f"--- /dev/null\n+++ b{tmp_path}/again.txt\n@@ -0,0 +1,1 @@\n+again\n",
-        ]  # the turn's changes so far, after each
+        hello = f"diff --git a/hello.txt b/hello.txt\nnew file mode 100644\nindex {ZERO}..{oid('hello')}\n" \
+                "--- /dev/null\n+++ b/hello.txt\n@@ -0,0 +1 @@\n+hello\n"
+        again = f"diff --git a/again.txt b/again.txt\nnew file mode 100644\nindex {ZERO}..{oid('again')}\n" \
+                "--- /dev/null\n+++ b/again.txt\n@@ -0,0 +1 @@\n+again\n"
+        assert diffs == [hello, again + hello]  # the turn's net changes so far, after each, by path
 
 
 async def test_no_file_is_read_before_the_paths_are_checked_and_only_regular_files_are(tmp_path: Path) -> None:
@@ -252,6 +269,19 @@ async def test_a_file_changed_while_the_user_is_asked_is_not_overwritten(tmp_pat
     output = await ApplyPatchTool().run(envelope("*** Update File: a.txt", "@@", "-x = 1", "+x = 2"), ctx)
     assert output == "apply_patch failed: nothing was changed: a file changed while the patch waited for approval"
     assert (tmp_path / "a.txt").read_text() == "x = 1\nz = 3\n" and rec.final.status == "failed"
+
+
+async def test_a_file_made_while_the_user_is_asked_is_not_overwritten(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, sandbox=roots(tmp_path), approval="untrusted")
+
+    async def write_then_approve(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
+        (tmp_path / "a.txt").write_text("mine\n")  # the user makes the file meanwhile
+        return "approved"
+
+    ctx = dataclasses.replace(rec.ctx, ask_approval=write_then_approve)
+    output = await ApplyPatchTool().run(envelope("*** Add File: a.txt", "+theirs"), ctx)
+    assert output == "apply_patch failed: nothing was changed: a file changed while the patch waited for approval"
+    assert (tmp_path / "a.txt").read_text() == "mine\n" and rec.final.status == "failed"
 
 
 async def test_an_interrupt_while_asked_still_ends_the_item(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from spindle.actors.runtime.patch import (
     AddFile,
     Chunk,
     DeleteFile,
+    FileChange,
     PatchError,
     UpdateFile,
     apply_chunks,
@@ -81,6 +82,18 @@ def test_plan_gives_absolute_paths_new_contents_and_diffs() -> None:
     assert update.diff == '@@ -3,3 +3,3 @@\n def main():\n-    print("hi")\n+    print("hello")\n     return 0\n'
     assert summary([add, delete, update], "/w") == (
         "Success. Updated the following files:\nA hello.txt\nD old.txt\nM main.py\n")
+
+
+def test_plan_keeps_the_text_an_add_or_a_move_overwrites() -> None:
+    def one(patch: str) -> FileChange:
+        (change,) = plan(parse(f"*** Begin Patch\n{patch}*** End Patch"), "/w", read)
+        return change
+
+    assert one("*** Add File: old.txt\n+x\n").original == "bye\n"
+    assert one("*** Add File: new.txt\n+x\n").original is None
+    move = "*** Update File: app.py\n*** Move to: {}\n@@\n-    return 0\n+    return 1\n"
+    assert one(move.format("old.txt")).replaced == "bye\n"
+    assert one(move.format("main.py")).replaced is None
 
 
 def test_hunks_match_with_whitespace_and_typographic_punctuation_loosened() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from spindle.protocol.appserver import v2, v2approvals, v2mcp, v2usage
 from spindle.protocol.appserver.jsonrpc import now_ms
-from spindle.protocol.appserver.v2map import file_diff, thread_item, token_usage, turn_error
+from spindle.protocol.appserver.v2map import thread_item, token_usage, turn_error
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ApplyPatchApprovalRequestEvent,
@@ -28,9 +28,9 @@ from spindle.protocol.events import (
     TaskStartedEvent,
     TokenCountEvent,
     TurnAbortedEvent,
+    TurnDiffEvent,
     WarningEvent,
 )
-from spindle.protocol.items import FileChangeItem
 
 Notice = tuple[str, object]
 """(method, params) of one notification."""
@@ -72,15 +72,12 @@ class EventTranslator:
         """The approval requests waiting for an answer (the `waitingOnApproval` flag)."""
         self._calls: set[str] = set()
         """The dynamic tool calls waiting for their client."""
-        self._diff = ""
-        """The turn's file changes so far, as one unified diff (`turn/diff/updated`)."""
 
     def translate(self, event: Event) -> list[Output]:
         tid = self.thread_id
         match event.msg:
             case TaskStartedEvent(turn_id=turn_id):
                 self._turn = v2.Turn(id=turn_id, started_at=int(time.time()))
-                self._diff = ""
                 self._started_ns = time.monotonic_ns()
                 started = v2.Turn(id=turn_id, items_view="notLoaded", started_at=self._turn.started_at)
                 return [
@@ -93,12 +90,10 @@ class EventTranslator:
                 wire = thread_item(item)
                 if self._turn is not None and self._turn.id == turn_id:
                     self._turn.items.append(wire)
-                done: list[Output] = [("item/completed", v2.ItemCompleted(
+                return [("item/completed", v2.ItemCompleted(
                     thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=now_ms()))]
-                if isinstance(item, FileChangeItem) and item.status == "completed":
-                    self._diff += "".join(file_diff(change) for change in item.changes)
-                    done.append(("turn/diff/updated", v2.TurnDiffUpdated(thread_id=tid, turn_id=turn_id, diff=self._diff)))
-                return done
+            case TurnDiffEvent(turn_id=turn_id, unified_diff=diff):
+                return [("turn/diff/updated", v2.TurnDiffUpdated(thread_id=tid, turn_id=turn_id, diff=diff))]
             case AgentMessageDeltaEvent(delta=delta, item_id=item_id) if self._turn is not None:
                 return [("item/agentMessage/delta", v2.AgentMessageDelta(thread_id=tid, turn_id=self._turn.id, item_id=item_id, delta=delta))]
             case ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta) if self._turn is not None:

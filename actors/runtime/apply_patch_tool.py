@@ -50,6 +50,7 @@ from .approvals import InProcess
 from .patch import FileChange as PlannedChange
 from .patch import Hunk, PatchError, UpdateFile, parse, plan, resolve, summary
 from .tools import ToolContext
+from .turn_diff import display_root, render
 
 Form = Literal["auto", "freeform", "function"]
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -147,14 +148,16 @@ class ApplyPatchTool:
                     status = "declined"
                     return "patch rejected by user"
             try:
-                await trio.to_thread.run_sync(commit, hunks, cwd, spec, changes, outside)
+                written = await trio.to_thread.run_sync(commit, hunks, cwd, spec, changes, outside)
             except PatchError as exc:
                 return f"apply_patch failed: nothing was changed: {exc}"
             except OSError as exc:
                 return f"apply_patch failed: nothing was changed: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            ctx.turn_diff.record(written)
             status = "completed"
         finally:  # an interrupt while the user is asked, too: the item always ends
             ctx.item_completed(msgspec.structs.replace(item, status=status))
+        await _announce_diff(ctx)
         wall = time.monotonic() - began
         return f"Exit code: 0\nWall time: {wall:.0f} seconds\nOutput:\n{summary(changes, cwd)}"
 
@@ -163,6 +166,14 @@ def targets(hunks: Sequence[Hunk], cwd: str) -> list[str]:
     """Every file `hunks` would write (a move's destination too), made absolute."""
     paths = [resolve(cwd, hunk.path) for hunk in hunks]
     return paths + [resolve(cwd, hunk.move_to) for hunk in hunks if isinstance(hunk, UpdateFile) and hunk.move_to]
+
+
+async def _announce_diff(ctx: ToolContext) -> None:
+    """Tell the turn's net diff, made in a worker thread (it diffs whole files)."""
+    turn_diff = ctx.turn_diff
+    if turn_diff.root is None:
+        turn_diff.root = await trio.to_thread.run_sync(display_root, ctx.settings.cwd)
+    ctx.diff_updated(await trio.to_thread.run_sync(render, turn_diff.snapshot(), turn_diff.root))
 
 
 def checked_plan(hunks: Sequence[Hunk], cwd: str) -> list[PlannedChange]:
@@ -175,17 +186,24 @@ def checked_plan(hunks: Sequence[Hunk], cwd: str) -> list[PlannedChange]:
 
 
 def commit(hunks: Sequence[Hunk], cwd: str, spec: SandboxSpec, approved: Sequence[PlannedChange],
-           outside: Sequence[str]) -> None:
+           outside: Sequence[str]) -> list[PlannedChange]:
     """Apply `hunks` as approved: planned again from the files as they are now, which must be
-    what the user was shown, and where no path has come to lead anywhere else. Blocking."""
+    what the user was shown, and where no path has come to lead anywhere else. The changes as
+    applied, with the texts they replaced. Blocking."""
     fresh = checked_plan(hunks, cwd)
-    if [(c.path, c.original) for c in fresh] != [(c.path, c.original) for c in approved]:
+    if [_before(c) for c in fresh] != [_before(c) for c in approved]:
         raise PatchError("a file changed while the patch waited for approval")
     written = [p for c in fresh for p in (c.path, c.move_path) if p is not None]
     moved_out = sorted(set(paths_outside(spec, written)) - set(outside))
     if moved_out:
         raise PatchError(f"{', '.join(moved_out)} now lead(s) outside the writable roots")
     apply_atomically([_through_link(change) for change in fresh])
+    return fresh
+
+
+def _before(change: PlannedChange) -> tuple[str, str | None, str | None]:
+    """What a change's files held when it was planned."""
+    return change.path, change.original, change.replaced
 
 
 def _through_link(change: PlannedChange) -> PlannedChange:

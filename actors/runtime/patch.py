@@ -84,7 +84,10 @@ class FileChange:
     content: str | None = None
     move_path: str | None = None
     original: str | None = None
-    """The file's text the change was planned against (an update, a deletion)."""
+    """The file's text before the patch: what an update or a deletion was planned against, what
+    an addition overwrites (None if no file was there)."""
+    replaced: str | None = None
+    """The text of the file at `move_path` that the move overwrites (None if none was there)."""
 
 
 # --- parsing ------------------------------------------------------------
@@ -195,7 +198,8 @@ def plan(hunks: Sequence[Hunk], cwd: str, read: Callable[[str], str]) -> list[Fi
         prior = changes.get(path)
         match hunk:
             case AddFile(content=content):
-                changes[path] = FileChange(path=path, kind="add", diff=content, content=content)
+                original = prior.original if prior is not None else _existing(read, path)
+                changes[path] = FileChange(path=path, kind="add", diff=content, content=content, original=original)
             case DeleteFile():
                 old = _current(prior, read, path, "delete")
                 original = prior.original if prior is not None else old
@@ -206,8 +210,10 @@ def plan(hunks: Sequence[Hunk], cwd: str, read: Callable[[str], str]) -> list[Fi
                 original = prior.original if prior is not None else old
                 kind: Literal["add", "update"] = "add" if prior is not None and prior.kind == "add" else "update"
                 diff = new if kind == "add" else unified_diff((original or "").replace("\r\n", "\n"), new.replace("\r\n", "\n"))
+                move_path = resolve(cwd, move_to) if move_to else None
+                replaced = _existing(read, move_path) if move_path is not None and move_path != path else None
                 changes[path] = FileChange(path=path, kind=kind, diff=diff, content=new, original=original,
-                                           move_path=resolve(cwd, move_to) if move_to else None)
+                                           move_path=move_path, replaced=replaced)
     return list(changes.values())
 
 
@@ -218,6 +224,15 @@ def _current(prior: FileChange | None, read: Callable[[str], str], path: str, ve
     if prior.content is None:
         raise PatchError(f"cannot {verb} '{path}': an earlier hunk deleted it")
     return prior.content
+
+
+def _existing(read: Callable[[str], str], path: str) -> str | None:
+    """The text of the file a write would overwrite; None if there is none, or if it cannot be read
+    as text (a write may still replace it)."""
+    try:
+        return read(path)
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _with_line_endings_of(old: str, new: str) -> str:

@@ -9,7 +9,7 @@ The built-in tools are `exec_command` (`exec_command.py`) and `apply_patch` (`ap
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -31,6 +31,7 @@ from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import ToolResult
+from .turn_diff import TurnDiff
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,10 @@ def _ignore_delta(item_id: str, delta: str) -> None:
 async def _grant_nothing(request: PermissionsRequestEvent) -> PermissionGrant:
     """The default `ToolContext.request_permissions`: nobody can grant anything."""
     return PermissionGrant()
+
+
+def _ignore_diff(diff: str) -> None:
+    """The default `ToolContext.diff_updated`: nobody listens."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +80,13 @@ class ToolContext:
     request_permissions: Callable[[PermissionsRequestEvent], Awaitable[PermissionGrant]] = _grant_nothing
     """Ask the user for extra access and wait; what is granted (real paths that exist, asked for)
     widens the sandbox of the turn's later commands, or of the session's."""
+
+
+    turn_diff: TurnDiff = field(default_factory=TurnDiff)
+    """The files the turn's patches wrote (one per turn, shared by its calls: `apply_patch` records
+    into it what it applied)."""
+    diff_updated: Callable[[str], None] = _ignore_diff
+    """Announces the turn's net diff (`TurnDiff`) after a patch changed it."""
 
 
 class Tool(Protocol):

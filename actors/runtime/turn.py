@@ -35,6 +35,7 @@ from spindle.protocol.events import (
     TokenCountEvent,
     TokenUsage,
     TokenUsageInfo,
+    TurnDiffEvent,
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import (
@@ -76,6 +77,7 @@ from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
 from .permissions import realise
 from .tools import ToolContext, ToolRegistry
+from .turn_diff import TurnDiff
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +114,8 @@ class Turn:
     resumed_calls: frozenset[str] | None = None
     """Set on a turn taken up again after the process stopped in it: the tool calls (by call id)
     that were waiting on a client, to run again (so they ask again) before sampling."""
+    diff: TurnDiff = field(default_factory=TurnDiff)
+    """The files this turn's patches wrote, for its net diff (`turn_diff`): each turn starts afresh."""
 
 
 class SamplingFailed(Exception):
@@ -229,6 +233,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
     def output_delta(item_id: str, delta: str) -> None:
         host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
 
+    def diff_updated(diff: str) -> None:
+        host.emit(turn.sub_id, TurnDiffEvent(turn_id=turn.turn_id, unified_diff=diff))
+
     return ToolContext(
         thread_id=host.thread_id,
         turn_id=turn.turn_id,
@@ -242,6 +249,8 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         item_completed=completed,
         output_delta=output_delta,
         request_permissions=request_permissions,
+        turn_diff=turn.diff,
+        diff_updated=diff_updated,
     )
 
 

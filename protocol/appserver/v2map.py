@@ -14,7 +14,6 @@ from ..items import (
     ImageInput,
     LocalImageInput,
     McpToolCallItem,
-    PatchChange,
     ReasoningItem,
     TextInput,
     TurnItem,
@@ -208,15 +207,3 @@ def dynamic_tool_specs(specs: list[v2tools.DynamicToolSpecV2]) -> list[DynamicTo
                                 namespace=namespace, defer_loading=tool.defer_loading) for namespace, tool in members]
     return out
 
-
-def file_diff(change: PatchChange) -> str:
-    """One file's change as a unified diff with its headers (an addition or a deletion as hunks
-    of the whole file), for `turn/diff/updated`."""
-    match change.kind:
-        case "add":
-            lines = change.diff.splitlines()
-            return f"--- /dev/null\n+++ b{change.path}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{x}\n" for x in lines)
-        case "delete":
-            lines = change.diff.splitlines()
-            return f"--- a{change.path}\n+++ /dev/null\n@@ -1,{len(lines)} +0,0 @@\n" + "".join(f"-{x}\n" for x in lines)
-    return f"--- a{change.path}\n+++ b{change.move_path or change.path}\n{change.diff}"
