@@ -198,7 +198,9 @@ async def test_an_interrupt_kills_a_running_command_and_ends_its_item(
     (item,) = [ev.msg.item for ev in seen if isinstance(ev.msg, ItemCompletedEvent)]
     assert isinstance(item, CommandExecutionItem) and item.id == "call_long"
     assert item.status == "failed" and item.aggregated_output == "started\n"
-    assert processes_with(seconds) == []
+    with trio.fail_after(10):  # the sandbox's pid namespace is torn down by the kernel after bwrap dies
+        while processes_with(seconds):
+            await trio.sleep(0.05)
 
 
 async def test_under_untrusted_ask_declines_a_command_unless_its_approver_accepts(

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
 import structlog
 import trio
 from trio_typing import TaskStatus
@@ -27,7 +26,6 @@ from spindle.protocol.events import (
     EventMsg,
     ItemCompletedEvent,
     ItemStartedEvent,
-    McpStartupUpdateEvent,
     SessionConfiguredEvent,
     ShutdownCompleteEvent,
     TaskCompleteEvent,
@@ -41,7 +39,6 @@ from spindle.protocol.events import (
 )
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
-from spindle.protocol.mcp import McpStartupStatus
 from spindle.protocol.ops import (
     DynamicToolResponseOp,
     ExecApprovalOp,
@@ -69,13 +66,14 @@ from .mcp_manager import McpManager
 from .mcp_tools import turn_tools
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
-from .permission_profiles import PermissionProfiles, default_selection, load_profiles
+from .permission_profiles import PermissionProfiles, load_profiles
 from .request_permissions_tool import offered
 from .resources import RuntimeResources
 from .sandbox import remove_thread_tmp
 from .settings import apply_update
+from .thread_config import INITIAL_SUB_ID, ThreadConfigMixin
 from .tools import Tool
-from .turn import SamplingFailed, Turn, run_turn
+from .turn import REGULAR, SamplingFailed, Task, Turn
 from .usage import UsageMeter
 
 log = structlog.get_logger(__name__)
@@ -88,10 +86,9 @@ PERSIST_DEADLINE_S = 10.0
 CLEANUP_DEADLINE_S = 5.0
 """How long an ending thread may spend deleting its sandbox's private /tmp."""
 
-INITIAL_SUB_ID = ""
 
 
-class ThreadActor:
+class ThreadActor(ThreadConfigMixin):
     """The task behind one thread. Construct through `ThreadManager.start_thread`."""
 
     def __init__(
@@ -306,20 +303,6 @@ class ThreadActor:
                 self._unsupported(sub.id, sub.op)
         return False
 
-    # --- MCP servers ----------------------------------------------------
-    def _start_mcp(self) -> None:
-        """Start the servers of the thread's effective config (the disk layers for its cwd and its
-        own layer, computed when it was spawned), without holding up the thread."""
-        self.mcp.apply(self.config.mcp_servers)
-        self.mcp_configured.set()
-
-    def _mcp_status(self, server: str, status: McpStartupStatus, error: str | None) -> None:
-        self._deliver(INITIAL_SUB_ID, McpStartupUpdateEvent(server=server, status=status, error=error))
-
-    def mcp_replay(self) -> list[Event]:
-        """The start-up statuses so far of the current servers, for a new subscriber."""
-        return [Event(id=INITIAL_SUB_ID, msg=msg) for msg in self.mcp.status_replay()]
-
     async def _answer_approval(self, sub_id: str, call_id: str, decision: Answer) -> None:
         """Answer a pending client request; the approval decision `abort` also interrupts the
         turn that asked."""
@@ -344,48 +327,6 @@ class ThreadActor:
             return False
         return True
 
-    async def _reload_config(self, sub_id: str, config: Config | None) -> None:
-        """`reload_user_config`: rebuild this thread's config from fresh disk layers for its
-        current cwd, keeping its own session layer (unless `config` is that rebuild already)."""
-        if config is None:
-            try:
-                config = await self.resources.thread_config(self.settings.cwd, self.session_config)
-            except ConfigError as exc:
-                self.emit(sub_id, ErrorEvent(message=f"failed to reload config for thread {self.thread_id}: {exc}",
-                                             codex_error_info="bad_request"))
-                return
-        self.apply_config(config)
-
-    def apply_config(self, config: Config) -> None:
-        """Make `config` the thread's effective config. Hot-reloaded into the settings of later
-        turns (a running turn keeps its own): the approval policy, the permission selection (a
-        profile or a sandbox mode) and context window, each only while the thread still has the
-        old config's value (a value the thread was given, at start or by a turn, stays). The
-        thread's permission profiles are the new config's. The model and reasoning effort are
-        session-static, as in Codex. The MCP refresh hooks in here: `config.mcp_servers` is the
-        thread's new server set."""
-        old, self.config = self.config, config
-        self.profiles = load_profiles(config)
-        changes = {
-            name: getattr(config, name) for name in ("approval_policy", "model_context_window")
-            if getattr(self.settings, name) == getattr(old, name) != getattr(config, name)
-        }
-        selection = (self.settings.permissions, self.settings.sandbox_mode)
-        if selection == default_selection(old) != (new := default_selection(config)):
-            changes["permissions"], changes["sandbox_mode"] = new
-        if changes:
-            log.info("config reloaded", changes=changes)
-            self.settings = msgspec.structs.replace(self.settings, **changes)
-        self._refresh_mcp(config.mcp_servers)
-
-    def _refresh_mcp(self, servers: dict[str, McpServerConfig]) -> None:
-        """Make `servers` the thread's MCP server set: now when idle, else when the running turn
-        ends (it keeps the tools it started with)."""
-        if self._active is not None:
-            self._mcp_pending = servers
-        else:
-            self.mcp.apply(servers)
-
     # --- turns ----------------------------------------------------------
     async def _user_input(self, sub_id: str, items: list[UserInput]) -> None:
         if not items:
@@ -395,19 +336,26 @@ class ThreadActor:
             self._active.pending.append((sub_id, items))
             self.outcomes.set_turn(sub_id, self._active.turn_id)
             return
-        assert self._nursery is not None
+        await self.start_task(sub_id, REGULAR, items)
+
+    async def start_task(self, sub_id: str, task: Task, items: list[UserInput] | None = None) -> Turn | None:
+        """Start a turn running `task` (a regular turn, a compaction, a review, a user's shell
+        command), with `items` as its first input; None, with an error event, if the rollout
+        cannot be created. The caller checks that no turn is running."""
+        assert self._nursery is not None and self._writers is not None and self._active is None
         try:
-            assert self._writers is not None
             await self.rollout.materialize(self._writers)
         except (OSError, ThreadStoreError) as exc:
             self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
-            return
-        turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings, profiles=self.profiles)
+            return None
+        turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings, profiles=self.profiles, task=task)
         self.journal.begin_turn(turn.turn_id, turn.settings)
-        turn.pending.append((sub_id, items))
+        if items:
+            turn.pending.append((sub_id, items))
         self.outcomes.set_turn(sub_id, turn.turn_id)
         self._active = turn
         self._nursery.start_soon(self._run_turn, turn)
+        return turn
 
     async def _take_up_unfinished_turn(self) -> None:
         """Resumed after the process stopped mid-turn: a turn waiting on a client goes on and asks
@@ -440,7 +388,7 @@ class ThreadActor:
                         await self.mcp_configured.wait()
                         await self.mcp.wait_started()  # bounded by each server's startup timeout
                         turn.tools = turn_tools(self.tools.extended([*offered(self.config.features), *self.dynamic_tools]), self.mcp)  # fixed for the turn
-                        last = await run_turn(turn, self)
+                        last = await turn.task.run(turn, self)
                     except SamplingFailed as err:
                         log.info("turn failed", error=err.message)
                         self.emit(turn.sub_id, ErrorEvent(message=err.message, codex_error_info=err.info, turn_id=turn.turn_id))

@@ -91,6 +91,30 @@ _type_decoder = msgspec.json.Decoder(TypeOnly)
 _request_encoder = msgspec.json.Encoder()
 
 
+class Task(Protocol):
+    """What a turn runs: a regular turn (`RegularTask`), or another kind of task (a compaction, a
+    review, a user's shell command) that the thread actor starts the same way."""
+
+    kind: str
+
+    async def run(self, turn: Turn, host: TurnHost) -> str | None:
+        """Run `turn` to its end; the last agent message, if any. Raises SamplingFailed."""
+        ...
+
+
+class RegularTask:
+    """A turn of the conversation: the model is sampled, and the tools it calls run, until it
+    answers (`run_turn`)."""
+
+    kind = "regular"
+
+    async def run(self, turn: Turn, host: TurnHost) -> str | None:
+        return await run_turn(turn, host)
+
+
+REGULAR = RegularTask()
+
+
 @dataclass(kw_only=True)
 class Turn:
     """One running turn. `pending` holds steered input (submission id, items) not yet sampled."""
@@ -100,6 +124,7 @@ class Turn:
     settings: ThreadSettings
     profiles: PermissionProfiles
     """The permission profiles of the thread's config when the turn started."""
+    task: Task = REGULAR
     tools: ToolRegistry | None = None
     """The tools of this turn (the host's, unless set when it starts): a refresh never changes them."""
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
