@@ -8,16 +8,22 @@ from dataclasses import dataclass
 from spindle.protocol.events import (
     ApprovalResolvedEvent,
     ClientRequestEvent,
+    ExecApprovalRequestEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
     ThreadRolledBackEvent,
     TurnAbortedEvent,
 )
 from spindle.protocol.items import (
+    CustomToolCall,
+    CustomToolCallOutput,
+    FunctionCall,
+    FunctionCallOutput,
     InputText,
     Message,
     ResponseItem,
     ResponseItemBase,
+    close_dangling_calls,
     turn_aborted_marker,
 )
 from spindle.protocol.rollout import CompactedItem, RolloutItem, SessionMeta, TurnContextItem
@@ -130,17 +136,27 @@ class UnfinishedTurn:
 
 
 def unfinished_turn(items: Sequence[RolloutItem]) -> UnfinishedTurn | None:
-    """The turn `items` end in the middle of, if they do and it has an id; None otherwise."""
+    """The turn `items` end in the middle of, if they do and it has an id; None otherwise. Its
+    `pending` requests are those that still wait: asked, not ended, and their call without an
+    output; a request asked after its tool already ran (`ExecApprovalRequestEvent.retry`) is not
+    one, since taking it up would run the tool again."""
     state = snapshot_turn_state(items)
     if not state.ends_mid_turn or state.active_turn_id is None or state.active_turn_start is None:
         return None
-    pending: dict[str, ClientRequestEvent] = {}
+    asked: dict[str, ClientRequestEvent] = {}
+    calls: set[str] = set()
     for item in items[state.active_turn_start:]:
-        if isinstance(item, ClientRequestEvent):
-            pending[item.call_id] = item
+        if isinstance(item, FunctionCall | CustomToolCall):
+            calls.add(item.call_id)
+        elif isinstance(item, FunctionCallOutput | CustomToolCallOutput):
+            calls.discard(item.call_id)
+        elif isinstance(item, ClientRequestEvent):
+            asked[item.call_id] = item
         elif isinstance(item, ApprovalResolvedEvent):
-            pending.pop(item.call_id, None)
-    return UnfinishedTurn(state.active_turn_id, list(pending.values()))
+            asked.pop(item.call_id, None)
+    pending = [request for call_id, request in asked.items() if call_id in calls
+               and not (isinstance(request, ExecApprovalRequestEvent) and request.retry)]
+    return UnfinishedTurn(state.active_turn_id, pending)
 
 
 def fork_items(items: Sequence[RolloutItem], snapshot: ForkSnapshot) -> list[RolloutItem]:
@@ -157,4 +173,6 @@ def fork_items(items: Sequence[RolloutItem], snapshot: ForkSnapshot) -> list[Rol
         return body
     if not state.ends_mid_turn:
         return body
-    return [*body, turn_aborted_marker(), TurnAbortedEvent(turn_id=state.active_turn_id, reason="interrupted")]
+    calls = [item for item in body if isinstance(item, ResponseItemBase)]
+    return [*body, *close_dangling_calls(calls), turn_aborted_marker(),  # type: ignore[arg-type]
+            TurnAbortedEvent(turn_id=state.active_turn_id, reason="interrupted")]

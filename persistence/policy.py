@@ -11,10 +11,14 @@ process stopped mid-turn asks again what was still unanswered. Never written: de
 
 from __future__ import annotations
 
+import msgspec
+
 from spindle.protocol.events import (
     AgentMessageEvent,
+    ApplyPatchApprovalRequestEvent,
     ApprovalResolvedEvent,
     ClientRequestEvent,
+    DynamicToolCallRequestEvent,
     ErrorEvent,
     EventMsg,
     ItemCompletedEvent,
@@ -49,3 +53,13 @@ def should_persist_event(msg: EventMsg) -> bool:
     if isinstance(msg, ItemCompletedEvent):
         return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem)
     return isinstance(msg, PERSISTED_EVENTS) or isinstance(msg, ClientRequestEvent)
+
+
+def persisted_form(msg: EventMsg) -> EventMsg:
+    """`msg` as the rollout keeps it: a client request without the bulk its tool call already
+    holds (a patch's changes, a dynamic tool's arguments): a restart needs only its call id."""
+    if isinstance(msg, ApplyPatchApprovalRequestEvent) and msg.changes:
+        return msgspec.structs.replace(msg, changes={})
+    if isinstance(msg, DynamicToolCallRequestEvent) and msg.arguments is not None:
+        return msgspec.structs.replace(msg, arguments=None)
+    return msg

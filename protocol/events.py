@@ -215,6 +215,9 @@ class ExecApprovalRequestEvent(EventMsgBase, tag="exec_approval_request", kw_onl
     command: list[str]
     cwd: str
     reason: str | None = None
+    retry: bool = False
+    """Asked after the command already ran once (in the sandbox): a restart does not ask it
+    again, since that would run the command twice."""
 
 
 class ApplyPatchApprovalRequestEvent(EventMsgBase, tag="apply_patch_approval_request", kw_only=True, frozen=True):

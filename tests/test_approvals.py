@@ -319,3 +319,45 @@ async def test_an_in_process_key_is_remembered_but_never_written() -> None:
     assert waited.cancelled_caught
     again = ExecApprovalRequestEvent(call_id="c2", turn_id="t", command=["touch", "x"], cwd="/")
     assert await approvals.ask("s", again, InProcess(("exec", ("touch", "x"), True))) == "approved_for_session"
+
+
+async def test_a_client_that_subscribes_mid_turn_hears_the_rest_of_that_turn(
+    make_runtime: Callable[..., Any], mock_model: MockModel
+) -> None:
+    async with make_runtime(tools=ToolRegistry([AskingTool()])) as rt, trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(rt).run)
+        async with in_memory(server) as first, in_memory(server) as second:
+            await first.initialize()
+            await second.initialize()
+            tid = (await first.call("thread/start", {}))["thread"]["id"]
+            mock_model.script(Call(name="ask", arguments="f"), Text(text="all done"), thread_id=tid)
+            turn = (await first.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]
+            await first.wait_request(COMMAND)
+            await second.call("thread/resume", {"threadId": tid})  # the turn started before it subscribed
+            request = await second.wait_request(COMMAND)
+            await second.answer(request["id"], {"decision": "accept"})
+            completed = await second.wait_turn(turn["id"])
+            deltas = [n["params"] for n in second.notifications if n["method"] == "item/agentMessage/delta"]
+            assert deltas and {d["turnId"] for d in deltas} == {turn["id"]}
+            assert [i["text"] for i in completed["items"] if i["type"] == "agentMessage"] == ["all done"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_is_replayed_to_late_subscribers_only_once_it_is_delivered() -> None:
+    written = trio.Event()
+    delivered: list[Any] = []
+
+    async def emit_durably(sub_id: str, msg: Any) -> None:
+        await written.wait()  # the rollout is being synced
+        delivered.append(msg)
+
+    approvals = Approvals(lambda sub_id, msg: delivered.append(msg), emit_durably)
+    request = ExecApprovalRequestEvent(call_id="c1", turn_id="t", command=["touch", "x"], cwd="/")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(approvals.ask, "s", request, ("exec", "x"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert approvals.replay() == []  # not on disk yet: the live event will reach a new subscriber
+        written.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert approvals.replay() == [("s", request)]
+        approvals.answer("c1", "approved")

@@ -21,7 +21,7 @@ from spindle.protocol.events import (
     TaskStartedEvent,
     TurnAbortedEvent,
 )
-from spindle.protocol.items import TextInput
+from spindle.protocol.items import FunctionCall, FunctionCallOutput, TextInput
 from spindle.protocol.ops import InterruptOp, UserInputOp
 
 from .helpers import collect_until
@@ -82,6 +82,28 @@ async def test_a_request_pending_when_the_server_is_killed_is_asked_again_on_res
     assert outputs[0]["output"].splitlines()[-1] == "made"
 
 
+async def test_a_pending_request_is_not_taken_up_under_other_settings(tmp_path: Path, mock_model: MockModel) -> None:
+    home, work, other = tmp_path / "home", tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    write_config(home, mock_model)
+    mock_model.default = escalating_model
+    async with subprocess_server(home, work) as (client, process):
+        tid = await start_turn(client, work, approvalPolicy="on-request")
+        await client.wait_request(COMMAND)
+        process.kill()
+        await process.wait()
+    async with subprocess_server(home, work) as (client, process):
+        await client.initialize()
+        resumed = await client.call("thread/resume", {"threadId": tid, "cwd": str(other)})
+        assert resumed["thread"]["status"] == {"type": "idle"}  # closed: its cwd would have moved under it
+        assert resumed["thread"]["turns"][-1]["status"] == "interrupted"
+        with trio.move_on_after(0.3):
+            await client.wait_request(COMMAND)
+            raise AssertionError("asked again under other settings")
+    assert not (work / "made.txt").exists() and not (other / "made.txt").exists()
+
+
 def sleeping_model(request: MockRequest) -> Reply:
     """Runs a long command in the first turn; answers with text once it has an output."""
     inputs = request.json()["input"]
@@ -121,17 +143,25 @@ async def test_a_turn_killed_while_a_command_ran_is_closed_on_resume_and_not_run
 
 
 def test_an_unfinished_turn_lists_the_requests_it_still_waits_on() -> None:
-    def ask(call_id: str) -> ExecApprovalRequestEvent:
-        return ExecApprovalRequestEvent(call_id=call_id, turn_id="t1", command=["touch", call_id], cwd="/")
+    def ask(call_id: str, *, retry: bool = False) -> ExecApprovalRequestEvent:
+        return ExecApprovalRequestEvent(call_id=call_id, turn_id="t1", command=["touch", call_id], cwd="/", retry=retry)
 
-    done = [TaskStartedEvent(turn_id="t0"), ask("a"), ApprovalResolvedEvent(call_id="a", decision="approved"),
-            TaskCompleteEvent(turn_id="t0")]
+    def call(call_id: str) -> FunctionCall:
+        return FunctionCall(call_id=call_id, name="exec_command", arguments="{}")
+
+    done = [TaskStartedEvent(turn_id="t0"), call("a"), ask("a"), ApprovalResolvedEvent(call_id="a", decision="approved"),
+            FunctionCallOutput(call_id="a", output="ok"), TaskCompleteEvent(turn_id="t0")]
     assert unfinished_turn(done) is None
-    items = [*done, TaskStartedEvent(turn_id="t1"), ask("b"), ApprovalResolvedEvent(call_id="b", decision="approved"),
-             ask("c"), ask("d"), ApprovalResolvedEvent(call_id="d", decision=None), ask("e")]
+    items = [*done, TaskStartedEvent(turn_id="t1"), *map(call, "bcdefg"),
+             ask("b"), ApprovalResolvedEvent(call_id="b", decision="approved"),  # answered: it ran
+             ask("c"),  # waits
+             ask("d"), ApprovalResolvedEvent(call_id="d", decision=None),  # cleared
+             ask("e"), FunctionCallOutput(call_id="e", output="refused"),  # asked again after a restart, and refused
+             ask("f", retry=True),  # the command ran once already
+             ask("g")]
     unfinished = unfinished_turn(items)
     assert unfinished is not None and unfinished.turn_id == "t1"
-    assert [r.call_id for r in unfinished.pending] == ["c", "e"]
+    assert [r.call_id for r in unfinished.pending] == ["c", "g"]
 
 
 async def test_a_request_is_on_disk_before_any_client_hears_it(
@@ -148,3 +178,22 @@ async def test_a_request_is_on_disk_before_any_client_hears_it(
             assert {"type": "exec_approval_request", "call_id": request.call_id}.items() <= on_disk[-1]["payload"].items()
             await thread.submit(InterruptOp())
             await collect_until(events, TurnAbortedEvent)
+
+
+async def test_a_patch_request_is_kept_without_the_file_contents(
+    make_runtime: Callable[..., Any], mock_model: MockModel, tmp_path: Path
+) -> None:
+    secret = tmp_path / ".env"
+    secret.write_text("API_KEY=do-not-store-me\n" * 1000)
+    async def accept(request: Any) -> Any:
+        return "approved"
+
+    async with make_runtime(approval_policy="untrusted", sandbox_mode="workspace-write") as rt:
+        thread = await rt.start_thread()
+        patch = f"*** Begin Patch\n*** Delete File: {secret}\n*** End Patch"
+        mock_model.script(Call(name="apply_patch", arguments={"input": patch}), Text(text="gone"), thread_id=thread.thread_id)
+        assert await thread.ask("delete it", approve=accept) == "gone"
+        assert not secret.exists()
+        kept = Path(thread.rollout_path).read_text()
+    assert '"apply_patch_approval_request"' in kept
+    assert "do-not-store-me" not in kept

@@ -344,3 +344,15 @@ async def test_write_failure_is_an_error_and_nothing_is_lost_or_doubled(runtime:
     texts = [r["payload"]["content"][0]["text"] for r in rows if r["type"] == "response_item"]
     assert texts.count("two") == 1 and texts.count("echo: two") == 1
     assert [r["ordinal"] for r in rows] == list(range(len(rows)))
+
+
+def test_a_fork_of_a_turn_cut_short_leaves_no_call_without_an_output() -> None:
+    from spindle.protocol.items import FunctionCall, FunctionCallOutput, InputText
+
+    body = [TaskStartedEvent(turn_id="t1"), Message(role="user", content=[InputText(text="go")]),
+            FunctionCall(call_id="c1", name="exec_command", arguments="{}"),
+            FunctionCallOutput(call_id="c1", output="ok"),
+            FunctionCall(call_id="c2", name="exec_command", arguments="{}")]
+    history = rebuild_history(fork_items(body, ForkSnapshot.interrupted()))  # type: ignore[arg-type]
+    outputs = [(item.call_id, item.output) for item in history if isinstance(item, FunctionCallOutput)]
+    assert outputs == [("c1", "ok"), ("c2", "aborted")]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spindle.actors.runtime.grants import Grants, granted
+from spindle.actors.runtime.grants import Grants, granted, resolved
 from spindle.actors.testing.mock_model import Call, MockModel, Text
 from spindle.protocol.events import PermissionsRequestEvent
 from spindle.protocol.sandbox import (
@@ -154,27 +154,34 @@ async def test_an_embedding_grants_through_ask(make_runtime: Callable[..., Any],
         assert json.loads(outputs(mock_model)[0])["permissions"] == {"file_system": {"write": [os.path.realpath(tmp_path)]}}
 
 
-def test_only_what_was_asked_for_is_granted_as_real_paths_that_exist(tmp_path: Path) -> None:
+def test_the_user_is_shown_real_paths_and_only_what_was_asked_for_is_granted(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "file").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    asked = RequestedPermissions(
-        file_system=FileSystemPermissions(read=["link", "missing"], write=[str(tmp_path / "real")]),
-        network=NetworkPermissions(enabled=True))
+    real = str(tmp_path / "real")
+    asked = resolved(RequestedPermissions(
+        file_system=FileSystemPermissions(read=["link", "missing"], write=[real, f"{real}/file", "a\0b"]),
+        network=NetworkPermissions(enabled=True)), str(tmp_path))
+    assert asked.file_system == FileSystemPermissions(read=[real, str(tmp_path / "missing")], write=[real, f"{real}/file"])
     answer = RequestedPermissions(
-        file_system=FileSystemPermissions(read=[str(tmp_path / "link"), "missing", "/"], write=["/etc"]),
+        file_system=FileSystemPermissions(read=[str(tmp_path / "link"), "missing", "/"], write=["/etc", f"{real}/file"]),
         network=NetworkPermissions(enabled=False))
-    grants = granted(asked, answer, str(tmp_path))
-    assert grants == Grants(read=(str(tmp_path / "real"),))
+    # the link as answered is the folder asked for; "missing" does not exist; "/" and /etc were
+    # never asked for; a file is no writable root
+    assert granted(asked, answer, str(tmp_path)) == Grants(read=(real,))
     assert not granted(asked, RequestedPermissions(), str(tmp_path))
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("/")  # retargeted after the user was asked: grants nothing
+    assert not granted(asked, RequestedPermissions(file_system=FileSystemPermissions(read=["link"])), str(tmp_path))
 
 
-def test_grants_widen_a_sandbox_and_keep_its_protected_paths() -> None:
+def test_grants_widen_a_sandbox_and_keep_its_protected_paths_and_denials() -> None:
     spec = SandboxSpec(writable_roots=("/w",), read_only_subpaths=("/w/.git",), denied_paths=("/secret/key", "/other"))
-    widened = Grants(read=("/secret",), write=("/data",), network=True).apply(spec)
+    widened = Grants(read=("/secret", "/other"), write=("/data",), network=True).apply(spec)
     assert widened is not None
     assert widened.writable_roots == ("/w", "/data")
     assert widened.read_only_subpaths == ("/w/.git", "/data/.git", "/data/.codex")
-    assert widened.denied_paths == ("/other",)
+    assert widened.denied_paths == ("/secret/key",)  # a grant of a folder above a denial never lifts it
     assert widened.network
     assert Grants().apply(spec) is spec
     assert Grants(write=("/data",)).apply(None) is None
@@ -192,3 +199,11 @@ def test_a_grant_answer_decodes_from_the_wire(scope: str) -> None:
     assert op == RequestPermissionsResponseOp(id="call_1", response=PermissionGrant(scope=scope, permissions=RequestedPermissions(  # type: ignore[arg-type]
         file_system=FileSystemPermissions(read=["/a"]), network=NetworkPermissions(enabled=True))))
     assert answer_op(PERMISSIONS_APPROVAL, "call_1", None, b'{"code": 1}') == RequestPermissionsResponseOp(id="call_1")
+
+
+def test_a_grant_in_the_entries_form_is_refused_with_what_to_send() -> None:
+    from spindle.protocol.appserver.v2approvals import PERMISSIONS_APPROVAL, BadDecision, answer_op
+
+    body = {"permissions": {"fileSystem": {"entries": [{"path": "/a", "access": "write"}]}}, "scope": "turn"}
+    with pytest.raises(BadDecision, match="fileSystem.read / fileSystem.write"):
+        answer_op(PERMISSIONS_APPROVAL, "call_1", json.dumps(body).encode(), None)

@@ -199,7 +199,7 @@ async def test_an_interrupt_kills_a_running_command_and_ends_its_item(
     assert isinstance(item, CommandExecutionItem) and item.id == "call_long"
     assert item.status == "failed" and item.aggregated_output == "started\n"
     with trio.fail_after(10):  # the sandbox's pid namespace is torn down by the kernel after bwrap dies
-        while processes_with(seconds):
+        while processes_with(seconds):  # noqa: ASYNC110 - polls /proc: no event to wait on
             await trio.sleep(0.05)
 
 

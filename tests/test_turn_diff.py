@@ -193,3 +193,25 @@ async def test_a_new_turn_starts_from_fresh_baselines(
                            "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-two\n+three\n"),
         ]
     assert not should_persist_event(TurnDiffEvent(turn_id=first["id"], unified_diff=diffs[0][1]))  # live only, as in Codex
+
+
+def test_a_file_no_patch_changed_since_the_last_render_is_not_diffed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spindle.actors.runtime import turn_diff
+    from spindle.actors.runtime.patch import FileChange
+
+    diffed: list[str] = []
+    real = turn_diff._section
+
+    def counting(old_name: str, old: str | None, new_name: str, new: str | None) -> str:
+        diffed.append(old_name)
+        return real(old_name, old, new_name, new)
+
+    monkeypatch.setattr(turn_diff, "_section", counting)
+    tracker = turn_diff.TurnDiff()
+    tracker.record([FileChange(kind="update", path="/r/a", diff="", original="1\n", content="2\n")])
+    tracker.record([FileChange(kind="update", path="/r/b", diff="", original="x\n", content="y\n")])
+    first = turn_diff.render(tracker.snapshot(), "/r", tracker.sections)
+    tracker.record([FileChange(kind="update", path="/r/b", diff="", original="y\n", content="z\n")])
+    second = turn_diff.render(tracker.snapshot(), "/r", tracker.sections)
+    assert diffed == ["a", "b", "b"]  # `a` was not diffed again
+    assert second == turn_diff.render(tracker.snapshot(), "/r") and second != first

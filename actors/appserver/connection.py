@@ -161,7 +161,7 @@ class Connection:
             scope.cancel()
 
     async def _pump(self, handle: ThreadHandle, scope: trio.CancelScope, events: Subscription[Event]) -> None:
-        translator = EventTranslator(handle.thread_id)
+        translator = EventTranslator(handle.thread_id, handle.active_turn_id)
         with scope, events:
             for sub_id, request in handle.pending_requests():  # asked before this client subscribed
                 await self._send_outputs(handle.thread_id, translator.translate(Event(id=sub_id, msg=request)))

@@ -64,10 +64,12 @@ class EventTranslator:
     `turn/completed` can name the turn and carry its items.
     """
 
-    def __init__(self, thread_id: str) -> None:
+    def __init__(self, thread_id: str, active_turn_id: str | None = None) -> None:
+        """`active_turn_id`: the turn already running when the client subscribed (its deltas,
+        token counts and `turn/completed` then name it, though its `task_started` came before)."""
         self.thread_id = thread_id
-        self._turn: v2.Turn | None = None
-        self._started_ns = 0
+        self._turn: v2.Turn | None = v2.Turn(id=active_turn_id, started_at=int(time.time())) if active_turn_id else None
+        self._started_ns = time.monotonic_ns()
         self._waiting: set[str] = set()
         """The approval requests waiting for an answer (the `waitingOnApproval` flag)."""
         self._calls: set[str] = set()

@@ -169,11 +169,15 @@ def targets(hunks: Sequence[Hunk], cwd: str) -> list[str]:
 
 
 async def _announce_diff(ctx: ToolContext) -> None:
-    """Tell the turn's net diff, made in a worker thread (it diffs whole files)."""
+    """Tell the turn's net diff, made in a worker thread (it diffs whole files; only those the
+    last patch changed are diffed again)."""
     turn_diff = ctx.turn_diff
     if turn_diff.root is None:
         turn_diff.root = await trio.to_thread.run_sync(display_root, ctx.settings.cwd)
-    ctx.diff_updated(await trio.to_thread.run_sync(render, turn_diff.snapshot(), turn_diff.root))
+    # abandoned on an interrupt (it only reads its snapshot): a long diff never holds the turn up
+    diff = await trio.to_thread.run_sync(render, turn_diff.snapshot(), turn_diff.root, turn_diff.sections,
+                                         abandon_on_cancel=True)
+    ctx.diff_updated(diff)
 
 
 def checked_plan(hunks: Sequence[Hunk], cwd: str) -> list[PlannedChange]:

@@ -88,6 +88,8 @@ class _Pending:
     request: ClientRequestEvent
     answered: trio.Event = field(default_factory=trio.Event)
     answer: Answer | None = None
+    announced: bool = False
+    """Delivered to subscribers (so on disk): a later subscriber is asked too."""
 
 
 class Approvals:
@@ -145,6 +147,7 @@ class Approvals:
                 await self._emit_durably(sub_id, request)
             else:
                 self._emit(sub_id, request)
+            pending.announced = True
             await pending.answered.wait()
         finally:
             del self._pending[request.call_id]
@@ -169,7 +172,7 @@ class Approvals:
 
     def replay(self) -> list[tuple[str, ClientRequestEvent]]:
         """The requests still waiting for an answer, oldest first, with their submission ids."""
-        return [(p.sub_id, p.request) for p in self._pending.values() if not p.answered.is_set()]
+        return [(p.sub_id, p.request) for p in self._pending.values() if p.announced and not p.answered.is_set()]
 
 
 _WANTED: dict[type, tuple[str, type]] = {

@@ -166,7 +166,7 @@ class ExecCommandTool:
         result = await self._execute(ctx, args, argv, cwd, item, spec)
         if (isinstance(result, ExecResult) and policy == "on-failure" and not spec.full_access
                 and likely_sandbox_denial(result.exit_code, result.output.text())
-                and await _approved(ctx, argv, cwd, RETRY_QUESTION, escalate=True)):
+                and await _approved(ctx, argv, cwd, RETRY_QUESTION, escalate=True, retry=True)):
             result = await self._execute(ctx, args, argv, cwd, item, UNSANDBOXED)
         return result if isinstance(result, str) else model_output(result, args.max_output_tokens, self.timeout_s)
 
@@ -228,9 +228,12 @@ RETRY_QUESTION = "The command failed inside the sandbox. Run it again without th
 UNSANDBOXED = SandboxSpec(full_access=True, network=True)
 
 
-async def _approved(ctx: ToolContext, argv: list[str], cwd: str, reason: str | None, escalate: bool) -> bool:
-    """Ask the user to approve running `argv`; whether they did (for this once or the session)."""
-    request = ExecApprovalRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, command=argv, cwd=cwd, reason=reason)
+async def _approved(ctx: ToolContext, argv: list[str], cwd: str, reason: str | None, escalate: bool,
+                    retry: bool = False) -> bool:
+    """Ask the user to approve running `argv` (again, if `retry`); whether they did (for this
+    once or the session)."""
+    request = ExecApprovalRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, command=argv, cwd=cwd, reason=reason,
+                                       retry=retry)
     key: Hashable = ("exec", tuple(argv), escalate)
     return await ctx.ask_approval(request, InProcess(key) if escalate else key) in ("approved", "approved_for_session")
 

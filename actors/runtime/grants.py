@@ -4,7 +4,9 @@
 A grant holds real, absolute paths that exist (checked once, when it is made) and the network
 flag. A turn's grant lasts until the turn ends; a session grant is kept by the thread's
 `Approvals` while the thread is loaded (like an escalation, it is not written: a restart asks
-again). `.git` and `.codex` under a granted writable path stay read-only, as under any root.
+again). `.git` and `.codex` under a granted writable path stay read-only, as under any root, and
+a path the permission profile denies is opened only by a grant of exactly that path (a grant of a
+folder above it never lifts it).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Grants:
         return msgspec.structs.replace(
             spec, writable_roots=writable,
             read_only_subpaths=tuple(dict.fromkeys((*spec.read_only_subpaths, *protected))),
-            denied_paths=tuple(p for p in spec.denied_paths if not any(_within(p, g) for g in opened)),
+            denied_paths=tuple(p for p in spec.denied_paths if p not in opened),
             network=spec.network or self.network)
 
     def as_permissions(self) -> RequestedPermissions:
@@ -57,23 +59,46 @@ class Grants:
                                     network=NetworkPermissions(enabled=True) if self.network else None)
 
 
-def granted(requested: RequestedPermissions, answer: RequestedPermissions, cwd: str) -> Grants:
-    """What of `answer` was asked for in `requested` (anything else is ignored), relative paths
-    taken from `cwd`, as real paths that exist. Blocking: it touches the file system."""
+def resolved(requested: RequestedPermissions, cwd: str) -> RequestedPermissions:
+    """`requested` with every path absolute and real (relative ones taken from `cwd`): what the
+    user is shown is what a grant gives, whatever a symlink later points to. Blocking."""
 
-    def paths(perms: RequestedPermissions, kind: str) -> list[str]:
-        fs = perms.file_system
-        listed = getattr(fs, kind) if fs is not None else None
-        return [os.path.normpath(os.path.join(cwd, p)) for p in listed or [] if isinstance(p, str) and p and "\0" not in p]
+    def real(listed: list[str] | None) -> list[str] | None:
+        if listed is None:
+            return None
+        return list(dict.fromkeys(_real(p, cwd) for p in listed if _usable(p)))
+
+    fs = requested.file_system
+    if fs is None:
+        return requested
+    return msgspec.structs.replace(requested, file_system=FileSystemPermissions(read=real(fs.read), write=real(fs.write)))
+
+
+def granted(requested: RequestedPermissions, answer: RequestedPermissions, cwd: str) -> Grants:
+    """What of `answer` was asked for in `requested` (as `resolved` made it; anything else is
+    ignored), as real paths that exist now (a writable one must be a folder). Blocking."""
 
     def kept(kind: str) -> tuple[str, ...]:
-        asked = set(paths(requested, kind))
-        real = [os.path.realpath(p) for p in paths(answer, kind) if p in asked]
-        return tuple(dict.fromkeys(p for p in real if os.path.exists(p)))
+        asked = set(_listed(requested, kind))
+        real = [_real(p, cwd) for p in _listed(answer, kind) if _usable(p)]
+        exists = os.path.isdir if kind == "write" else os.path.exists
+        return tuple(dict.fromkeys(p for p in real if p in asked and exists(p)))
 
     network = bool(requested.network and requested.network.enabled and answer.network and answer.network.enabled)
     return Grants(read=kept("read"), write=kept("write"), network=network)
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def _listed(perms: RequestedPermissions, kind: str) -> list[str]:
+    fs = perms.file_system
+    listed = getattr(fs, kind) if fs is not None else None
+    return [p for p in listed or [] if isinstance(p, str)]
+
+
+def _usable(path: str) -> bool:
+    return bool(path) and "\0" not in path
+
+
+def _real(path: str, cwd: str) -> str:
+    return os.path.realpath(os.path.join(cwd, os.path.expanduser(path)))
+
+

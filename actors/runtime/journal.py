@@ -14,7 +14,7 @@ import structlog
 import trio
 
 from spindle.persistence.history import rebuild_history
-from spindle.persistence.policy import should_persist_event
+from spindle.persistence.policy import persisted_form, should_persist_event
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.events import EventMsg, SessionConfiguredEvent, ThreadRolledBackEvent
 from spindle.protocol.items import (
@@ -113,7 +113,7 @@ class ThreadJournal:
     def record_event(self, msg: EventMsg) -> None:
         """Record `msg` in the rollout if the persistence policy keeps it."""
         if should_persist_event(msg):
-            self.rollout.record([msg])
+            self.rollout.record([persisted_form(msg)])
 
     async def record_durably(self, msg: EventMsg) -> None:
         """Record `msg` and wait until the rollout is on disk; a write that fails is logged (the

@@ -13,11 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import trio
 
 from spindle.protocol.events import PermissionsRequestEvent
 from spindle.protocol.sandbox import PermissionGrant, RequestedPermissions
 from spindle.protocol.settings import Granular
 
+from .grants import resolved
 from .tools import ToolArgumentError, ToolContext
 
 FEATURE = "request_permissions_tool"
@@ -71,8 +73,9 @@ class RequestPermissionsTool:
         policy = ctx.settings.approval_policy
         if policy == "never" or isinstance(policy, Granular) and not policy.granular.request_permissions:
             return answer_text(PermissionGrant())  # rejected without asking anyone
+        asked = await trio.to_thread.run_sync(resolved, args.permissions, ctx.settings.cwd)
         request = PermissionsRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, cwd=ctx.settings.cwd,
-                                          permissions=args.permissions, reason=args.reason)
+                                          permissions=asked, reason=args.reason)
         return answer_text(await ctx.request_permissions(request))
 
 

@@ -16,7 +16,7 @@ import structlog
 import trio
 from trio_typing import TaskStatus
 
-from spindle.persistence.history import unfinished_turn
+from spindle.persistence.history import last_turn_context, unfinished_turn
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.config import Config, McpServerConfig
@@ -61,7 +61,7 @@ from .approvals import Answer, ApprovalError, Approvals, answer_of
 from .dynamic_tools import DynamicTool
 from .errors import ConfigError
 from .fanout import Broadcaster
-from .journal import ThreadJournal
+from .journal import ThreadJournal, turn_context_item
 from .mcp_manager import McpManager
 from .mcp_tools import turn_tools
 from .model_client import ModelClient
@@ -359,19 +359,25 @@ class ThreadActor(ThreadConfigMixin):
 
     async def _take_up_unfinished_turn(self) -> None:
         """Resumed after the process stopped mid-turn: a turn waiting on a client goes on and asks
-        again; any other is closed as interrupted (no tool call is left without an output)."""
-        unfinished = unfinished_turn(self.rollout.source.items()) if self.rollout.persisted else None
-        if unfinished is None:
-            return
-        if unfinished.pending:
-            assert self._nursery is not None
-            self._active = Turn(turn_id=unfinished.turn_id, sub_id=INITIAL_SUB_ID, settings=self.settings,
-                                profiles=self.profiles, resumed_calls=frozenset(r.call_id for r in unfinished.pending))
-            self._nursery.start_soon(self._run_turn, self._active)
-            return
-        self.journal.close_aborted_turn()
-        self.emit(INITIAL_SUB_ID, TurnAbortedEvent(turn_id=unfinished.turn_id, reason="interrupted"))
-        await self.rollout.drain()
+        again, if the thread resumes with the settings it ran with (else a cwd or a policy would
+        change under it); any other is closed as interrupted, leaving no call without an output."""
+        try:
+            items = self.rollout.source.items() if self.rollout.persisted else []
+            unfinished = unfinished_turn(items)
+            if unfinished is None:
+                return
+            context = last_turn_context(items)
+            if unfinished.pending and context == turn_context_item(unfinished.turn_id, self.settings):
+                assert self._nursery is not None
+                self._active = Turn(turn_id=unfinished.turn_id, sub_id=INITIAL_SUB_ID, settings=self.settings,
+                                    profiles=self.profiles, resumed_calls=frozenset(r.call_id for r in unfinished.pending))
+                self._nursery.start_soon(self._run_turn, self._active)
+                return
+            self.journal.close_aborted_turn()
+            self.emit(INITIAL_SUB_ID, TurnAbortedEvent(turn_id=unfinished.turn_id, reason="interrupted"))
+            await self.rollout.drain()
+        except Exception:  # a fault here must not make the thread impossible to resume
+            log.exception("could not take up the turn the rollout ends in")
 
     async def _run_turn(self, turn: Turn) -> None:
         finished = False

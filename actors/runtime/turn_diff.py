@@ -54,6 +54,8 @@ class TurnDiff:
         self._baselines: dict[str, str | None] = {}
         self._texts: dict[str, str | None] = {}
         self._origins: dict[str, str] = {}
+        self.sections: SectionCache = {}
+        """What `render` made last, per file (kept for the turn)."""
 
     def record(self, changes: Iterable[FileChange]) -> None:
         """Add what one applied patch wrote, its changes in the order they were applied."""
@@ -74,8 +76,14 @@ class TurnDiff:
         return NetDiff(baselines=dict(self._baselines), texts=dict(self._texts), origins=dict(self._origins))
 
 
-def render(net: NetDiff, root: str) -> str:
-    """The unified diff of `net`, paths shown from `root`; empty when nothing changed on the whole."""
+SectionCache = dict[tuple[str, str], tuple[str | None, str | None, str]]
+"""A file's last rendered section, by its (old, new) display names, with the texts it was made
+from (compared by identity: a text the turn did not write again is the same object)."""
+
+
+def render(net: NetDiff, root: str, cache: SectionCache | None = None) -> str:
+    """The unified diff of `net`, paths shown from `root`; empty when nothing changed on the whole.
+    With `cache`, a file whose texts did not change since the last render is not diffed again."""
     moves = {origin: path for path, origin in net.origins.items() if _is_move(net, origin, path)}
     moved_to = set(moves.values())
     sections = []
@@ -83,8 +91,16 @@ def render(net: NetDiff, root: str) -> str:
         if path in moved_to:
             continue  # shown with its origin
         target = moves.get(path, path)
-        sections.append(_section(display_path(path, root), net.baselines[path],
-                                 display_path(target, root), net.texts.get(target)))
+        names = (display_path(path, root), display_path(target, root))
+        old, new = net.baselines[path], net.texts.get(target)
+        hit = cache.get(names) if cache is not None else None
+        if hit is not None and hit[0] is old and hit[1] is new:
+            sections.append(hit[2])
+            continue
+        section = _section(names[0], old, names[1], new)
+        if cache is not None:
+            cache[names] = (old, new, section)
+        sections.append(section)
     return "".join(sections)
 
 

@@ -71,6 +71,8 @@ class PatchApprovalParams(Wire, kw_only=True):
 class FileSystemGrant(Wire, kw_only=True, omit_defaults=True):
     read: list[str] | None = None
     write: list[str] | None = None
+    entries: list[Any] | None = None
+    """Codex's newer form (`FileSystemSandboxEntry`); Spindle takes `read`/`write` only."""
 
 
 class NetworkGrant(Wire, kw_only=True, omit_defaults=True):
@@ -183,10 +185,14 @@ def answer_op(method: str, key: str, result: bytes | None, error: bytes | None) 
         if error is not None:
             return RequestPermissionsResponseOp(id=key)  # nothing granted
         try:
-            return RequestPermissionsResponseOp(id=key, response=_grant(_permissions_answer.decode(result or b"null")))
+            answer = _permissions_answer.decode(result or b"null")
         except msgspec.DecodeError as exc:
             raise BadDecision(f"the answer to {method} must be {{permissions: {{fileSystem?, network?}}, "
                               f"scope: \"turn\"|\"session\"}}: {exc}") from None
+        if answer.permissions.file_system is not None and answer.permissions.file_system.entries:
+            raise BadDecision(f"the answer to {method} grants fileSystem.entries, which Spindle does not take: "
+                              "grant the paths asked for with fileSystem.read / fileSystem.write")
+        return RequestPermissionsResponseOp(id=key, response=_grant(answer))
     decision: ReviewDecision = "denied" if error is not None else review_decision(result or b"null", method)
     return (ExecApprovalOp if method == COMMAND_APPROVAL else PatchApprovalOp)(id=key, decision=decision)
 
