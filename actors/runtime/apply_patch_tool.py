@@ -176,7 +176,7 @@ async def _announce_diff(ctx: ToolContext) -> None:
         turn_diff.root = await trio.to_thread.run_sync(display_root, ctx.settings.cwd)
     # abandoned on an interrupt (it only reads its snapshot): a long diff never holds the turn up
     diff = await trio.to_thread.run_sync(render, turn_diff.snapshot(), turn_diff.root, turn_diff.sections,
-                                         abandon_on_cancel=True)
+                                         abandon_on_cancel=True)  # type: ignore[call-arg]  # trio-typing predates it
     ctx.diff_updated(diff)
 
 

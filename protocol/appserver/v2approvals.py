@@ -185,14 +185,14 @@ def answer_op(method: str, key: str, result: bytes | None, error: bytes | None) 
         if error is not None:
             return RequestPermissionsResponseOp(id=key)  # nothing granted
         try:
-            answer = _permissions_answer.decode(result or b"null")
+            grant = _permissions_answer.decode(result or b"null")
         except msgspec.DecodeError as exc:
             raise BadDecision(f"the answer to {method} must be {{permissions: {{fileSystem?, network?}}, "
                               f"scope: \"turn\"|\"session\"}}: {exc}") from None
-        if answer.permissions.file_system is not None and answer.permissions.file_system.entries:
+        if grant.permissions.file_system is not None and grant.permissions.file_system.entries:
             raise BadDecision(f"the answer to {method} grants fileSystem.entries, which Spindle does not take: "
                               "grant the paths asked for with fileSystem.read / fileSystem.write")
-        return RequestPermissionsResponseOp(id=key, response=_grant(answer))
+        return RequestPermissionsResponseOp(id=key, response=_grant(grant))
     decision: ReviewDecision = "denied" if error is not None else review_decision(result or b"null", method)
     return (ExecApprovalOp if method == COMMAND_APPROVAL else PatchApprovalOp)(id=key, decision=decision)
 
