@@ -22,7 +22,7 @@ from ..items import (
     UserMessageItem,
 )
 from ..settings import Approval, SandboxMode, SettingsUpdate
-from . import v2, v2tools, v2usage
+from . import v2, v2items, v2tools, v2usage
 
 SANDBOX_TO_V2: dict[str, v2.SandboxPolicyType] = {
     "read-only": "readOnly",
@@ -49,60 +49,60 @@ class UnsupportedInput(ValueError):
     """A v2 value Spindle cannot act on; the message names it."""
 
 
-def user_inputs(items: list[v2.UserInputV2]) -> list[UserInput]:
+def user_inputs(items: list[v2items.UserInputV2]) -> list[UserInput]:
     out: list[UserInput] = []
     for item in items:
         match item:
-            case v2.TextUserInput(text=text):
+            case v2items.TextUserInput(text=text):
                 out.append(TextInput(text=text))
-            case v2.ImageUserInput(url=url):
+            case v2items.ImageUserInput(url=url):
                 out.append(ImageInput(image_url=url))
-            case v2.LocalImageUserInput(path=path):
+            case v2items.LocalImageUserInput(path=path):
                 out.append(LocalImageInput(path=path))
     return out
 
 
-def user_inputs_v2(items: list[UserInput]) -> list[v2.UserInputV2]:
-    out: list[v2.UserInputV2] = []
+def user_inputs_v2(items: list[UserInput]) -> list[v2items.UserInputV2]:
+    out: list[v2items.UserInputV2] = []
     for item in items:
         match item:
             case TextInput(text=text):
-                out.append(v2.TextUserInput(text=text))
+                out.append(v2items.TextUserInput(text=text))
             case ImageInput(image_url=url):
-                out.append(v2.ImageUserInput(url=url))
+                out.append(v2items.ImageUserInput(url=url))
             case LocalImageInput(path=path):
-                out.append(v2.LocalImageUserInput(path=path))
+                out.append(v2items.LocalImageUserInput(path=path))
     return out
 
 
-def thread_item(item: TurnItem) -> v2.ThreadItem:
+def thread_item(item: TurnItem) -> v2items.ThreadItem:
     match item:
         case UserMessageItem(id=item_id, content=content):
-            return v2.UserMessageThreadItem(id=item_id, content=user_inputs_v2(content))
+            return v2items.UserMessageThreadItem(id=item_id, content=user_inputs_v2(content))
         case AgentMessageItem(id=item_id):
-            return v2.AgentMessageThreadItem(id=item_id, text=item.text())
+            return v2items.AgentMessageThreadItem(id=item_id, text=item.text())
         case ReasoningItem(id=item_id, summary_text=summary):
-            return v2.ReasoningThreadItem(id=item_id, summary=list(summary))
+            return v2items.ReasoningThreadItem(id=item_id, summary=list(summary))
         case CommandExecutionItem():
-            return v2.CommandExecutionThreadItem(
+            return v2items.CommandExecutionThreadItem(
                 id=item.id, command=item.command, cwd=item.cwd, status=item.status,
                 aggregated_output=item.aggregated_output, exit_code=item.exit_code,
                 duration_ms=item.duration_ms, source=item.source, process_id=item.process_id,
                 command_actions=[{"type": "unknown", "command": action} for action in item.actions],
             )
         case McpToolCallItem():
-            return v2.McpToolCallThreadItem(
+            return v2items.McpToolCallThreadItem(
                 id=item.id, server=item.server, tool=item.tool, arguments=item.arguments, status=item.status,
-                result=item.result, error=v2.McpToolCallError(message=item.error) if item.error is not None else None,
+                result=item.result, error=v2items.McpToolCallError(message=item.error) if item.error is not None else None,
                 duration_ms=item.duration_ms,
             )
         case FileChangeItem(id=item_id, changes=changes, status=status):
-            return v2.FileChangeThreadItem(id=item_id, status=status, changes=[
-                v2.FileUpdateChange(path=c.path, diff=c.diff, kind=v2.PatchChangeKind(
+            return v2items.FileChangeThreadItem(id=item_id, status=status, changes=[
+                v2items.FileUpdateChange(path=c.path, diff=c.diff, kind=v2items.PatchChangeKind(
                     type=c.kind, move_path=c.move_path if c.kind == "update" else UNSET))
                 for c in changes])
         case DynamicToolCallItem():
-            return v2.DynamicToolCallThreadItem(
+            return v2items.DynamicToolCallThreadItem(
                 id=item.id, tool=item.tool, namespace=item.namespace, arguments=item.arguments, status=item.status,
                 content_items=item.content_items, success=item.success, duration_ms=item.duration_ms)
     raise TypeError(f"not a turn item: {type(item).__name__}")
