@@ -8,6 +8,7 @@ import msgspec
 
 from .config import Config, McpServerConfig
 from .items import UserInput
+from .questions import UserInputResponse
 from .settings import ReviewDecision, SettingsUpdate
 
 
@@ -88,6 +89,15 @@ class DynamicToolResponseOp(OpBase, tag="dynamic_tool_response", kw_only=True, f
     success: bool = True
 
 
+class UserInputAnswerOp(OpBase, tag="user_input_answer", kw_only=True, frozen=True):
+    """The user's answers to the `request_user_input` request `id` (the call id). Spindle only:
+    `error`, the client could not ask the user; the model is told why."""
+
+    id: str
+    response: UserInputResponse = msgspec.field(default_factory=UserInputResponse)
+    error: str | None = None
+
+
 class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
     """Run a shell command the user typed (not the model)."""
 
@@ -129,6 +139,7 @@ Op = (
     | ExecApprovalOp
     | PatchApprovalOp
     | DynamicToolResponseOp
+    | UserInputAnswerOp
     | RunUserShellCommandOp
     | SetThreadMemoryModeOp
     | RefreshMcpServersOp
