@@ -1,5 +1,6 @@
-"""A thread's pending client requests: approvals (a tool asks, the user answers through an op)
-and calls of a client's dynamic tools (the client runs it and answers with its result).
+"""A thread's pending client requests: approvals (a tool asks, the user answers through an op),
+calls of a client's dynamic tools (the client runs it and answers with its result) and the
+model's questions to the user (`request_user_input`, answered with the user's answers).
 
 A tool of a running turn calls `Approvals.ask` with an approval request event; the event goes
 to every subscriber (the app-server turns it into a server request to its clients), and the tool
@@ -11,7 +12,8 @@ that subscribes later gets the requests still pending (`replay`).
 `approved_for_session` is remembered per request key (a command's argv, a patch's set of files)
 for the life of the thread, kept in its rollout (a key wrapped in `InProcess`, such as an
 escalation's, only while it stays loaded): the same request is then approved without asking. A dynamic tool
-call (`call_client`) waits the same way for the `dynamic_tool_response` op.
+call (`call_client`) waits the same way for the `dynamic_tool_response` op, and questions
+(`ask_user`) for the `user_input_answer` op.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from spindle.protocol.events import (
     ClientRequestEvent,
     DynamicToolCallRequestEvent,
     EventMsg,
+    RequestUserInputEvent,
 )
+from spindle.protocol.questions import UserInputResponse
 from spindle.protocol.settings import ReviewDecision
 
 
@@ -54,7 +58,15 @@ class ToolResult:
     success: bool
 
 
-Answer = ReviewDecision | ToolResult
+@dataclass(frozen=True, kw_only=True)
+class UserInputReply:
+    """The user's answers to the model's questions, or why there are none (`error`)."""
+
+    response: UserInputResponse = field(default_factory=UserInputResponse)
+    error: str | None = None
+
+
+Answer = ReviewDecision | ToolResult | UserInputReply
 
 
 @dataclass(eq=False)
@@ -99,6 +111,12 @@ class Approvals:
         assert isinstance(result, ToolResult)
         return result
 
+    async def ask_user(self, sub_id: str, request: RequestUserInputEvent) -> UserInputReply:
+        """The user's answers to the model's questions. Cancelled with the turn."""
+        reply = await self._wait(sub_id, request)
+        assert isinstance(reply, UserInputReply)
+        return reply
+
     async def _wait(self, sub_id: str, request: ClientRequestEvent, key: str | None = None) -> Answer:
         if request.call_id in self._pending:
             raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
@@ -117,12 +135,13 @@ class Approvals:
 
     def answer(self, call_id: str, answer: Answer) -> None:
         """Answer the pending request `call_id` (a decision for an approval, a result for a tool
-        call); ApprovalError if there is none, or the answer is of the other kind."""
+        call, answers for questions); ApprovalError if there is none, or the answer is of another
+        kind."""
         pending = self._pending.get(call_id)
         if pending is None or pending.answered.is_set():
             raise ApprovalError(f"no client request {call_id!r} is pending (it was answered, or its turn ended)")
-        if isinstance(pending.request, DynamicToolCallRequestEvent) != isinstance(answer, ToolResult):
-            wanted = "a tool result" if isinstance(answer, str) else "an approval decision"
+        kind, wanted = _ANSWERS.get(type(pending.request), (str, "an approval decision"))
+        if not isinstance(answer, kind):
             raise ApprovalError(f"client request {call_id!r} wants {wanted}")
         pending.answer = answer
         pending.answered.set()
@@ -130,6 +149,13 @@ class Approvals:
     def replay(self) -> list[tuple[str, ClientRequestEvent]]:
         """The requests still waiting for an answer, oldest first, with their submission ids."""
         return [(p.sub_id, p.request) for p in self._pending.values() if not p.answered.is_set()]
+
+
+_ANSWERS: dict[type, tuple[type, str]] = {
+    DynamicToolCallRequestEvent: (ToolResult, "a tool result"),
+    RequestUserInputEvent: (UserInputReply, "the user's answers"),
+}
+"""What answers a request other than an approval (which takes a decision)."""
 
 
 def key_text(key: Hashable) -> str:

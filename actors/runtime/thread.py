@@ -53,12 +53,13 @@ from spindle.protocol.ops import (
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
+    UserInputAnswerOp,
     UserInputOp,
     UserTurnOp,
 )
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
-from .approvals import Answer, ApprovalError, Approvals, ToolResult
+from .approvals import Answer, ApprovalError, Approvals, ToolResult, UserInputReply
 from .dynamic_tools import DynamicTool
 from .errors import ConfigError
 from .fanout import Broadcaster
@@ -301,6 +302,8 @@ class ThreadActor:
                 await self._answer_approval(sub.id, call_id, decision)
             case DynamicToolResponseOp(id=call_id, content_items=items, success=success):
                 await self._answer_approval(sub.id, call_id, ToolResult(content_items=items, success=success))
+            case UserInputAnswerOp(id=call_id, response=response, error=error):
+                await self._answer_approval(sub.id, call_id, UserInputReply(response=response, error=error))
             case ReloadUserConfigOp(config=config, cwd=cwd):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):

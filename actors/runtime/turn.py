@@ -30,6 +30,7 @@ from spindle.protocol.events import (
     ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
+    RequestUserInputEvent,
     StreamErrorEvent,
     TokenCountEvent,
     TokenUsage,
@@ -65,7 +66,7 @@ from spindle.protocol.responses import (
 from spindle.protocol.sandbox import SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
-from .approvals import Approvals, ToolResult
+from .approvals import Approvals, ToolResult, UserInputReply
 from .errors import SandboxUnavailable
 from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
@@ -188,6 +189,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
     async def call_client(request: DynamicToolCallRequestEvent) -> ToolResult:
         return await host.approvals.call_client(turn.sub_id, request)
 
+    async def ask_user(request: RequestUserInputEvent) -> UserInputReply:
+        return await host.approvals.ask_user(turn.sub_id, request)
+
     sandbox, error = await realised_sandbox(turn)
 
     def output_delta(item_id: str, delta: str) -> None:
@@ -202,6 +206,7 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         sandbox_error=error,
         ask_approval=ask,
         call_client=call_client,
+        ask_user=ask_user,
         item_started=started,
         item_completed=completed,
         output_delta=output_delta,
