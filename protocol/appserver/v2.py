@@ -16,6 +16,7 @@ from ..settings import Approval, SandboxMode
 from .v2base import Inbound as Inbound
 from .v2base import Wire as Wire
 from .v2items import ThreadItem, UserInputV2
+from .v2modes import CollaborationModeV2
 from .v2tools import DynamicToolSpecV2
 
 # --- shared shapes ----------------------------------------------------------
@@ -62,8 +63,9 @@ NOT_LOADED = ThreadStatus(type="notLoaded")
 SYSTEM_ERROR = ThreadStatus(type="systemError")
 
 
-def active_status(waiting_on_approval: bool = False) -> ThreadStatus:
-    return ThreadStatus(type="active", active_flags=["waitingOnApproval"] if waiting_on_approval else [])
+def active_status(waiting_on_approval: bool = False, waiting_on_user_input: bool = False) -> ThreadStatus:
+    flags = ["waitingOnApproval"] * waiting_on_approval + ["waitingOnUserInput"] * waiting_on_user_input
+    return ThreadStatus(type="active", active_flags=flags)
 
 
 # --- threads and turns ------------------------------------------------------
@@ -230,6 +232,8 @@ class TurnStartParams(Inbound, kw_only=True, frozen=True):
     """Experimental: replaces the thread's runtime workspace roots, for this turn and later ones."""
     effort: str | None = None
     summary: str | None = None
+    collaboration_mode: CollaborationModeV2 | None = None
+    """Experimental: a collaboration mode for this turn and later ones (its settings win)."""
 
 
 class TurnSteerParams(Inbound, kw_only=True, frozen=True):
@@ -269,6 +273,8 @@ class ThreadSessionResult(Wire, kw_only=True):
     service_tier: str | None = None
     instruction_sources: list[str] = msgspec.field(default_factory=list)
     disabled_plugin_ids: list[str] = msgspec.field(default_factory=list)
+    collaboration_mode: CollaborationModeV2 | UnsetType = UNSET
+    """The thread's mode, in thread/resume's answer only (as in Codex)."""
 
 
 class ThreadResult(Wire, kw_only=True):

@@ -21,8 +21,8 @@ from ..items import (
     UserInput,
     UserMessageItem,
 )
-from ..settings import Approval, SandboxMode, SettingsUpdate
-from . import v2, v2items, v2tools, v2usage
+from ..settings import Approval, CollaborationMode, SandboxMode, SettingsUpdate, ThreadSettings
+from . import v2, v2items, v2modes, v2tools, v2usage
 
 SANDBOX_TO_V2: dict[str, v2.SandboxPolicyType] = {
     "read-only": "readOnly",
@@ -134,11 +134,29 @@ def turn_settings_update(params: v2.TurnStartParams) -> SettingsUpdate:
         if roots is not None:
             raise ConflictingParams("Invalid params: `runtimeWorkspaceRoots` cannot be combined with `sandboxPolicy.writableRoots`")
         roots = legacy
-    return SettingsUpdate(
+    update = SettingsUpdate(
         model=params.model, cwd=params.cwd, approval_policy=approval_policy(params.approval_policy),
         sandbox_mode=sandbox_policy(params.sandbox_policy), permissions=params.permissions,
         runtime_workspace_roots=roots, effort=params.effort, summary=params.summary,
     )
+    return update if params.collaboration_mode is None else update.then(mode_update(params.collaboration_mode))
+
+
+def mode_update(mode: v2modes.CollaborationModeV2) -> SettingsUpdate:
+    """A collaboration mode as settings: its kind and instructions (null: the mode's built-in
+    ones), and its model and reasoning effort, which win over turn/start's own (a null effort
+    keeps the one the turn would have)."""
+    return SettingsUpdate(
+        model=mode.settings.model or None, effort=mode.settings.reasoning_effort,
+        collaboration_mode=CollaborationMode(mode=mode.mode, developer_instructions=mode.settings.developer_instructions),
+    )
+
+
+def collaboration_mode_v2(settings: ThreadSettings) -> v2modes.CollaborationModeV2:
+    """A thread's collaboration mode as Codex answers it (the thread's model and effort in it)."""
+    return v2modes.CollaborationModeV2(mode=settings.collaboration_mode.mode, settings=v2modes.ModeSettingsV2(
+        model=settings.model, reasoning_effort=settings.effort,
+        developer_instructions=settings.collaboration_mode.developer_instructions))
 
 
 def _legacy_writable_roots(policy: v2.SandboxPolicyV2 | None) -> tuple[str, ...] | None:
