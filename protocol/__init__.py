@@ -9,6 +9,7 @@ from .events import (
     ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
+    RequestUserInputEvent,
     SessionConfiguredEvent,
     ShutdownCompleteEvent,
     StreamErrorEvent,
@@ -46,10 +47,11 @@ from .ops import (
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
+    UserInputAnswerOp,
     UserInputOp,
     UserTurnOp,
 )
-from .settings import ApprovalPolicy, SandboxMode, SettingsUpdate, ThreadSettings
+from .settings import ApprovalPolicy, CollaborationMode, SandboxMode, SettingsUpdate, ThreadSettings
 
 __all__ = [
     "ExecApprovalOp",
@@ -59,6 +61,7 @@ __all__ = [
     "RunUserShellCommandOp",
     "SetThreadMemoryModeOp",
     "ApprovalPolicy",
+    "CollaborationMode",
     "SandboxMode",
     "SettingsUpdate",
     "ThreadSettings",
@@ -80,6 +83,7 @@ __all__ = [
     "Op",
     "OverrideTurnContextOp",
     "Reasoning",
+    "RequestUserInputEvent",
     "ResponseItem",
     "SessionConfiguredEvent",
     "ShutdownCompleteEvent",
@@ -96,6 +100,7 @@ __all__ = [
     "TokenUsageInfo",
     "TurnAbortedEvent",
     "UserInput",
+    "UserInputAnswerOp",
     "UserInputOp",
     "UserTurnOp",
     "WarningEvent",

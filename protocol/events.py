@@ -8,6 +8,7 @@ import msgspec
 
 from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
 from .mcp import McpStartupStatus
+from .questions import UserInputQuestion
 from .sandbox import RequestedPermissions
 from .settings import Approval, ReviewDecision, SandboxMode
 
@@ -231,7 +232,7 @@ class ApplyPatchApprovalRequestEvent(EventMsgBase, tag="apply_patch_approval_req
 
 
 class ApprovalResolvedEvent(EventMsgBase, tag="approval_resolved", kw_only=True, frozen=True):
-    """The client request `call_id` (an approval or a dynamic tool call) is over: answered (an
+    """The client request `call_id` (an approval, a dynamic tool call, questions) is over: answered (an
     approval with `decision`), or cleared (`decision` None) because its turn ended or was
     interrupted. Clients dismiss it."""
 
@@ -267,7 +268,16 @@ class PermissionsRequestEvent(EventMsgBase, tag="request_permissions", kw_only=T
     reason: str | None = None
 
 
-ClientRequestEvent = ApprovalRequestEvent | DynamicToolCallRequestEvent | PermissionsRequestEvent
+class RequestUserInputEvent(EventMsgBase, tag="request_user_input", kw_only=True, frozen=True):
+    """The turn waits for the user to answer the model's `questions` (its `request_user_input`
+    call `call_id`; answered by `user_input_answer`)."""
+
+    call_id: str
+    turn_id: str
+    questions: list[UserInputQuestion]
+
+
+ClientRequestEvent = ApprovalRequestEvent | DynamicToolCallRequestEvent | PermissionsRequestEvent | RequestUserInputEvent
 """What a turn can wait on a client for."""
 
 
@@ -295,6 +305,7 @@ EventMsg = (
     | ApprovalResolvedEvent
     | DynamicToolCallRequestEvent
     | PermissionsRequestEvent
+    | RequestUserInputEvent
 )
 
 

@@ -8,6 +8,7 @@ import msgspec
 
 from .config import Config, McpServerConfig
 from .items import UserInput
+from .questions import UserInputResponse
 from .sandbox import PermissionGrant
 from .settings import ReviewDecision, SettingsUpdate
 
@@ -95,6 +96,13 @@ class RequestPermissionsResponseOp(OpBase, tag="request_permissions_response", k
 
     id: str
     response: PermissionGrant = msgspec.field(default_factory=PermissionGrant)
+class UserInputAnswerOp(OpBase, tag="user_input_answer", kw_only=True, frozen=True):
+    """The user's answers to the `request_user_input` request `id` (the call id). Spindle only:
+    `error`, the client could not ask the user; the model is told why."""
+
+    id: str
+    response: UserInputResponse = msgspec.field(default_factory=UserInputResponse)
+    error: str | None = None
 
 
 class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
@@ -139,6 +147,7 @@ Op = (
     | PatchApprovalOp
     | DynamicToolResponseOp
     | RequestPermissionsResponseOp
+    | UserInputAnswerOp
     | RunUserShellCommandOp
     | SetThreadMemoryModeOp
     | RefreshMcpServersOp

@@ -52,6 +52,20 @@ class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):
     type: str
 
 
+class ModeSettingsRecord(msgspec.Struct, kw_only=True, frozen=True):
+    model: str = ""
+    reasoning_effort: str | None = None
+    developer_instructions: str | None = None
+
+
+class CollaborationModeRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """A turn's collaboration mode as Codex records it (every field written, nulls too); `mode`
+    is kept as written, so a mode this version does not know still reads."""
+
+    mode: str = "default"
+    settings: ModeSettingsRecord = msgspec.field(default_factory=ModeSettingsRecord)
+
+
 class TurnContextItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """The settings one turn ran with."""
 
@@ -66,6 +80,7 @@ class TurnContextItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
     """Spindle only: the permission profile id the turn selected (None: `sandbox_policy` selects)."""
     runtime_workspace_roots: list[str] | None = None
     """The thread's runtime workspace roots for the turn (Codex's name; None: just the cwd)."""
+    collaboration_mode: CollaborationModeRecord | None = None
 
 
 class CompactedItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -19,6 +19,9 @@ SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
 ReviewDecision = Literal["approved", "approved_for_session", "denied", "abort"]
 """A user's answer to an approval request: run it, run it and stop asking for it this session,
 do not run it (the turn goes on), or do not run it and interrupt the turn."""
+ModeKind = Literal["plan", "default"]
+"""A collaboration mode: `plan` (the model plans with the user, and may ask questions with the
+`request_user_input` tool) or `default` (it carries the request out; no questions)."""
 
 class GranularApproval(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Which kinds of prompt a granular policy lets through (`true`: the user is asked) or rejects
@@ -39,6 +42,14 @@ class Granular(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     def rejects_sandbox_prompts(self) -> bool:
         return not self.granular.sandbox_approval
+
+
+class CollaborationMode(msgspec.Struct, kw_only=True, frozen=True):
+    """A thread's collaboration mode and the developer instructions the model gets for it. None:
+    the mode's built-in instructions (filled in when the mode is applied); "": none."""
+
+    mode: ModeKind = "default"
+    developer_instructions: str | None = None
 
 
 Approval = ApprovalPolicy | Granular
@@ -64,6 +75,7 @@ class SettingsUpdate(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
     instructions: str | None = None
     effort: str | None = None
     summary: str | None = None
+    collaboration_mode: CollaborationMode | None = None
 
     def changes(self) -> dict[str, Any]:
         """The fields this update sets, by name."""
@@ -98,6 +110,8 @@ class ThreadSettings(msgspec.Struct, kw_only=True, frozen=True):
     runtime_workspace_roots: tuple[str, ...] | None = None
     """The thread's runtime workspace roots (absolute, what `:workspace_roots` realises to, with
     the profile's own roots); None: just the cwd, following it when it changes."""
+    collaboration_mode: CollaborationMode = msgspec.field(default_factory=CollaborationMode)
+    """Default (no instructions) until a turn or an update selects a mode."""
 
     def updated(self, update: SettingsUpdate) -> ThreadSettings:
         """These settings with `update` applied (unvalidated: see the runtime's `apply_update`).

@@ -19,7 +19,7 @@ from spindle.actors.appserver.turns import build_turns
 from spindle.actors.runtime import ThreadHandle, mcp_client, mcp_tools
 from spindle.actors.runtime.mcp_manager import McpServer
 from spindle.actors.testing.mock_model import Call, MockModel, Text
-from spindle.protocol.appserver import v2
+from spindle.protocol.appserver import v2items
 from spindle.protocol.config import McpServerConfig
 from spindle.protocol.events import (
     ItemCompletedEvent,
@@ -90,7 +90,7 @@ async def test_tool_round_trip_through_the_model(make_runtime: Callable[..., Any
         assert completed[1].result is None and (completed[1].error or "").startswith("err: ")
         # the item is in the rollout: the thread's turns are rebuilt with it
         turns = build_turns(thread.rollout.source.iter_forward_from(0))
-        rebuilt = [item for item in turns[0].items if isinstance(item, v2.McpToolCallThreadItem)]
+        rebuilt = [item for item in turns[0].items if isinstance(item, v2items.McpToolCallThreadItem)]
         assert [(i.id, i.server, i.tool, i.status) for i in rebuilt] == [("call_1", "docs", "add", "completed")]
 
 

@@ -60,7 +60,7 @@ async def test_ask_returns_final_message_and_request_shape(runtime: ThreadManage
     assert body["prompt_cache_key"] == thread.thread_id
     assert body["model"] == "mock-model"
     assert body["instructions"]
-    assert [t["name"] for t in body["tools"]] == ["exec_command"]
+    assert [t["name"] for t in body["tools"]] == ["exec_command", "request_user_input"]  # as Codex offers them
     assert body["input"][-1] == {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}
     # the next turn replays the whole history, the assistant reply included
     await thread.ask("again")

@@ -200,9 +200,9 @@ class Connection:
     # --- answers to server requests ------------------------------------------
     async def _take_reply(self, reply: Reply) -> None:
         """A client's answer to a server request: checked here, then handed to the thread (which
-        settles the request for every client). An error answer declines an approval and fails a
-        tool call; a bad decision or an unexpected answer changes nothing and the client is told
-        so in a `warning`."""
+        settles the request for every client). An error answer declines an approval, fails a tool
+        call and tells the model its questions went unanswered; a bad decision, malformed answers
+        or an unexpected answer change nothing and the client is told so in a `warning`."""
         asked = self._asks.get(reply.id)
         if asked is None:
             await self._warn_reply(reply.id, None, "no such request is pending on this connection "
@@ -210,7 +210,7 @@ class Connection:
             return
         try:
             op = v2approvals.answer_op(asked.method, asked.key, reply.result, reply.error)
-        except v2approvals.BadDecision as exc:
+        except v2approvals.BadAnswer as exc:
             await self._warn_reply(reply.id, asked.thread_id, f"{exc}; the request is still pending")
             return
         if reply.error is not None:

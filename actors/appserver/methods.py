@@ -12,9 +12,10 @@ import platform
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from spindle.actors.runtime.collaboration import PRESETS
 from spindle.actors.runtime.permission_profiles import load_profiles
 from spindle.actors.runtime.version import SPINDLE_VERSION
-from spindle.protocol.appserver import v2, v2models, v2perm
+from spindle.protocol.appserver import v2, v2models, v2modes, v2perm
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
 from . import config_methods as configs
@@ -80,6 +81,13 @@ async def permission_profile_list(ctx: RequestContext, params: v2perm.Permission
     return v2perm.PermissionProfileListResult(data=page, next_cursor=str(end) if end < len(profiles) else None)
 
 
+async def collaboration_mode_list(ctx: RequestContext, params: v2modes.CollaborationModeListParams) -> v2modes.CollaborationModeListResult:
+    """The collaboration modes a turn may select (experimental), as Codex lists them."""
+    ctx.peer.handshake.require_experimental("collaborationMode/list")
+    return v2modes.CollaborationModeListResult(data=[
+        v2modes.CollaborationModeMask(name=p.name, mode=p.mode, reasoning_effort=p.reasoning_effort) for p in PRESETS])
+
+
 HANDLERS: dict[str, Handler] = {
     "initialize": initialize,
     "thread/start": threads.thread_start,
@@ -106,4 +114,5 @@ HANDLERS: dict[str, Handler] = {
     "configRequirements/read": configs.config_requirements_read,
     "mcpServerStatus/list": mcp.mcp_server_status_list,
     "config/mcpServer/reload": mcp.config_mcp_server_reload,
+    "collaborationMode/list": collaboration_mode_list,
 }

@@ -23,6 +23,7 @@ from spindle.protocol.events import (
     ItemStartedEvent,
     McpStartupUpdateEvent,
     PermissionsRequestEvent,
+    RequestUserInputEvent,
     StreamErrorEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
@@ -72,6 +73,8 @@ class EventTranslator:
         self._started_ns = time.monotonic_ns()
         self._waiting: set[str] = set()
         """The approval requests waiting for an answer (the `waitingOnApproval` flag)."""
+        self._questions: set[str] = set()
+        """The model's questions waiting for the user (the `waitingOnUserInput` flag)."""
         self._calls: set[str] = set()
         """The dynamic tool calls waiting for their client."""
 
@@ -137,11 +140,16 @@ class EventTranslator:
                 self._calls.add(key)  # no waitingOn flag for a tool call, as in Codex
                 return [Ask(key, v2approvals.TOOL_CALL, v2approvals.ToolCallParams(
                     thread_id=tid, turn_id=turn_id, call_id=key, tool=tool, namespace=namespace, arguments=args))]
+            case RequestUserInputEvent(call_id=key, turn_id=turn_id, questions=questions):
+                params = v2approvals.UserInputParams(
+                    thread_id=tid, turn_id=turn_id, item_id=key, questions=v2approvals.questions_v2(questions))
+                return self._ask(key, v2approvals.USER_INPUT, params, self._questions)
             case ApprovalResolvedEvent(call_id=key) if key in self._calls:
                 self._calls.discard(key)
                 return [Settled(key, announce=False)]  # Codex sends no serverRequest/resolved for a tool call
-            case ApprovalResolvedEvent(call_id=key) if key in self._waiting:
+            case ApprovalResolvedEvent(call_id=key) if key in self._waiting or key in self._questions:
                 self._waiting.discard(key)
+                self._questions.discard(key)
                 return [Settled(key), *self._flags()]
             case TaskCompleteEvent(turn_id=turn_id):
                 return self._finish(turn_id, None)
@@ -149,14 +157,16 @@ class EventTranslator:
                 return self._finish(turn_id, "interrupted")
         return []
 
-    def _ask(self, key: str, method: str, params: object) -> list[Output]:
-        first = not self._waiting
-        self._waiting.add(key)
+    def _ask(self, key: str, method: str, params: object, waiting: set[str] | None = None) -> list[Output]:
+        """A request that sets a flag while it waits (`waiting`: an approval's, by default)."""
+        waiting = self._waiting if waiting is None else waiting
+        first = not waiting
+        waiting.add(key)
         return [*(self._flags() if first else []), Ask(key, method, params)]
 
     def _flags(self) -> list[Output]:
         """`thread/status/changed` for the thread's active flags (after they changed)."""
-        status = v2.active_status(bool(self._waiting))
+        status = v2.active_status(bool(self._waiting), bool(self._questions))
         return [("thread/status/changed", v2.ThreadStatusChanged(thread_id=self.thread_id, status=status))]
 
     def _error(self, message: str, info: str | None, turn_id: str | None, *, will_retry: bool) -> list[Output]:

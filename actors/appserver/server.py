@@ -68,8 +68,9 @@ class AppServer:
         return able[0]
 
     def unsubscribe(self, peer: Peer, thread_id: str) -> bool:
-        """Drop `peer`'s subscription; the last one out closes the thread, unless an approval of
-        it waits for a client: then it stays loaded, and the next client to resume it is asked."""
+        """Drop `peer`'s subscription; the last one out closes the thread, unless an approval (or a
+        question) of it waits for a client: then it stays loaded, and the next client to resume it
+        is asked."""
         if not peer.is_subscribed(thread_id):
             return False
         peer.end_subscription(thread_id)
@@ -81,8 +82,8 @@ class AppServer:
                 self._nursery.start_soon(self._fail_tool_calls, handle)
         if not self.subscribers(thread_id):
             handle = self.manager.running(thread_id)  # tracked until closed: a resume waits for it
-            if handle is not None and handle.waiting_on_approval:
-                log.info("thread kept loaded: an approval waits for a client", thread_id=thread_id)
+            if handle is not None and (handle.waiting_on_approval or handle.waiting_on_user_input):
+                log.info("thread kept loaded: an approval or a question waits for a client", thread_id=thread_id)
             elif handle is not None:
                 assert self._nursery is not None, "AppServer.run is not running"
                 self._nursery.start_soon(self._close_thread, peer, handle)

@@ -9,7 +9,11 @@ from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
 from spindle.persistence.reader import read_rollout
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
-from spindle.protocol.appserver.v2map import dynamic_tool_specs, thread_settings_update
+from spindle.protocol.appserver.v2map import (
+    collaboration_mode_v2,
+    dynamic_tool_specs,
+    thread_settings_update,
+)
 from spindle.protocol.ops import CompactOp, ThreadRollbackOp
 from spindle.protocol.settings import Granular
 
@@ -64,7 +68,9 @@ async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v
         tid, path=params.path, settings=thread_settings_update(params), handoff=bool(params.handoff), config=params.config
     )
     ctx.peer.subscribe(handle)
-    return await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
+    result = await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
+    result.collaboration_mode = collaboration_mode_v2(handle.settings)
+    return result
 
 
 async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.ThreadSessionResult:

@@ -21,6 +21,8 @@ from .thread_methods import require_experimental_fields
 async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.TurnResult:
     handle = loaded(ctx, thread_id_param(params.thread_id))
     require_experimental_fields(ctx, "turn/start", params)
+    if params.collaboration_mode is not None:
+        ctx.peer.handshake.require_experimental("turn/start.collaborationMode")
     update = turn_settings_update(params)
     if params.sandbox_policy is not None:
         check_legacy_options(params.sandbox_policy, handle.permission_profiles)

@@ -40,7 +40,7 @@ async def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_t
         preview=entry.preview if entry else preview_of(rollout.source.iter_forward_from(0)), ephemeral=rollout.ephemeral,
         model_provider=settings.provider_id, model=settings.model, created_at=created,
         updated_at=_epoch(entry.updated_at) if entry else created,
-        status=v2.active_status(handle.waiting_on_approval) if handle.active_turn_id else v2.IDLE,
+        status=v2.active_status(handle.waiting_on_approval, handle.waiting_on_user_input) if handle.active_turn_id else v2.IDLE,
         path=None if rollout.ephemeral else str(rollout.path), cwd=settings.cwd,
         cli_version=meta.cli_version, name=entry.name if entry else await store.name(handle.thread_id), turns=turns,
         source=classify_source(meta.source)[0],

@@ -1,5 +1,6 @@
-"""A thread's pending client requests: approvals (a tool asks, the user answers through an op)
-and calls of a client's dynamic tools (the client runs it and answers with its result).
+"""A thread's pending client requests: approvals (a tool asks, the user answers through an op),
+calls of a client's dynamic tools (the client runs it and answers with its result) and the
+model's questions to the user (`request_user_input`, answered with the user's answers).
 
 A tool of a running turn calls `Approvals.ask` with an approval request event; the event goes
 to every subscriber (the app-server turns it into a server request to its clients), and the tool
@@ -11,9 +12,11 @@ that subscribes later gets the requests still pending (`replay`).
 `approved_for_session` is remembered per request key (a command's argv, a patch's set of files)
 for the life of the thread, kept in its rollout (a key wrapped in `InProcess`, such as an
 escalation's, only while it stays loaded): the same request is then approved without asking. A dynamic tool
-call (`call_client`) waits the same way for the `dynamic_tool_response` op. A request is on disk
-before any client hears it, and so is its end: a thread resumed after the process stopped asks
-again what was left unanswered (see `ThreadActor._take_up_unfinished_turn`).
+call (`call_client`) waits the same way for the `dynamic_tool_response` op, questions
+(`ask_user`) for the `user_input_answer` op, a request for more access (`ask_permissions`) for
+`request_permissions_response`. A request is on disk before any client hears it, and so is its
+end: a thread resumed after the process stopped asks again what was left unanswered (see
+`ThreadActor._take_up_unfinished_turn`).
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ from spindle.protocol.events import (
     DynamicToolCallRequestEvent,
     EventMsg,
     PermissionsRequestEvent,
+    RequestUserInputEvent,
 )
 from spindle.protocol.ops import (
     DynamicToolResponseOp,
     ExecApprovalOp,
     PatchApprovalOp,
     RequestPermissionsResponseOp,
+    UserInputAnswerOp,
 )
+from spindle.protocol.questions import UserInputResponse
 from spindle.protocol.sandbox import PermissionGrant
 from spindle.protocol.settings import ReviewDecision
 
@@ -66,8 +72,16 @@ class ToolResult:
     success: bool
 
 
-Answer = ReviewDecision | ToolResult | PermissionGrant
-AnswerOp = ExecApprovalOp | PatchApprovalOp | DynamicToolResponseOp | RequestPermissionsResponseOp
+@dataclass(frozen=True, kw_only=True)
+class UserInputReply:
+    """The user's answers to the model's questions, or why there are none (`error`)."""
+
+    response: UserInputResponse = field(default_factory=UserInputResponse)
+    error: str | None = None
+
+
+Answer = ReviewDecision | ToolResult | PermissionGrant | UserInputReply
+AnswerOp = ExecApprovalOp | PatchApprovalOp | DynamicToolResponseOp | RequestPermissionsResponseOp | UserInputAnswerOp
 """The ops that answer a pending client request."""
 
 
@@ -78,6 +92,8 @@ def answer_of(op: AnswerOp) -> Answer:
             return ToolResult(content_items=items, success=success)
         case RequestPermissionsResponseOp(response=grant):
             return grant
+        case UserInputAnswerOp(response=response, error=error):
+            return UserInputReply(response=response, error=error)
         case ExecApprovalOp(decision=decision) | PatchApprovalOp(decision=decision):
             return decision
 
@@ -138,6 +154,12 @@ class Approvals:
         assert isinstance(grant, PermissionGrant)
         return grant
 
+    async def ask_user(self, sub_id: str, request: RequestUserInputEvent) -> UserInputReply:
+        """The user's answers to the model's questions. Cancelled with the turn."""
+        reply = await self._wait(sub_id, request)
+        assert isinstance(reply, UserInputReply)
+        return reply
+
     async def _wait(self, sub_id: str, request: ClientRequestEvent, key: str | None = None) -> Answer:
         if request.call_id in self._pending:
             raise ApprovalError(f"a client request with id {request.call_id!r} is already pending")
@@ -160,7 +182,8 @@ class Approvals:
 
     def answer(self, call_id: str, answer: Answer) -> None:
         """Answer the pending request `call_id` (a decision for an approval, a result for a tool
-        call); ApprovalError if there is none, or the answer is of the other kind."""
+        call, answers for questions); ApprovalError if there is none, or the answer is of another
+        kind."""
         pending = self._pending.get(call_id)
         if pending is None or pending.answered.is_set():
             raise ApprovalError(f"no client request {call_id!r} is pending (it was answered, or its turn ended)")
@@ -178,6 +201,7 @@ class Approvals:
 _WANTED: dict[type, tuple[str, type]] = {
     DynamicToolCallRequestEvent: ("a tool result", ToolResult),
     PermissionsRequestEvent: ("a permission grant", PermissionGrant),
+    RequestUserInputEvent: ("the user's answers", UserInputReply),
 }
 """The answer each kind of request takes, if not a decision."""
 

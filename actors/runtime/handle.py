@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from spindle.protocol.events import (
     ExecApprovalRequestEvent,
     ItemCompletedEvent,
     PermissionsRequestEvent,
+    RequestUserInputEvent,
     TaskCompleteEvent,
     TurnAbortedEvent,
 )
@@ -35,8 +36,10 @@ from spindle.protocol.ops import (
     RequestPermissionsResponseOp,
     ShutdownOp,
     Submission,
+    UserInputAnswerOp,
     UserInputOp,
 )
+from spindle.protocol.questions import user_input_response
 from spindle.protocol.sandbox import PermissionGrant
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
@@ -63,6 +66,9 @@ Granter = Callable[[PermissionsRequestEvent], Awaitable[PermissionGrant]]
 """Answers a request for more permissions with what is granted, for the turn or the session."""
 NO_TOOL_RUNNER = ToolResult(content_items=[{"type": "inputText", "text": "no one can run this tool here"}],
                             success=False)
+QuestionAnswerer = Callable[[RequestUserInputEvent], Awaitable[Mapping[str, Sequence[str]]]]
+"""Answers the model's questions (Plan mode's `request_user_input`): question id to the answers."""
+NO_ANSWERER = "no one can answer questions here"
 
 
 class ThreadHandle:
@@ -104,7 +110,7 @@ class ThreadHandle:
         return self._actor.session_config
 
     def pending_requests(self) -> list[tuple[str, ClientRequestEvent]]:
-        """The client requests (approvals, dynamic tool calls) waiting for an answer (submission
+        """The client requests (approvals, dynamic tool calls, questions) waiting for an answer (submission
         id, request), oldest first: what a client that subscribes now must be shown."""
         return self._actor.approvals.replay()
 
@@ -171,9 +177,15 @@ class ThreadHandle:
         return any(isinstance(request, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent | PermissionsRequestEvent)
                    for _, request in self.pending_requests())
 
+    @property
+    def waiting_on_user_input(self) -> bool:
+        """Whether the model's questions to the user wait for answers."""
+        return any(isinstance(request, RequestUserInputEvent) for _, request in self.pending_requests())
+
     def approvals(self) -> ApprovalStream:
-        """The thread's approval requests as they come, those already pending first:
-        `with thread.approvals() as requests: async for request in requests: await request.accept()`."""
+        """The thread's approval requests and questions as they come, those already pending first:
+        `with thread.approvals() as requests: async for request in requests: await request.accept()`
+        (a `PendingUserInput` is answered with `await request.answer({"q1": ["A"]})`)."""
         return ApprovalStream(self)
 
     @property
@@ -187,13 +199,15 @@ class ThreadHandle:
         await self._actor.mcp.wait_started(names)
 
     async def ask(self, text: str, *, approve: Approver | None = None, run_tool: ToolRunner | None = None,
-                  grant: Granter | None = None) -> str:
+                  grant: Granter | None = None, answer_questions: QuestionAnswerer | None = None) -> str:
         """Send `text` as user input and return the final answer of the turn it joins.
 
         An approval request of that turn is answered by `approve` (the request in, a decision
         out); without one it is declined: the model is told and the turn goes on. A call of one
         of the thread's dynamic tools is run by `run_tool`; without one it fails. A request for
-        more permissions is answered by `grant`; without one nothing is granted."""
+        more permissions is answered by `grant`; without one nothing is granted. The model's
+        questions (Plan mode) are answered by `answer_questions`; without it the model is told
+        no one can answer. An approver or answerer that fails interrupts the turn it held."""
         with self.events() as events:
             sub_id = await self.submit(UserInputOp(items=[TextInput(text=text)]))
             turn_id: str | None = None
@@ -207,6 +221,8 @@ class ThreadHandle:
                 if isinstance(msg, PermissionsRequestEvent) and msg.turn_id == turn_id:
                     answer = await grant(msg) if grant is not None else PermissionGrant()
                     await self.submit(RequestPermissionsResponseOp(id=msg.call_id, response=answer))
+                if isinstance(msg, RequestUserInputEvent) and msg.turn_id == turn_id:
+                    await self.submit(await self._answer_questions(msg, answer_questions))
                 if isinstance(msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent) and msg.turn_id == turn_id:
                     op = ExecApprovalOp if isinstance(msg, ExecApprovalRequestEvent) else PatchApprovalOp
                     try:
@@ -230,6 +246,17 @@ class ThreadHandle:
                         raise TurnError(failure)
                     return msg.last_agent_message or ""
         raise ThreadClosedError(f"thread {self.thread_id} shut down before answering")
+
+    async def _answer_questions(self, request: RequestUserInputEvent, answerer: QuestionAnswerer | None) -> UserInputAnswerOp:
+        if answerer is None:
+            return UserInputAnswerOp(id=request.call_id, error=NO_ANSWERER)
+        try:
+            answers = await answerer(request)
+        except BaseException:  # an answerer that fails or is cancelled stops the turn it held
+            with trio.CancelScope(shield=True):
+                await self.submit(InterruptOp(turn_id=request.turn_id))
+            raise
+        return UserInputAnswerOp(id=request.call_id, response=user_input_response(answers))
 
     async def interrupt(self) -> str | None:
         """Abort the running turn (it ends with `turn_aborted`); returns its id, None if idle."""
@@ -296,19 +323,39 @@ class PendingApproval:
         await self.answer("abort")
 
 
+class PendingUserInput:
+    """The model's questions to the user (`request.questions`), and the way to answer them."""
+
+    def __init__(self, thread: ThreadHandle, request: RequestUserInputEvent) -> None:
+        self.thread = thread
+        self.request = request
+
+    async def answer(self, answers: Mapping[str, Sequence[str]]) -> None:
+        """Answer them (question id to the labels chosen or free text); the model reads the
+        answers. ThreadClosedError if the thread has ended; a late answer changes nothing."""
+        await self.thread.submit(UserInputAnswerOp(id=self.request.call_id, response=user_input_response(answers)))
+
+
+_USER_REQUESTS = (ExecApprovalRequestEvent, ApplyPatchApprovalRequestEvent, RequestUserInputEvent)
+"""What `approvals()` yields: the requests a user answers (a dynamic tool call is the client's)."""
+
+
+def _pending(thread: ThreadHandle, request: ApprovalRequestEvent | RequestUserInputEvent) -> PendingApproval | PendingUserInput:
+    return PendingUserInput(thread, request) if isinstance(request, RequestUserInputEvent) else PendingApproval(thread, request)
+
+
 class ApprovalStream:
-    """The approval requests of one thread, from the moment it is entered (`with`): first those
-    already pending, then each new one. Ends when the thread does."""
+    """The approval requests and questions of one thread, from the moment it is entered (`with`):
+    first those already pending, then each new one. Ends when the thread does."""
 
     def __init__(self, thread: ThreadHandle) -> None:
         self._thread = thread
         self._events: Subscription[Event] | None = None
-        self._backlog: list[ApprovalRequestEvent] = []
+        self._backlog: list[ApprovalRequestEvent | RequestUserInputEvent] = []
 
     def __enter__(self) -> ApprovalStream:
         self._events = self._thread.events()
-        self._backlog = [request for _, request in self._thread.pending_requests()
-                         if isinstance(request, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent)]
+        self._backlog = [request for _, request in self._thread.pending_requests() if isinstance(request, _USER_REQUESTS)]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -318,11 +365,11 @@ class ApprovalStream:
     def __aiter__(self) -> ApprovalStream:
         return self
 
-    async def __anext__(self) -> PendingApproval:
+    async def __anext__(self) -> PendingApproval | PendingUserInput:
         assert self._events is not None, "use `with thread.approvals() as requests:`"
         if self._backlog:
-            return PendingApproval(self._thread, self._backlog.pop(0))
+            return _pending(self._thread, self._backlog.pop(0))
         async for event in self._events:  # subscribed and listed at once: no request is in both
-            if isinstance(event.msg, ExecApprovalRequestEvent | ApplyPatchApprovalRequestEvent):
-                return PendingApproval(self._thread, event.msg)
+            if isinstance(event.msg, _USER_REQUESTS):
+                return _pending(self._thread, event.msg)
         raise StopAsyncIteration

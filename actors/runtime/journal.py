@@ -24,8 +24,15 @@ from spindle.protocol.items import (
     close_dangling_calls,
     turn_aborted_marker,
 )
-from spindle.protocol.rollout import SandboxPolicy, TurnContextItem
+from spindle.protocol.rollout import (
+    CollaborationModeRecord,
+    ModeSettingsRecord,
+    SandboxPolicy,
+    TurnContextItem,
+)
 from spindle.protocol.settings import Granular, ThreadSettings
+
+from .collaboration import last_mode_instructions, mode_message
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +91,9 @@ def turn_context_item(turn_id: str, settings: ThreadSettings) -> TurnContextItem
         summary=settings.summary,
         permissions=settings.permissions,
         runtime_workspace_roots=list(settings.runtime_workspace_roots) if settings.runtime_workspace_roots is not None else None,
+        collaboration_mode=CollaborationModeRecord(mode=settings.collaboration_mode.mode, settings=ModeSettingsRecord(
+            model=settings.model, reasoning_effort=settings.effort,
+            developer_instructions=settings.collaboration_mode.developer_instructions)),
     )
 
 
@@ -94,6 +104,9 @@ class ThreadJournal:
         self.rollout = rollout
         self._history: list[ResponseItem] = history if history is not None else []
         self._context_seeded = bool(history)
+        self._mode_told: str | None = None
+        """The mode instructions the history gave the model last (looked up once, then kept)."""
+        self._mode_known = False
         self.view = HistoryView(self._history)
 
     @property
@@ -135,10 +148,18 @@ class ThreadJournal:
         await self.rollout.drain()
 
     def begin_turn(self, turn_id: str, settings: ThreadSettings) -> None:
-        """A turn starts: the initial context at the thread's first turn, then its `turn_context`."""
+        """A turn starts: the initial context at the thread's first turn, its collaboration mode's
+        instructions when the model has not been given them last, then its `turn_context`."""
         if not self._context_seeded:  # built at the first turn, so its overrides are in it
             self.append([environment_context(settings)])
             self._context_seeded = True
+        instructions = settings.collaboration_mode.developer_instructions
+        if instructions:
+            if not self._mode_known:
+                self._mode_told, self._mode_known = last_mode_instructions(self._history), True
+            if instructions != self._mode_told:
+                self.append([mode_message(instructions)])
+                self._mode_told = instructions
         self.rollout.record([turn_context_item(turn_id, settings)])
 
     def close_aborted_turn(self) -> None:
@@ -149,4 +170,5 @@ class ThreadJournal:
         """Replay the rollout with `marker` at its end, and record the marker."""
         replayed = rebuild_history([*self.rollout.source.iter_forward_from(0), marker])
         self._history[:] = replayed
+        self._mode_known = False  # the instructions given may have been rolled back
         self.rollout.record([marker])

@@ -16,6 +16,7 @@ from .config_layers import ConfigSource, FixedConfig, LayerStack
 from .exec_command import ExecCommandTool
 from .model_client import ModelClient
 from .permission_profiles import default_selection, load_profiles
+from .request_user_input import RequestUserInputTool
 from .tools import ToolRegistry
 
 log = structlog.get_logger(__name__)
@@ -47,7 +48,7 @@ class RuntimeResources:
             self.note_warnings(stack)
         self.config_writes = trio.CapacityLimiter(1)
         """One write of the user config.toml at a time (its version check and rename are one step)."""
-        self.tools = tools if tools is not None else ToolRegistry([ExecCommandTool(), ApplyPatchTool()])
+        self.tools = tools if tools is not None else ToolRegistry([ExecCommandTool(), ApplyPatchTool(), RequestUserInputTool()])
         self._clients: dict[tuple[str, bytes], ModelClient] = {}
 
     def note_warnings(self, stack: LayerStack) -> list[ConfigWarning]:

@@ -13,11 +13,13 @@ from spindle.protocol.rollout import SessionMeta, TurnContextItem
 from spindle.protocol.settings import (
     APPROVAL_POLICIES,
     SANDBOX_MODES,
+    CollaborationMode,
     Granular,
     SettingsUpdate,
     ThreadSettings,
 )
 
+from .collaboration import MODE_NAMES, with_instructions
 from .errors import ConfigError
 from .permission_profiles import default_selection, load_profiles
 
@@ -30,8 +32,11 @@ DEFAULT_INSTRUCTIONS = (
 
 
 def checked(config: Config, update: SettingsUpdate) -> SettingsUpdate:
-    """`update` with its cwd made absolute; ConfigError names a provider, cwd or permission
-    profile that cannot be used, or a profile combined with a legacy sandbox mode."""
+    """`update` with its cwd made absolute and a collaboration mode's built-in instructions filled
+    in; ConfigError names a provider, cwd or permission profile that cannot be used, or a profile
+    combined with a legacy sandbox mode."""
+    if update.collaboration_mode is not None:
+        update = update.then(SettingsUpdate(collaboration_mode=with_instructions(update.collaboration_mode)))
     if update.provider_id is not None:
         try:
             config.provider(update.provider_id)
@@ -146,7 +151,18 @@ def recorded_settings(config: Config, meta: SessionMeta, context: TurnContextIte
         permissions=permissions,
         runtime_workspace_roots=roots,
         instructions=meta.base_instructions.text if meta.base_instructions else None,
+        collaboration_mode=_recorded_mode(context),
     )
+
+
+def _recorded_mode(context: TurnContextItem | None) -> CollaborationMode | None:
+    """The collaboration mode a rollout's last turn ran in; None for Default without instructions
+    (what Codex records when no mode was chosen) and for a mode Spindle does not know."""
+    record = context.collaboration_mode if context is not None else None
+    if record is None or record.mode not in MODE_NAMES:
+        return None
+    mode = CollaborationMode(mode=record.mode, developer_instructions=record.settings.developer_instructions)  # type: ignore[arg-type]
+    return None if mode == CollaborationMode() else mode
 
 
 def _recorded_permissions(

@@ -52,6 +52,7 @@ from spindle.protocol.ops import (
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
+    UserInputAnswerOp,
     UserInputOp,
     UserTurnOp,
 )
@@ -293,7 +294,8 @@ class ThreadActor(ThreadConfigMixin):
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
-            case ExecApprovalOp() | PatchApprovalOp() | DynamicToolResponseOp() | RequestPermissionsResponseOp():
+            case (ExecApprovalOp() | PatchApprovalOp() | DynamicToolResponseOp() | RequestPermissionsResponseOp()
+                  | UserInputAnswerOp()):
                 await self._answer_approval(sub.id, sub.op.id, answer_of(sub.op))
             case ReloadUserConfigOp(config=config, cwd=cwd):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)

@@ -3,7 +3,8 @@
 A tool never raises into the turn: every failure (bad arguments, a refused command, a crash)
 becomes the `function_call_output` the model reads next.
 
-The built-in tools are `exec_command` (`exec_command.py`) and `apply_patch` (`apply_patch_tool.py`).
+The built-in tools are `exec_command` (`exec_command.py`), `apply_patch` (`apply_patch_tool.py`)
+and `request_user_input` (`request_user_input.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from spindle.protocol.events import (
     ApprovalRequestEvent,
     DynamicToolCallRequestEvent,
     PermissionsRequestEvent,
+    RequestUserInputEvent,
 )
 from spindle.protocol.items import (
     CustomToolCall,
@@ -30,7 +32,7 @@ from spindle.protocol.items import (
 from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
-from .approvals import ToolResult
+from .approvals import ToolResult, UserInputReply
 from .turn_diff import TurnDiff
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,11 @@ CLIP_DEFAULT_BYTES = 64 * 1024
 async def _no_client(request: DynamicToolCallRequestEvent) -> ToolResult:
     """The default `ToolContext.call_client`: there is no client to ask."""
     return ToolResult(content_items=[{"type": "inputText", "text": "no client can run this tool"}], success=False)
+
+
+async def _no_user(request: RequestUserInputEvent) -> UserInputReply:
+    """The default `ToolContext.ask_user`: there is no user to ask."""
+    return UserInputReply(error="no user can be asked here")
 
 
 def _ignore_delta(item_id: str, delta: str) -> None:
@@ -75,13 +82,13 @@ class ToolContext:
     sandbox_error: str | None = None
     call_client: Callable[[DynamicToolCallRequestEvent], Awaitable[ToolResult]] = _no_client
     """Ask the client that registered a dynamic tool to run it, and wait for its result."""
+    ask_user: Callable[[RequestUserInputEvent], Awaitable[UserInputReply]] = _no_user
+    """Ask the user the model's questions, and wait for the answers."""
     output_delta: Callable[[str, str], None] = _ignore_delta
     """Streams a chunk of a running item's output: (item id, text)."""
     request_permissions: Callable[[PermissionsRequestEvent], Awaitable[PermissionGrant]] = _grant_nothing
     """Ask the user for extra access and wait; what is granted (real paths that exist, asked for)
     widens the sandbox of the turn's later commands, or of the session's."""
-
-
     turn_diff: TurnDiff = field(default_factory=TurnDiff)
     """The files the turn's patches wrote (one per turn, shared by its calls: `apply_patch` records
     into it what it applied)."""
@@ -104,7 +111,8 @@ class Tool(Protocol):
 
 class ToolRegistry:
     def __init__(self, tools: list[Tool] | None = None) -> None:
-        """A registry of `tools` (none by default; the runtime's are `exec_command` and `apply_patch`)."""
+        """A registry of `tools` (none by default; the runtime's are `exec_command`, `apply_patch` and
+        `request_user_input`)."""
         self._tools: dict[str, Tool] = {}
         for tool in tools or []:
             self.register(tool)

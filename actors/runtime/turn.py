@@ -31,6 +31,7 @@ from spindle.protocol.events import (
     ItemCompletedEvent,
     ItemStartedEvent,
     PermissionsRequestEvent,
+    RequestUserInputEvent,
     StreamErrorEvent,
     TokenCountEvent,
     TokenUsage,
@@ -70,7 +71,7 @@ from spindle.protocol.responses import (
 from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
-from .approvals import Approvals, ToolResult
+from .approvals import Approvals, ToolResult, UserInputReply
 from .errors import SandboxUnavailable
 from .grants import Grants, granted
 from .model_client import ModelClient, ModelError, decode_usage
@@ -252,6 +253,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
             turn.grants |= grants
         return PermissionGrant(permissions=grants.as_permissions(), scope=answer.scope)
 
+    async def ask_user(request: RequestUserInputEvent) -> UserInputReply:
+        return await host.approvals.ask_user(turn.sub_id, request)
+
     sandbox, error = await realised_sandbox(turn)
     sandbox = (host.approvals.session_grants | turn.grants).apply(sandbox)
 
@@ -270,6 +274,7 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         sandbox_error=error,
         ask_approval=ask,
         call_client=call_client,
+        ask_user=ask_user,
         item_started=started,
         item_completed=completed,
         output_delta=output_delta,

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp, v2models, v2perm
+from . import v2, v2config, v2mcp, v2models, v2modes, v2perm
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -101,12 +101,13 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "configRequirements/read": v2config.ConfigRequirementsReadParams,
     "mcpServerStatus/list": v2mcp.McpServerStatusListParams,
     "config/mcpServer/reload": v2mcp.NoParams,
+    "collaborationMode/list": v2modes.CollaborationModeListParams,
 }
 """Methods Spindle serves, each with its params type."""
 
 PARAMS_OPTIONAL = frozenset({
     "thread/start", "thread/list", "thread/loaded/list", "model/list", "config/read", "configRequirements/read", "mcpServerStatus/list",
-    "config/mcpServer/reload", "permissionProfile/list",
+    "config/mcpServer/reload", "permissionProfile/list", "collaborationMode/list",
 })
 """Methods whose `params` may be omitted (treated as `{}`)."""
 

@@ -13,17 +13,13 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..settings import Approval, SandboxMode
+from .v2base import Inbound as Inbound
+from .v2base import Wire as Wire
+from .v2items import ThreadItem, UserInputV2
+from .v2modes import CollaborationModeV2
 from .v2tools import DynamicToolSpecV2
 
 # --- shared shapes ----------------------------------------------------------
-
-
-class Wire(msgspec.Struct, kw_only=True, rename="camel"):
-    """Base of every v2 object: camelCase names, explicit nulls kept."""
-
-
-class Inbound(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
-    """Base of every params struct."""
 
 
 SandboxPolicyType = Literal["readOnly", "workspaceWrite", "dangerFullAccess", "externalSandbox"]
@@ -67,122 +63,10 @@ NOT_LOADED = ThreadStatus(type="notLoaded")
 SYSTEM_ERROR = ThreadStatus(type="systemError")
 
 
-def active_status(waiting_on_approval: bool = False) -> ThreadStatus:
-    return ThreadStatus(type="active", active_flags=["waitingOnApproval"] if waiting_on_approval else [])
+def active_status(waiting_on_approval: bool = False, waiting_on_user_input: bool = False) -> ThreadStatus:
+    flags = ["waitingOnApproval"] * waiting_on_approval + ["waitingOnUserInput"] * waiting_on_user_input
+    return ThreadStatus(type="active", active_flags=flags)
 
-
-# --- user input -------------------------------------------------------------
-
-
-class UserInputV2Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
-    pass
-
-
-class TextUserInput(UserInputV2Base, tag="text", kw_only=True, frozen=True):
-    text: str
-    text_elements: list[Any] = msgspec.field(default_factory=list)
-
-
-class ImageUserInput(UserInputV2Base, tag="image", kw_only=True, frozen=True):
-    url: str
-
-
-class LocalImageUserInput(UserInputV2Base, tag="localImage", kw_only=True, frozen=True):
-    path: str
-
-
-UserInputV2 = TextUserInput | ImageUserInput | LocalImageUserInput
-
-# --- thread items -----------------------------------------------------------
-
-
-class ThreadItemBase(msgspec.Struct, tag_field="type", kw_only=True, rename="camel"):
-    pass
-
-
-class UserMessageThreadItem(ThreadItemBase, tag="userMessage", kw_only=True):
-    id: str
-    content: list[UserInputV2]
-
-
-class AgentMessageThreadItem(ThreadItemBase, tag="agentMessage", kw_only=True):
-    id: str
-    text: str
-    phase: str | None = None
-
-
-class ReasoningThreadItem(ThreadItemBase, tag="reasoning", kw_only=True):
-    id: str
-    summary: list[str] = msgspec.field(default_factory=list)
-    content: list[str] = msgspec.field(default_factory=list)
-
-
-class CommandExecutionThreadItem(ThreadItemBase, tag="commandExecution", kw_only=True):
-    id: str
-    command: str
-    cwd: str
-    status: Literal["inProgress", "completed", "failed", "declined"]
-    command_actions: list[Any] = msgspec.field(default_factory=list)
-    aggregated_output: str | None = None
-    exit_code: int | None = None
-    duration_ms: int | None = None
-    source: str = "agent"
-    process_id: str | None = None
-
-
-class McpToolCallError(Wire, kw_only=True):
-    message: str
-
-
-class McpToolCallThreadItem(ThreadItemBase, tag="mcpToolCall", kw_only=True):
-    id: str
-    server: str
-    tool: str
-    arguments: Any
-    status: Literal["inProgress", "completed", "failed"]
-    result: dict[str, Any] | None = None
-    error: McpToolCallError | None = None
-    duration_ms: int | None = None
-    environment_id: str | None = None
-    plugin_id: str | None = None
-    read_only_hint: bool | None = None
-    app_context: Any = None
-    mcp_app_ui: Any = None
-    mcp_app_resource_uri: str | None = None
-
-
-class PatchChangeKind(Wire, kw_only=True):
-    type: Literal["add", "delete", "update"]
-    move_path: str | None | UnsetType = msgspec.field(default=UNSET, name="move_path")
-
-
-class FileUpdateChange(Wire, kw_only=True):
-    path: str
-    kind: PatchChangeKind
-    diff: str
-
-
-class FileChangeThreadItem(ThreadItemBase, tag="fileChange", kw_only=True):
-    id: str
-    changes: list[FileUpdateChange]
-    status: Literal["inProgress", "completed", "failed", "declined"]
-
-
-class DynamicToolCallThreadItem(ThreadItemBase, tag="dynamicToolCall", kw_only=True):
-    id: str
-    tool: str
-    namespace: str | None = None
-    arguments: Any = None
-    status: Literal["inProgress", "completed", "failed"]
-    content_items: list[Any] | None = None
-    success: bool | None = None
-    duration_ms: int | None = None
-
-
-ThreadItem = (
-    UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
-    | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem
-)
 
 # --- threads and turns ------------------------------------------------------
 
@@ -348,6 +232,8 @@ class TurnStartParams(Inbound, kw_only=True, frozen=True):
     """Experimental: replaces the thread's runtime workspace roots, for this turn and later ones."""
     effort: str | None = None
     summary: str | None = None
+    collaboration_mode: CollaborationModeV2 | None = None
+    """Experimental: a collaboration mode for this turn and later ones (its settings win)."""
 
 
 class TurnSteerParams(Inbound, kw_only=True, frozen=True):
@@ -387,6 +273,8 @@ class ThreadSessionResult(Wire, kw_only=True):
     service_tier: str | None = None
     instruction_sources: list[str] = msgspec.field(default_factory=list)
     disabled_plugin_ids: list[str] = msgspec.field(default_factory=list)
+    collaboration_mode: CollaborationModeV2 | UnsetType = UNSET
+    """The thread's mode, in thread/resume's answer only (as in Codex)."""
 
 
 class ThreadResult(Wire, kw_only=True):

@@ -1,5 +1,5 @@
-"""Requests from the server to a client (approvals, calls of the client's dynamic tools), and
-the op each answer becomes.
+"""Requests from the server to a client (approvals, calls of the client's dynamic tools, the
+model's questions to the user), and the op each answer becomes.
 
 `item/commandExecution/requestApproval` and `item/fileChange/requestApproval` carry Codex 0.171's
 params; every request ends with `serverRequest/resolved`. A decision maps onto the runtime's
@@ -8,6 +8,8 @@ the rest of the thread, `decline` does not run it (the model is told; the turn g
 does not run it and interrupts the turn. `acceptWithExecpolicyAmendment` is taken as `accept`
 (Spindle keeps no exec policy). `item/permissions/requestApproval` is answered with what is
 granted and for how long (`scope`); an error answer grants nothing.
+(Spindle keeps no exec policy). `item/tool/requestUserInput` carries the model's questions; the
+answers (`{"answers": {<question id>: {"answers": [...]}}}`) become a `user_input_answer`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from ..ops import (
     Op,
     PatchApprovalOp,
     RequestPermissionsResponseOp,
+    UserInputAnswerOp,
 )
+from ..questions import UserInputAnswer, UserInputQuestion, UserInputResponse
 from ..sandbox import (
     FileSystemPermissions,
     NetworkPermissions,
@@ -36,6 +40,7 @@ COMMAND_APPROVAL = "item/commandExecution/requestApproval"
 PATCH_APPROVAL = "item/fileChange/requestApproval"
 PERMISSIONS_APPROVAL = "item/permissions/requestApproval"
 TOOL_CALL = "item/tool/call"
+USER_INPUT = "item/tool/requestUserInput"
 RESOLVED = "serverRequest/resolved"
 
 DECISIONS: dict[str, ReviewDecision] = {
@@ -127,6 +132,38 @@ class ToolCallParams(Wire, kw_only=True):
     arguments: Any = None
 
 
+class UserInputOptionV2(Wire, kw_only=True):
+    label: str
+    description: str
+
+
+class UserInputQuestionV2(Wire, kw_only=True):
+    id: str
+    header: str
+    question: str
+    is_other: bool = False
+    is_secret: bool = False
+    options: list[UserInputOptionV2] | None = None
+
+
+def questions_v2(questions: list[UserInputQuestion]) -> list[UserInputQuestionV2]:
+    return [UserInputQuestionV2(
+        id=q.id, header=q.header, question=q.question, is_other=q.is_other, is_secret=q.is_secret,
+        options=None if q.options is None else [UserInputOptionV2(label=o.label, description=o.description) for o in q.options],
+    ) for q in questions]
+
+
+class UserInputParams(Wire, kw_only=True):
+    """`item/tool/requestUserInput`: `itemId` is the model's call id; no item is made of it."""
+
+    thread_id: str
+    turn_id: str
+    item_id: str
+    questions: list[UserInputQuestionV2]
+    is_blocking: bool = True
+    auto_resolution_ms: int | None = None
+
+
 class ServerRequestResolved(Wire, kw_only=True):
     thread_id: str
     request_id: int | str
@@ -139,7 +176,11 @@ class _Answer(msgspec.Struct):
 _answer = msgspec.json.Decoder(_Answer)
 
 
-class BadDecision(ValueError):
+class BadAnswer(ValueError):
+    """An answer the request cannot take (it stays pending); the message says what it takes."""
+
+
+class BadDecision(BadAnswer):
     """An answer that is not one of the decisions; the message names the allowed ones."""
 
 
@@ -164,13 +205,23 @@ class _ToolAnswer(msgspec.Struct, rename="camel"):
 
 
 _tool_answer = msgspec.json.Decoder(_ToolAnswer)
+
+
+class _UserInputResult(msgspec.Struct):
+    answers: dict[str, UserInputAnswer]  # required: `{}` is no answer
+
+
+_user_input_answer = msgspec.json.Decoder(_UserInputResult)
 _error_message = msgspec.json.Decoder(dict[str, Any])
 
 
 def answer_op(method: str, key: str, result: bytes | None, error: bytes | None) -> Op:
     """The op a client's answer to request `method` (about the thread's request `key`) becomes:
     a decision for an approval (an error answer declines; BadDecision for a decision that is
-    none), a result for a tool call (an error or a malformed answer fails the call)."""
+    none), a result for a tool call (an error or a malformed answer fails the call), the user's
+    answers to questions (an error answer tells the model so; BadAnswer for a malformed one)."""
+    if method == USER_INPUT:
+        return user_input_answer_op(key, result, error)
     if method == TOOL_CALL:
         try:
             answer = _tool_answer.decode(result) if error is None and result is not None else None
@@ -195,6 +246,17 @@ def answer_op(method: str, key: str, result: bytes | None, error: bytes | None) 
         return RequestPermissionsResponseOp(id=key, response=_grant(grant))
     decision: ReviewDecision = "denied" if error is not None else review_decision(result or b"null", method)
     return (ExecApprovalOp if method == COMMAND_APPROVAL else PatchApprovalOp)(id=key, decision=decision)
+
+
+def user_input_answer_op(key: str, result: bytes | None, error: bytes | None) -> UserInputAnswerOp:
+    if error is not None:
+        return UserInputAnswerOp(id=key, error=f"the client answered with an error: {_message_of(error)}")
+    try:
+        response = _user_input_answer.decode(result or b"null")
+    except msgspec.DecodeError as exc:
+        raise BadAnswer(f'the answer to {USER_INPUT} must be {{"answers": {{<question id>: {{"answers": '
+                        f'[<text>, ...]}}}}}}: {exc}') from None
+    return UserInputAnswerOp(id=key, response=UserInputResponse(answers=response.answers))
 
 
 def _message_of(error: bytes | None) -> str:

@@ -20,8 +20,8 @@ from ..items import (
     UserInput,
     UserMessageItem,
 )
-from ..settings import Approval, SandboxMode, SettingsUpdate
-from . import v2, v2tools, v2usage
+from ..settings import Approval, CollaborationMode, SandboxMode, SettingsUpdate, ThreadSettings
+from . import v2, v2items, v2modes, v2tools, v2usage
 
 SANDBOX_TO_V2: dict[str, v2.SandboxPolicyType] = {
     "read-only": "readOnly",
@@ -48,60 +48,60 @@ class UnsupportedInput(ValueError):
     """A v2 value Spindle cannot act on; the message names it."""
 
 
-def user_inputs(items: list[v2.UserInputV2]) -> list[UserInput]:
+def user_inputs(items: list[v2items.UserInputV2]) -> list[UserInput]:
     out: list[UserInput] = []
     for item in items:
         match item:
-            case v2.TextUserInput(text=text):
+            case v2items.TextUserInput(text=text):
                 out.append(TextInput(text=text))
-            case v2.ImageUserInput(url=url):
+            case v2items.ImageUserInput(url=url):
                 out.append(ImageInput(image_url=url))
-            case v2.LocalImageUserInput(path=path):
+            case v2items.LocalImageUserInput(path=path):
                 out.append(LocalImageInput(path=path))
     return out
 
 
-def user_inputs_v2(items: list[UserInput]) -> list[v2.UserInputV2]:
-    out: list[v2.UserInputV2] = []
+def user_inputs_v2(items: list[UserInput]) -> list[v2items.UserInputV2]:
+    out: list[v2items.UserInputV2] = []
     for item in items:
         match item:
             case TextInput(text=text):
-                out.append(v2.TextUserInput(text=text))
+                out.append(v2items.TextUserInput(text=text))
             case ImageInput(image_url=url):
-                out.append(v2.ImageUserInput(url=url))
+                out.append(v2items.ImageUserInput(url=url))
             case LocalImageInput(path=path):
-                out.append(v2.LocalImageUserInput(path=path))
+                out.append(v2items.LocalImageUserInput(path=path))
     return out
 
 
-def thread_item(item: TurnItem) -> v2.ThreadItem:
+def thread_item(item: TurnItem) -> v2items.ThreadItem:
     match item:
         case UserMessageItem(id=item_id, content=content):
-            return v2.UserMessageThreadItem(id=item_id, content=user_inputs_v2(content))
+            return v2items.UserMessageThreadItem(id=item_id, content=user_inputs_v2(content))
         case AgentMessageItem(id=item_id):
-            return v2.AgentMessageThreadItem(id=item_id, text=item.text())
+            return v2items.AgentMessageThreadItem(id=item_id, text=item.text())
         case ReasoningItem(id=item_id, summary_text=summary):
-            return v2.ReasoningThreadItem(id=item_id, summary=list(summary))
+            return v2items.ReasoningThreadItem(id=item_id, summary=list(summary))
         case CommandExecutionItem():
-            return v2.CommandExecutionThreadItem(
+            return v2items.CommandExecutionThreadItem(
                 id=item.id, command=item.command, cwd=item.cwd, status=item.status,
                 aggregated_output=item.aggregated_output, exit_code=item.exit_code,
                 duration_ms=item.duration_ms, source=item.source, process_id=item.process_id,
                 command_actions=[{"type": "unknown", "command": action} for action in item.actions],
             )
         case McpToolCallItem():
-            return v2.McpToolCallThreadItem(
+            return v2items.McpToolCallThreadItem(
                 id=item.id, server=item.server, tool=item.tool, arguments=item.arguments, status=item.status,
-                result=item.result, error=v2.McpToolCallError(message=item.error) if item.error is not None else None,
+                result=item.result, error=v2items.McpToolCallError(message=item.error) if item.error is not None else None,
                 duration_ms=item.duration_ms,
             )
         case FileChangeItem(id=item_id, changes=changes, status=status):
-            return v2.FileChangeThreadItem(id=item_id, status=status, changes=[
-                v2.FileUpdateChange(path=c.path, diff=c.diff, kind=v2.PatchChangeKind(
+            return v2items.FileChangeThreadItem(id=item_id, status=status, changes=[
+                v2items.FileUpdateChange(path=c.path, diff=c.diff, kind=v2items.PatchChangeKind(
                     type=c.kind, move_path=c.move_path if c.kind == "update" else UNSET))
                 for c in changes])
         case DynamicToolCallItem():
-            return v2.DynamicToolCallThreadItem(
+            return v2items.DynamicToolCallThreadItem(
                 id=item.id, tool=item.tool, namespace=item.namespace, arguments=item.arguments, status=item.status,
                 content_items=item.content_items, success=item.success, duration_ms=item.duration_ms)
     raise TypeError(f"not a turn item: {type(item).__name__}")
@@ -133,11 +133,29 @@ def turn_settings_update(params: v2.TurnStartParams) -> SettingsUpdate:
         if roots is not None:
             raise ConflictingParams("Invalid params: `runtimeWorkspaceRoots` cannot be combined with `sandboxPolicy.writableRoots`")
         roots = legacy
-    return SettingsUpdate(
+    update = SettingsUpdate(
         model=params.model, cwd=params.cwd, approval_policy=approval_policy(params.approval_policy),
         sandbox_mode=sandbox_policy(params.sandbox_policy), permissions=params.permissions,
         runtime_workspace_roots=roots, effort=params.effort, summary=params.summary,
     )
+    return update if params.collaboration_mode is None else update.then(mode_update(params.collaboration_mode))
+
+
+def mode_update(mode: v2modes.CollaborationModeV2) -> SettingsUpdate:
+    """A collaboration mode as settings: its kind and instructions (null: the mode's built-in
+    ones), and its model and reasoning effort, which win over turn/start's own (a null effort
+    keeps the one the turn would have)."""
+    return SettingsUpdate(
+        model=mode.settings.model or None, effort=mode.settings.reasoning_effort,
+        collaboration_mode=CollaborationMode(mode=mode.mode, developer_instructions=mode.settings.developer_instructions),
+    )
+
+
+def collaboration_mode_v2(settings: ThreadSettings) -> v2modes.CollaborationModeV2:
+    """A thread's collaboration mode as Codex answers it (the thread's model and effort in it)."""
+    return v2modes.CollaborationModeV2(mode=settings.collaboration_mode.mode, settings=v2modes.ModeSettingsV2(
+        model=settings.model, reasoning_effort=settings.effort,
+        developer_instructions=settings.collaboration_mode.developer_instructions))
 
 
 def _legacy_writable_roots(policy: v2.SandboxPolicyV2 | None) -> tuple[str, ...] | None:
