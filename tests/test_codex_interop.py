@@ -272,7 +272,7 @@ async def test_real_codex_reads_a_spindle_thread_with_approvals_profiles_and_dyn
     tmp_path: Path, mock_model: MockModel
 ) -> None:
     """What issues 13 and 14 add to a rollout (a profile and runtime roots in `turn_context`,
-    dynamic tools in `session_meta`, an `approval_resolved` event) must not stop Codex reading it."""
+    dynamic tools in `session_meta`, an approval request and its `approval_resolved`) must not stop Codex reading it."""
     from spindle.actors.runtime.config import load_config
     from spindle.actors.runtime.tools import ToolRegistry
     from spindle.actors.testing.mock_model import Call, Text
@@ -295,6 +295,7 @@ async def test_real_codex_reads_a_spindle_thread_with_approvals_profiles_and_dyn
         tid = thread.thread_id
         await thread.shutdown_and_wait()
     text = thread.rollout_path.read_text()
+    assert '"exec_approval_request"' in text  # a request is kept too (a restart asks it again)
     assert '"approval_resolved"' in text and '"spindle_dynamic_tools"' in text and '"runtime_workspace_roots"' in text
     async with codex_app_server(home) as (codex, _):
         assert tid in [t["id"] for t in (await codex.call("thread/list", {}))["data"]]
