@@ -27,9 +27,19 @@ from spindle.actors.loadtest.stats import percentile, rss_kib
 from spindle.actors.runtime import open_runtime
 from spindle.actors.runtime.execution import run_process
 from spindle.actors.runtime.sandbox import plan
-from spindle.actors.testing.mock_model import NO_RETRIES, mock_config
+from spindle.actors.runtime.tools import ToolRegistry
+from spindle.actors.testing.mock_model import (
+    NO_RETRIES,
+    Call,
+    MockModel,
+    MockRequest,
+    Reply,
+    Text,
+    mock_config,
+)
 from spindle.actors.testing.rpc_client import subprocess_server, write_config
 from spindle.protocol.config import Config
+from spindle.protocol.events import ExecApprovalRequestEvent
 from spindle.protocol.ids import new_id
 from spindle.protocol.sandbox import SandboxSpec
 
@@ -253,6 +263,43 @@ async def sandbox_cost(config: Config, n: int = 40) -> dict[str, float]:
     return results
 
 
+class _Asking:
+    """A tool that asks for approval each call (the request a turn waits on)."""
+
+    name = "ask"
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "function", "name": self.name, "parameters": {"type": "object", "properties": {}}}
+
+    async def run(self, arguments: str, ctx: Any) -> str:
+        request = ExecApprovalRequestEvent(call_id=ctx.call_id, turn_id=ctx.turn_id, command=["touch", "x"], cwd="/")
+        return str(await ctx.ask_approval(request, ("bench", ctx.call_id)))
+
+
+async def approvals(config: Config, n: int = 50) -> dict[str, float]:
+    """One approval round trip in a persisted thread (asked, written and synced, answered by the
+    embedding, resolved, the model sampled again), n of them in one turn: per-approval wall time."""
+
+    def asking_model(request: MockRequest) -> Reply:
+        asked = sum(item["type"] == "function_call_output" for item in request.json()["input"])
+        return Call(name="ask", arguments={}) if asked < n else Text(text="done")
+
+    async def approve(request: Any) -> Any:
+        return "approved"
+
+    async with trio.open_nursery() as nursery:
+        mock = await nursery.start(MockModel(default=asking_model).run)
+        with tempfile.TemporaryDirectory() as home:
+            local = mock_config(mock, home=Path(home))
+            async with open_runtime(local, tools=ToolRegistry([_Asking()])) as rt:
+                thread = await rt.start_thread()
+                began = time.perf_counter()
+                await thread.ask("go", approve=approve)
+                elapsed = time.perf_counter() - began
+        nursery.cancel_scope.cancel()
+    return {"approval_round_trip_ms": elapsed * 1000 / n}
+
+
 async def idle_memory_10k(config: Config) -> dict[str, float]:
     out = await idle_memory(config, n=10_000)
     return {"idle_10k_kib_per_thread_py": out["idle_kib_per_thread_py"], "idle_10k_kib_per_thread_rss": out["idle_kib_per_thread_rss"]}
@@ -354,6 +401,7 @@ TARGETS = {
     "command_bare_ms": ("command `true`, no sandbox: wall time (ms)", ""),
     "command_sandboxed_ms": ("command `true` under bubblewrap + seccomp: wall time (ms)", ""),
     "sandbox_overhead_ms": ("sandbox cost per command (ms)", ""),
+    "approval_round_trip_ms": ("approval round trip, request synced to disk first (ms)", ""),
     "scale_100_turn_p50_ms": ("scaling: 100 concurrent threads, turn p50 (ms)", ""),
     "scale_100_rss_kib_per_thread": ("scaling: 100 threads, RSS per thread (KiB)", ""),
     "scale_100_turns_per_s": ("scaling: 100 threads, turns/s", ""),
@@ -372,7 +420,7 @@ TARGETS = {
 PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
     fn.__name__: fn
     for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, listing, app_server,
-               app_server_pipelined, sandbox_cost)
+               app_server_pipelined, sandbox_cost, approvals)
 }
 
 
