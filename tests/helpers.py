@@ -8,6 +8,7 @@ import trio
 from spindle.actors.appserver import AppServer
 from spindle.actors.runtime import ThreadManager
 from spindle.actors.runtime.fanout import Subscription
+from spindle.actors.testing.mock_model import Call, MockRequest, Reply, Text
 from spindle.actors.testing.rpc_client import RpcClient, in_memory
 from spindle.protocol.events import Event, EventMsg
 
@@ -43,3 +44,13 @@ async def app_client(manager: ThreadManager) -> AsyncIterator[RpcClient]:
             await client.initialize()
             yield client
         nursery.cancel_scope.cancel()
+
+
+def escalating_model(request: MockRequest) -> Reply:
+    """Asks to run a command outside the sandbox, then reports the command's last output line."""
+    last = request.json()["input"][-1]
+    if last["type"] == "function_call_output":
+        return Text(text="done: " + last["output"].splitlines()[-1])
+    return Call(name="exec_command", arguments={
+        "cmd": "echo made > made.txt && echo made", "sandbox_permissions": "require_escalated",
+        "justification": "write a file"})

@@ -4,7 +4,7 @@ asks again what was left unanswered, or closes the turn it cannot take up."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,41 +24,43 @@ from spindle.protocol.events import (
 from spindle.protocol.items import FunctionCall, FunctionCallOutput, TextInput
 from spindle.protocol.ops import InterruptOp, UserInputOp
 
-from .helpers import collect_until
+from .helpers import collect_until, escalating_model
 from .test_approvals import AskingTool
 
 COMMAND = "item/commandExecution/requestApproval"
 
 
-def escalating_model(request: MockRequest) -> Reply:
-    """Asks to write a file outside the sandbox, then reports the command's output."""
-    last = request.json()["input"][-1]
-    if last["type"] == "function_call_output":
-        return Text(text="done: " + last["output"].splitlines()[-1])
-    return Call(name="exec_command", arguments={
-        "cmd": "echo made > made.txt && echo made", "sandbox_permissions": "require_escalated",
-        "justification": "write a file"})
+async def kill_mid_turn(
+    tmp_path: Path, mock: MockModel, model: Callable[[MockRequest], Reply],
+    until: Callable[[RpcClient], Awaitable[dict[str, Any]]], **thread: Any,
+) -> tuple[Path, Path, str, dict[str, Any]]:
+    """Start a thread (`thread` params) in `tmp_path/work` on a `spindle app-server` with its home
+    in `tmp_path/home`, start a turn of `model`, wait `until` the client sees what it waits for,
+    and kill the server (SIGKILL: no chance to close the turn). Home, work, thread id, and what
+    `until` saw."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    write_config(home, mock)
+    mock.default = model
+    async with subprocess_server(home, work) as (client, process):
+        await client.initialize()
+        tid: str = (await client.call("thread/start", {"cwd": str(work), **thread}))["thread"]["id"]
+        await client.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]})
+        seen = await until(client)
+        process.kill()
+        await process.wait()
+    return home, work, tid, seen
 
 
-async def start_turn(client: RpcClient, work: Path, **thread: Any) -> str:
-    await client.initialize()
-    tid: str = (await client.call("thread/start", {"cwd": str(work), **thread}))["thread"]["id"]
-    await client.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]})
-    return tid
+def asked(client: RpcClient) -> Awaitable[dict[str, Any]]:
+    return client.wait_request(COMMAND)
 
 
 async def test_a_request_pending_when_the_server_is_killed_is_asked_again_on_resume(
     tmp_path: Path, mock_model: MockModel
 ) -> None:
-    home, work = tmp_path / "home", tmp_path / "work"
-    work.mkdir()
-    write_config(home, mock_model)
-    mock_model.default = escalating_model
-    async with subprocess_server(home, work) as (client, process):
-        tid = await start_turn(client, work, approvalPolicy="on-request")
-        first = await client.wait_request(COMMAND)
-        process.kill()  # no chance to close the turn or clear the request
-        await process.wait()
+    home, work, tid, first = await kill_mid_turn(tmp_path, mock_model, escalating_model, asked,
+                                                 approvalPolicy="on-request")
     assert not (work / "made.txt").exists()
     async with subprocess_server(home, work) as (client, process):
         await client.initialize()
@@ -83,16 +85,9 @@ async def test_a_request_pending_when_the_server_is_killed_is_asked_again_on_res
 
 
 async def test_a_pending_request_is_not_taken_up_under_other_settings(tmp_path: Path, mock_model: MockModel) -> None:
-    home, work, other = tmp_path / "home", tmp_path / "work", tmp_path / "other"
-    work.mkdir()
+    home, work, tid, _ = await kill_mid_turn(tmp_path, mock_model, escalating_model, asked, approvalPolicy="on-request")
+    other = tmp_path / "other"
     other.mkdir()
-    write_config(home, mock_model)
-    mock_model.default = escalating_model
-    async with subprocess_server(home, work) as (client, process):
-        tid = await start_turn(client, work, approvalPolicy="on-request")
-        await client.wait_request(COMMAND)
-        process.kill()
-        await process.wait()
     async with subprocess_server(home, work) as (client, process):
         await client.initialize()
         resumed = await client.call("thread/resume", {"threadId": tid, "cwd": str(other)})
@@ -115,15 +110,11 @@ def sleeping_model(request: MockRequest) -> Reply:
 async def test_a_turn_killed_while_a_command_ran_is_closed_on_resume_and_not_run_again(
     tmp_path: Path, mock_model: MockModel
 ) -> None:
-    home, work = tmp_path / "home", tmp_path / "work"
-    work.mkdir()
-    write_config(home, mock_model)
-    mock_model.default = sleeping_model
-    async with subprocess_server(home, work) as (client, process):
-        tid = await start_turn(client, work, sandbox="danger-full-access")
-        started = await client.wait_for("item/started", lambda p: p["item"]["type"] == "commandExecution")
-        process.kill()
-        await process.wait()
+    def running(client: RpcClient) -> Awaitable[dict[str, Any]]:
+        return client.wait_for("item/started", lambda p: p["item"]["type"] == "commandExecution")
+
+    home, work, tid, started = await kill_mid_turn(tmp_path, mock_model, sleeping_model, running,
+                                                   sandbox="danger-full-access")
     call_id = started["params"]["item"]["id"]
     async with subprocess_server(home, work) as (client, process):
         await client.initialize()

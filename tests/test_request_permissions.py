@@ -49,15 +49,23 @@ def touch(path: Path) -> Call:
     return Call(name="exec_command", arguments={"cmd": f"touch {path}"})
 
 
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    """The thread's workspace and a folder outside it (`CONFINED` keeps commands out of it)."""
+    work, outside = tmp_path / "work", tmp_path / "reports"
+    work.mkdir()
+    outside.mkdir()
+    return work, outside
+
+
+CONFINED = {"sandbox_mode": "workspace-write", "approval_policy": "on-request", **FEATURE}
+
+
 @needs_bwrap
 async def test_a_turn_grant_lets_later_commands_write_there_until_the_turn_ends(
     make_runtime: Callable[..., Any], mock_model: MockModel, tmp_path: Path
 ) -> None:
-    work, outside = tmp_path / "work", tmp_path / "reports"
-    work.mkdir()
-    outside.mkdir()
-    config = {"sandbox_mode": "workspace-write", "approval_policy": "on-request", **FEATURE}
-    async with make_runtime(**config) as rt, app_client(rt) as client:
+    work, outside = folders(tmp_path)
+    async with make_runtime(**CONFINED) as rt, app_client(rt) as client:
         tid = (await client.call("thread/start", {"cwd": str(work)}))["thread"]["id"]
         mock_model.script(ask_for([str(outside), "/etc"], network=True), touch(outside / "a"), Text(text="done"),
                           thread_id=tid)
@@ -89,11 +97,8 @@ async def test_a_turn_grant_lets_later_commands_write_there_until_the_turn_ends(
 async def test_a_session_grant_holds_for_later_turns(
     make_runtime: Callable[..., Any], mock_model: MockModel, tmp_path: Path
 ) -> None:
-    work, outside = tmp_path / "work", tmp_path / "reports"
-    work.mkdir()
-    outside.mkdir()
-    config = {"sandbox_mode": "workspace-write", "approval_policy": "on-request", **FEATURE}
-    async with make_runtime(**config) as rt, app_client(rt) as client:
+    work, outside = folders(tmp_path)
+    async with make_runtime(**CONFINED) as rt, app_client(rt) as client:
         tid = (await client.call("thread/start", {"cwd": str(work)}))["thread"]["id"]
         mock_model.script(ask_for([str(outside)]), Text(text="granted"), thread_id=tid)
         turn = (await client.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "go"}]}))["turn"]

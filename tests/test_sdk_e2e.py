@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from spindle.actors.testing.mock_model import Call, MockModel, MockRequest, Reply, Text
+from spindle.actors.testing.mock_model import MockModel, Text
 from spindle.actors.testing.rpc_client import write_config
+
+from .helpers import escalating_model
 
 openai_codex = pytest.importorskip("openai_codex", reason="make setup installs the SDK (--no-deps)")
 
@@ -121,16 +123,6 @@ async def test_sdk_async_client_drives_spindle(sdk_config, mock_model: MockModel
     assert seen["fork_answer"] == "echo: fork"
     assert seen["unarchived"] == seen["thread_id"]
     assert seen["resumed_answer"] == "echo: again"
-
-
-def escalating_model(request: MockRequest) -> Reply:
-    """Asks to run a command outside the sandbox, then reports the command's last output line."""
-    last = request.json()["input"][-1]
-    if last["type"] == "function_call_output":
-        return Text(text="done: " + last["output"].splitlines()[-1])
-    return Call(name="exec_command", arguments={
-        "cmd": "echo made > made.txt && echo made", "sandbox_permissions": "require_escalated",
-        "justification": "write a file"})
 
 
 def run_escalated(config) -> str:  # type: ignore[no-untyped-def]
