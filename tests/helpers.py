@@ -36,12 +36,13 @@ def kinds(events: list[Event]) -> list[str]:
 
 
 @asynccontextmanager
-async def app_client(manager: ThreadManager) -> AsyncIterator[RpcClient]:
-    """An app-server on `manager` and an initialized in-memory client of it."""
+async def app_client(manager: ThreadManager, *, experimental: bool = False) -> AsyncIterator[RpcClient]:
+    """An app-server on `manager` and an initialized in-memory client of it (with the
+    `experimentalApi` capability if `experimental`)."""
     async with trio.open_nursery() as nursery:
         server = await nursery.start(AppServer(manager).run)
         async with in_memory(server) as client:
-            await client.initialize()
+            await client.initialize(experimental=experimental)
             yield client
         nursery.cancel_scope.cancel()
 

@@ -15,7 +15,7 @@ from spindle.actors.runtime.config import config_from_mapping
 from spindle.actors.runtime.exec_command import ExecCommandTool
 from spindle.actors.runtime.tools import ToolContext, ToolRegistry
 from spindle.actors.testing.mock_model import Call, MockModel, Text
-from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure
 from spindle.protocol.sandbox import SandboxSpec
 
 from .helpers import app_client
@@ -68,14 +68,8 @@ async def manager(tmp_path: Path, mock_model: MockModel, dirs: dict[str, Path], 
 
 @pytest.fixture
 async def client(manager: ThreadManager) -> AsyncIterator[RpcClient]:
-    async with trio.open_nursery() as nursery:
-        from spindle.actors.appserver import AppServer
-
-        server = await nursery.start(AppServer(manager).run)
-        async with in_memory(server) as client:
-            await client.initialize(experimental=True)
-            yield client
-        nursery.cancel_scope.cancel()
+    async with app_client(manager, experimental=True) as client:
+        yield client
 
 
 def _answer(result: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -6,17 +6,14 @@ Default mode, an `item/tool/requestUserInput` request in Plan mode (`waitingOnUs
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 import trio
 
-from spindle.actors.appserver.server import AppServer
-from spindle.actors.runtime import ThreadManager
 from spindle.actors.testing.mock_model import Call, MockModel, Text
-from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure
 from spindle.persistence.reader import read_rollout
 from spindle.protocol.events import RequestUserInputEvent, TaskCompleteEvent
 from spindle.protocol.items import TextInput
@@ -34,14 +31,6 @@ PLAN = {"mode": "plan", "settings": {"model": "mock-model", "reasoning_effort": 
 DEFAULT = {"mode": "default", "settings": {"model": "mock-model", "reasoning_effort": None, "developer_instructions": None}}
 
 
-@asynccontextmanager
-async def experimental_client(manager: ThreadManager) -> AsyncIterator[RpcClient]:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(AppServer(manager).run)
-        async with in_memory(server) as client:
-            await client.initialize(experimental=True)
-            yield client
-        nursery.cancel_scope.cancel()
 
 
 def outputs(mock: MockModel) -> list[str]:
@@ -69,7 +58,7 @@ async def start_turn(client: RpcClient, tid: str, text: str, **params: Any) -> d
 async def test_plan_mode_asks_the_user_over_the_wire_and_the_model_gets_the_answers(
     make_runtime: Callable[..., Any], mock_model: MockModel
 ) -> None:
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         mock_model.script(ASK, Text(text="done"), thread_id=tid)
         turn = await start_turn(client, tid, "plan it", collaborationMode=PLAN)
@@ -101,7 +90,7 @@ async def test_plan_mode_asks_the_user_over_the_wire_and_the_model_gets_the_answ
 async def test_default_mode_answers_the_model_without_asking_and_the_mode_sticks(
     make_runtime: Callable[..., Any], mock_model: MockModel
 ) -> None:
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         mock_model.script(ASK, Text(text="done"), thread_id=tid)
         await client.run_turn(tid, "no mode yet")  # a thread starts in Default mode
@@ -135,7 +124,7 @@ async def test_collaboration_modes_need_the_experimental_api_and_are_listed(
         with pytest.raises(RpcFailure, match="^-32600: collaborationMode/list requires experimentalApi capability$"):
             await plain.call("collaborationMode/list", {})
         await plain.run_turn(tid, "no mode")  # `collaborationMode: null` is no mode: allowed
-        async with experimental_client(rt) as client:
+        async with app_client(rt, experimental=True) as client:
             assert await client.call("collaborationMode/list", {}) == {"data": [
                 {"name": "Plan", "mode": "plan", "model": None, "reasoning_effort": "medium"},
                 {"name": "Default", "mode": "default", "model": None, "reasoning_effort": None}]}
@@ -146,7 +135,7 @@ async def test_collaboration_modes_need_the_experimental_api_and_are_listed(
 async def test_a_bad_answer_draws_a_warning_and_an_error_answer_tells_the_model(
     make_runtime: Callable[..., Any], mock_model: MockModel
 ) -> None:
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         mock_model.script(ASK, ASK, Text(text="done"), thread_id=tid)
         turn = await start_turn(client, tid, "plan", collaborationMode=PLAN)
@@ -169,7 +158,7 @@ async def test_a_bad_answer_draws_a_warning_and_an_error_answer_tells_the_model(
 async def test_an_interrupt_while_asking_resolves_the_request_and_aborts_the_turn(
     make_runtime: Callable[..., Any], mock_model: MockModel
 ) -> None:
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         mock_model.script(ASK, Text(text="never"), thread_id=tid)
         turn = await start_turn(client, tid, "plan", collaborationMode=PLAN)
@@ -188,7 +177,7 @@ async def test_questions_without_options_are_refused_to_the_model(
     make_runtime: Callable[..., Any], mock_model: MockModel
 ) -> None:
     bare = Call(name="request_user_input", arguments={"questions": [{**QUESTION, "options": []}]})
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         mock_model.script(bare, Text(text="done"), thread_id=tid)
         await client.wait_turn((await start_turn(client, tid, "plan", collaborationMode=PLAN))["id"])
@@ -200,7 +189,7 @@ async def test_the_mode_is_recorded_per_turn_and_a_resume_restores_it(
     make_runtime: Callable[..., Any], mock_model: MockModel
 ) -> None:
     own = {**PLAN, "settings": {**PLAN["settings"], "developer_instructions": "Plan carefully."}}
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         await client.run_turn(tid, "default")
         await client.wait_turn((await start_turn(client, tid, "plan", collaborationMode=own))["id"])
@@ -213,7 +202,7 @@ async def test_the_mode_is_recorded_per_turn_and_a_resume_restores_it(
         {"mode": "plan", "settings": {"model": "mock-model", "reasoning_effort": "medium",
                                       "developer_instructions": "Plan carefully."}}]
     assert mode_messages(mock_model) == ["<collaboration_mode>Plan carefully.</collaboration_mode>"]
-    async with make_runtime() as rt, experimental_client(rt) as client:
+    async with make_runtime() as rt, app_client(rt, experimental=True) as client:
         resumed = await client.call("thread/resume", {"threadId": tid})
         assert resumed["collaborationMode"] == {"mode": "plan", "settings": {
             "model": "mock-model", "reasoning_effort": resumed["reasoningEffort"], "developer_instructions": "Plan carefully."}}
