@@ -18,6 +18,7 @@ from spindle.protocol.events import (
     ApplyPatchApprovalRequestEvent,
     ApprovalResolvedEvent,
     ClientRequestEvent,
+    ContextCompactedEvent,
     DynamicToolCallRequestEvent,
     ErrorEvent,
     EventMsg,
@@ -31,6 +32,7 @@ from spindle.protocol.events import (
 )
 from spindle.protocol.items import (
     AgentMessageItem,
+    ContextCompactionItem,
     DynamicToolCallItem,
     McpToolCallItem,
     UserMessageItem,
@@ -43,6 +45,7 @@ PERSISTED_EVENTS = (
     TokenCountEvent,
     ErrorEvent,
     ThreadRolledBackEvent,
+    ContextCompactedEvent,
     AgentMessageEvent,
     UserMessageEvent,
     ApprovalResolvedEvent,
@@ -51,7 +54,8 @@ PERSISTED_EVENTS = (
 
 def should_persist_event(msg: EventMsg) -> bool:
     if isinstance(msg, ItemCompletedEvent):
-        return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem)
+        return isinstance(msg.item, UserMessageItem | AgentMessageItem | McpToolCallItem | DynamicToolCallItem
+                          | ContextCompactionItem)
     return isinstance(msg, PERSISTED_EVENTS) or isinstance(msg, ClientRequestEvent)
 
 

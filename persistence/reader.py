@@ -8,6 +8,7 @@ defines the thread.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from spindle.protocol.rollout import RolloutItem, RolloutLine, SessionMeta
 from .source import InMemoryRolloutSource
 
 _lines = msgspec.json.Decoder(RolloutLine)
+_COMPACTED = re.compile(rb'"type"\s*:\s*"compacted"')
 
 
 class RolloutReadError(ValueError):
@@ -35,6 +37,9 @@ class RolloutRead:
     next_ordinal: int
     """The ordinal the next appended line takes: past every ordinal in the file, including those
     of lines Spindle skips (Codex's `world_state`, say), so none is ever repeated."""
+    lost_compaction: bool = False
+    """A `compacted` line could not be read (torn or corrupt): the history rebuilt from this
+    rollout is the full one from before that compaction."""
 
 
 def parse_rollout(data: bytes) -> tuple[list[RolloutItem], int, bool, int]:
@@ -71,7 +76,23 @@ def read_rollout(path: Path) -> RolloutRead:
     if meta is None:
         raise RolloutReadError(f"rollout {path} has no session_meta line")
     ordinal = next_ordinal(data[:good_size]) if skipped else len(items)
-    return RolloutRead(path, meta, InMemoryRolloutSource(items), skipped, torn, good_size, ordinal)
+    lost = (torn or skipped > 0) and _lost_compaction(data, good_size, skipped)
+    return RolloutRead(path, meta, InMemoryRolloutSource(items), skipped, torn, good_size, ordinal, lost)
+
+
+def _lost_compaction(data: bytes, good_size: int, skipped: int) -> bool:
+    """Whether the torn tail, or a line that did not parse, was a `compacted` line."""
+    if _COMPACTED.search(data, good_size):
+        return True
+    if not skipped:
+        return False
+    for raw in data[:good_size].split(b"\n"):
+        if _COMPACTED.search(raw):
+            try:
+                _lines.decode(raw)
+            except msgspec.MsgspecError:
+                return True
+    return False
 
 
 class _Ordinal(msgspec.Struct):

@@ -100,6 +100,9 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     permissions: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """`[permissions.<id>]` tables, as written (checked by the runtime's permission profiles)."""
     model_context_window: int | None = None
+    model_auto_compact_token_limit: int | None = None
+    """Compact a thread once its context passes this many tokens (capped at 90% of
+    `model_context_window` when that is known; unset: only that 90%, or never)."""
     instructions: str | None = None
     model_reasoning_effort: str | None = None
     model_reasoning_summary: ReasoningSummary | None = None
@@ -131,7 +134,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
 
 CODEX_ONLY_KEYS: dict[type[msgspec.Struct], frozenset[str]] = {
     Config: frozenset({
-        "review_model", "model_auto_compact_token_limit", "model_auto_compact_token_limit_scope",
+        "review_model", "model_auto_compact_token_limit_scope",
         "model_verbosity", "model_supports_reasoning_summaries", "plan_mode_reasoning_effort",
         "service_tier", "personality", "shell_environment_policy", "notify",
         "developer_instructions", "model_instructions_file", "experimental_instructions_file",

@@ -176,6 +176,10 @@ class ThreadRolledBackEvent(EventMsgBase, tag="thread_rolled_back", kw_only=True
     num_turns: int
 
 
+class ContextCompactedEvent(EventMsgBase, tag="context_compacted", kw_only=True, frozen=True):
+    """The history was compacted (Codex's legacy event, after the `ContextCompaction` item)."""
+
+
 class McpStartupUpdateEvent(EventMsgBase, tag="mcp_startup_update", kw_only=True, frozen=True):
     """An MCP server of this thread changed its start-up status (live only, never persisted)."""
 
@@ -298,6 +302,7 @@ EventMsg = (
     | StreamErrorEvent
     | WarningEvent
     | ThreadRolledBackEvent
+    | ContextCompactedEvent
     | McpStartupUpdateEvent
     | ShutdownCompleteEvent
     | ExecApprovalRequestEvent

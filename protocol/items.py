@@ -230,9 +230,13 @@ class DynamicToolCallItem(TurnItemBase, tag="DynamicToolCall", kw_only=True, fro
     duration_ms: int | None = None
 
 
+class ContextCompactionItem(TurnItemBase, tag="ContextCompaction", kw_only=True, frozen=True):
+    """A compaction of the thread's history (started when it begins, completed once replaced)."""
+
+
 TurnItem = (
     UserMessageItem | AgentMessageItem | ReasoningItem | CommandExecutionItem | McpToolCallItem | FileChangeItem
-    | DynamicToolCallItem
+    | DynamicToolCallItem | ContextCompactionItem
 )
 
 

@@ -399,6 +399,9 @@ class _HostWithoutProvider:
     def add_usage(self, usage: Any, window: int | None) -> Any:
         raise AssertionError("no usage without a model")
 
+    async def compact(self, turn: Any, phase: str) -> None:
+        pass  # never over the limit: nothing was sampled
+
 
 async def test_a_missing_provider_is_a_failed_sample() -> None:
     settings = ThreadSettings(

@@ -13,7 +13,7 @@ from spindle.actors.testing.mock_model import MockModel, Text
 from spindle.persistence.reader import read_rollout
 from spindle.protocol.events import ErrorEvent, TaskCompleteEvent, TaskStartedEvent
 from spindle.protocol.items import TextInput
-from spindle.protocol.ops import CompactOp, InterruptOp, UserInputOp
+from spindle.protocol.ops import InterruptOp, SetThreadMemoryModeOp, UserInputOp
 
 from .helpers import collect_until
 
@@ -49,7 +49,7 @@ async def test_an_actor_fault_ends_that_thread_only(runtime: ThreadManager, monk
 
     monkeypatch.setattr(ThreadActor, "_unsupported", unsupported)
     with broken.events() as events:
-        outcome = await broken.submit_and_wait(CompactOp())
+        outcome = await broken.submit_and_wait(SetThreadMemoryModeOp(mode="disabled"))
         assert outcome.error is not None and "internal error: RuntimeError: dispatch bug" in outcome.error.message
         seen = await collect_until(events, lambda ev: isinstance(ev.msg, ErrorEvent) and ev.msg.codex_error_info == "internal_server_error")
     with trio.fail_after(5):

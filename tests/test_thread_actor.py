@@ -27,10 +27,10 @@ from spindle.protocol.events import (
 )
 from spindle.protocol.items import CommandExecutionItem, FunctionCallOutput, TextInput
 from spindle.protocol.ops import (
-    CompactOp,
     InterruptOp,
     OverrideTurnContextOp,
     RunUserShellCommandOp,
+    SetThreadMemoryModeOp,
     ShutdownOp,
     UserInputOp,
 )
@@ -243,11 +243,11 @@ async def test_unsupported_ops_answer_with_an_error(runtime: ThreadManager) -> N
     with thread.events() as events:
         sub = await thread.submit(RunUserShellCommandOp(command="ls"))
         seen = await collect_until(events, ErrorEvent)
-        await thread.submit(CompactOp())
+        await thread.submit(SetThreadMemoryModeOp(mode="disabled"))
         seen += await collect_until(events, ErrorEvent)
     assert seen[0].id == sub
     messages = [ev.msg.message for ev in seen if isinstance(ev.msg, ErrorEvent)]
-    assert messages == ["op 'run_user_shell_command' is not supported yet", "op 'compact' is not supported yet"]
+    assert messages == ["op 'run_user_shell_command' is not supported yet", "op 'set_thread_memory_mode' is not supported yet"]
     assert await thread.ask("still alive") == "echo: still alive"
 
 

@@ -14,6 +14,7 @@ from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ApplyPatchApprovalRequestEvent,
     ApprovalResolvedEvent,
+    ContextCompactedEvent,
     DynamicToolCallRequestEvent,
     ErrorEvent,
     Event,
@@ -97,6 +98,8 @@ class EventTranslator:
                     self._turn.items.append(wire)
                 return [("item/completed", v2.ItemCompleted(
                     thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=now_ms()))]
+            case ContextCompactedEvent() if self._turn is not None:
+                return [("thread/compacted", v2.ContextCompacted(thread_id=tid, turn_id=self._turn.id))]
             case TurnDiffEvent(turn_id=turn_id, unified_diff=diff):
                 return [("turn/diff/updated", v2.TurnDiffUpdated(thread_id=tid, turn_id=turn_id, diff=diff))]
             case AgentMessageDeltaEvent(delta=delta, item_id=item_id) if self._turn is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from spindle.actors.runtime import ThreadHandle
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
 from spindle.persistence.reader import read_rollout
@@ -70,6 +71,7 @@ async def thread_resume(ctx: RequestContext, params: v2.ThreadResumeParams) -> v
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
     result.collaboration_mode = collaboration_mode_v2(handle.settings)
+    _load_warning(ctx, handle)
     return result
 
 
@@ -85,7 +87,14 @@ async def thread_fork(ctx: RequestContext, params: v2.ThreadForkParams) -> v2.Th
     ctx.peer.subscribe(handle)
     result = await session_result(ctx.manager, handle, include_turns=not params.exclude_turns)
     ctx.after(("thread/started", v2.ThreadStarted(thread=await live_thread(ctx.manager, handle))))
+    _load_warning(ctx, handle)
     return result
+
+
+def _load_warning(ctx: RequestContext, handle: ThreadHandle) -> None:
+    """A problem reading the thread's rollout (a compaction lost) is told as a `warning`."""
+    if handle.load_warning is not None:
+        ctx.after(("warning", v2.WarningNotice(message=handle.load_warning, thread_id=handle.thread_id)))
 
 
 async def _snapshot_through(ctx: RequestContext, thread_id: str, last_turn_id: str) -> ForkSnapshot:

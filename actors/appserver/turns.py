@@ -8,6 +8,7 @@ from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.v2map import thread_item, turn_error
 from spindle.protocol.events import (
     AgentMessageEvent,
+    ContextCompactedEvent,
     ErrorEvent,
     ItemCompletedEvent,
     TaskCompleteEvent,
@@ -19,6 +20,7 @@ from spindle.protocol.events import (
 from spindle.protocol.items import (
     AgentMessageContent,
     AgentMessageItem,
+    ContextCompactionItem,
     ImageInput,
     LocalImageInput,
     TextInput,
@@ -33,8 +35,8 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
     """One Turn per `task_started`, with its user and agent messages and how it ended.
 
     A turn's messages come from its `item_completed` events; a turn that has none (written by
-    Codex in its legacy history mode) takes them from its `user_message` and `agent_message`
-    events instead. Rollbacks drop turns as they dropped history. A turn with no end that is not `live_turn_id`
+    Codex in its legacy history mode) takes them from its `user_message`, `agent_message` and
+    `context_compacted` events instead. Rollbacks drop turns as they dropped history. A turn with no end that is not `live_turn_id`
     (the process stopped mid-turn) is reported `interrupted`.
     """
     turns: list[v2.Turn] = []
@@ -46,7 +48,7 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
                 turn = v2.Turn(id=turn_id)
                 turns.append(turn)
                 by_id[turn_id] = turn
-            case UserMessageEvent() | AgentMessageEvent() if turns:
+            case UserMessageEvent() | AgentMessageEvent() | ContextCompactedEvent() if turns:
                 legacy.setdefault(turns[-1].id, []).append(_legacy_item(item, f"{turns[-1].id}-{n}"))
             case ItemCompletedEvent(turn_id=turn_id, item=turn_item):
                 if (owner := by_id.get(turn_id)) is not None:
@@ -70,7 +72,9 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
     return turns
 
 
-def _legacy_item(event: UserMessageEvent | AgentMessageEvent, item_id: str) -> TurnItem:
+def _legacy_item(event: UserMessageEvent | AgentMessageEvent | ContextCompactedEvent, item_id: str) -> TurnItem:
+    if isinstance(event, ContextCompactedEvent):
+        return ContextCompactionItem(id=item_id)
     if isinstance(event, AgentMessageEvent):
         return AgentMessageItem(id=item_id, content=[AgentMessageContent(text=event.message)])
     content: list[UserInput] = [TextInput(text=event.message)] if event.message else []

@@ -28,6 +28,7 @@ from spindle.protocol.events import (
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import TextInput, UserMessageItem
 from spindle.protocol.ops import (
+    CompactOp,
     DynamicToolResponseOp,
     ExecApprovalOp,
     InterruptOp,
@@ -87,6 +88,9 @@ class ThreadHandle:
         self._ids = itertools.count(1)
         self._shutdown_requested = False
         self.session_configured = actor.session_configured()
+        self.load_warning: str | None = None
+        """What went wrong reading the thread's rollout when it was resumed (a compaction that
+        could not be read, say), if anything did."""
 
     def __repr__(self) -> str:
         return f"<ThreadHandle {self.thread_id}{' closed' if self.is_closed else ''}>"
@@ -257,6 +261,27 @@ class ThreadHandle:
                 await self.submit(InterruptOp(turn_id=request.turn_id))
             raise
         return UserInputAnswerOp(id=request.call_id, response=user_input_response(answers))
+
+    async def compact(self) -> None:
+        """Compact the thread's history (a turn of its own, replacing a running one) and wait
+        until it is done. TurnError when it fails (the history is then unchanged), or when the
+        thread has nothing to compact; TurnAbortedError when it is interrupted."""
+        with self.events() as events:
+            outcome = await self.submit_and_wait(CompactOp())
+            if outcome.error is not None:
+                raise TurnError(outcome.error.message)
+            failure: str | None = None
+            async for ev in events:
+                match ev.msg:
+                    case ErrorEvent(turn_id=turn_id, message=message) if turn_id == outcome.turn_id:
+                        failure = message
+                    case TurnAbortedEvent(turn_id=turn_id, reason=reason) if turn_id == outcome.turn_id:
+                        raise TurnAbortedError(f"compaction {turn_id} was {reason}")
+                    case TaskCompleteEvent(turn_id=turn_id) if turn_id == outcome.turn_id:
+                        if failure is not None:
+                            raise TurnError(failure)
+                        return
+        raise ThreadClosedError(f"thread {self.thread_id} shut down before its compaction ended")
 
     async def interrupt(self) -> str | None:
         """Abort the running turn (it ends with `turn_aborted`); returns its id, None if idle."""

@@ -26,6 +26,7 @@ from spindle.protocol.items import (
 )
 from spindle.protocol.rollout import (
     CollaborationModeRecord,
+    CompactedItem,
     ModeSettingsRecord,
     SandboxPolicy,
     TurnContextItem,
@@ -80,6 +81,11 @@ def environment_context(settings: ThreadSettings) -> Message:
     return Message(role="user", content=[InputText(text=text)])
 
 
+def is_environment_context(item: ResponseItem) -> bool:
+    return (isinstance(item, Message) and item.role == "user" and bool(item.content)
+            and isinstance(item.content[0], InputText) and item.content[0].text.startswith("<environment_context>"))
+
+
 def turn_context_item(turn_id: str, settings: ThreadSettings) -> TurnContextItem:
     return TurnContextItem(
         turn_id=turn_id,
@@ -103,7 +109,7 @@ class ThreadJournal:
     def __init__(self, rollout: ThreadRollout, history: list[ResponseItem] | None = None) -> None:
         self.rollout = rollout
         self._history: list[ResponseItem] = history if history is not None else []
-        self._context_seeded = bool(history)
+        self._context_seeded = any(is_environment_context(item) for item in self._history)
         self._mode_told: str | None = None
         """The mode instructions the history gave the model last (looked up once, then kept)."""
         self._mode_known = False
@@ -147,9 +153,17 @@ class ThreadJournal:
         self.append(items)
         await self.rollout.drain()
 
-    def begin_turn(self, turn_id: str, settings: ThreadSettings) -> None:
-        """A turn starts: the initial context at the thread's first turn, its collaboration mode's
-        instructions when the model has not been given them last, then its `turn_context`."""
+    def begin_turn(self, turn_id: str, settings: ThreadSettings, *, seed: bool = True) -> None:
+        """A turn starts: its context (`seed_context`, unless `seed` is False), then its
+        `turn_context`."""
+        if seed:
+            self.seed_context(settings)
+        self.rollout.record([turn_context_item(turn_id, settings)])
+
+    def seed_context(self, settings: ThreadSettings) -> None:
+        """The initial context when the history lacks it (the thread's first turn, or after a
+        compaction that left it out), and the collaboration mode's instructions when the model
+        has not been given them last."""
         if not self._context_seeded:  # built at the first turn, so its overrides are in it
             self.append([environment_context(settings)])
             self._context_seeded = True
@@ -160,7 +174,20 @@ class ThreadJournal:
             if instructions != self._mode_told:
                 self.append([mode_message(instructions)])
                 self._mode_told = instructions
-        self.rollout.record([turn_context_item(turn_id, settings)])
+
+    @staticmethod
+    def initial_context(settings: ThreadSettings) -> list[ResponseItem]:
+        """What `seed_context` gives a history that has nothing yet."""
+        instructions = settings.collaboration_mode.developer_instructions
+        return [environment_context(settings), *([mode_message(instructions)] if instructions else [])]
+
+    def compact(self, replacement: list[ResponseItem], summary: str) -> None:
+        """Replace the history with `replacement` (a compaction, whose summary message is
+        `summary`), and record the `compacted` line that carries it."""
+        self._history[:] = replacement
+        self._context_seeded = any(is_environment_context(item) for item in replacement)
+        self._mode_known = False
+        self.rollout.record([CompactedItem(message=summary, replacement_history=list(replacement))])
 
     def close_aborted_turn(self) -> None:
         """An aborted turn leaves no call unanswered, and the model is told it was interrupted."""

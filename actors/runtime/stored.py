@@ -141,7 +141,9 @@ class StoredThreads:
             history = rebuild_history(read.source.iter_forward_from(0))
             session = {**recorded_session(read), **(config or {})}
             resolved, effective = await self._resumed_settings(read, settings, session)
-            return await self.registry.spawn(tid, resolved, rollout, history, session_config=session, config=effective)
+            handle = await self.registry.spawn(tid, resolved, rollout, history, session_config=session, config=effective)
+            handle.load_warning = load_warning(read)
+            return handle
         except BaseException:  # the actor did not start (it lets go of the lease itself once it has)
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(lease.release)
@@ -176,6 +178,7 @@ class StoredThreads:
         if thread_id is not None:
             await self.registry.wait_released(parse_thread_id(thread_id))
         running = self.registry.running(parse_thread_id(thread_id)) if thread_id else None
+        warning: str | None = None
         if running is not None and running.rollout.persisted:
             await running.rollout.flush()
             items = running.rollout.source.items()
@@ -186,7 +189,7 @@ class StoredThreads:
             resolved = apply_update(effective, running.settings, update)
         else:
             read = await trio.to_thread.run_sync(read_rollout, await self._locate(thread_id, path))
-            items, source_meta = read.source.items(), read.meta
+            items, source_meta, warning = read.source.items(), read.meta, load_warning(read)
             session = {**recorded_session(read), **(config or {})}
             resolved, effective = await self._resumed_settings(read, settings, session)
         fork_id = new_id()
@@ -196,7 +199,9 @@ class StoredThreads:
         rollout.record(fork_items(items, snapshot))
         await self.registry.write_now(rollout)
         history = rebuild_history(rollout.source.iter_forward_from(0))
-        return await self.registry.spawn_holding(fork_id, resolved, rollout, history, session_config=session, config=effective)
+        handle = await self.registry.spawn_holding(fork_id, resolved, rollout, history, session_config=session, config=effective)
+        handle.load_warning = warning
+        return handle
 
     async def archive_thread(self, thread_id: str) -> Path:
         """Unload the thread (if running) and move its rollout to `archived_sessions/`, holding its
@@ -255,6 +260,16 @@ async def _updated_running(running: ThreadHandle, settings: SettingsUpdate | Non
         if outcome.error is not None:
             raise ConfigError(outcome.error.message)
     return running
+
+
+def load_warning(read: RolloutRead) -> str | None:
+    """What a client is warned of when a thread is loaded from `read`: a compaction it lost."""
+    if not read.lost_compaction:
+        return None
+    message = (f"A compaction in rollout {read.path} could not be read (its line is torn or corrupt): "
+               "the thread's history is rebuilt without it, from the full history before that compaction.")
+    log.warning("rollout lost a compaction", path=str(read.path))
+    return message
 
 
 def recorded_session(read: RolloutRead) -> dict[str, Any]:

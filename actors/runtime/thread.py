@@ -40,6 +40,7 @@ from spindle.protocol.events import (
 from spindle.protocol.ids import new_id
 from spindle.protocol.items import ResponseItem, UserInput, UserMessageItem, user_message
 from spindle.protocol.ops import (
+    CompactOp,
     DynamicToolResponseOp,
     ExecApprovalOp,
     InterruptOp,
@@ -59,6 +60,7 @@ from spindle.protocol.ops import (
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
 from .approvals import Answer, ApprovalError, Approvals, answer_of
+from .compact import COMPACT, has_turns, run_compaction
 from .dynamic_tools import DynamicTool
 from .errors import ConfigError
 from .fanout import Broadcaster
@@ -74,7 +76,7 @@ from .sandbox import remove_thread_tmp
 from .settings import apply_update
 from .thread_config import INITIAL_SUB_ID, ThreadConfigMixin
 from .tools import Tool
-from .turn import REGULAR, SamplingFailed, Task, Turn
+from .turn import REGULAR, CompactPhase, SamplingFailed, Task, Turn
 from .usage import UsageMeter
 
 log = structlog.get_logger(__name__)
@@ -122,7 +124,7 @@ class ThreadActor(ThreadConfigMixin):
         rollout.on_error = lambda message: self._deliver(INITIAL_SUB_ID, ErrorEvent(message=message, codex_error_info="other"))
         self._receive = receive
         self._events = events
-        self._usage = UsageMeter()
+        self.usage = UsageMeter()
         self._active: Turn | None = None
         self._nursery: trio.Nursery | None = None
         self._writers: trio.Nursery | None = None
@@ -182,7 +184,10 @@ class ThreadActor(ThreadConfigMixin):
         await self.journal.commit(items)
 
     def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
-        return self._usage.add(usage, window)
+        return self.usage.add(usage, window)
+
+    async def compact(self, turn: Turn, phase: CompactPhase) -> None:
+        await run_compaction(turn, self, phase)
 
     # --- lifecycle ------------------------------------------------------
     def session_configured(self) -> SessionConfiguredEvent:
@@ -294,6 +299,8 @@ class ThreadActor(ThreadConfigMixin):
                 return True
             case ThreadRollbackOp(num_turns=num_turns):
                 await self._rollback(sub.id, num_turns)
+            case CompactOp():
+                await self._compact(sub.id)
             case (ExecApprovalOp() | PatchApprovalOp() | DynamicToolResponseOp() | RequestPermissionsResponseOp()
                   | UserInputAnswerOp()):
                 await self._answer_approval(sub.id, sub.op.id, answer_of(sub.op))
@@ -351,13 +358,22 @@ class ThreadActor(ThreadConfigMixin):
             self.emit(sub_id, ErrorEvent(message=f"failed to initialize rollout recorder: {exc}", codex_error_info="other"))
             return None
         turn = Turn(turn_id=new_id(), sub_id=sub_id, settings=self.settings, profiles=self.profiles, task=task)
-        self.journal.begin_turn(turn.turn_id, turn.settings)
+        self.journal.begin_turn(turn.turn_id, turn.settings, seed=task.kind != COMPACT.kind)
         if items:
             turn.pending.append((sub_id, items))
         self.outcomes.set_turn(sub_id, turn.turn_id)
         self._active = turn
         self._nursery.start_soon(self._run_turn, turn)
         return turn
+
+    async def _compact(self, sub_id: str) -> None:
+        """Compact in a turn of its own; a running turn is replaced by it, as in Codex."""
+        if self._active is None and not has_turns(self.history):
+            self.emit(sub_id, ErrorEvent(message=f"thread {self.thread_id} has no turns to compact yet",
+                                         codex_error_info="bad_request"))
+            return
+        await self._abort_turn("replaced")
+        await self.start_task(sub_id, COMPACT)
 
     async def _take_up_unfinished_turn(self) -> None:
         """Resumed after the process stopped mid-turn: a turn waiting on a client goes on and asks

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import structlog
@@ -103,6 +103,11 @@ class Task(Protocol):
         ...
 
 
+CompactPhase = Literal["standalone", "pre_turn", "mid_turn"]
+"""When a compaction runs: as a task of its own (the `compact` op), or inside a regular turn when
+the context passed the auto-compact limit, before its input or between two samplings."""
+
+
 class RegularTask:
     """A turn of the conversation: the model is sampled, and the tools it calls run, until it
     answers (`run_turn`)."""
@@ -173,6 +178,9 @@ class TurnHost(Protocol):
 
     def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo: ...
 
+    async def compact(self, turn: Turn, phase: CompactPhase) -> None:
+        """Compact the history (`compact.py`); in a regular turn only once over the limit."""
+
 
 @dataclass
 class _Sample:
@@ -184,11 +192,13 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
     last_message: str | None = None
     if turn.resumed_calls is not None:
         await _finish_calls(turn, host, turn.resumed_calls)
+    else:
+        await host.compact(turn, "pre_turn")
     while True:
         pending, turn.pending = turn.pending, []
         for sub_id, items in pending:
             await host.commit_input(turn, sub_id, items)
-        sample = await _sample_with_retries(turn, host)
+        sample = await sample_with_retries(turn, host)
         await host.commit(sample.items)
         calls = [item for item in sample.items if isinstance(item, FunctionCall | CustomToolCall)]
         for item in sample.items:
@@ -199,6 +209,7 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
             await host.commit([output])
         if not calls and not turn.pending:
             return last_message
+        await host.compact(turn, "mid_turn")  # before the next sampling, if it is over the limit
 
 
 async def _finish_calls(turn: Turn, host: TurnHost, waiting: frozenset[str]) -> None:
@@ -288,7 +299,9 @@ def _tools(turn: Turn, host: TurnHost) -> ToolRegistry:
     return turn.tools if turn.tools is not None else host.tools
 
 
-def build_request(turn: Turn, host: TurnHost) -> bytes:
+def build_request(turn: Turn, host: TurnHost, prompt: ResponseItem | None = None) -> bytes:
+    """The turn's request: its history and tools; with `prompt`, the history then that message,
+    and no tools (a compaction's request for a summary)."""
     s = turn.settings
     reasoning = None
     if s.effort or s.summary:
@@ -296,8 +309,8 @@ def build_request(turn: Turn, host: TurnHost) -> bytes:
     request = ResponsesRequest(
         model=s.model,
         instructions=s.instructions,
-        input=host.history,
-        tools=_tools(turn, host).specs(s.model),
+        input=host.history if prompt is None else [*host.history, prompt],
+        tools=_tools(turn, host).specs(s.model) if prompt is None else [],
         reasoning=reasoning,
         prompt_cache_key=host.thread_id,
     )
@@ -316,17 +329,19 @@ def retry_delay(err: ModelError, attempt: int) -> float:
     return backoff(attempt)
 
 
-async def _sample_with_retries(turn: Turn, host: TurnHost) -> _Sample:
+async def sample_with_retries(turn: Turn, host: TurnHost, body: bytes | None = None, *, quiet: bool = False) -> _Sample:
+    """Sample the model with `body` (default: the turn's request, `build_request`), retrying as
+    the provider allows. `quiet`: the output items are returned, not shown (a compaction's)."""
     try:
         client = host.client(turn.settings.provider_id)
     except KeyError as exc:
         raise SamplingFailed(str(exc.args[0]), "other") from None
     provider = client.provider
-    body = build_request(turn, host)
+    body = build_request(turn, host) if body is None else body
     request_retries = stream_retries = 0
     while True:
         try:
-            return await _sample_once(turn, host, client, body)
+            return await _sample_once(turn, host, client, body, quiet)
         except ModelError as err:
             if not err.retryable:
                 raise SamplingFailed(err.message, err.info) from None
@@ -352,25 +367,26 @@ async def _sample_with_retries(turn: Turn, host: TurnHost) -> _Sample:
             await trio.sleep(retry_delay(err, stream_retries))
 
 
-async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: bytes) -> _Sample:
+async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: bytes, quiet: bool) -> _Sample:
     items: list[ResponseItem] = []
     started: set[str] = set()
     async with client.stream(body, thread_id=host.thread_id) as events:
         async for event in events:
             match event:
-                case OutputItemAdded(item=raw):
+                case OutputItemAdded(item=raw) if not quiet:
                     item = _decode_item(raw, "response.output_item.added")
                     if item is not None:
                         _item_started(turn, host, item, started)
-                case OutputTextDelta(item_id=item_id, delta=delta):
+                case OutputTextDelta(item_id=item_id, delta=delta) if not quiet:
                     host.emit(turn.sub_id, AgentMessageDeltaEvent(delta=delta, item_id=item_id))
                 case OutputItemDone(item=raw):
                     item = _decode_item(raw, "response.output_item.done")
                     if item is not None:
                         item = _with_id(item)
                         items.append(item)
-                        _item_started(turn, host, item, started)
-                        _item_completed(turn, host, item)
+                        if not quiet:
+                            _item_started(turn, host, item, started)
+                            _item_completed(turn, host, item)
                 case ResponseCompleted(response=response):
                     usage = decode_usage(response.usage)
                     if usage is not None:

@@ -44,7 +44,8 @@ class Text:
     text: str
     chunks: int = 2
     delay: float = 0.0
-    usage: bool = True
+    usage: bool | int = True
+    """The `usage` of its `response.completed`: the standard one, none, or this many total tokens."""
     gate: trio.Event | None = None
     """When set, the stream pauses after its first delta until the event is set."""
 
@@ -56,6 +57,8 @@ class Call:
     name: str
     arguments: dict[str, Any] | str
     call_id: str | None = None
+    usage: bool | int = True
+    """As `Text.usage`."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,10 @@ def sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + _enc.encode(event) + b"\n\n"
 
 
-def _usage() -> dict[str, Any]:
+def _usage(total: int | None = None) -> dict[str, Any]:
+    if total is not None:  # a scripted size: all of it input but the last few tokens
+        output = min(total, 34)
+        return {"input_tokens": total - output, "output_tokens": output, "total_tokens": total}
     return {
         "input_tokens": 1200,
         "input_tokens_details": {"cached_tokens": 1000},
@@ -300,11 +306,11 @@ class MockModel:
                 failed = {"type": "response.failed", "response": {"id": resp_id, "status": "failed", "error": {"code": code, "message": message}}}
                 out.append((sse(failed), 0.0))
                 return out
-            case Call(name=name, arguments=arguments, call_id=call_id):
+            case Call(name=name, arguments=arguments, call_id=call_id, usage=usage):
                 args = arguments if isinstance(arguments, str) else _enc.encode(arguments).decode()
                 return out + self._tool_call(resp_id, {
                     "type": "function_call", "id": f"fc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
-                    "name": name, "arguments": args, "status": "completed"}, "arguments")
+                    "name": name, "arguments": args, "status": "completed"}, "arguments", usage)
             case Custom(name=name, input=text, call_id=call_id):
                 return out + self._tool_call(resp_id, {
                     "type": "custom_tool_call", "id": f"ctc_mock_{n}", "call_id": call_id or f"call_mock_{n}",
@@ -327,20 +333,22 @@ class MockModel:
                 return out
         raise AssertionError(f"unhandled reply {reply!r}")
 
-    def _tool_call(self, resp_id: str, item: dict[str, Any], payload: str) -> list[tuple[bytes, float]]:
+    def _tool_call(self, resp_id: str, item: dict[str, Any], payload: str, usage: bool | int = True) -> list[tuple[bytes, float]]:
         """The stream of one tool call `item`: added (its `payload` still empty), done, completed."""
         added = {**item, payload: "", "status": "in_progress"}
         return [
             (sse({"type": "response.output_item.added", "output_index": 0, "item": added}), 0.0),
             (sse({"type": "response.output_item.done", "output_index": 0, "item": item}), 0.0),
-            (sse(self._completed(resp_id, [item], True)), 0.0),
+            (sse(self._completed(resp_id, [item], usage)), 0.0),
         ]
 
     @staticmethod
-    def _completed(resp_id: str, output: list[Any], usage: bool) -> dict[str, Any]:
+    def _completed(resp_id: str, output: list[Any], usage: bool | int) -> dict[str, Any]:
         response: dict[str, Any] = {"id": resp_id, "status": "completed", "output": output}
-        if usage:
+        if usage is True:
             response["usage"] = _usage()
+        elif usage is not False:
+            response["usage"] = _usage(usage)
         return {"type": "response.completed", "response": response}
 
 

@@ -338,6 +338,13 @@ class TurnNotice(Wire, kw_only=True):
     turn: Turn
 
 
+class ContextCompacted(Wire, kw_only=True):
+    """thread/compacted (deprecated in Codex for the `contextCompaction` item, still sent)."""
+
+    thread_id: str
+    turn_id: str
+
+
 class ItemStarted(Wire, kw_only=True):
     thread_id: str
     turn_id: str

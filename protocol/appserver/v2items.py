@@ -117,7 +117,11 @@ class DynamicToolCallThreadItem(ThreadItemBase, tag="dynamicToolCall", kw_only=T
     duration_ms: int | None = None
 
 
+class ContextCompactionThreadItem(ThreadItemBase, tag="contextCompaction", kw_only=True):
+    id: str
+
+
 ThreadItem = (
     UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
-    | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem
+    | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem | ContextCompactionThreadItem
 )

@@ -8,6 +8,7 @@ from ..events import TokenUsage, TokenUsageInfo
 from ..items import (
     AgentMessageItem,
     CommandExecutionItem,
+    ContextCompactionItem,
     DynamicToolCallItem,
     DynamicToolSpec,
     FileChangeItem,
@@ -104,6 +105,8 @@ def thread_item(item: TurnItem) -> v2items.ThreadItem:
             return v2items.DynamicToolCallThreadItem(
                 id=item.id, tool=item.tool, namespace=item.namespace, arguments=item.arguments, status=item.status,
                 content_items=item.content_items, success=item.success, duration_ms=item.duration_ms)
+        case ContextCompactionItem(id=item_id):
+            return v2items.ContextCompactionThreadItem(id=item_id)
     raise TypeError(f"not a turn item: {type(item).__name__}")
 
 
