@@ -19,8 +19,10 @@ from spindle.protocol.events import (
     ApprovalResolvedEvent,
     ClientRequestEvent,
     DynamicToolCallRequestEvent,
+    EnteredReviewModeEvent,
     ErrorEvent,
     EventMsg,
+    ExitedReviewModeEvent,
     ItemCompletedEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
@@ -46,6 +48,8 @@ PERSISTED_EVENTS = (
     AgentMessageEvent,
     UserMessageEvent,
     ApprovalResolvedEvent,
+    EnteredReviewModeEvent,
+    ExitedReviewModeEvent,
 )
 
 
