@@ -117,7 +117,22 @@ class DynamicToolCallThreadItem(ThreadItemBase, tag="dynamicToolCall", kw_only=T
     duration_ms: int | None = None
 
 
+class EnteredReviewModeThreadItem(ThreadItemBase, tag="enteredReviewMode", kw_only=True):
+    """A review began; `review` is what it reviews, for people."""
+
+    id: str
+    review: str
+
+
+class ExitedReviewModeThreadItem(ThreadItemBase, tag="exitedReviewMode", kw_only=True):
+    """A review ended; `review` is its rendered output."""
+
+    id: str
+    review: str
+
+
 ThreadItem = (
     UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
-    | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem
+    | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem | EnteredReviewModeThreadItem
+    | ExitedReviewModeThreadItem
 )
