@@ -20,8 +20,10 @@ from spindle.protocol.events import (
     ClientRequestEvent,
     ContextCompactedEvent,
     DynamicToolCallRequestEvent,
+    EnteredReviewModeEvent,
     ErrorEvent,
     EventMsg,
+    ExitedReviewModeEvent,
     ItemCompletedEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
@@ -49,6 +51,8 @@ PERSISTED_EVENTS = (
     AgentMessageEvent,
     UserMessageEvent,
     ApprovalResolvedEvent,
+    EnteredReviewModeEvent,
+    ExitedReviewModeEvent,
 )
 
 

@@ -3,10 +3,12 @@
 from .events import (
     AgentMessageDeltaEvent,
     AgentMessageEvent,
+    EnteredReviewModeEvent,
     ErrorEvent,
     Event,
     EventMsg,
     ExecCommandOutputDeltaEvent,
+    ExitedReviewModeEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     RequestUserInputEvent,
@@ -42,6 +44,7 @@ from .ops import (
     PatchApprovalOp,
     RefreshMcpServersOp,
     ReloadUserConfigOp,
+    ReviewOp,
     RunUserShellCommandOp,
     SetThreadMemoryModeOp,
     ShutdownOp,
@@ -51,9 +54,30 @@ from .ops import (
     UserInputOp,
     UserTurnOp,
 )
+from .review import (
+    BaseBranchTarget,
+    CommitTarget,
+    CustomTarget,
+    ReviewFinding,
+    ReviewOutput,
+    ReviewRequest,
+    ReviewTarget,
+    UncommittedChangesTarget,
+)
 from .settings import ApprovalPolicy, CollaborationMode, SandboxMode, SettingsUpdate, ThreadSettings
 
 __all__ = [
+    "BaseBranchTarget",
+    "CommitTarget",
+    "CustomTarget",
+    "EnteredReviewModeEvent",
+    "ExitedReviewModeEvent",
+    "ReviewFinding",
+    "ReviewOp",
+    "ReviewOutput",
+    "ReviewRequest",
+    "ReviewTarget",
+    "UncommittedChangesTarget",
     "ExecApprovalOp",
     "PatchApprovalOp",
     "RefreshMcpServersOp",

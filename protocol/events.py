@@ -9,6 +9,7 @@ import msgspec
 from .items import ImageInput, LocalImageInput, TextInput, TurnItem, UserInput
 from .mcp import McpStartupStatus
 from .questions import UserInputQuestion
+from .review import ReviewOutput, ReviewTarget
 from .sandbox import RequestedPermissions
 from .settings import Approval, ReviewDecision, SandboxMode
 
@@ -192,6 +193,19 @@ class ShutdownCompleteEvent(EventMsgBase, tag="shutdown_complete", kw_only=True,
     """The thread has stopped; no event follows."""
 
 
+class EnteredReviewModeEvent(EventMsgBase, tag="entered_review_mode", kw_only=True, frozen=True):
+    """A review turn began: what it reviews (Codex's payload: the review request)."""
+
+    target: ReviewTarget
+    user_facing_hint: str | None = None
+
+
+class ExitedReviewModeEvent(EventMsgBase, tag="exited_review_mode", kw_only=True, frozen=True):
+    """A review turn ended: the reviewer's output, None when it was interrupted or failed."""
+
+    review_output: ReviewOutput | None = None
+
+
 class FileChangeBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
     """One file of a patch, as an approval request shows it (Codex's `FileChange`)."""
 
@@ -311,6 +325,8 @@ EventMsg = (
     | DynamicToolCallRequestEvent
     | PermissionsRequestEvent
     | RequestUserInputEvent
+    | EnteredReviewModeEvent
+    | ExitedReviewModeEvent
 )
 
 

@@ -9,6 +9,7 @@ import msgspec
 from .config import Config, McpServerConfig
 from .items import UserInput
 from .questions import UserInputResponse
+from .review import ReviewRequest
 from .sandbox import PermissionGrant
 from .settings import ReviewDecision, SettingsUpdate
 
@@ -59,6 +60,12 @@ class ShutdownOp(OpBase, tag="shutdown", kw_only=True, frozen=True):
 
 class CompactOp(OpBase, tag="compact", kw_only=True, frozen=True):
     """Summarise the history to free context window."""
+
+
+class ReviewOp(OpBase, tag="review", kw_only=True, frozen=True):
+    """Review code changes in a review turn; refused while a turn runs."""
+
+    review_request: ReviewRequest
 
 
 class ThreadRollbackOp(OpBase, tag="thread_rollback", kw_only=True, frozen=True):
@@ -142,6 +149,7 @@ Op = (
     | InterruptOp
     | ShutdownOp
     | CompactOp
+    | ReviewOp
     | ThreadRollbackOp
     | ExecApprovalOp
     | PatchApprovalOp

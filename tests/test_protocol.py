@@ -25,6 +25,7 @@ ALL_OP_TAGS = [
     "user_input", "user_turn", "override_turn_context", "interrupt", "shutdown", "compact",
     "thread_rollback", "exec_approval", "patch_approval", "dynamic_tool_response", "request_permissions_response",
     "run_user_shell_command", "set_thread_memory_mode", "refresh_mcp_servers", "reload_user_config", "user_input_answer",
+    "review",
 ]
 
 

@@ -29,6 +29,9 @@ class Peer(Protocol):
 
     def notify_nowait(self, method: str, params: object) -> None: ...
 
+    async def notify(self, method: str, params: object) -> None:
+        """Send a notification now, before the answer (waiting while the client's queue is full)."""
+
 
 class SubscriberIndex(Protocol):
     """Who is subscribed to which thread, across all clients of one server."""

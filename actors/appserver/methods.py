@@ -20,6 +20,7 @@ from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
 from . import config_methods as configs
 from . import mcp_methods as mcp
+from . import review_methods as reviews
 from . import thread_methods as threads
 from . import turn_methods as turns
 from .context import RequestContext
@@ -115,4 +116,5 @@ HANDLERS: dict[str, Handler] = {
     "mcpServerStatus/list": mcp.mcp_server_status_list,
     "config/mcpServer/reload": mcp.config_mcp_server_reload,
     "collaborationMode/list": collaboration_mode_list,
+    "review/start": reviews.review_start,
 }

@@ -9,17 +9,19 @@ from dataclasses import dataclass
 
 from spindle.protocol.appserver import v2, v2approvals, v2mcp, v2usage
 from spindle.protocol.appserver.jsonrpc import now_ms
-from spindle.protocol.appserver.v2map import thread_item, token_usage, turn_error
+from spindle.protocol.appserver.v2map import review_item, thread_item, token_usage, turn_error
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     ApplyPatchApprovalRequestEvent,
     ApprovalResolvedEvent,
     ContextCompactedEvent,
     DynamicToolCallRequestEvent,
+    EnteredReviewModeEvent,
     ErrorEvent,
     Event,
     ExecApprovalRequestEvent,
     ExecCommandOutputDeltaEvent,
+    ExitedReviewModeEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     McpStartupUpdateEvent,
@@ -100,6 +102,13 @@ class EventTranslator:
                     thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=now_ms()))]
             case ContextCompactedEvent() if self._turn is not None:
                 return [("thread/compacted", v2.ContextCompacted(thread_id=tid, turn_id=self._turn.id))]
+            case EnteredReviewModeEvent() | ExitedReviewModeEvent() if self._turn is not None:
+                review = review_item(event.msg, self._turn.id)
+                self._turn.items.append(review)
+                return [
+                    ("item/started", v2.ItemStarted(thread_id=tid, turn_id=self._turn.id, item=review, started_at_ms=now_ms())),
+                    ("item/completed", v2.ItemCompleted(thread_id=tid, turn_id=self._turn.id, item=review, completed_at_ms=now_ms())),
+                ]
             case TurnDiffEvent(turn_id=turn_id, unified_diff=diff):
                 return [("turn/diff/updated", v2.TurnDiffUpdated(thread_id=tid, turn_id=turn_id, diff=diff))]
             case AgentMessageDeltaEvent(delta=delta, item_id=item_id) if self._turn is not None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from spindle.protocol.appserver import v2
-from spindle.protocol.appserver.v2map import thread_item, turn_error
+from spindle.protocol.appserver.v2map import review_item, thread_item, turn_error
 from spindle.protocol.events import (
     AgentMessageEvent,
     ContextCompactedEvent,
+    EnteredReviewModeEvent,
     ErrorEvent,
+    ExitedReviewModeEvent,
     ItemCompletedEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
@@ -32,7 +34,8 @@ from spindle.protocol.rollout import RolloutItem
 
 
 def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None) -> list[v2.Turn]:
-    """One Turn per `task_started`, with its user and agent messages and how it ended.
+    """One Turn per `task_started`, with its user and agent messages, its review items (from
+    `entered_review_mode` / `exited_review_mode`, as Codex rebuilds them), and how it ended.
 
     A turn's messages come from its `item_completed` events; a turn that has none (written by
     Codex in its legacy history mode) takes them from its `user_message`, `agent_message` and
@@ -42,6 +45,7 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
     turns: list[v2.Turn] = []
     by_id: dict[str, v2.Turn] = {}
     legacy: dict[str, list[TurnItem]] = {}
+    itemized: set[str] = set()
     for n, item in enumerate(items):
         match item:
             case TaskStartedEvent(turn_id=turn_id):
@@ -50,9 +54,12 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
                 by_id[turn_id] = turn
             case UserMessageEvent() | AgentMessageEvent() | ContextCompactedEvent() if turns:
                 legacy.setdefault(turns[-1].id, []).append(_legacy_item(item, f"{turns[-1].id}-{n}"))
+            case EnteredReviewModeEvent() | ExitedReviewModeEvent() if turns:
+                turns[-1].items.append(review_item(item, turns[-1].id))
             case ItemCompletedEvent(turn_id=turn_id, item=turn_item):
                 if (owner := by_id.get(turn_id)) is not None:
                     owner.items.append(thread_item(turn_item))
+                    itemized.add(turn_id)
             case TaskCompleteEvent(turn_id=turn_id):
                 if (owner := by_id.get(turn_id)) is not None:
                     owner.status = "failed" if owner.error is not None else "completed"
@@ -67,8 +74,8 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
     for turn in turns:
         if turn.status == "inProgress" and turn.id != live_turn_id:
             turn.status = "interrupted"
-        if not turn.items and turn.id in legacy:
-            turn.items = [thread_item(message) for message in legacy[turn.id]]
+        if turn.id not in itemized and turn.id in legacy:  # after its review items, if any
+            turn.items += [thread_item(message) for message in legacy[turn.id]]
     return turns
 
 

@@ -19,6 +19,7 @@ from spindle.protocol.events import (
     ErrorEvent,
     Event,
     ExecApprovalRequestEvent,
+    ExitedReviewModeEvent,
     ItemCompletedEvent,
     PermissionsRequestEvent,
     RequestUserInputEvent,
@@ -35,12 +36,14 @@ from spindle.protocol.ops import (
     Op,
     PatchApprovalOp,
     RequestPermissionsResponseOp,
+    ReviewOp,
     ShutdownOp,
     Submission,
     UserInputAnswerOp,
     UserInputOp,
 )
 from spindle.protocol.questions import user_input_response
+from spindle.protocol.review import ReviewOutput, ReviewRequest, ReviewTarget
 from spindle.protocol.sandbox import PermissionGrant
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
@@ -250,6 +253,32 @@ class ThreadHandle:
                         raise TurnError(failure)
                     return msg.last_agent_message or ""
         raise ThreadClosedError(f"thread {self.thread_id} shut down before answering")
+
+    async def review(self, target: ReviewTarget) -> ReviewOutput | None:
+        """Review `target` in a review turn of this (idle) thread and return the reviewer's output.
+        The reviewer's command approvals are declined. TurnError when the review is refused (a busy
+        thread, a cwd outside git) or fails; TurnAbortedError when it is interrupted."""
+        with self.events() as events:
+            outcome = await self.submit_and_wait(ReviewOp(review_request=ReviewRequest(target=target)))
+            if outcome.error is not None or outcome.turn_id is None:
+                raise TurnError(outcome.error.message if outcome.error else "the review did not start")
+            output: ReviewOutput | None = None
+            failure: str | None = None
+            async for ev in events:
+                match ev.msg:
+                    case ExitedReviewModeEvent(review_output=found):
+                        output = found
+                    case ExecApprovalRequestEvent(turn_id=outcome.turn_id, call_id=call_id):
+                        await self.submit(ExecApprovalOp(id=call_id, decision="denied"))
+                    case ErrorEvent(turn_id=outcome.turn_id, message=message):
+                        failure = message
+                    case TurnAbortedEvent(turn_id=outcome.turn_id, reason=reason):
+                        raise TurnAbortedError(f"review turn {outcome.turn_id} was {reason}")
+                    case TaskCompleteEvent(turn_id=outcome.turn_id):
+                        if failure is not None:
+                            raise TurnError(failure)
+                        return output
+        raise ThreadClosedError(f"thread {self.thread_id} shut down before its review ended")
 
     async def _answer_questions(self, request: RequestUserInputEvent, answerer: QuestionAnswerer | None) -> UserInputAnswerOp:
         if answerer is None:

@@ -50,6 +50,7 @@ from spindle.protocol.ops import (
     RefreshMcpServersOp,
     ReloadUserConfigOp,
     RequestPermissionsResponseOp,
+    ReviewOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -57,6 +58,7 @@ from spindle.protocol.ops import (
     UserInputOp,
     UserTurnOp,
 )
+from spindle.protocol.review import ReviewRequest
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
 from .approvals import Answer, ApprovalError, Approvals, answer_of
@@ -72,6 +74,7 @@ from .outcomes import OutcomeBook
 from .permission_profiles import PermissionProfiles, load_profiles
 from .request_permissions_tool import offered
 from .resources import RuntimeResources
+from .review import ReviewTask, review_problem
 from .sandbox import remove_thread_tmp
 from .settings import apply_update
 from .thread_config import INITIAL_SUB_ID, ThreadConfigMixin
@@ -301,6 +304,8 @@ class ThreadActor(ThreadConfigMixin):
                 await self._rollback(sub.id, num_turns)
             case CompactOp():
                 await self._compact(sub.id)
+            case ReviewOp(review_request=request):
+                await self._review(sub.id, request)
             case (ExecApprovalOp() | PatchApprovalOp() | DynamicToolResponseOp() | RequestPermissionsResponseOp()
                   | UserInputAnswerOp()):
                 await self._answer_approval(sub.id, sub.op.id, answer_of(sub.op))
@@ -341,11 +346,26 @@ class ThreadActor(ThreadConfigMixin):
         if not items:
             self.emit(sub_id, ErrorEvent(message="user input is empty", codex_error_info="bad_request"))
             return
+        if self._active is not None and self._active.task.kind != REGULAR.kind:
+            self.emit(sub_id, ErrorEvent(message=f"turn {self._active.turn_id} runs a {self._active.task.kind} task: "
+                                         "input cannot join it; wait for it or interrupt it", codex_error_info="bad_request"))
+            return
         if self._active is not None:
             self._active.pending.append((sub_id, items))
             self.outcomes.set_turn(sub_id, self._active.turn_id)
             return
         await self.start_task(sub_id, REGULAR, items)
+
+    async def _review(self, sub_id: str, request: ReviewRequest) -> None:
+        """Start a review turn, when the thread is idle and the request can run in its cwd."""
+        if self._active is not None:
+            problem: str | None = f"turn {self._active.turn_id} is running; a review starts only on an idle thread"
+        else:
+            problem = await review_problem(request, self.settings.cwd)
+        if problem is not None:
+            self.emit(sub_id, ErrorEvent(message=problem, codex_error_info="bad_request"))
+            return
+        await self.start_task(sub_id, ReviewTask(request))
 
     async def start_task(self, sub_id: str, task: Task, items: list[UserInput] | None = None) -> Turn | None:
         """Start a turn running `task` (a regular turn, a compaction, a review, a user's shell

@@ -131,6 +131,10 @@ class ToolRegistry:
             registry.register(tool)
         return registry
 
+    def only(self, *names: str) -> ToolRegistry:
+        """A new registry with just those of `names` this one has."""
+        return ToolRegistry([self._tools[name] for name in names if name in self._tools])
+
     def specs(self, model: str = "") -> list[dict[str, Any]]:
         """The definitions the model is offered. A tool whose form depends on the model (Codex
         offers `apply_patch` freeform to GPT-5 models, as a function to others, or not at all) has

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp, v2models, v2modes, v2perm
+from . import v2, v2config, v2mcp, v2models, v2modes, v2perm, v2review
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -102,6 +102,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "mcpServerStatus/list": v2mcp.McpServerStatusListParams,
     "config/mcpServer/reload": v2mcp.NoParams,
     "collaborationMode/list": v2modes.CollaborationModeListParams,
+    "review/start": v2review.ReviewStartParams,
 }
 """Methods Spindle serves, each with its params type."""
 
@@ -122,7 +123,7 @@ KNOWN_UNSUPPORTED = frozenset({
     "plugin/share/list", "plugin/share/checkout", "plugin/share/delete", "app/read", "app/list", "app/installed",
     "fs/readFile", "fs/writeFile", "fs/createDirectory", "fs/getMetadata", "fs/readDirectory", "fs/remove",
     "fs/copy", "fs/watch", "fs/unwatch", "skills/config/write", "plugin/install", "plugin/uninstall",
-    "review/start", "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
+    "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
     "modelProvider/capabilities/read", "experimentalFeature/list",
     "experimentalFeature/enablement/set", "mcpServer/oauth/login", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
     "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",

@@ -121,7 +121,22 @@ class ContextCompactionThreadItem(ThreadItemBase, tag="contextCompaction", kw_on
     id: str
 
 
+class EnteredReviewModeThreadItem(ThreadItemBase, tag="enteredReviewMode", kw_only=True):
+    """A review began; `review` is what it reviews, for people."""
+
+    id: str
+    review: str
+
+
+class ExitedReviewModeThreadItem(ThreadItemBase, tag="exitedReviewMode", kw_only=True):
+    """A review ended; `review` is its rendered output."""
+
+    id: str
+    review: str
+
+
 ThreadItem = (
     UserMessageThreadItem | AgentMessageThreadItem | ReasoningThreadItem | CommandExecutionThreadItem
     | McpToolCallThreadItem | FileChangeThreadItem | DynamicToolCallThreadItem | ContextCompactionThreadItem
+    | EnteredReviewModeThreadItem | ExitedReviewModeThreadItem
 )

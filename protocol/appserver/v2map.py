@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from msgspec import UNSET
 
-from ..events import TokenUsage, TokenUsageInfo
+from ..events import EnteredReviewModeEvent, ExitedReviewModeEvent, TokenUsage, TokenUsageInfo
 from ..items import (
     AgentMessageItem,
     CommandExecutionItem,
@@ -21,6 +21,7 @@ from ..items import (
     UserInput,
     UserMessageItem,
 )
+from ..review import render_review_output
 from ..settings import Approval, CollaborationMode, SandboxMode, SettingsUpdate, ThreadSettings
 from . import v2, v2items, v2modes, v2tools, v2usage
 
@@ -108,6 +109,15 @@ def thread_item(item: TurnItem) -> v2items.ThreadItem:
         case ContextCompactionItem(id=item_id):
             return v2items.ContextCompactionThreadItem(id=item_id)
     raise TypeError(f"not a turn item: {type(item).__name__}")
+
+
+def review_item(msg: EnteredReviewModeEvent | ExitedReviewModeEvent, turn_id: str) -> v2items.ThreadItem:
+    """The thread item of a review's start (what it reviews) or end (its rendered output), as
+    Codex's app-server makes one of each event; the ids are the turn's, one per kind."""
+    if isinstance(msg, EnteredReviewModeEvent):
+        hint = msg.user_facing_hint or msg.target.hint()
+        return v2items.EnteredReviewModeThreadItem(id=f"{turn_id}-review-entered", review=hint)
+    return v2items.ExitedReviewModeThreadItem(id=f"{turn_id}-review-exited", review=render_review_output(msg.review_output))
 
 
 class ConflictingParams(UnsupportedInput):
