@@ -27,7 +27,6 @@ from spindle.protocol.events import (
     CodexErrorInfo,
     DynamicToolCallRequestEvent,
     EventMsg,
-    ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     PermissionsRequestEvent,
@@ -72,6 +71,7 @@ from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals, ToolResult, UserInputReply
+from .command_item import ItemEvents
 from .errors import SandboxUnavailable
 from .grants import Grants, granted
 from .model_client import ModelClient, ModelError, decode_usage
@@ -231,13 +231,12 @@ def _realise(settings: ThreadSettings, profiles: PermissionProfiles) -> tuple[Sa
         return None, str(exc)
 
 
+def item_events(turn: Turn, host: TurnHost) -> ItemEvents:
+    """The turn's item lifecycle and command output, as events to its subscribers."""
+    return ItemEvents.of(host.emit, sub_id=turn.sub_id, thread_id=host.thread_id, turn_id=turn.turn_id)
+
+
 async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolContext:
-    def started(item: TurnItem) -> None:
-        host.emit(turn.sub_id, ItemStartedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
-
-    def completed(item: TurnItem) -> None:
-        host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
-
     async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         return await host.approvals.ask(turn.sub_id, request, key)
 
@@ -258,9 +257,7 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
 
     sandbox, error = await realised_sandbox(turn)
     sandbox = (host.approvals.session_grants | turn.grants).apply(sandbox)
-
-    def output_delta(item_id: str, delta: str) -> None:
-        host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
+    events = item_events(turn, host)
 
     def diff_updated(diff: str) -> None:
         host.emit(turn.sub_id, TurnDiffEvent(turn_id=turn.turn_id, unified_diff=diff))
@@ -275,9 +272,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         ask_approval=ask,
         call_client=call_client,
         ask_user=ask_user,
-        item_started=started,
-        item_completed=completed,
-        output_delta=output_delta,
+        item_started=events.started,
+        item_completed=events.completed,
+        output_delta=events.output_delta,
         request_permissions=request_permissions,
         turn_diff=turn.diff,
         diff_updated=diff_updated,
