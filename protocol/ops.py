@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
@@ -10,7 +10,7 @@ from .config import Config, McpServerConfig
 from .items import UserInput
 from .questions import UserInputResponse
 from .sandbox import PermissionGrant
-from .settings import ReviewDecision, SettingsUpdate
+from .settings import MemoryMode, ReviewDecision, SettingsUpdate
 
 
 class OpBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
@@ -112,9 +112,9 @@ class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, 
 
 
 class SetThreadMemoryModeOp(OpBase, tag="set_thread_memory_mode", kw_only=True, frozen=True):
-    """Whether this thread may feed memory generation."""
+    """Whether this thread may feed memory generation: kept on the thread and in its rollout."""
 
-    mode: Literal["enabled", "disabled"]
+    mode: MemoryMode
 
 
 class RefreshMcpServersOp(OpBase, tag="refresh_mcp_servers", kw_only=True, frozen=True):

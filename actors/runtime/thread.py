@@ -49,6 +49,7 @@ from spindle.protocol.ops import (
     RefreshMcpServersOp,
     ReloadUserConfigOp,
     RequestPermissionsResponseOp,
+    SetThreadMemoryModeOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -65,6 +66,7 @@ from .fanout import Broadcaster
 from .journal import ThreadJournal, turn_context_item
 from .mcp_manager import McpManager
 from .mcp_tools import turn_tools
+from .memory_mode import MemoryModeError, recorded_memory_mode, store_memory_mode
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
 from .permission_profiles import PermissionProfiles, load_profiles
@@ -133,6 +135,8 @@ class ThreadActor(ThreadConfigMixin):
         registered = rollout.meta.dynamic_tools
         self.dynamic_tools: list[Tool] = [DynamicTool(spec) for spec in registered] if isinstance(registered, list) else []
         """The client's own tools (`dynamicTools`), as its rollout records them."""
+        self.memory_mode = recorded_memory_mode(rollout.source.iter_forward_from(0)) if rollout.persisted else "enabled"
+        """Whether the thread may feed memory generation (kept, not used: Spindle makes no memories)."""
         self.mcp_configured = trio.Event()
         """Set once the thread's first MCP server set is applied (turns wait for it)."""
         self._mcp_pending: dict[str, McpServerConfig] | None = None
@@ -301,6 +305,12 @@ class ThreadActor(ThreadConfigMixin):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
                 self._refresh_mcp(servers)
+            case SetThreadMemoryModeOp(mode=mode):
+                assert self._writers is not None
+                try:
+                    self.memory_mode = await store_memory_mode(self.rollout, self._writers, mode)
+                except MemoryModeError as exc:
+                    self.emit(sub.id, ErrorEvent(message=str(exc), codex_error_info=exc.info))
             case _:
                 self._unsupported(sub.id, sub.op)
         return False

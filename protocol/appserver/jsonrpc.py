@@ -90,6 +90,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "thread/rollback": v2.ThreadRollbackParams,
     "thread/revert": v2.ThreadRevertParams,
     "thread/compact/start": v2.ThreadIdParams,
+    "thread/memoryMode/set": v2.ThreadMemoryModeSetParams,
     "turn/start": v2.TurnStartParams,
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
