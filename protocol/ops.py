@@ -106,9 +106,12 @@ class UserInputAnswerOp(OpBase, tag="user_input_answer", kw_only=True, frozen=Tr
 
 
 class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
-    """Run a shell command the user typed (not the model)."""
+    """Run a shell command the user typed (not the model), unsandboxed, in the thread's cwd: it
+    joins the running turn, else runs as a turn of its own. `timeout_ms` (default one hour; 0
+    times out at once) bounds it."""
 
     command: str
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class SetThreadMemoryModeOp(OpBase, tag="set_thread_memory_mode", kw_only=True, frozen=True):

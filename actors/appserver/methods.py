@@ -104,6 +104,7 @@ HANDLERS: dict[str, Handler] = {
     "thread/rollback": threads.thread_rollback,
     "thread/revert": threads.thread_revert,
     "thread/compact/start": threads.thread_compact_start,
+    "thread/shellCommand": commands.thread_shell_command,
     "thread/memoryMode/set": commands.thread_memory_mode_set,
     "turn/start": turns.turn_start,
     "turn/steer": turns.turn_steer,

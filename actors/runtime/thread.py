@@ -49,6 +49,7 @@ from spindle.protocol.ops import (
     RefreshMcpServersOp,
     ReloadUserConfigOp,
     RequestPermissionsResponseOp,
+    RunUserShellCommandOp,
     SetThreadMemoryModeOp,
     ShutdownOp,
     Submission,
@@ -78,6 +79,7 @@ from .thread_config import INITIAL_SUB_ID, ThreadConfigMixin
 from .tools import Tool
 from .turn import REGULAR, SamplingFailed, Task, Turn
 from .usage import UsageMeter
+from .user_shell import run_user_shell_command
 
 log = structlog.get_logger(__name__)
 
@@ -146,6 +148,10 @@ class ThreadActor(ThreadConfigMixin):
     @property
     def rollout(self) -> ThreadRollout:
         return self.journal.rollout
+
+    @property
+    def active_turn(self) -> Turn | None:
+        return self._active
 
     @property
     def active_turn_id(self) -> str | None:
@@ -305,6 +311,9 @@ class ThreadActor(ThreadConfigMixin):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
                 self._refresh_mcp(servers)
+            case RunUserShellCommandOp():
+                assert self._nursery is not None
+                await run_user_shell_command(self, self._nursery, sub.id, sub.op)
             case SetThreadMemoryModeOp(mode=mode):
                 assert self._writers is not None
                 try:
@@ -418,9 +427,11 @@ class ThreadActor(ThreadConfigMixin):
                     finished = True
             finally:
                 if finished:
+                    self.journal.append(turn.take_injected())  # joined too late for its last sample
                     self.emit(turn.sub_id, TaskCompleteEvent(turn_id=turn.turn_id, last_agent_message=last))
                 else:
                     self.journal.close_aborted_turn()
+                    self.journal.append(turn.take_injected())
                     self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
                 self._active = None
                 if self._mcp_pending is not None:
@@ -437,6 +448,7 @@ class ThreadActor(ThreadConfigMixin):
         if turn is None:
             return
         turn.abort_reason = reason
+        await turn.auxiliaries.cancel()  # what joined the turn ends first, within it
         turn.scope.cancel()
         await turn.done.wait()
 

@@ -71,6 +71,7 @@ from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals, ToolResult, UserInputReply
+from .auxiliary import Auxiliaries
 from .command_item import ItemEvents
 from .errors import SandboxUnavailable
 from .grants import Grants, granted
@@ -142,6 +143,16 @@ class Turn:
     that were waiting on a client, to run again (so they ask again) before sampling."""
     diff: TurnDiff = field(default_factory=TurnDiff)
     """The files this turn's patches wrote, for its net diff (`turn_diff`): each turn starts afresh."""
+    auxiliaries: Auxiliaries = field(default_factory=Auxiliaries)
+    """Work that joined the turn from outside its task (a user's shell command): an interrupt of
+    the turn ends it first."""
+    injected: list[ResponseItem] = field(default_factory=list)
+    """History items that joined the turn (a user's shell command's record): committed before its
+    next sample, or when it ends."""
+
+    def take_injected(self) -> list[ResponseItem]:
+        items, self.injected = self.injected, []
+        return items
 
 
 class SamplingFailed(Exception):
@@ -188,6 +199,8 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
         pending, turn.pending = turn.pending, []
         for sub_id, items in pending:
             await host.commit_input(turn, sub_id, items)
+        if turn.injected:
+            await host.commit(turn.take_injected())
         sample = await _sample_with_retries(turn, host)
         await host.commit(sample.items)
         calls = [item for item in sample.items if isinstance(item, FunctionCall | CustomToolCall)]
@@ -197,7 +210,7 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
         for call in calls:
             output = await _tools(turn, host).dispatch(call, await _tool_context(turn, host, call))
             await host.commit([output])
-        if not calls and not turn.pending:
+        if not calls and not turn.pending and not turn.injected:
             return last_message
 
 

@@ -214,6 +214,15 @@ class ThreadRollbackParams(Inbound, kw_only=True, frozen=True):
     num_turns: int
 
 
+class ThreadShellCommandParams(Inbound, kw_only=True, frozen=True):
+    """thread/shellCommand: `command` runs through the thread's shell, unsandboxed; `timeoutMs`
+    (null: one hour; 0: times out at once; negative: refused) bounds it."""
+
+    thread_id: str
+    command: str
+    timeout_ms: int | None = None
+
+
 class ThreadMemoryModeSetParams(Inbound, kw_only=True, frozen=True):
     """thread/memoryMode/set (experimental)."""
 
