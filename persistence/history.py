@@ -28,11 +28,12 @@ from spindle.protocol.items import (
 )
 from spindle.protocol.rollout import CompactedItem, RolloutItem, SessionMeta, TurnContextItem
 
-CONTEXT_PREFIXES = ("<environment_context>", "<user_instructions>", "<turn_aborted>")
+CONTEXT_PREFIXES = ("<environment_context>", "<user_instructions>", "<turn_aborted>", "<user_shell_command>")
 
 
 def is_user_turn_boundary(item: object) -> bool:
-    """A user message typed by the user (not injected context or an interrupt marker)."""
+    """A user message typed by the user (not injected context, a user shell command's record or an
+    interrupt marker)."""
     if not isinstance(item, Message) or item.role != "user":
         return False
     first = item.content[0] if item.content else None

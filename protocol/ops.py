@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
@@ -11,7 +11,7 @@ from .items import UserInput
 from .questions import UserInputResponse
 from .review import ReviewRequest
 from .sandbox import PermissionGrant
-from .settings import ReviewDecision, SettingsUpdate
+from .settings import MemoryMode, ReviewDecision, SettingsUpdate
 
 
 class OpBase(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
@@ -113,15 +113,18 @@ class UserInputAnswerOp(OpBase, tag="user_input_answer", kw_only=True, frozen=Tr
 
 
 class RunUserShellCommandOp(OpBase, tag="run_user_shell_command", kw_only=True, frozen=True):
-    """Run a shell command the user typed (not the model)."""
+    """Run a shell command the user typed (not the model), unsandboxed, in the thread's cwd: it
+    joins the running turn, else runs as a turn of its own. `timeout_ms` (default one hour; 0
+    times out at once) bounds it."""
 
     command: str
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class SetThreadMemoryModeOp(OpBase, tag="set_thread_memory_mode", kw_only=True, frozen=True):
-    """Whether this thread may feed memory generation."""
+    """Whether this thread may feed memory generation: kept on the thread and in its rollout."""
 
-    mode: Literal["enabled", "disabled"]
+    mode: MemoryMode
 
 
 class RefreshMcpServersOp(OpBase, tag="refresh_mcp_servers", kw_only=True, frozen=True):

@@ -46,6 +46,9 @@ class SessionMeta(msgspec.Struct, kw_only=True, frozen=True):
     """Spindle only: the tools the client registered at `thread/start`, restored on resume. Under
     its own name: Codex reads a `dynamic_tools` of another shape, and a session_meta it cannot
     read hides the whole thread from it."""
+    memory_mode: str | msgspec.UnsetType = msgspec.UNSET
+    """The thread's memory mode ("enabled" or "disabled"), as Codex records it: in a copy of line
+    0 appended when the mode is set; the last `session_meta` that carries one holds."""
 
 
 class SandboxPolicy(msgspec.Struct, kw_only=True, frozen=True):

@@ -22,6 +22,9 @@ do not run it (the turn goes on), or do not run it and interrupt the turn."""
 ModeKind = Literal["plan", "default"]
 """A collaboration mode: `plan` (the model plans with the user, and may ask questions with the
 `request_user_input` tool) or `default` (it carries the request out; no questions)."""
+MemoryMode = Literal["enabled", "disabled"]
+"""Whether a thread may feed memory generation (Codex's thread memory mode; Spindle generates no
+memories and only keeps it)."""
 
 class GranularApproval(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Which kinds of prompt a granular policy lets through (`true`: the user is asked) or rejects

@@ -13,7 +13,8 @@ from spindle.actors.testing.mock_model import MockModel, Text
 from spindle.persistence.reader import read_rollout
 from spindle.protocol.events import ErrorEvent, TaskCompleteEvent, TaskStartedEvent
 from spindle.protocol.items import TextInput
-from spindle.protocol.ops import InterruptOp, SetThreadMemoryModeOp, UserInputOp
+from spindle.protocol.ops import InterruptOp, OverrideTurnContextOp, UserInputOp
+from spindle.protocol.settings import SettingsUpdate
 
 from .helpers import collect_until
 
@@ -40,16 +41,16 @@ async def test_an_actor_fault_ends_that_thread_only(runtime: ThreadManager, monk
     broken = await runtime.start_thread()
     other = await runtime.start_thread()
     assert await broken.ask("before") == "echo: before"  # its rollout exists
-    real = ThreadActor._unsupported
+    real = ThreadActor._apply_settings
 
-    def unsupported(actor: ThreadActor, sub_id: str, op: Any) -> None:
+    def apply_settings(actor: ThreadActor, sub_id: str, update: Any) -> bool:
         if actor.thread_id == broken.thread_id:
             raise RuntimeError("dispatch bug")
-        real(actor, sub_id, op)
+        return real(actor, sub_id, update)
 
-    monkeypatch.setattr(ThreadActor, "_unsupported", unsupported)
+    monkeypatch.setattr(ThreadActor, "_apply_settings", apply_settings)
     with broken.events() as events:
-        outcome = await broken.submit_and_wait(SetThreadMemoryModeOp(mode="disabled"))
+        outcome = await broken.submit_and_wait(OverrideTurnContextOp(settings=SettingsUpdate()))
         assert outcome.error is not None and "internal error: RuntimeError: dispatch bug" in outcome.error.message
         seen = await collect_until(events, lambda ev: isinstance(ev.msg, ErrorEvent) and ev.msg.codex_error_info == "internal_server_error")
     with trio.fail_after(5):

@@ -29,8 +29,6 @@ from spindle.protocol.items import CommandExecutionItem, FunctionCallOutput, Tex
 from spindle.protocol.ops import (
     InterruptOp,
     OverrideTurnContextOp,
-    RunUserShellCommandOp,
-    SetThreadMemoryModeOp,
     ShutdownOp,
     UserInputOp,
 )
@@ -236,19 +234,6 @@ async def test_bad_tool_arguments_reach_the_model_as_output(runtime: ThreadManag
     outputs = [msgspec.convert(i, FunctionCallOutput) for r in mock_model.requests[1:] for i in r.json()["input"][-1:]]
     assert outputs[0].output.startswith("invalid arguments for exec_command")
     assert outputs[1].output.startswith("unknown tool 'nope'")
-
-
-async def test_unsupported_ops_answer_with_an_error(runtime: ThreadManager) -> None:
-    thread = await runtime.start_thread()
-    with thread.events() as events:
-        sub = await thread.submit(RunUserShellCommandOp(command="ls"))
-        seen = await collect_until(events, ErrorEvent)
-        await thread.submit(SetThreadMemoryModeOp(mode="disabled"))
-        seen += await collect_until(events, ErrorEvent)
-    assert seen[0].id == sub
-    messages = [ev.msg.message for ev in seen if isinstance(ev.msg, ErrorEvent)]
-    assert messages == ["op 'run_user_shell_command' is not supported yet", "op 'set_thread_memory_mode' is not supported yet"]
-    assert await thread.ask("still alive") == "echo: still alive"
 
 
 async def test_bad_override_is_an_error_and_changes_nothing(runtime: ThreadManager) -> None:

@@ -21,6 +21,7 @@ from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 from . import config_methods as configs
 from . import mcp_methods as mcp
 from . import review_methods as reviews
+from . import thread_commands as commands
 from . import thread_methods as threads
 from . import turn_methods as turns
 from .context import RequestContext
@@ -104,6 +105,8 @@ HANDLERS: dict[str, Handler] = {
     "thread/rollback": threads.thread_rollback,
     "thread/revert": threads.thread_revert,
     "thread/compact/start": threads.thread_compact_start,
+    "thread/shellCommand": commands.thread_shell_command,
+    "thread/memoryMode/set": commands.thread_memory_mode_set,
     "turn/start": turns.turn_start,
     "turn/steer": turns.turn_steer,
     "turn/interrupt": turns.turn_interrupt,

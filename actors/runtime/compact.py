@@ -88,6 +88,7 @@ class CompactTask:
     """A compaction as a turn of its own: no input, no agent message, a `contextCompaction` item."""
 
     kind = "compact"
+    steerable = False
 
     async def run(self, turn: Turn, host: TurnHost) -> str | None:
         await host.compact(turn, "standalone")

@@ -12,14 +12,11 @@ through pipes) and the `yield_time_ms` sessions of `write_stdin`; a command runs
 
 from __future__ import annotations
 
-import codecs
 import math
 import os
 import secrets
 import shlex
-import shutil
-import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from typing import Any, Literal
 
 import msgspec
@@ -31,9 +28,10 @@ from spindle.protocol.items import CommandExecutionItem
 from spindle.protocol.sandbox import SandboxSpec
 
 from .approvals import InProcess
+from .command_item import ItemEvents, command_env, end_unrun, find_shell, run_command_item
 from .errors import SandboxUnavailable
 from .exec_policy import decide, likely_sandbox_denial
-from .execution import BoundedCapture, ExecResult, run_process
+from .execution import ExecResult
 from .sandbox import plan
 from .tools import ToolArgumentError, ToolContext
 
@@ -44,20 +42,6 @@ EXEC_TIMEOUT_S = 600.0
 DEFAULT_MAX_OUTPUT_TOKENS = 10_000
 BYTES_PER_TOKEN = 4
 """The estimate Codex uses to turn a token budget into text."""
-MAX_DELTA_BYTES = 1024 * 1024
-"""Output streamed as deltas per command; past it the completed item still carries head and tail."""
-COMMAND_ENV = {"NO_COLOR": "1", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"}
-"""Set for every command: its output goes to a pipe and to a model, not to a terminal."""
-
-
-SECRET_MARKERS = ("KEY", "SECRET", "TOKEN")
-"""A variable whose name holds one of these (any case) is not passed to commands: Codex's
-default excludes of `shell_environment_policy`, so provider API keys never reach the model."""
-
-
-def command_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The server's environment as a command gets it: without secrets."""
-    return {name: value for name, value in environ.items() if not any(m in name.upper() for m in SECRET_MARKERS)}
 
 
 class ExecCommandArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -176,50 +160,18 @@ class ExecCommandTool:
     ) -> ExecResult | str:
         """Run the command in `spec` as the item (started, streamed, completed): its result, or
         the model's text when it could not start."""
-        env = {**command_env(os.environ), **COMMAND_ENV}
+        env = command_env(os.environ)
         if not spec.network:
             env["CODEX_SANDBOX_NETWORK_DISABLED"] = "1"
         try:
             ready = await plan(spec, cwd=cwd, command=argv, env=env, thread_id=ctx.thread_id)
         except SandboxUnavailable as exc:
             return _ended(ctx, item, "failed", str(exc), f"exec_command failed: {exc}")
-        stream = _DeltaStream(ctx, item.id)
-
-        def started(pid: int) -> None:
-            nonlocal item
-            item = msgspec.structs.replace(item, process_id=str(pid))
-            ctx.item_started(item)
-
-        capture = BoundedCapture()
-        began = time.monotonic()
-        ended = False
         try:
-            result = await run_process(
-                ready, cwd=cwd, env=env, timeout_s=self.timeout_s, on_output=stream.feed, on_start=started,
-                capture=capture,
-            )
-            ended = True
+            return await run_command_item(ready, item, _item_events(ctx), cwd=cwd, env=env, timeout_s=self.timeout_s)
         except OSError as exc:
-            ended = True
             return _ended(ctx, item, "failed", str(exc),
                           f"exec_command failed: could not start {argv[0]!r} in {cwd}: {exc.strerror or exc}")
-        finally:
-            if not ended:  # cancelled (an interrupt): the group is killed; the item still ends
-                ctx.item_completed(msgspec.structs.replace(
-                    item, status="failed", aggregated_output=capture.text(),
-                    duration_ms=math.floor((time.monotonic() - began) * 1000),
-                ))
-        stream.flush()
-        ctx.item_completed(
-            msgspec.structs.replace(
-                item,
-                status="completed" if result.exit_code == 0 else "failed",
-                aggregated_output=result.output.text(),
-                exit_code=result.exit_code,
-                duration_ms=math.floor(result.duration_s * 1000),
-            )
-        )
-        return result
 
 
 REJECTED_BY_USER = 'exec_command failed: CreateProcess { message: "Rejected(\\"rejected by user\\")" }'
@@ -238,36 +190,15 @@ async def _approved(ctx: ToolContext, argv: list[str], cwd: str, reason: str | N
     return await ctx.ask_approval(request, InProcess(key) if escalate else key) in ("approved", "approved_for_session")
 
 
+def _item_events(ctx: ToolContext) -> ItemEvents:
+    return ItemEvents(started=ctx.item_started, completed=ctx.item_completed, output_delta=ctx.output_delta)
+
+
 def _ended(ctx: ToolContext, item: CommandExecutionItem, status: Literal["failed", "declined"],
            output: str | None, answer: str) -> str:
     """End the item that did not run (started and completed at once); the model reads `answer`."""
-    ctx.item_started(item)
-    ctx.item_completed(msgspec.structs.replace(item, status=status, aggregated_output=output))
+    end_unrun(_item_events(ctx), item, status, output)
     return answer
-
-
-class _DeltaStream:
-    """Turns output bytes into text deltas (never splitting a UTF-8 character), up to a cap."""
-
-    def __init__(self, ctx: ToolContext, item_id: str) -> None:
-        self._ctx = ctx
-        self._item_id = item_id
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._sent = 0
-
-    def feed(self, chunk: bytes) -> None:
-        if self._sent >= MAX_DELTA_BYTES:
-            return
-        chunk = chunk[: MAX_DELTA_BYTES - self._sent]
-        self._sent += len(chunk)
-        self._emit(self._decoder.decode(chunk))
-
-    def flush(self) -> None:
-        self._emit(self._decoder.decode(b"", final=True))
-
-    def _emit(self, text: str) -> None:
-        if text:
-            self._ctx.output_delta(self._item_id, text)
 
 
 def model_output(result: ExecResult, max_output_tokens: float | None, timeout_s: float) -> str:
@@ -301,7 +232,7 @@ def _resolve(args: ExecCommandArgs, turn_cwd: str) -> tuple[str, str]:
     if not os.path.isdir(cwd):
         raise ToolArgumentError(f"workdir {cwd!r} is not an existing folder")
     name = args.shell or "bash"
-    shell = shutil.which(name)
+    shell = find_shell(name)
     if shell is None:
         raise ToolArgumentError(f"shell {name!r} was not found on PATH")
     return cwd, shell

@@ -45,7 +45,7 @@ from spindle.protocol.ops import (
 from spindle.protocol.questions import user_input_response
 from spindle.protocol.review import ReviewOutput, ReviewRequest, ReviewTarget
 from spindle.protocol.sandbox import PermissionGrant
-from spindle.protocol.settings import ReviewDecision, ThreadSettings
+from spindle.protocol.settings import MemoryMode, ReviewDecision, ThreadSettings
 
 from .approvals import ToolResult
 from .errors import ThreadClosedError, TurnAbortedError, TurnError
@@ -139,6 +139,12 @@ class ThreadHandle:
     def rollout_path(self) -> Path:
         """Where this thread's rollout is (or will be, before its first turn)."""
         return self._actor.rollout.path
+
+    @property
+    def memory_mode(self) -> MemoryMode:
+        """Whether the thread may feed memory generation ("enabled" unless set otherwise, with the
+        `set_thread_memory_mode` op). Kept in the rollout; Spindle itself generates no memories."""
+        return self._actor.memory_mode
 
     @property
     def history(self) -> HistoryView:

@@ -7,7 +7,7 @@ as a read-only `HistoryView`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import overload
 
 import structlog
@@ -16,7 +16,12 @@ import trio
 from spindle.persistence.history import rebuild_history
 from spindle.persistence.policy import persisted_form, should_persist_event
 from spindle.persistence.rollout import ThreadRollout
-from spindle.protocol.events import EventMsg, SessionConfiguredEvent, ThreadRolledBackEvent
+from spindle.protocol.events import (
+    EventMsg,
+    SessionConfiguredEvent,
+    ThreadRolledBackEvent,
+    WarningEvent,
+)
 from spindle.protocol.items import (
     InputText,
     Message,
@@ -192,6 +197,29 @@ class ThreadJournal:
     def close_aborted_turn(self) -> None:
         """An aborted turn leaves no call unanswered, and the model is told it was interrupted."""
         self.append([*close_dangling_calls(self._history), turn_aborted_marker()])
+
+    async def roll_back_turns(self, num_turns: int, deliver: Callable[[EventMsg], None]) -> str | None:
+        """`thread_rollback`: drop the last `num_turns` user turns from the history and record the
+        marker, then `deliver` it to subscribers (after a warning when it could not be saved yet);
+        why it cannot be done, if it cannot."""
+        if num_turns == 0:
+            return "num_turns must be >= 1"
+        if not self.rollout.persisted:
+            return "thread rollback requires persisted thread history"
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            return f"failed to flush thread persistence for rollback replay: {exc}"
+        marker = ThreadRolledBackEvent(num_turns=num_turns)
+        self.roll_back(marker)
+        try:
+            await self.rollout.flush()
+        except (OSError, trio.TooSlowError) as exc:
+            deliver(WarningEvent(message="Rolled the thread back, but failed to save the rollback marker. "
+                                      f"Spindle will keep retrying. Error: {exc}"))
+        self.rollout.touch()
+        deliver(marker)
+        return None
 
     def roll_back(self, marker: ThreadRolledBackEvent) -> None:
         """Replay the rollout with `marker` at its end, and record the marker."""

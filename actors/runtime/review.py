@@ -87,6 +87,7 @@ class ReviewTask:
     """A review turn of `request` (see the module docstring)."""
 
     kind = "review"
+    steerable = False
 
     def __init__(self, request: ReviewRequest) -> None:
         self.request = msgspec.structs.replace(request, target=request.target.cleaned())

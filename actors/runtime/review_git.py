@@ -22,8 +22,8 @@ from spindle.protocol.review import (
 )
 from spindle.protocol.sandbox import SandboxSpec
 
+from .command_item import command_env
 from .errors import SandboxUnavailable
-from .exec_command import COMMAND_ENV, command_env
 from .execution import BoundedCapture, run_process
 from .review_prompts import GitSection, base_branch_prompt, commit_prompt, uncommitted_prompt
 from .sandbox import plan
@@ -87,7 +87,7 @@ class Git:
         """Run git as `run` does; its exit code and clipped output, whatever the code."""
         git, sh = await self._find_programs()
         command = [sh, "-c", shell, "sh", *args] if shell is not None else [git, *GIT_OPTIONS, *args]
-        env = {**command_env(os.environ), **COMMAND_ENV, **GIT_ENV}
+        env = {**command_env(os.environ), **GIT_ENV}
         try:
             ready = await plan(self.spec, cwd=cwd, command=command, env=env, thread_id=self.thread_id)
             result = await run_process(ready, cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S, capture=git_capture())

@@ -30,11 +30,9 @@ from spindle.protocol.events import (
     ShutdownCompleteEvent,
     TaskCompleteEvent,
     TaskStartedEvent,
-    ThreadRolledBackEvent,
     TokenUsage,
     TokenUsageInfo,
     TurnAbortedEvent,
-    WarningEvent,
     user_message_event,
 )
 from spindle.protocol.ids import new_id
@@ -51,6 +49,8 @@ from spindle.protocol.ops import (
     ReloadUserConfigOp,
     RequestPermissionsResponseOp,
     ReviewOp,
+    RunUserShellCommandOp,
+    SetThreadMemoryModeOp,
     ShutdownOp,
     Submission,
     ThreadRollbackOp,
@@ -69,6 +69,7 @@ from .fanout import Broadcaster
 from .journal import ThreadJournal, turn_context_item
 from .mcp_manager import McpManager
 from .mcp_tools import turn_tools
+from .memory_mode import MemoryModeError, recorded_memory_mode, store_memory_mode
 from .model_client import ModelClient
 from .outcomes import OutcomeBook
 from .permission_profiles import PermissionProfiles, load_profiles
@@ -81,6 +82,7 @@ from .thread_config import INITIAL_SUB_ID, ThreadConfigMixin
 from .tools import Tool
 from .turn import REGULAR, CompactPhase, SamplingFailed, Task, Turn
 from .usage import UsageMeter
+from .user_shell import run_user_shell_command
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +140,8 @@ class ThreadActor(ThreadConfigMixin):
         registered = rollout.meta.dynamic_tools
         self.dynamic_tools: list[Tool] = [DynamicTool(spec) for spec in registered] if isinstance(registered, list) else []
         """The client's own tools (`dynamicTools`), as its rollout records them."""
+        self.memory_mode = recorded_memory_mode(rollout.source.iter_forward_from(0)) if rollout.persisted else "enabled"
+        """Whether the thread may feed memory generation (kept, not used: Spindle makes no memories)."""
         self.mcp_configured = trio.Event()
         """Set once the thread's first MCP server set is applied (turns wait for it)."""
         self._mcp_pending: dict[str, McpServerConfig] | None = None
@@ -147,6 +151,10 @@ class ThreadActor(ThreadConfigMixin):
     @property
     def rollout(self) -> ThreadRollout:
         return self.journal.rollout
+
+    @property
+    def active_turn(self) -> Turn | None:
+        return self._active
 
     @property
     def active_turn_id(self) -> str | None:
@@ -313,6 +321,15 @@ class ThreadActor(ThreadConfigMixin):
                 await self._reload_config(sub.id, config if cwd == self.settings.cwd else None)
             case RefreshMcpServersOp(mcp_servers=servers):
                 self._refresh_mcp(servers)
+            case RunUserShellCommandOp():
+                assert self._nursery is not None
+                await run_user_shell_command(self, self._nursery, sub.id, sub.op)
+            case SetThreadMemoryModeOp(mode=mode):
+                assert self._writers is not None
+                try:
+                    self.memory_mode = await store_memory_mode(self.rollout, self._writers, mode)
+                except MemoryModeError as exc:
+                    self.emit(sub.id, ErrorEvent(message=str(exc), codex_error_info=exc.info))
             case _:
                 self._unsupported(sub.id, sub.op)
         return False
@@ -346,7 +363,7 @@ class ThreadActor(ThreadConfigMixin):
         if not items:
             self.emit(sub_id, ErrorEvent(message="user input is empty", codex_error_info="bad_request"))
             return
-        if self._active is not None and self._active.task.kind != REGULAR.kind:
+        if self._active is not None and not self._active.task.steerable:
             self.emit(sub_id, ErrorEvent(message=f"turn {self._active.turn_id} runs a {self._active.task.kind} task: "
                                          "input cannot join it; wait for it or interrupt it", codex_error_info="bad_request"))
             return
@@ -444,9 +461,11 @@ class ThreadActor(ThreadConfigMixin):
                     finished = True
             finally:
                 if finished:
+                    self.journal.append(turn.take_injected())  # joined too late for its last sample
                     self.emit(turn.sub_id, TaskCompleteEvent(turn_id=turn.turn_id, last_agent_message=last))
                 else:
                     self.journal.close_aborted_turn()
+                    self.journal.append(turn.take_injected())
                     self.emit(turn.sub_id, TurnAbortedEvent(turn_id=turn.turn_id, reason=turn.abort_reason))  # type: ignore[arg-type]
                 self._active = None
                 if self._mcp_pending is not None:
@@ -463,29 +482,14 @@ class ThreadActor(ThreadConfigMixin):
         if turn is None:
             return
         turn.abort_reason = reason
+        await turn.auxiliaries.cancel()  # what joined the turn ends first, within it
         turn.scope.cancel()
         await turn.done.wait()
 
     async def _rollback(self, sub_id: str, num_turns: int) -> None:
-        def fail(message: str) -> None:
-            self.emit(sub_id, ErrorEvent(message=message, codex_error_info="thread_rollback_failed"))
-
-        if num_turns == 0:
-            return fail("num_turns must be >= 1")
         if self._active is not None:
-            return fail("Cannot rollback while a turn is in progress.")
-        if not self.rollout.persisted:
-            return fail("thread rollback requires persisted thread history")
-        try:
-            await self.rollout.flush()
-        except (OSError, trio.TooSlowError) as exc:
-            return fail(f"failed to flush thread persistence for rollback replay: {exc}")
-        marker = ThreadRolledBackEvent(num_turns=num_turns)
-        self.journal.roll_back(marker)
-        try:
-            await self.rollout.flush()
-        except (OSError, trio.TooSlowError) as exc:
-            self._deliver(sub_id, WarningEvent(
-                message=f"Rolled the thread back, but failed to save the rollback marker. Spindle will keep retrying. Error: {exc}"))
-        self.rollout.touch()
-        self._deliver(sub_id, marker)
+            failed: str | None = "Cannot rollback while a turn is in progress."
+        else:
+            failed = await self.journal.roll_back_turns(num_turns, lambda warning: self._deliver(sub_id, warning))
+        if failed is not None:
+            self.emit(sub_id, ErrorEvent(message=failed, codex_error_info="thread_rollback_failed"))

@@ -27,7 +27,6 @@ from spindle.protocol.events import (
     CodexErrorInfo,
     DynamicToolCallRequestEvent,
     EventMsg,
-    ExecCommandOutputDeltaEvent,
     ItemCompletedEvent,
     ItemStartedEvent,
     PermissionsRequestEvent,
@@ -72,6 +71,8 @@ from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
 
 from .approvals import Approvals, ToolResult, UserInputReply
+from .auxiliary import Auxiliaries
+from .command_item import ItemEvents
 from .errors import SandboxUnavailable
 from .grants import Grants, granted
 from .model_client import ModelClient, ModelError, decode_usage
@@ -97,6 +98,8 @@ class Task(Protocol):
     review, a user's shell command) that the thread actor starts the same way."""
 
     kind: str
+    steerable: bool
+    """Whether user input may join a turn running this task (it then reaches the model in it)."""
 
     async def run(self, turn: Turn, host: TurnHost) -> str | None:
         """Run `turn` to its end; the last agent message, if any. Raises SamplingFailed."""
@@ -113,6 +116,7 @@ class RegularTask:
     answers (`run_turn`)."""
 
     kind = "regular"
+    steerable = True
 
     async def run(self, turn: Turn, host: TurnHost) -> str | None:
         return await run_turn(turn, host)
@@ -147,6 +151,16 @@ class Turn:
     that were waiting on a client, to run again (so they ask again) before sampling."""
     diff: TurnDiff = field(default_factory=TurnDiff)
     """The files this turn's patches wrote, for its net diff (`turn_diff`): each turn starts afresh."""
+    auxiliaries: Auxiliaries = field(default_factory=Auxiliaries)
+    """Work that joined the turn from outside its task (a user's shell command): an interrupt of
+    the turn ends it first."""
+    injected: list[ResponseItem] = field(default_factory=list)
+    """History items that joined the turn (a user's shell command's record): committed before its
+    next sample, or when it ends."""
+
+    def take_injected(self) -> list[ResponseItem]:
+        items, self.injected = self.injected, []
+        return items
 
 
 class SamplingFailed(Exception):
@@ -198,6 +212,8 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
         pending, turn.pending = turn.pending, []
         for sub_id, items in pending:
             await host.commit_input(turn, sub_id, items)
+        if turn.injected:
+            await host.commit(turn.take_injected())
         sample = await sample_with_retries(turn, host)
         await host.commit(sample.items)
         calls = [item for item in sample.items if isinstance(item, FunctionCall | CustomToolCall)]
@@ -207,7 +223,7 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
         for call in calls:
             output = await _tools(turn, host).dispatch(call, await _tool_context(turn, host, call))
             await host.commit([output])
-        if not calls and not turn.pending:
+        if not calls and not turn.pending and not turn.injected:
             return last_message
         await host.compact(turn, "mid_turn")  # before the next sampling, if it is over the limit
 
@@ -242,13 +258,12 @@ def _realise(settings: ThreadSettings, profiles: PermissionProfiles) -> tuple[Sa
         return None, str(exc)
 
 
+def item_events(turn: Turn, host: TurnHost) -> ItemEvents:
+    """The turn's item lifecycle and command output, as events to its subscribers."""
+    return ItemEvents.of(host.emit, sub_id=turn.sub_id, thread_id=host.thread_id, turn_id=turn.turn_id)
+
+
 async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolContext:
-    def started(item: TurnItem) -> None:
-        host.emit(turn.sub_id, ItemStartedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
-
-    def completed(item: TurnItem) -> None:
-        host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=item))
-
     async def ask(request: ApprovalRequestEvent, key: Hashable) -> ReviewDecision:
         return await host.approvals.ask(turn.sub_id, request, key)
 
@@ -269,9 +284,7 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
 
     sandbox, error = await realised_sandbox(turn)
     sandbox = (host.approvals.session_grants | turn.grants).apply(sandbox)
-
-    def output_delta(item_id: str, delta: str) -> None:
-        host.emit(turn.sub_id, ExecCommandOutputDeltaEvent(item_id=item_id, delta=delta))
+    events = item_events(turn, host)
 
     def diff_updated(diff: str) -> None:
         host.emit(turn.sub_id, TurnDiffEvent(turn_id=turn.turn_id, unified_diff=diff))
@@ -286,9 +299,9 @@ async def _tool_context(turn: Turn, host: TurnHost, call: ToolCall) -> ToolConte
         ask_approval=ask,
         call_client=call_client,
         ask_user=ask_user,
-        item_started=started,
-        item_completed=completed,
-        output_delta=output_delta,
+        item_started=events.started,
+        item_completed=events.completed,
+        output_delta=events.output_delta,
         request_permissions=request_permissions,
         turn_diff=turn.diff,
         diff_updated=diff_updated,

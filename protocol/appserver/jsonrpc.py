@@ -90,6 +90,8 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "thread/rollback": v2.ThreadRollbackParams,
     "thread/revert": v2.ThreadRevertParams,
     "thread/compact/start": v2.ThreadIdParams,
+    "thread/shellCommand": v2.ThreadShellCommandParams,
+    "thread/memoryMode/set": v2.ThreadMemoryModeSetParams,
     "turn/start": v2.TurnStartParams,
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
@@ -115,7 +117,7 @@ PARAMS_OPTIONAL = frozenset({
 KNOWN_UNSUPPORTED = frozenset({
     "thread/delete", "thread/goal/set", "thread/goal/get", "thread/goal/clear", "thread/metadata/update",
     "thread/attachment/add", "thread/attachment/list", "thread/attachmentOwner/list", "thread/attachment/remove",
-    "thread/section/move", "thread/shellCommand", "thread/approveGuardianDeniedAction", "threadSection/list",
+    "thread/section/move", "thread/approveGuardianDeniedAction", "threadSection/list",
     "threadSection/create", "threadSection/update", "threadSection/delete", "thread/turns/list",
     "thread/items/list", "thread/inject_items", "skills/list", "skills/extraRoots/set", "hooks/list",
     "marketplace/add", "marketplace/remove", "marketplace/upgrade", "plugin/list", "plugin/installed",

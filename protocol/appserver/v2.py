@@ -12,7 +12,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..settings import Approval, SandboxMode
+from ..settings import Approval, MemoryMode, SandboxMode
 from .v2base import Inbound as Inbound
 from .v2base import Wire as Wire
 from .v2items import ThreadItem, UserInputV2
@@ -212,6 +212,22 @@ class ThreadSetNameParams(Inbound, kw_only=True, frozen=True):
 class ThreadRollbackParams(Inbound, kw_only=True, frozen=True):
     thread_id: str
     num_turns: int
+
+
+class ThreadShellCommandParams(Inbound, kw_only=True, frozen=True):
+    """thread/shellCommand: `command` runs through the thread's shell, unsandboxed; `timeoutMs`
+    (null: one hour; 0: times out at once; negative: refused) bounds it."""
+
+    thread_id: str
+    command: str
+    timeout_ms: int | None = None
+
+
+class ThreadMemoryModeSetParams(Inbound, kw_only=True, frozen=True):
+    """thread/memoryMode/set (experimental)."""
+
+    thread_id: str
+    mode: MemoryMode
 
 
 class ThreadRevertParams(Inbound, kw_only=True, frozen=True):
