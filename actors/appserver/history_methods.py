@@ -1,19 +1,15 @@
 """Handlers of the paginated history: `thread/turns/list`, `thread/items/list`, `thread/items/read`.
 
-A loaded thread is paged from its rollout as it stands (with its running turn); a stored one from
-its rollout file. Before its first turn a thread has no history to page: Codex's own error says so.
+A loaded thread is paged through its rollout source's turn index (with its running turn); a
+stored one through the index a streaming scan of its file builds. Either way only the page's
+turns are read from the file, off the event loop. Before its first turn a thread has no history to
+page: Codex's own error says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
-import trio
-
 from spindle.persistence.cursors import InvalidCursor
-from spindle.persistence.reader import RolloutReadError, read_rollout
-from spindle.protocol.appserver import v2
+from spindle.persistence.reader import RolloutReadError
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2pages import (
     ThreadItemEntry,
@@ -27,21 +23,10 @@ from spindle.protocol.appserver.v2pages import (
 
 from .context import RequestContext, thread_id_param
 from .pages import TurnSource, defer_output, item_page, turn_page, with_view
-from .turns import build_turns
+from .turns import IndexedTurns, stored_turns
 
 MAX_READ_IDS = 100
 """The most item ids one `thread/items/read` may name (the schema's bound)."""
-
-
-class BuiltTurns:
-    """Turns already built, all of them."""
-
-    def __init__(self, turns: list[v2.Turn]) -> None:
-        self._turns = turns
-        self.turn_ids: Sequence[str] = [turn.id for turn in turns]
-
-    async def turns(self, positions: Sequence[int]) -> list[v2.Turn]:
-        return [self._turns[p] for p in positions]
 
 
 def _invalid(exc: InvalidCursor) -> RpcError:
@@ -55,18 +40,14 @@ async def history_of(ctx: RequestContext, thread_id: str, method: str) -> TurnSo
         rollout = running.rollout
         if not rollout.materialized and not rollout.ephemeral:
             raise invalid_request(f"thread {thread_id} is not materialized yet; {method} is unavailable before first user message")
-        return BuiltTurns(build_turns(rollout.source.iter_forward_from(0), live_turn_id=running.active_turn_id))
+        return IndexedTurns(rollout.source, running.active_turn_id)
     path = await ctx.manager.store.find_path(thread_id)
     if path is None:
         raise invalid_request(f"no rollout found for thread id {thread_id}")
     try:
-        return BuiltTurns(await trio.to_thread.run_sync(_read_turns, path))
+        return await stored_turns(path)
     except (OSError, RolloutReadError) as exc:
         raise invalid_request(f"cannot read rollout {path}: {exc}") from None
-
-
-def _read_turns(path: Path) -> list[v2.Turn]:
-    return build_turns(read_rollout(path).source.iter_forward_from(0))
 
 
 async def thread_turns_list(ctx: RequestContext, params: ThreadTurnsListParams) -> ThreadTurnsListResult:
