@@ -29,6 +29,7 @@ from spindle.protocol.events import ApprovalResolvedEvent
 from spindle.protocol.items import ResponseItem
 from spindle.protocol.rollout import CompactedItem, RolloutItem, SessionMeta, TurnContextItem
 
+from .blobs import BLOB_MIN, BlobIndex
 from .heads import preview_of
 from .history import rebuild_history, unfinished_turn
 from .source import LoadFacts, RolloutSource, SpanRead, decode_items, read_items
@@ -94,6 +95,10 @@ holding none are passed over without being decoded; those holding one are decode
 their head to confirm."""
 
 
+_BLOB_MARKERS = (b'"input_image"', b'"function_call_output"', b'"custom_tool_call_output"')
+"""What a line that may hold a string stored once (`persistence.blobs`) holds; only long ones are decoded."""
+
+
 class _Scan:
     """What one pass over the file has found so far."""
 
@@ -106,6 +111,7 @@ class _Scan:
         """Where each `compacted` line begins."""
         self.approvals: list[ApprovalResolvedEvent] = []
         self.preview = ""
+        self.blobs = BlobIndex()
         self.before: tuple[bytes, int] = (b"", 0)
         """The last whole line of the previous chunk, and its offset."""
 
@@ -127,6 +133,11 @@ class _Scan:
                 self.last_context = body[start : body.index(b"\n", at) + 1]
                 break
             at = body.rfind(b'"turn_context"', 0, start)
+        for marker in _BLOB_MARKERS:
+            for start in _line_starts(body, marker):
+                end = body.index(b"\n", start) + 1
+                if end - start >= BLOB_MIN:
+                    self.blobs.note(body[start:end], offset + start)
         if not self.preview:
             self.preview = _first_preview(body)
         last = body.rfind(b"\n", 0, len(body) - 1) + 1
@@ -200,9 +211,10 @@ def _first_preview(body: bytes) -> str:
     return ""
 
 
-def replay_history(path: Path, start: int, end: int) -> list[ResponseItem]:
+def replay_history(path: Path, start: int, end: int, blobs: BlobIndex) -> list[ResponseItem]:
     """The model's history rebuilt from the file's bytes `start` to `end`, decoded a chunk at a
-    time (so only the history is held, not the items it is rebuilt from)."""
+    time (so only the history is held, not the items it is rebuilt from); a compaction gets back
+    the big strings it refers to."""
     def items() -> Iterator[RolloutItem]:
         with open(path, "rb") as file:
             file.seek(start)
@@ -210,7 +222,8 @@ def replay_history(path: Path, start: int, end: int) -> list[ResponseItem]:
             while left > 0 and (lines := file.readlines(min(CHUNK, left))):
                 body = b"".join(lines)[:left]
                 left -= len(body)
-                yield from decode_items(body[: body.rfind(b"\n") + 1])[0]
+                for item in decode_items(body[: body.rfind(b"\n") + 1])[0]:
+                    yield blobs.resolve(path, item) if isinstance(item, CompactedItem) else item
     return rebuild_history(items())
 
 
@@ -248,11 +261,12 @@ def read_rollout(path: Path, *, history: bool = True) -> RolloutRead:
     except OSError as exc:
         raise RolloutReadError(f"cannot read rollout {path}: {exc.strerror}") from None
     facts = scan.facts(path, offset)
-    source = RolloutSource(path, index=scan.index, written=offset, lines=scan.lines, facts=facts, preview=scan.preview)
+    source = RolloutSource(path, index=scan.index, written=offset, lines=scan.lines, facts=facts, preview=scan.preview,
+                           blobs=scan.blobs.lines)
     last = line_head(scan.before[0])
     ordinal = last.ordinal + 1 if last is not None and last.ordinal is not None else scan.lines  # ordinals grow line by line
     start = _history_from(path, scan) if history else 0
-    replay = replay_history(path, start, offset) if history else []
+    replay = replay_history(path, start, offset, scan.blobs) if history else []
     return RolloutRead(path, meta, source, scan.skipped, bool(rest.strip()), offset, ordinal, replay, start)
 
 

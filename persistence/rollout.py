@@ -97,9 +97,9 @@ class ThreadRollout:
 
     def record(self, items: Sequence[RolloutItem]) -> None:
         """Add items to the source now; they reach the writer at the next `drain()`."""
-        self.source.append(items)
+        recorded = self.source.append(items)
         if not self.ephemeral:
-            self._outbox.extend(items)
+            self._outbox.extend(recorded)
 
     async def start(self, nursery: trio.Nursery, *, create: bool) -> None:
         """Take the writer lease (unless held already), then start the writer actor (creating the

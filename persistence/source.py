@@ -18,8 +18,9 @@ from pathlib import Path
 import msgspec
 
 from spindle.protocol.events import ApprovalResolvedEvent, TaskStartedEvent, ThreadRolledBackEvent
-from spindle.protocol.rollout import RolloutItem, RolloutLine, TurnContextItem
+from spindle.protocol.rollout import CompactedItem, RolloutItem, RolloutLine, TurnContextItem
 
+from .blobs import remember, shrink
 from .heads import preview_of
 from .history import UnfinishedTurn
 from .turn_index import TurnIndex
@@ -80,13 +81,16 @@ def read_items(read: SpanRead) -> list[RolloutItem]:
 class RolloutSource:
     """The items of one rollout, in file order: line `i` of the file is item `i`."""
 
-    __slots__ = ("path", "index", "facts", "preview", "_written", "_lines", "_unwritten", "_opening")
+    __slots__ = ("path", "index", "facts", "preview", "blobs", "_written", "_lines", "_unwritten", "_opening")
 
     def __init__(
         self, path: Path | None = None, unwritten: Iterable[RolloutItem] = (), *, index: TurnIndex | None = None,
         written: int = 0, lines: int = 0, facts: LoadFacts | None = None, preview: str = "",
+        blobs: Iterable[str] = (),
     ) -> None:
         self.path = path
+        self.blobs: set[str] = set(blobs)
+        """The digests of the big strings the rollout holds in full (`persistence.blobs`)."""
         self.index = index if index is not None else TurnIndex()
         self.facts = facts if facts is not None else LoadFacts()
         self.preview = preview
@@ -106,9 +110,17 @@ class RolloutSource:
     def __len__(self) -> int:
         return self._lines
 
-    def append(self, items: Iterable[RolloutItem]) -> None:
-        """Items recorded, not yet written: kept until the writer says they are on disk."""
+    def append(self, items: Iterable[RolloutItem]) -> list[RolloutItem]:
+        """Items recorded, not yet written: kept until the writer says they are on disk. Returned
+        as they will be written: a compaction of a rollout on disk refers to the big strings the
+        rollout already holds rather than copying them (`persistence.blobs`)."""
+        recorded: list[RolloutItem] = []
         for item in items:
+            if isinstance(item, CompactedItem) and self.path is not None:
+                item = shrink(item, self.blobs)
+            else:
+                remember([item], self.blobs)
+            recorded.append(item)
             self._unwritten.append(item)
             self._lines += 1
             if isinstance(item, TaskStartedEvent):
@@ -117,6 +129,7 @@ class RolloutSource:
                 self.index.roll_back(item.num_turns)
             elif not self.preview:
                 self.preview = preview_of([item])
+        return recorded
 
     def wrote(self, items: Sequence[RolloutItem], offsets: Sequence[int], size: int) -> None:
         """The writer appended `items` (the oldest unwritten ones), their lines at `offsets`; the

@@ -23,11 +23,14 @@ from spindle.actors.testing.long_rollout import (
 )
 from spindle.actors.testing.rpc_client import RpcClient
 from spindle.persistence.history import ForkSnapshot
+from spindle.persistence.paths import timestamp
 from spindle.persistence.reader import read_rollout
+from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.source import read_items
-from spindle.protocol.items import Message
+from spindle.protocol.ids import new_id
+from spindle.protocol.items import InputImage, InputText, Message
 from spindle.protocol.ops import ThreadRollbackOp
-from spindle.protocol.rollout import TurnContextItem
+from spindle.protocol.rollout import CompactedItem, SessionMeta, TurnContextItem
 
 TURNS = 2000
 COMPACT_EVERY = 100
@@ -131,3 +134,25 @@ async def page_long_thread(client: RpcClient, long_rollout: LongRollout) -> None
     items = await client.call("thread/items/list", {"threadId": tid, "turnId": ids[500]})
     assert [e["item"]["type"] for e in items["data"]] == ["userMessage", "agentMessage"]
     assert items["data"][0]["item"]["content"][0]["text"] == user_text(500)
+
+
+BIG_IMAGE = "data:image/png;base64," + "iVBORw0KGgo" * 20_000
+
+
+async def test_an_inline_image_is_stored_once_however_many_compactions_keep_it(tmp_path: Path) -> None:
+    meta = SessionMeta(id=new_id(), timestamp=timestamp(), cwd=str(tmp_path))
+    path = tmp_path / "sessions" / f"rollout-{meta.id}.jsonl"
+    image = Message(role="user", content=[InputText(text="look at this"), InputImage(image_url=BIG_IMAGE)])
+    rollout = ThreadRollout(path=path, meta=meta)
+    async with trio.open_nursery() as nursery:
+        rollout.record([image])
+        await rollout.materialize(nursery)
+        for n in range(5):
+            summary = Message(role="user", content=[InputText(text=f"summary {n}")])
+            rollout.record([CompactedItem(message=f"summary {n}", replacement_history=[image, summary])])
+            await rollout.drain()
+        await rollout.shutdown()
+    data = await trio.to_thread.run_sync(path.read_bytes)
+    assert len(data) < 1.2 * len(BIG_IMAGE) and data.count(b"spindle-blob:sha256:") == 5
+    read = await trio.to_thread.run_sync(read_rollout, path)
+    assert read.history == [image, Message(role="user", content=[InputText(text="summary 4")])]
