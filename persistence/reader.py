@@ -76,6 +76,9 @@ class _Head(msgspec.Struct):
 _heads = msgspec.json.Decoder(_Head)
 CHUNK = 1 << 22
 """Bytes read at a time by the scan."""
+WRITTEN_HEAD = 120
+"""How far into a line Spindle's and Codex's writers have put its kinds (`timestamp`, `ordinal`,
+`type`, then the payload's `type`)."""
 META_LINES = 16
 """How far into a file `read_session_meta` looks for its `session_meta`."""
 
@@ -95,7 +98,7 @@ holding none are passed over without being decoded; those holding one are decode
 their head to confirm."""
 
 
-_BLOB_MARKERS = (b'"input_image"', b'"function_call_output"', b'"custom_tool_call_output"')
+_BLOB_MARKERS = (b'"input_image"', b'_call_output"')
 """What a line that may hold a string stored once (`persistence.blobs`) holds; only long ones are decoded."""
 
 
@@ -190,8 +193,13 @@ def _is(body: bytes, start: int, kind: str) -> bool:
     """Whether the line at `start` is of `kind` (a line type, or an event's type)."""
     end = body.find(b"\n", start)
     raw = body[start : end + 1 if end != -1 else len(body)]
-    if kind.encode() not in raw:
+    name = kind.encode()
+    if name not in raw:
         return False
+    if raw.startswith(b'{"timestamp":"'):  # as the writers put it down: the kind comes first
+        first = raw[:WRITTEN_HEAD]
+        if b',"type":"%s","payload":' % name in first or b'"payload":{"type":"%s"' % name in first:
+            return True
     head = line_head(raw)
     return head is not None and (head.type == kind or (head.type == "event_msg" and head.payload.type == kind))
 
