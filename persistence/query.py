@@ -20,8 +20,6 @@ reads it; any other string is `unknown`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +27,7 @@ import msgspec
 
 from spindle.protocol.ids import parse_thread_id
 
+from .cursors import InvalidCursor, decode_cursor, encode_cursor
 from .paths import ThreadStoreError
 
 DEFAULT_LIMIT = 50
@@ -173,7 +172,7 @@ class ThreadQuery:
         object.__setattr__(self, "included_ids", _ids(self.included_ids, "included thread ids"))
         object.__setattr__(self, "excluded_ids", _ids(self.excluded_ids, "excluded thread ids") or ())
         object.__setattr__(self, "search_term", self.search_term or None)
-        object.__setattr__(self, "position", decode_cursor(self.cursor, self.sort_key) if self.cursor else None)
+        object.__setattr__(self, "position", decode_thread_cursor(self.cursor, self.sort_key) if self.cursor else None)
 
     @property
     def reconciles(self) -> bool:
@@ -216,8 +215,8 @@ class ThreadQuery:
         more = len(rows) > self.limit
         return ThreadPage(
             entries,
-            encode_cursor(self.sort_key, entries[-1]) if more else None,
-            encode_cursor(self.sort_key, entries[0]),
+            encode_thread_cursor(self.sort_key, entries[-1]) if more else None,
+            encode_thread_cursor(self.sort_key, entries[0]),
         )
 
 
@@ -225,19 +224,17 @@ def _in(column: str, n: int) -> str:
     return f"{column} IN ({', '.join('?' * n)})" if n else "0"
 
 
-def encode_cursor(sort_key: str, entry: ThreadEntry) -> str:
+def encode_thread_cursor(sort_key: str, entry: ThreadEntry) -> str:
     value = entry.created_at if sort_key == "created_at" else entry.updated_at
-    raw = msgspec.json.encode([sort_key, value, entry.id])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return encode_cursor(sort_key, value, entry.id)
 
 
-def decode_cursor(cursor: str, sort_key: str) -> tuple[str, str]:
+def decode_thread_cursor(cursor: str, sort_key: str) -> tuple[str, str]:
     """(key value, thread id) of a cursor made for `sort_key`; InvalidThreadQuery otherwise."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        key, value, tid = msgspec.json.decode(raw, type=tuple[str, str, str])
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise InvalidThreadQuery(f"invalid cursor {cursor!r}") from None
+        key, value, tid = decode_cursor(cursor, tuple[str, str, str])
+    except InvalidCursor as exc:
+        raise InvalidThreadQuery(str(exc)) from None
     if key != sort_key:
         raise InvalidThreadQuery(f"invalid cursor {cursor!r}: it was made for sort key {key}, not {sort_key}")
     return value, tid

@@ -1,4 +1,4 @@
-"""A thread's side of persistence: its in-memory source, its outbox, and the channel to its writer.
+"""A thread's side of persistence: its source, its outbox, and the channel to its writer.
 
 The thread actor records items here as it goes; at each await point the outbox goes to the
 `RolloutWriter` as one batch. Nothing reaches disk before `materialize` (the first user turn).
@@ -24,7 +24,7 @@ from spindle.protocol.rollout import RolloutItem, SessionMeta
 
 from .lease import WriterLease
 from .paths import ThreadStoreError, timestamp
-from .source import InMemoryRolloutSource
+from .source import RolloutSource
 from .writer import (
     WRITER_CHANNEL_CAPACITY,
     AddItems,
@@ -50,8 +50,9 @@ INDEX_REPORT_DEADLINE_S = 2.0
 
 
 class ThreadRollout:
-    """A thread's side of persistence: its in-memory source, its outbox and (once materialized)
-    the channel to its writer actor. `ephemeral` rollouts keep the source and never touch disk.
+    """A thread's side of persistence: its source, its outbox and (once materialized) the channel
+    to its writer actor, which tells the source what it wrote. `ephemeral` rollouts keep their
+    items in the source and never touch disk.
 
     The source always starts with `session_meta`, so its indices match the file's lines.
     """
@@ -61,7 +62,7 @@ class ThreadRollout:
         *,
         path: Path,
         meta: SessionMeta,
-        source: InMemoryRolloutSource | None = None,
+        source: RolloutSource | None = None,
         materialized: bool = False,
         ephemeral: bool = False,
         good_size: int | None = None,
@@ -72,7 +73,7 @@ class ThreadRollout:
     ) -> None:
         self.path = path
         self.meta = meta
-        self.source = source if source is not None else InMemoryRolloutSource([meta])
+        self.source = source if source is not None else RolloutSource(None if ephemeral else path, [meta])
         self.ephemeral = ephemeral
         self.materialized = materialized
         self.index = index
@@ -96,9 +97,9 @@ class ThreadRollout:
 
     def record(self, items: Sequence[RolloutItem]) -> None:
         """Add items to the source now; they reach the writer at the next `drain()`."""
-        self.source.append(items)
+        recorded = self.source.append(items)
         if not self.ephemeral:
-            self._outbox.extend(items)
+            self._outbox.extend(recorded)
 
     async def start(self, nursery: trio.Nursery, *, create: bool) -> None:
         """Take the writer lease (unless held already), then start the writer actor (creating the
@@ -121,6 +122,7 @@ class ThreadRollout:
             next_ordinal=0 if create else self._appended_from(),
             truncate_to=self._good_size,
             on_error=self.on_error,
+            on_written=self.source.wrote,
         )
         try:
             await nursery.start(writer.run, receive)
@@ -129,6 +131,13 @@ class ThreadRollout:
             raise
         self._send, self._writer, self._batches_sent = send, writer, 0
         self._start_reporter(nursery)
+
+    @property
+    def next_ordinal(self) -> int:
+        """The ordinal the next recorded item takes once written."""
+        if self._writer is not None:
+            return self._writer.next_ordinal + len(self._outbox)
+        return self._appended_from() + len(self._outbox)
 
     def _appended_from(self) -> int:
         """The ordinal of the next line of an existing file: as its reader found it, else one per

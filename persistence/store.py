@@ -235,7 +235,7 @@ class LocalThreadStore:
         meta = rollout.meta
         preview = self._previews.get(meta.id)
         if not preview:
-            preview = self._previews[meta.id] = preview_of(rollout.source.iter_forward_from(0))
+            preview = self._previews[meta.id] = rollout.source.preview
         name = await self.name(meta.id)
         kind, interactive = classify_source(meta.source)
         facts = Facts(

@@ -82,12 +82,17 @@ class RolloutWriter:
         next_ordinal: int = 0,
         truncate_to: int | None = None,
         on_error: Callable[[str], None] = lambda message: None,
+        on_written: Callable[[list[RolloutItem], list[int], int], None] = lambda items, offsets, size: None,
     ) -> None:
         self.path = path
         self._create = create
         self._truncate_to = truncate_to
         self._ordinal = next_ordinal
         self._pending = bytearray()
+        self._pending_items: list[RolloutItem] = []
+        self._pending_at: list[int] = []
+        """Each pending item, and where its line begins in `_pending`."""
+        self._on_written = on_written
         self._fd = -1
         self._size = 0
         self._failing = False
@@ -97,6 +102,11 @@ class RolloutWriter:
         self._ended = False
         self.done = trio.Event()
         """Set once the writer has ended and closed its file: nothing more reaches it after."""
+
+    @property
+    def next_ordinal(self) -> int:
+        """The ordinal the next item handed to the writer will take."""
+        return self._ordinal
 
     async def wait_handled(self, count: int) -> None:
         """Until `count` AddItems have been handled (written, or failed and reported), or the writer ended."""
@@ -135,6 +145,8 @@ class RolloutWriter:
         for item in items:
             line = RolloutLineOut(timestamp=ts, ordinal=self._ordinal, type=line_type(item), payload=item)
             self._ordinal += 1
+            self._pending_items.append(item)
+            self._pending_at.append(len(self._pending))
             self._pending += _encoder.encode(line)
             self._pending += b"\n"
 
@@ -227,15 +239,24 @@ class RolloutWriter:
             if not closed:  # no worker thread came free in time: never leak the descriptor
                 os.close(fd)
 
+    def _report_written(self, base: int) -> None:
+        """Tell the thread's source which items reached the file, and where their lines begin."""
+        items, self._pending_items = self._pending_items, []
+        at, self._pending_at = self._pending_at, []
+        if items:
+            self._on_written(items, [base + offset for offset in at], self._size)
+
     async def _handle(self, batch: list[Command]) -> bool:
         """Process one drained batch; True after a Shutdown."""
         for command in batch:
             if isinstance(command, AddItems):
                 self._encode(command.items)
         sync = any(isinstance(c, Shutdown) or (isinstance(c, Flush) and c.fsync) for c in batch)
+        base = self._size
         write_error, sync_error = await trio.to_thread.run_sync(self._write_and_sync, sync)
         if write_error is None:
             self._failing = False
+            self._report_written(base)
         elif not self._failing:
             self._failing = True
             self._on_error(write_error)

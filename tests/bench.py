@@ -234,7 +234,12 @@ async def listing(config: Config) -> dict[str, float]:
         return statistics.median(lat)
 
     out = {
-        "cold_reconcile_10k_ms": cold,
+        "long_resume_s": ("resume of 100,000 turns compacted every 1,000, fresh process (s)", "< 2"),
+    "long_resume_cpu_s": ("its CPU time (s; the scan runs in a worker thread)", ""),
+    "long_resume_peak_rss_mib": ("that process's peak RSS (MiB)", "< 150"),
+    "long_resume_rss_before_mib": ("its RSS before the resume: runtime loaded (MiB)", ""),
+    "long_rollout_mb": ("that rollout's size (MB)", ""),
+    "cold_reconcile_10k_ms": cold,
         "warm_reconcile_10k_ms": await median_ms(store.reconcile, 50),
         "list_first_page_of_10k_ms": await median_ms(lambda: store.list_threads(ThreadQuery(limit=50)), 50),
         "full_stat_pass_10k_ms": await median_ms(lambda: store.reconcile(full=True), 5),
@@ -364,6 +369,49 @@ async def scaling(config: Config) -> dict[str, float]:
     return out
 
 
+LONG_TURNS = 100_000
+LONG_COMPACT_EVERY = 1_000
+LONG_ROLLOUT: dict[str, Any] = {}
+
+_RESUME_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+import trio
+from spindle.actors.runtime import open_runtime
+from spindle.actors.testing.mock_model import mock_config
+
+async def main() -> None:
+    async with open_runtime(mock_config("http://127.0.0.1:9/v1", Path(sys.argv[1]))) as rt:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0, c0 = time.perf_counter(), time.process_time()
+        thread = await rt.resume_thread(sys.argv[2])
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"s": took, "cpu": cpu, "peak_kib": peak, "before_kib": before, "turns": len(thread.rollout.source.index),
+                          "history": len(thread.history)}))
+
+trio.run(main)
+"""
+
+
+async def long_resume(config: Config) -> dict[str, float]:
+    """Resume of a generated rollout of 100,000 turns compacted every 1,000, in a fresh process:
+    its wall time and the process's peak RSS (`ru_maxrss`)."""
+    from spindle.actors.testing.long_rollout import write_long_rollout
+
+    if not LONG_ROLLOUT:
+        home = Path(tempfile.mkdtemp(prefix="spindle-long-"))
+        made = await trio.to_thread.run_sync(
+            lambda: write_long_rollout(home, turns=LONG_TURNS, compact_every=LONG_COMPACT_EVERY))
+        LONG_ROLLOUT.update(home=home, id=made.thread_id, mb=made.path.stat().st_size / 1e6)
+    done = await trio.run_process([sys.executable, "-c", _RESUME_CHILD, str(LONG_ROLLOUT["home"]), LONG_ROLLOUT["id"]],
+                                  capture_stdout=True)
+    got = json.loads(done.stdout)
+    assert got["turns"] == LONG_TURNS and got["history"] < 10
+    return {"long_resume_s": got["s"], "long_resume_cpu_s": got["cpu"], "long_resume_peak_rss_mib": got["peak_kib"] / 1024,
+            "long_resume_rss_before_mib": got["before_kib"] / 1024, "long_rollout_mb": LONG_ROLLOUT["mb"]}
+
+
 def repeat(fn: Callable[[Config], Awaitable[dict[str, float]]], config: Config, runs: int = RUNS) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     for _ in range(runs):
@@ -386,6 +434,11 @@ TARGETS = {
     "read_2000_turn_rollout_ms": ("read a 2000-turn rollout (ms)", ""),
     "rollout_2000_turn_lines": ("lines in that rollout", "about 18k"),
     "cold_resume_2000_turns_ms": ("cold resume of a 2000-turn rollout (ms)", "≤ 150 (Rust ~1500)"),
+    "long_resume_s": ("resume of 100,000 turns compacted every 1,000, fresh process (s)", "< 2"),
+    "long_resume_cpu_s": ("its CPU time (s; the scan runs in a worker thread)", ""),
+    "long_resume_peak_rss_mib": ("that process's peak RSS (MiB)", "< 150"),
+    "long_resume_rss_before_mib": ("its RSS before the resume: runtime loaded (MiB)", ""),
+    "long_rollout_mb": ("that rollout's size (MB)", ""),
     "cold_reconcile_10k_ms": ("reconcile 10,000 unindexed rollout files, cold index (ms)", "well under 1000"),
     "warm_reconcile_10k_ms": ("reconcile 10,000 indexed rollouts, nothing changed (ms)", ""),
     "list_first_page_of_10k_ms": ("list first page (50) of 10,000 threads, with its reconcile (ms)", "≤ 20"),
@@ -419,8 +472,8 @@ TARGETS = {
 
 PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
     fn.__name__: fn
-    for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, listing, app_server,
-               app_server_pipelined, sandbox_cost, approvals)
+    for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, long_resume, listing,
+               app_server, app_server_pipelined, sandbox_cost, approvals)
 }
 
 

@@ -19,6 +19,7 @@ from spindle.protocol.appserver import v2, v2models, v2modes, v2perm
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
 from . import config_methods as configs
+from . import history_methods as history
 from . import mcp_methods as mcp
 from . import review_methods as reviews
 from . import thread_commands as commands
@@ -107,6 +108,9 @@ HANDLERS: dict[str, Handler] = {
     "thread/compact/start": threads.thread_compact_start,
     "thread/shellCommand": commands.thread_shell_command,
     "thread/memoryMode/set": commands.thread_memory_mode_set,
+    "thread/turns/list": history.thread_turns_list,
+    "thread/items/list": history.thread_items_list,
+    "thread/items/read": history.thread_items_read,
     "turn/start": turns.turn_start,
     "turn/steer": turns.turn_steer,
     "turn/interrupt": turns.turn_interrupt,

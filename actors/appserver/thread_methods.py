@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import trio
-
 from spindle.actors.runtime import ThreadHandle
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
-from spindle.persistence.reader import read_rollout
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import (
@@ -20,7 +17,7 @@ from spindle.protocol.settings import Granular
 
 from .config_methods import warnings_since
 from .context import RequestContext, dispatch, loaded, thread_id_param
-from .turns import build_turns
+from .turns import stored_turns
 from .views import live_thread, session_result, stored_thread
 
 DEFAULT_PAGE = 50
@@ -105,17 +102,15 @@ async def _snapshot_through(ctx: RequestContext, thread_id: str, last_turn_id: s
 
 
 async def _turn_ids(ctx: RequestContext, thread_id: str) -> list[str]:
-    """The ids of a thread's turns, oldest first: from memory when it runs, else from its rollout."""
+    """The ids of a thread's turns, oldest first: from its turn index when it runs, else from a
+    scan of its rollout."""
     running = ctx.manager.running(thread_id)
     if running is not None:
-        turns = build_turns(running.rollout.source.iter_forward_from(0), live_turn_id=running.active_turn_id)
-    else:
-        path = await ctx.manager.store.find_path(thread_id)
-        if path is None:
-            raise invalid_request(f"no rollout found for thread id {thread_id}")
-        read = await trio.to_thread.run_sync(read_rollout, path)
-        turns = build_turns(read.source.iter_forward_from(0))
-    return [turn.id for turn in turns]
+        return list(running.rollout.source.index.ids)
+    path = await ctx.manager.store.find_path(thread_id)
+    if path is None:
+        raise invalid_request(f"no rollout found for thread id {thread_id}")
+    return list((await stored_turns(path)).turn_ids)
 
 
 async def thread_read(ctx: RequestContext, params: v2.ThreadReadParams) -> v2.ThreadResult:

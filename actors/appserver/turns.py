@@ -1,9 +1,16 @@
-"""Rebuilding a thread's turns (the app-server's `Turn` objects) from its rollout items."""
+"""Rebuilding a thread's turns (the app-server's `Turn` objects) from its rollout items, read
+from the rollout file through its turn index, on demand and off the event loop (`IndexedTurns`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import trio
+
+from spindle.persistence.reader import read_rollout
+from spindle.persistence.source import RolloutSource, read_items
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.v2map import review_item, thread_item, turn_error
 from spindle.protocol.events import (
@@ -77,6 +84,33 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
         if turn.id not in itemized and turn.id in legacy:  # after its review items, if any
             turn.items += [thread_item(message) for message in legacy[turn.id]]
     return turns
+
+
+class IndexedTurns:
+    """The visible turns of a rollout source, each built from its own lines when asked for
+    (`TurnSource`); `live_turn_id` is the turn running now, if any."""
+
+    def __init__(self, source: RolloutSource, live_turn_id: str | None = None) -> None:
+        self._source = source
+        self._live = live_turn_id
+        self.turn_ids: Sequence[str] = source.index.ids
+
+    async def turns(self, positions: Sequence[int]) -> list[v2.Turn]:
+        if not positions:
+            return []
+        wanted = {self.turn_ids[p]: n for n, p in enumerate(positions)}
+        items = await trio.to_thread.run_sync(read_items, self._source.read_turns(positions))
+        found = [turn for turn in build_turns(items, live_turn_id=self._live) if turn.id in wanted]
+        return sorted(found, key=lambda turn: wanted[turn.id])
+
+    async def all(self) -> list[v2.Turn]:
+        return await self.turns(range(len(self.turn_ids))) if self.turn_ids else []
+
+
+async def stored_turns(path: Path) -> IndexedTurns:
+    """The turns of a rollout file no thread has loaded: its index, from a streaming scan."""
+    read = await trio.to_thread.run_sync(functools.partial(read_rollout, path, history=False))
+    return IndexedTurns(read.source)
 
 
 def _legacy_item(event: UserMessageEvent | AgentMessageEvent | ContextCompactedEvent, item_id: str) -> TurnItem:

@@ -11,13 +11,13 @@ import trio
 from spindle.actors.runtime import ThreadHandle, ThreadManager
 from spindle.actors.runtime.permissions import describe
 from spindle.persistence.query import classify_source
-from spindle.persistence.reader import RolloutReadError, read_rollout
-from spindle.persistence.store import ThreadEntry, preview_of
+from spindle.persistence.reader import RolloutReadError, read_session_meta
+from spindle.persistence.store import ThreadEntry
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import invalid_request
 from spindle.protocol.appserver.v2map import sandbox_out
 
-from .turns import build_turns
+from .turns import IndexedTurns, stored_turns
 
 
 def _epoch(stamp: str) -> int:
@@ -33,11 +33,11 @@ async def live_thread(manager: ThreadManager, handle: ThreadHandle, *, include_t
     settings = handle.settings
     store = manager.store
     entry = await store.entry(handle.thread_id) if rollout.persisted else None
-    turns = build_turns(rollout.source.iter_forward_from(0), live_turn_id=handle.active_turn_id) if include_turns else []
+    turns = await IndexedTurns(rollout.source, handle.active_turn_id).all() if include_turns else []
     created = _epoch(meta.timestamp)
     return v2.Thread(
         id=handle.thread_id, session_id=handle.thread_id, forked_from_id=meta.forked_from_id,
-        preview=entry.preview if entry else preview_of(rollout.source.iter_forward_from(0)), ephemeral=rollout.ephemeral,
+        preview=entry.preview if entry else rollout.source.preview, ephemeral=rollout.ephemeral,
         model_provider=settings.provider_id, model=settings.model, created_at=created,
         updated_at=_epoch(entry.updated_at) if entry else created,
         status=v2.active_status(handle.waiting_on_approval, handle.waiting_on_user_input) if handle.active_turn_id else v2.IDLE,
@@ -55,7 +55,8 @@ async def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_t
     cli_version = ""
     if include_turns:
         try:
-            turns, cli_version = await trio.to_thread.run_sync(_read_turns, Path(entry.path))
+            turns = await (await stored_turns(Path(entry.path))).all()
+            cli_version = (await trio.to_thread.run_sync(read_session_meta, Path(entry.path))).cli_version
         except (OSError, RolloutReadError) as exc:
             raise invalid_request(f"cannot read rollout {entry.path}: {exc}") from None
     return v2.Thread(
@@ -65,12 +66,6 @@ async def stored_thread(manager: ThreadManager, entry: ThreadEntry, *, include_t
         path=entry.path, cwd=entry.cwd, cli_version=cli_version, name=entry.name, turns=turns,
         source=entry.source_kind,
     )
-
-
-def _read_turns(path: Path) -> tuple[list[v2.Turn], str]:
-    """A stored thread's turns and CLI version, read from its rollout (in a worker thread)."""
-    read = read_rollout(path)
-    return build_turns(read.source.iter_forward_from(0)), read.meta.cli_version
 
 
 async def session_result(manager: ThreadManager, handle: ThreadHandle, *, include_turns: bool) -> v2.ThreadSessionResult:

@@ -13,7 +13,7 @@ from typing import overload
 import structlog
 import trio
 
-from spindle.persistence.history import rebuild_history
+from spindle.persistence.history import drop_last_user_turns
 from spindle.persistence.policy import persisted_form, should_persist_event
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.events import (
@@ -222,8 +222,8 @@ class ThreadJournal:
         return None
 
     def roll_back(self, marker: ThreadRolledBackEvent) -> None:
-        """Replay the rollout with `marker` at its end, and record the marker."""
-        replayed = rebuild_history([*self.rollout.source.iter_forward_from(0), marker])
-        self._history[:] = replayed
+        """Drop the marker's last turns from the history (what replaying the rollout with the
+        marker at its end gives: the history is that replay so far), and record the marker."""
+        self._history[:] = drop_last_user_turns(list(self._history), marker.num_turns)
         self._mode_known = False  # the instructions given may have been rolled back
         self.rollout.record([marker])

@@ -9,15 +9,12 @@ the last `session_meta` that carries a `memory_mode`, and a thread without one i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import msgspec
 import trio
 
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.events import CodexErrorInfo
-from spindle.protocol.rollout import RolloutItem, SessionMeta
 from spindle.protocol.settings import MemoryMode
 
 
@@ -29,13 +26,10 @@ class MemoryModeError(Exception):
         self.info: CodexErrorInfo = info
 
 
-def recorded_memory_mode(items: Iterable[RolloutItem]) -> MemoryMode:
-    """The mode a rollout records: its last `session_meta` with a mode Spindle knows, else enabled."""
-    mode: MemoryMode = "enabled"
-    for item in items:
-        if isinstance(item, SessionMeta) and item.memory_mode in ("enabled", "disabled"):
-            mode = "enabled" if item.memory_mode == "enabled" else "disabled"
-    return mode
+def recorded_memory_mode(recorded: str | None) -> MemoryMode:
+    """The mode a rollout records (its last `session_meta` carrying one Spindle knows, as the
+    resume scan found it), else enabled, as Codex reads a rollout without one."""
+    return "disabled" if recorded == "disabled" else "enabled"
 
 
 async def store_memory_mode(rollout: ThreadRollout, writers: trio.Nursery, mode: MemoryMode) -> MemoryMode:

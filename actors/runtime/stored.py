@@ -1,12 +1,14 @@
 """Operations on stored threads: resume, fork, archive, unarchive and list, over the thread store.
 
 A running thread is used as it is (resume returns it, with the permission selection, runtime
-roots and cwd it asks for applied by the thread's actor; fork flushes it and reads its in-memory
-source); otherwise its rollout is read once, off the event loop.
+roots and cwd it asks for applied by the thread's actor; fork flushes it and copies its file);
+otherwise its rollout is scanned once, streaming, off the event loop: the model's history since
+the last compaction, the turn index and the facts the thread needs are all that is kept.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,11 +19,12 @@ import msgspec
 import structlog
 import trio
 
-from spindle.persistence.history import ForkSnapshot, fork_items, last_turn_context, rebuild_history
+from spindle.persistence.fork import ActiveTurn, plan_fork, write_fork
+from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.lease import WriterLease, WriterLeaseHeldError
 from spindle.persistence.paths import is_within, thread_id_of
 from spindle.persistence.query import ThreadQuery
-from spindle.persistence.reader import RolloutRead, read_rollout
+from spindle.persistence.reader import RolloutRead, read_rollout, read_session_meta
 from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
 from spindle.protocol.config import Config
@@ -71,7 +74,7 @@ class StoredThreads:
         (or the one asked for) and `session`, then what its rollout recorded, then `update`
         applied on top as a turn's would be (a cwd-only update moves the implicit cwd root and
         keeps the other runtime roots)."""
-        context = last_turn_context(read.source.items())
+        context = read.source.facts.last_context
         recorded_cwd = (context.cwd if context else None) or read.meta.cwd or None
         if recorded_cwd is not None and not await trio.to_thread.run_sync(os.path.isdir, recorded_cwd):
             log.warning("the rollout's cwd is gone; the thread resumes in the default cwd",
@@ -114,7 +117,7 @@ class StoredThreads:
         located = await self._locate(thread_id, path)
         tid = thread_id or thread_id_of(located)
         if tid is None:  # a rollout under a name of its own: its session_meta says whose it is
-            tid = (await trio.to_thread.run_sync(read_rollout, located)).meta.id
+            tid = (await trio.to_thread.run_sync(read_session_meta, located)).id
         async with self._claim(tid):  # one resume or archive of a thread at a time, here
             return await self._resume_claimed(tid, located, settings, handoff=handoff, config=config)
 
@@ -138,7 +141,7 @@ class StoredThreads:
                 good_size=read.good_size, next_ordinal=read.next_ordinal,
                 index=self.store, leases=self.store, lease=lease,
             )
-            history = rebuild_history(read.source.iter_forward_from(0))
+            history = read.history
             session = {**recorded_session(read), **(config or {})}
             resolved, effective = await self._resumed_settings(read, settings, session)
             handle = await self.registry.spawn(tid, resolved, rollout, history, session_config=session, config=effective)
@@ -169,38 +172,54 @@ class StoredThreads:
     ) -> ThreadHandle:
         """A new thread (new id, `forked_from_id` recorded) from a snapshot of another's history.
 
-        A running source is flushed and its in-memory source used; otherwise the file is read.
-        The fork's own config layer is the source's with `config` on top. The fork's rollout is
-        written at once.
+        A running source is flushed, then its file is copied as it stands; a stored one's file is
+        scanned first (streaming) for its turns. The fork's file is written at once: the source's
+        lines up to the snapshot's cut, then what the snapshot adds (`persistence.fork`). The
+        fork's own config layer is the source's with `config` on top.
         """
         if isinstance(snapshot, int):
             snapshot = ForkSnapshot.truncate_before(snapshot)
         if thread_id is not None:
             await self.registry.wait_released(parse_thread_id(thread_id))
         running = self.registry.running(parse_thread_id(thread_id)) if thread_id else None
-        warning: str | None = None
         if running is not None and running.rollout.persisted:
             await running.rollout.flush()
-            items = running.rollout.source.items()
-            source_meta = running.rollout.meta
+            source, source_meta, next_ordinal = running.rollout.source, running.rollout.meta, running.rollout.next_ordinal
+            active_id = running.active_turn_id
             session = {**running.session_config, **(config or {})}
             update = settings or SettingsUpdate()
             effective = await self.registry.resources.thread_config(update.cwd or running.settings.cwd, session)
             resolved = apply_update(effective, running.settings, update)
         else:
-            read = await trio.to_thread.run_sync(read_rollout, await self._locate(thread_id, path))
-            items, source_meta, warning = read.source.items(), read.meta, load_warning(read)
+            located = await self._locate(thread_id, path)
+            read = await trio.to_thread.run_sync(functools.partial(read_rollout, located, history=False))
+            source, source_meta, next_ordinal = read.source, read.meta, read.next_ordinal
+            active_id = read.source.facts.unfinished.turn_id if read.source.facts.unfinished else None
             session = {**recorded_session(read), **(config or {})}
             resolved, effective = await self._resumed_settings(read, settings, session)
-        fork_id = new_id()
+        start = source.index.last_start()
+        active = ActiveTurn(active_id, start) if active_id is not None and start is not None else None
+        assert source.path is not None
+        plan = await trio.to_thread.run_sync(plan_fork, source.path, source.written, snapshot, active, next_ordinal)
         tools = source_meta.dynamic_tools if isinstance(source_meta.dynamic_tools, list) else ()
-        rollout = self.registry.new_rollout(fork_id, resolved, forked_from=source_meta.id, session_config=session,
-                                            dynamic_tools=tools)
-        rollout.record(fork_items(items, snapshot))
-        await self.registry.write_now(rollout)
-        history = rebuild_history(rollout.source.iter_forward_from(0))
-        handle = await self.registry.spawn_holding(fork_id, resolved, rollout, history, session_config=session, config=effective)
-        handle.load_warning = warning
+        fresh = self.registry.new_rollout(new_id(), resolved, forked_from=source_meta.id, session_config=session,
+                                          dynamic_tools=tools)
+        lease = await self.store.acquire_lease(fresh.meta.id)
+        try:
+            await trio.to_thread.run_sync(write_fork, plan, fresh.path, fresh.meta)
+            read = await trio.to_thread.run_sync(read_rollout, fresh.path)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lease.release)
+            raise
+        rollout = ThreadRollout(
+            path=fresh.path, meta=fresh.meta, source=read.source, materialized=True, good_size=read.good_size,
+            next_ordinal=read.next_ordinal, index=self.store, leases=self.store, lease=lease,
+        )
+        handle = await self.registry.spawn_holding(fresh.meta.id, resolved, rollout, read.history,
+                                                   session_config=session, config=effective)
+        handle.load_warning = load_warning(read)  # a compaction the source lost, the fork lost too
+        rollout.touch()  # the index lists the fork at once
         return handle
 
     async def archive_thread(self, thread_id: str) -> Path:

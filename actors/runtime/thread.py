@@ -16,7 +16,6 @@ import structlog
 import trio
 from trio_typing import TaskStatus
 
-from spindle.persistence.history import last_turn_context, unfinished_turn
 from spindle.persistence.paths import ThreadStoreError
 from spindle.persistence.rollout import ThreadRollout
 from spindle.protocol.config import Config, McpServerConfig
@@ -136,11 +135,11 @@ class ThreadActor(ThreadConfigMixin):
         self.mcp = McpManager(self._mcp_status)
         self.approvals = Approvals(self.emit, self.emit_durably)
         if rollout.persisted:  # resumed: what the user approved for the session still holds
-            self.approvals.remember(rollout.source.iter_forward_from(0))
+            self.approvals.remember(rollout.source.facts.approvals)
         registered = rollout.meta.dynamic_tools
         self.dynamic_tools: list[Tool] = [DynamicTool(spec) for spec in registered] if isinstance(registered, list) else []
         """The client's own tools (`dynamicTools`), as its rollout records them."""
-        self.memory_mode = recorded_memory_mode(rollout.source.iter_forward_from(0)) if rollout.persisted else "enabled"
+        self.memory_mode = recorded_memory_mode(rollout.source.facts.memory_mode)  # as the resume scan found it
         """Whether the thread may feed memory generation (kept, not used: Spindle makes no memories)."""
         self.mcp_configured = trio.Event()
         """Set once the thread's first MCP server set is applied (turns wait for it)."""
@@ -417,11 +416,11 @@ class ThreadActor(ThreadConfigMixin):
         again, if the thread resumes with the settings it ran with (else a cwd or a policy would
         change under it); any other is closed as interrupted, leaving no call without an output."""
         try:
-            items = self.rollout.source.items() if self.rollout.persisted else []
-            unfinished = unfinished_turn(items)
+            facts = self.rollout.source.facts  # as the resume scan found them
+            unfinished = facts.unfinished if self.rollout.persisted else None
             if unfinished is None:
                 return
-            context = last_turn_context(items)
+            context = facts.last_context
             if unfinished.pending and context == turn_context_item(unfinished.turn_id, self.settings):
                 assert self._nursery is not None
                 self._active = Turn(turn_id=unfinished.turn_id, sub_id=INITIAL_SUB_ID, settings=self.settings,

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp, v2models, v2modes, v2perm, v2review
+from . import v2, v2config, v2mcp, v2models, v2modes, v2pages, v2perm, v2review
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -92,6 +92,9 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "thread/compact/start": v2.ThreadIdParams,
     "thread/shellCommand": v2.ThreadShellCommandParams,
     "thread/memoryMode/set": v2.ThreadMemoryModeSetParams,
+    "thread/turns/list": v2pages.ThreadTurnsListParams,
+    "thread/items/list": v2pages.ThreadItemsListParams,
+    "thread/items/read": v2pages.ThreadItemsReadParams,
     "turn/start": v2.TurnStartParams,
     "turn/steer": v2.TurnSteerParams,
     "turn/interrupt": v2.TurnInterruptParams,
@@ -118,8 +121,8 @@ KNOWN_UNSUPPORTED = frozenset({
     "thread/delete", "thread/goal/set", "thread/goal/get", "thread/goal/clear", "thread/metadata/update",
     "thread/attachment/add", "thread/attachment/list", "thread/attachmentOwner/list", "thread/attachment/remove",
     "thread/section/move", "thread/approveGuardianDeniedAction", "threadSection/list",
-    "threadSection/create", "threadSection/update", "threadSection/delete", "thread/turns/list",
-    "thread/items/list", "thread/inject_items", "skills/list", "skills/extraRoots/set", "hooks/list",
+    "threadSection/create", "threadSection/update", "threadSection/delete", "thread/inject_items", "skills/list",
+    "skills/extraRoots/set", "hooks/list",
     "marketplace/add", "marketplace/remove", "marketplace/upgrade", "plugin/list", "plugin/installed",
     "plugin/reconcile", "plugin/read", "plugin/skill/read", "plugin/share/save", "plugin/share/updateTargets",
     "plugin/share/list", "plugin/share/checkout", "plugin/share/delete", "app/read", "app/list", "app/installed",
