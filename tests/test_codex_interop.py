@@ -302,3 +302,36 @@ async def test_real_codex_reads_a_spindle_thread_with_approvals_profiles_and_dyn
         read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
         assert [_user_texts(t) for t in read["thread"]["turns"]] == [["ask me"]]
         await codex.call("thread/resume", {"threadId": tid})
+
+
+async def test_real_codex_reads_and_resumes_a_compacted_spindle_thread_with_a_shell_record(
+    tmp_path: Path, mock_model: MockModel
+) -> None:
+    """What issue 15 adds to a rollout (a `compacted` line with its replacement history, Codex's
+    `context_compacted`, a `<user_shell_command>` record, a memory-mode `session_meta` copy) must
+    not stop Codex reading or resuming it."""
+    from spindle.actors.runtime.config import load_config
+    from spindle.actors.testing.mock_model import Text
+    from spindle.protocol.ops import RunUserShellCommandOp, SetThreadMemoryModeOp
+
+    home = tmp_path / "home"
+    write_config(home, mock_model)
+    async with open_runtime(load_config(home=home)) as rt:
+        thread = await rt.start_thread()
+        tid = thread.thread_id
+        mock_model.script(Text(text="one"), Text(text="the summary"), Text(text="two"), thread_id=tid)
+        assert await thread.ask("first") == "one"
+        await thread.compact()
+        with thread.events() as events:
+            await thread.submit(RunUserShellCommandOp(command="echo from-the-user"))
+            await collect_until(events, TaskCompleteEvent)
+        assert await thread.ask("second") == "two"
+        assert (await thread.submit_and_wait(SetThreadMemoryModeOp(mode="disabled"))).error is None
+        await thread.shutdown_and_wait()
+    text = thread.rollout_path.read_text()
+    assert '"compacted"' in text and "<user_shell_command>" in text and '"memory_mode":"disabled"' in text
+    async with codex_app_server(home) as (codex, _):
+        read = await codex.call("thread/read", {"threadId": tid, "includeTurns": True})
+        assert ["first"] in [_user_texts(t) for t in read["thread"]["turns"]]
+        assert ["second"] in [_user_texts(t) for t in read["thread"]["turns"]]
+        await codex.call("thread/resume", {"threadId": tid})
