@@ -54,6 +54,8 @@ def plan_fork(path: Path, end: int, snapshot: ForkSnapshot, active: ActiveTurn |
     """The fork of the first `end` bytes of `path` that `snapshot` asks for."""
     with open(path, "rb") as file:
         body = len(file.readline())
+    if snapshot.cut is not None:
+        return ForkPlan(path, body, max(min(snapshot.cut, end), body), [], next_ordinal)
     if snapshot.nth_user_message is not None:
         cut = _nth_turn_start(path, body, end, snapshot.nth_user_message)
         if cut is None:

@@ -83,6 +83,13 @@ class ForkSnapshot:
     """
 
     nth_user_message: int | None = None
+    cut: int | None = None
+    """`through(cut)`: the rollout's bytes up to `cut`, a turn boundary its turn index gives (the
+    end of the turn a fork is to end with); nothing is added."""
+
+    @classmethod
+    def through(cls, cut: int) -> ForkSnapshot:
+        return cls(cut=cut)
 
     @classmethod
     def truncate_before(cls, nth_user_message: int) -> ForkSnapshot:

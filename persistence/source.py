@@ -70,6 +70,24 @@ class SpanRead:
     tail: list[RolloutItem]
 
 
+STREAM_CHUNK = 1 << 22
+"""Bytes decoded at a time when a read is streamed (`iter_items`)."""
+
+
+def iter_items(read: SpanRead) -> Iterator[RolloutItem]:
+    """The items of a planned read, decoded a chunk of whole lines at a time (so a long span is
+    never held whole). Blocking: iterate it in a worker thread."""
+    if read.path is not None and read.end > read.start:
+        with open(read.path, "rb") as file:
+            file.seek(read.start)
+            left = read.end - read.start
+            while left > 0 and (lines := file.readlines(min(STREAM_CHUNK, left))):
+                body = b"".join(lines)[:left]
+                left -= len(body)
+                yield from decode_items(body[: body.rfind(b"\n") + 1])[0]
+    yield from read.tail
+
+
 def read_items(read: SpanRead) -> list[RolloutItem]:
     """The items of a planned read. Blocking: run it in a worker thread."""
     items: list[RolloutItem] = []

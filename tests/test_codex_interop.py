@@ -304,6 +304,7 @@ async def test_real_codex_reads_a_spindle_thread_with_approvals_profiles_and_dyn
         await codex.call("thread/resume", {"threadId": tid})
 
 
+@needs_codex
 async def test_real_codex_reads_and_resumes_a_compacted_spindle_thread_with_a_shell_record(
     tmp_path: Path, mock_model: MockModel
 ) -> None:

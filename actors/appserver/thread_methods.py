@@ -5,6 +5,7 @@ from __future__ import annotations
 from spindle.actors.runtime import ThreadHandle
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
+from spindle.persistence.turn_index import TurnIndex
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import (
@@ -95,22 +96,28 @@ def _load_warning(ctx: RequestContext, handle: ThreadHandle) -> None:
 
 
 async def _snapshot_through(ctx: RequestContext, thread_id: str, last_turn_id: str) -> ForkSnapshot:
-    ids = await _turn_ids(ctx, thread_id)
-    if last_turn_id not in ids:
+    """A fork that ends with the turn `last_turn_id`: the rollout up to where that turn ends, as
+    its turn index says (a compaction turn, a shell command's turn and rolled-back turns count as
+    the turns they are); through the last turn, the whole of it, as if interrupted now."""
+    index = await _turn_index(ctx, thread_id)
+    if last_turn_id not in index.ids:
         raise invalid_request(f"turn {last_turn_id} not found in thread {thread_id}")
-    return ForkSnapshot.truncate_before(ids.index(last_turn_id) + 1)
+    position = index.ids.index(last_turn_id)
+    end = index.span(position, position).end
+    return ForkSnapshot.interrupted() if end is None else ForkSnapshot.through(end)
 
 
-async def _turn_ids(ctx: RequestContext, thread_id: str) -> list[str]:
-    """The ids of a thread's turns, oldest first: from its turn index when it runs, else from a
-    scan of its rollout."""
+async def _turn_index(ctx: RequestContext, thread_id: str) -> TurnIndex:
+    """A thread's turn index: its own when it runs (flushed, so every turn has its place), else
+    from a scan of its rollout."""
     running = ctx.manager.running(thread_id)
     if running is not None:
-        return list(running.rollout.source.index.ids)
+        await running.rollout.flush()
+        return running.rollout.source.index
     path = await ctx.manager.store.find_path(thread_id)
     if path is None:
         raise invalid_request(f"no rollout found for thread id {thread_id}")
-    return list((await stored_turns(path)).turn_ids)
+    return (await stored_turns(path)).index
 
 
 async def thread_read(ctx: RequestContext, params: v2.ThreadReadParams) -> v2.ThreadResult:
@@ -228,7 +235,7 @@ async def thread_rollback(ctx: RequestContext, params: v2.ThreadRollbackParams) 
 async def thread_revert(ctx: RequestContext, params: v2.ThreadRevertParams) -> v2.ThreadResult:
     tid = thread_id_param(params.thread_id)
     loaded(ctx, tid)
-    ids = await _turn_ids(ctx, tid)
+    ids = (await _turn_index(ctx, tid)).ids
     if params.before_turn_id not in ids:
         raise invalid_request(f"turn {params.before_turn_id} not found in thread {tid}")
     result = await _rollback(ctx, tid, len(ids) - ids.index(params.before_turn_id))

@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from spindle.persistence.reader import read_rollout
-from spindle.persistence.source import RolloutSource, read_items
+from spindle.persistence.source import RolloutSource, iter_items
 from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.v2map import review_item, thread_item, turn_error
 from spindle.protocol.events import (
@@ -53,14 +53,18 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
     by_id: dict[str, v2.Turn] = {}
     legacy: dict[str, list[TurnItem]] = {}
     itemized: set[str] = set()
+    opened = 0
+    """Where the last turn's `task_started` is: a legacy item's id counts from it, so the same
+    item has the same id whatever span of the rollout it is read from."""
     for n, item in enumerate(items):
         match item:
             case TaskStartedEvent(turn_id=turn_id):
                 turn = v2.Turn(id=turn_id)
                 turns.append(turn)
                 by_id[turn_id] = turn
+                opened = n
             case UserMessageEvent() | AgentMessageEvent() | ContextCompactedEvent() if turns:
-                legacy.setdefault(turns[-1].id, []).append(_legacy_item(item, f"{turns[-1].id}-{n}"))
+                legacy.setdefault(turns[-1].id, []).append(_legacy_item(item, f"{turns[-1].id}-{n - opened}"))
             case EnteredReviewModeEvent() | ExitedReviewModeEvent() if turns:
                 turns[-1].items.append(review_item(item, turns[-1].id))
             case ItemCompletedEvent(turn_id=turn_id, item=turn_item):
@@ -76,8 +80,8 @@ def build_turns(items: Iterable[RolloutItem], *, live_turn_id: str | None = None
             case ErrorEvent(turn_id=turn_id) if turn_id is not None:
                 if (owner := by_id.get(turn_id)) is not None:
                     owner.error = turn_error(item.message, item.codex_error_info)
-            case ThreadRolledBackEvent(num_turns=n):
-                del turns[max(0, len(turns) - n):]
+            case ThreadRolledBackEvent(num_turns=dropped):
+                del turns[max(0, len(turns) - dropped):]
     for turn in turns:
         if turn.status == "inProgress" and turn.id != live_turn_id:
             turn.status = "interrupted"
@@ -93,15 +97,20 @@ class IndexedTurns:
     def __init__(self, source: RolloutSource, live_turn_id: str | None = None) -> None:
         self._source = source
         self._live = live_turn_id
+        self.index = source.index
         self.turn_ids: Sequence[str] = source.index.ids
 
     async def turns(self, positions: Sequence[int]) -> list[v2.Turn]:
         if not positions:
             return []
         wanted = {self.turn_ids[p]: n for n, p in enumerate(positions)}
-        items = await trio.to_thread.run_sync(read_items, self._source.read_turns(positions))
-        found = [turn for turn in build_turns(items, live_turn_id=self._live) if turn.id in wanted]
-        return sorted(found, key=lambda turn: wanted[turn.id])
+        read = self._source.read_turns(positions)
+
+        def build() -> list[v2.Turn]:  # streamed and built off the event loop: a long span is never held whole
+            found = [turn for turn in build_turns(iter_items(read), live_turn_id=self._live) if turn.id in wanted]
+            return sorted(found, key=lambda turn: wanted[turn.id])
+
+        return await trio.to_thread.run_sync(build)
 
     async def all(self) -> list[v2.Turn]:
         return await self.turns(range(len(self.turn_ids))) if self.turn_ids else []

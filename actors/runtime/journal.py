@@ -225,5 +225,6 @@ class ThreadJournal:
         """Drop the marker's last turns from the history (what replaying the rollout with the
         marker at its end gives: the history is that replay so far), and record the marker."""
         self._history[:] = drop_last_user_turns(list(self._history), marker.num_turns)
+        self._context_seeded = any(is_environment_context(item) for item in self._history)  # as a resume sees it
         self._mode_known = False  # the instructions given may have been rolled back
         self.rollout.record([marker])

@@ -13,6 +13,8 @@ and the thread's history keeps two messages of it, as Codex's does: the results 
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 import structlog
 import trio
@@ -118,11 +120,14 @@ class ReviewTask:
                 prompt = await review_prompt(target, turn.settings.cwd, Git(narrowed, host.thread_id))
             except GitError as exc:
                 raise ReviewFailed(str(exc), "other") from None
-        turn.settings = msgspec.structs.replace(turn.settings, instructions=REVIEW_INSTRUCTIONS)
-        turn.tools = (turn.tools or host.tools).only(*REVIEWER_TOOLS)
-        turn.pending = [(turn.sub_id, [TextInput(text=prompt)])]
-        context = environment_context(msgspec.structs.replace(turn.settings, sandbox_mode="read-only"))
-        answer = await run_turn(turn, ReviewerHost(host, [context]))
+        # The reviewer runs as a turn of its own over the same turn id: what joins the thread's turn
+        # meanwhile (a user's shell command's record) stays with the thread, not the review.
+        reviewer = dataclasses.replace(
+            turn, settings=msgspec.structs.replace(turn.settings, instructions=REVIEW_INSTRUCTIONS),
+            tools=(turn.tools or host.tools).only(*REVIEWER_TOOLS), pending=[(turn.sub_id, [TextInput(text=prompt)])],
+            injected=[], resumed_calls=None)
+        context = environment_context(msgspec.structs.replace(reviewer.settings, sandbox_mode="read-only"))
+        answer = await run_turn(reviewer, ReviewerHost(host, [context]))
         return parse_review_output(answer or "")
 
 
@@ -174,8 +179,10 @@ class ReviewerHost:
     async def commit(self, items: list[ResponseItem]) -> None:
         self._history.extend(items)
 
-    def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
-        return self._thread.add_usage(usage, window)
+    def add_usage(self, usage: TokenUsage, window: int | None, *, in_context: bool = True) -> TokenUsageInfo:
+        """Counted in the thread's totals, but not as the size of its context: the reviewer's
+        request is not the thread's history (it must not set off a compaction of it)."""
+        return self._thread.add_usage(usage, window, in_context=False)
 
     async def compact(self, turn: Turn, phase: CompactPhase) -> None:
         """Never: a review's private history lives for one turn and is dropped after it."""

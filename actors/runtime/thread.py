@@ -193,8 +193,8 @@ class ThreadActor(ThreadConfigMixin):
     async def commit(self, items: list[ResponseItem]) -> None:
         await self.journal.commit(items)
 
-    def add_usage(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
-        return self.usage.add(usage, window)
+    def add_usage(self, usage: TokenUsage, window: int | None, *, in_context: bool = True) -> TokenUsageInfo:
+        return self.usage.add(usage, window, in_context=in_context)
 
     async def compact(self, turn: Turn, phase: CompactPhase) -> None:
         await run_compaction(turn, self, phase)

@@ -18,10 +18,12 @@ class UsageMeter:
         """How many tokens the model's context holds now, as far as is known (0: nothing yet)."""
         return self.last.total_tokens if self.last is not None else 0
 
-    def add(self, usage: TokenUsage, window: int | None) -> TokenUsageInfo:
-        """Count one sampling's usage; returns what the `token_count` event reports."""
+    def add(self, usage: TokenUsage, window: int | None, *, in_context: bool = True) -> TokenUsageInfo:
+        """Count one sampling's usage; returns what the `token_count` event reports. Unless
+        `in_context`, it is not the size of the thread's context (a review's own request)."""
         self.total = self.total + usage
-        self.last = usage
+        if in_context:
+            self.last = usage
         return TokenUsageInfo(total_token_usage=self.total, last_token_usage=usage, model_context_window=window)
 
     def estimate(self, tokens: int, window: int | None) -> TokenUsageInfo:
