@@ -139,10 +139,12 @@ class Connection:
             pass
 
     async def notify(self, method: str, params: object) -> None:
-        await self._emit(self.writer.notification(method, params))
+        if method not in self.handshake.opted_out:
+            await self._emit(self.writer.notification(method, params))
 
     def notify_nowait(self, method: str, params: object) -> None:
-        self._emit_nowait(self.writer.notification(method, params))
+        if method not in self.handshake.opted_out:
+            self._emit_nowait(self.writer.notification(method, params))
 
     # --- subscriptions ----------------------------------------------------
     def is_subscribed(self, thread_id: str) -> bool:
