@@ -4,11 +4,14 @@ runtime, and what each kind of bad client gets."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,9 @@ from spindle.actors.testing.rpc_client import (
     WebSocketWire,
     http_request,
     open_socket,
+    spindle_argv,
     websocket_client,
+    write_config,
 )
 from spindle.protocol.appserver.listen import (
     HttpReply,
@@ -422,3 +427,44 @@ async def test_an_embedded_runtime_serves_a_listener(runtime: ThreadManager) -> 
             thread = await start_thread(client)
             assert runtime.running(thread["id"]) is not None
         nursery.cancel_scope.cancel()
+
+
+async def test_app_server_serves_ws_and_unix_from_the_command_line(tmp_path: Path, mock_model: MockModel) -> None:
+    home = tmp_path / "home"
+    write_config(home, mock_model)
+    sock = tmp_path / "cli.sock"
+    argv = [*spindle_argv(), "app-server", "--listen", "ws://127.0.0.1:0", "--listen", f"unix://{sock}",
+            "--analytics-default-enabled"]
+    env = {**os.environ, "CODEX_HOME": str(home)}
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(partial(
+            trio.run_process, argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path), check=False,
+        ))
+        assert process.stderr is not None
+        banner = b""
+        with trio.fail_after(WAIT_S * 3):
+            while banner.count(b"listening on") < 2:
+                banner += await process.stderr.receive_some()
+        urls = [line.split("listening on ", 1)[1].split()[0] for line in banner.decode().splitlines() if "listening on" in line]
+        assert urls[1] == f"unix://{sock}" and urls[0].startswith("ws://127.0.0.1:")
+        for url in urls:
+            async with websocket_client(url) as client:
+                await client.initialize()
+                thread = await start_thread(client)
+                assert (await client.run_turn(thread["id"], "over the wire"))["status"] == "completed"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(WAIT_S):
+            await process.wait()
+    assert process.returncode == 0 and not sock.exists()
+
+
+def test_app_server_refuses_what_it_cannot_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spindle.actors.cli.main import main
+
+    assert main(["app-server", "--listen", "ws://0.0.0.0:4500"]) == 2
+    assert "--ws-auth capability-token --ws-token-file" in capsys.readouterr().err
+    assert main(["app-server", "--listen", "ws://127.0.0.1:1", "--ws-auth", "capability-token"]) == 2
+    assert "--ws-token-file" in capsys.readouterr().err
+    missing = tmp_path / "nope"
+    assert main(["app-server", "--listen", "ws://0.0.0.0:1", "--ws-auth", "capability-token", "--ws-token-file", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
