@@ -468,3 +468,12 @@ def test_app_server_refuses_what_it_cannot_serve(tmp_path: Path, capsys: pytest.
     missing = tmp_path / "nope"
     assert main(["app-server", "--listen", "ws://0.0.0.0:1", "--ws-auth", "capability-token", "--ws-token-file", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+async def test_load_drives_a_running_server_over_websocket(runtime: ThreadManager) -> None:
+    from spindle.actors.loadtest.driver import LoadSpec, run_load
+
+    async with serving(runtime, "ws://127.0.0.1:0") as (bound,):
+        stats = await run_load(LoadSpec(threads=3, turns=2, target=bound.url), None)
+    assert (stats.threads_started, stats.turns_done, dict(stats.errors)) == (3, 6, {})
+    assert stats.summary()["target"] == bound.url

@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     ui.render(summary, out)
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    if not args.provider:
+    if not args.provider and stats.home:
         ui.where(Path(stats.home), out)
     return 130 if stats.interrupted else 0
 

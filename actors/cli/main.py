@@ -58,14 +58,18 @@ def add_load_parser(sub: Any) -> None:
         help="drive N threads x M turns and report latency, throughput, errors, memory and CPU",
         description=(
             "Start --threads threads and run --turns turns on each, at most --concurrency threads at a "
-            "time, in this process (--target inproc) or through a `spindle app-server` child over stdio "
-            "(--target app-server). The model is the built-in mock on loopback unless --provider configured."
+            "time, in this process (--target inproc), through a `spindle app-server` child over stdio "
+            "(--target app-server), or on a running app-server (--target ws://HOST:PORT or unix://PATH). "
+            "The model is the built-in mock on loopback unless --provider configured; a running server uses its own."
         ),
     )
     load.add_argument("--threads", type=int, default=100, help="threads to start (default 100)")
     load.add_argument("--turns", type=int, default=3, help="turns per thread (default 3)")
     load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
-    load.add_argument("--target", choices=["inproc", "app-server"], default="inproc", help="where the threads run (default inproc)")
+    load.add_argument(
+        "--target", default="inproc", metavar="TARGET",
+        help="inproc (the default), app-server, or a running server's ws://HOST:PORT or unix://PATH",
+    )
     load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
     load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
     load.add_argument("--provider", action="store_true", help="use the configured model provider ($CODEX_HOME/config.toml and -c) instead of the mock")
