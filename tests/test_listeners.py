@@ -180,6 +180,23 @@ async def test_every_listener_is_served_by_one_runtime(runtime: ThreadManager, t
             assert thread["id"] in (await other.call("thread/loaded/list"))["data"]
 
 
+async def test_stdio_and_websocket_together_until_stdin_ends(runtime: ThreadManager) -> None:
+    to_server, from_client = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(partial(serve, runtime, "stdio://", "ws://127.0.0.1:0", stdio=(from_client, from_client)))
+        assert [b.url for b in bound][0] == "stdio://"
+        lines = RpcClient(to_server, to_server)
+        nursery.start_soon(lines.read_loop)
+        await lines.initialize()
+        thread = await start_thread(lines)
+        async with websocket_client(bound[1].url) as socket_client:
+            await socket_client.initialize()
+            assert (await socket_client.call("thread/loaded/list"))["data"] == [thread["id"]]
+        await to_server.send_stream.aclose()  # stdin ends: so does the server, every listener with it
+    with pytest.raises(OSError):
+        await open_socket(bound[1].url)
+
+
 # --- many connections, one runtime ------------------------------------------------------------
 
 
@@ -458,16 +475,24 @@ async def test_app_server_serves_ws_and_unix_from_the_command_line(tmp_path: Pat
     assert process.returncode == 0 and not sock.exists()
 
 
-def test_app_server_refuses_what_it_cannot_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from spindle.actors.cli.main import main
+def test_app_server_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
+    def refusal(*flags: str) -> str:
+        result = subprocess.run([*spindle_argv(), "app-server", *flags], env={**os.environ, "CODEX_HOME": str(tmp_path)},
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and result.stdout == ""
+        return result.stderr
 
-    assert main(["app-server", "--listen", "ws://0.0.0.0:4500"]) == 2
-    assert "--ws-auth capability-token --ws-token-file" in capsys.readouterr().err
-    assert main(["app-server", "--listen", "ws://127.0.0.1:1", "--ws-auth", "capability-token"]) == 2
-    assert "--ws-token-file" in capsys.readouterr().err
+    assert "add --ws-auth capability-token --ws-token-file FILE" in refusal("--listen", "ws://0.0.0.0:4500")
+    assert "needs --ws-token-file" in refusal("--listen", "ws://127.0.0.1:1", "--ws-auth", "capability-token")
     missing = tmp_path / "nope"
-    assert main(["app-server", "--listen", "ws://0.0.0.0:1", "--ws-auth", "capability-token", "--ws-token-file", str(missing)]) == 2
-    assert str(missing) in capsys.readouterr().err
+    assert f"cannot read --ws-token-file {missing}" in refusal("--listen", "ws://0.0.0.0:1", "--ws-auth", "capability-token",
+                                                                "--ws-token-file", str(missing))
+    assert "Spindle serves only capability-token" in refusal("--ws-auth", "signed-bearer-token")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert f"cannot listen on ws://127.0.0.1:{port}: Address already in use" in refusal("--listen", f"ws://127.0.0.1:{port}")
 
 
 async def test_load_drives_a_running_server_over_websocket(runtime: ThreadManager) -> None:
