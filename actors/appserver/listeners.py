@@ -118,80 +118,88 @@ async def serve(
         raise ListenError(str(exc)) from None
     if token is not None and not token.strip():
         raise ListenError("the WebSocket token is empty")
-    gatekeeper = Gatekeeper(limits or Limits(), None if token is None else token.strip().encode())
-    bound = await gatekeeper.bind(listens, manager.home)  # before anything runs: a refusal is one error
+    listening = await Listening.bind(listens, manager.home)  # before anything runs: a refusal is one error
     try:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(AppServer(manager).run)
+            gatekeeper = Gatekeeper(server, limits or Limits(), None if token is None else token.strip().encode())
             try:
-                await gatekeeper.serve(server, listens, bound, stdio, task_status=task_status)
+                await gatekeeper.serve(listening, stdio, task_status=task_status)
             finally:
                 server.stop()  # `run` returns once the threads that lost their clients are flushed
     finally:
-        await gatekeeper.close()
+        await listening.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """The listeners of one `serve`, bound: TCP and Unix sockets, and whether stdio is one."""
+
+    bound: tuple[Bound, ...]
+    tcp: tuple[trio.SocketListener, ...]
+    unix: tuple[UnixSocket, ...]
+    stdio: bool
+
+    @classmethod
+    async def bind(cls, listens: list[Listen], home: Path) -> Listening:
+        """Listen at each of `listens`; ListenError, with none left listening, if one cannot."""
+        bound: list[Bound] = []
+        tcp: list[trio.SocketListener] = []
+        unix: list[UnixSocket] = []
+        try:
+            for listen in listens:
+                match listen:
+                    case WebSocketListen():
+                        tcp.append(await _listen_tcp(listen))
+                        port = tcp[-1].socket.getsockname()[1]
+                        bound.append(Bound(ws_url(listen.host, port), port=port))
+                    case UnixListen(path=path):
+                        unix.append(await _listen_unix(Path(path) if path else home / CONTROL_SOCKET))
+                        bound.append(Bound(f"unix://{unix[-1].path}", path=unix[-1].path))
+                    case StdioListen():
+                        bound.append(Bound("stdio://"))
+        except BaseException:
+            await cls(tuple(bound), tuple(tcp), tuple(unix), False).close()
+            raise
+        return cls(tuple(bound), tuple(tcp), tuple(unix), any(isinstance(each, StdioListen) for each in listens))
+
+    async def close(self) -> None:
+        """Stop listening (a socket file is removed)."""
+        with trio.CancelScope(shield=True):
+            for listener in self.tcp:
+                await listener.aclose()
+            for unix in self.unix:
+                await unix.close()
 
 
 class Gatekeeper:
-    """The socket listeners of one `serve`: accepts, HTTP gate, WebSocket connections."""
+    """Serves the bound listeners of one `serve`: accepts, the HTTP gate, WebSocket connections."""
 
-    def __init__(self, limits: Limits, token: bytes | None) -> None:
+    def __init__(self, server: AppServer, limits: Limits, token: bytes | None) -> None:
+        self.server = server
         self.limits = limits
         self.token = token
         self.open = 0
         """WebSocket connections past the gate, being served."""
         self._handshakes = trio.Semaphore(limits.max_handshakes)
         self._serials = itertools.count(1)
-        self._tcp: list[trio.SocketListener] = []
-        self._unix: list[UnixSocket] = []
-
-    async def bind(self, listens: list[Listen], home: Path) -> tuple[Bound, ...]:
-        """Start listening at each of `listens` (stdio needs nothing); ListenError, with none left
-        listening, if one cannot."""
-        bound: list[Bound] = []
-        try:
-            for listen in listens:
-                match listen:
-                    case WebSocketListen():
-                        listener = await _listen_tcp(listen)
-                        self._tcp.append(listener)
-                        port = listener.socket.getsockname()[1]
-                        bound.append(Bound(ws_url(listen.host, port), port=port))
-                    case UnixListen(path=path):
-                        unix = await _listen_unix(Path(path) if path else home / CONTROL_SOCKET)
-                        self._unix.append(unix)
-                        bound.append(Bound(f"unix://{unix.path}", path=unix.path))
-                    case StdioListen():
-                        bound.append(Bound("stdio://"))
-        except BaseException:
-            await self.close()
-            raise
-        return tuple(bound)
-
-    async def close(self) -> None:
-        """Stop listening (a socket file is removed)."""
-        with trio.CancelScope(shield=True):
-            for listener in self._tcp:
-                await listener.aclose()
-            for unix in self._unix:
-                await unix.close()
 
     async def serve(
-        self, server: AppServer, listens: list[Listen], bound: tuple[Bound, ...],
-        stdio: tuple[trio.abc.ReceiveStream, trio.abc.SendStream] | None, *, task_status: TaskStatus[tuple[Bound, ...]],
+        self, listening: Listening, stdio: tuple[trio.abc.ReceiveStream, trio.abc.SendStream] | None,
+        *, task_status: TaskStatus[tuple[Bound, ...]],
     ) -> None:
         """Accept on every listener until cancelled, or until stdin ends if stdio is one of them."""
-        self.server = server
         async with trio.open_nursery() as nursery:
-            for listener in self._tcp:
+            for listener in listening.tcp:
                 nursery.start_soon(self._accept_loop, listener, True, nursery)
-            for unix in self._unix:
+            for unix in listening.unix:
                 nursery.start_soon(self._accept_loop, unix.listener, False, nursery)
-            for each in bound:
+            for each in listening.bound:
                 log.info("listening", url=each.url)
-            task_status.started(bound)
-            if any(isinstance(listen, StdioListen) for listen in listens):
+            task_status.started(listening.bound)
+            if listening.stdio:
                 receive, send = stdio or (trio.lowlevel.FdStream(os.dup(0)), trio.lowlevel.FdStream(os.dup(1)))
-                await server.serve(receive, send)  # stdin's end is the server's end
+                await self.server.serve(receive, send)  # stdin's end is the server's end
                 nursery.cancel_scope.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, tcp: bool, handlers: trio.Nursery) -> None:
