@@ -502,3 +502,13 @@ async def test_load_drives_a_running_server_over_websocket(runtime: ThreadManage
         stats = await run_load(LoadSpec(threads=3, turns=2, target=bound.url), None)
     assert (stats.threads_started, stats.turns_done, dict(stats.errors)) == (3, 6, {})
     assert stats.summary()["target"] == bound.url
+
+
+def test_load_names_a_server_it_cannot_reach(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: nothing answers
+        result = subprocess.run([*spindle_argv(), "load", "--target", f"ws://127.0.0.1:{port}", "--no-progress"],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"spindle load: cannot connect to ws://127.0.0.1:{port}: all attempts to connect to 127.0.0.1:{port} failed"]
