@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from spindle.actors.appserver import AppServer, connection
+from spindle.actors.appserver import AppServer, connection, transport
 from spindle.actors.runtime import handle as handle_module
 from spindle.actors.runtime.manager import open_runtime
 from spindle.actors.runtime.thread import ThreadActor
@@ -120,7 +120,7 @@ async def test_lines_without_a_usable_id_are_answered_with_a_null_id(client: Rpc
 async def test_a_line_too_long_is_answered_with_its_id_and_skipped(
     client: RpcClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(connection, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(transport, "MAX_LINE_BYTES", 4096)
     line = call_line(31, "thread/start", {"baseInstructions": "x" * 50_000})
     # sent in pieces, as a pipe would deliver it
     for start in range(0, len(line), 1000):

@@ -5,7 +5,8 @@ The embedding API in one place::
     from spindle import open_runtime, SettingsUpdate, UserInputOp, TextInput
 
 `open_runtime()` yields a `ThreadManager`; threads are `ThreadHandle`s; ops go in, `Event`s come
-out. The layers live in `spindle.protocol` (data), `spindle.persistence` (rollouts) and
+out. `serve(rt, "ws://127.0.0.1:0")` serves the app-server's listeners on a runtime (the one name
+here from `spindle.actors.appserver`: the runtime itself never imports the app-server). The layers live in `spindle.protocol` (data), `spindle.persistence` (rollouts) and
 `spindle.actors` (runtime, app-server, CLI, load tool, test helpers).
 
 Names are imported on first use, so `spindle`'s own commands start without loading the runtime
@@ -18,6 +19,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from spindle.actors.appserver.listeners import Bound as Bound
+    from spindle.actors.appserver.listeners import Limits as Limits
+    from spindle.actors.appserver.listeners import ListenError as ListenError
+    from spindle.actors.appserver.listeners import serve as serve
     from spindle.actors.runtime import *  # noqa: F403
     from spindle.actors.runtime.version import SPINDLE_VERSION as __version__  # noqa: F401
     from spindle.persistence.history import ForkSnapshot as ForkSnapshot
@@ -33,6 +38,10 @@ _SINGLE = {
     "RolloutReadError": "spindle.persistence.reader",
     "ThreadStoreError": "spindle.persistence.store",
     "Config": "spindle.protocol.config",
+    "serve": "spindle.actors.appserver.listeners",
+    "Bound": "spindle.actors.appserver.listeners",
+    "Limits": "spindle.actors.appserver.listeners",
+    "ListenError": "spindle.actors.appserver.listeners",
 }
 
 

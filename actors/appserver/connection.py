@@ -1,17 +1,17 @@
-"""One app-server client: Codex v2 JSON-RPC over JSON lines.
+"""One app-server client: Codex v2 JSON-RPC messages over a `MessageTransport`.
 
-Each transport connection (stdio, or an in-memory stream in tests) is a `Connection` with four
-kinds of task:
+Each transport connection (stdio lines, a WebSocket, or an in-memory stream in tests) is a
+`Connection` with four kinds of task:
 
-* the reader splits input into lines, answers at once the lines that are not usable requests, and
-  puts each request in its lane; when the lane, or the thread lanes together, hold too many it
-  answers `-32001`, so a flood never grows memory;
+* the reader takes whole messages from the transport, answers at once the ones that are not
+  usable requests, and puts each request in its lane; when the lane, or the thread lanes together,
+  hold too many it answers `-32001`, so a flood never grows memory;
 * the lanes: the connection's own, for the requests that name no thread, and one per thread that
   requests name (their params' `threadId`), started on demand and ended once empty. A lane runs
   its requests one at a time in arrival order, and lanes run side by side, so a thread that is
   stuck holds up only its own requests;
 * one pump per subscribed thread turns its events into notifications;
-* the writer batches the lines of one bounded outgoing channel into a single write.
+* the writer hands the transport what one bounded outgoing channel holds, in batches.
 
 Every answer is awaited onto the outgoing channel, never dropped. A client that stops reading
 fills that channel: the lanes and then the reader wait, so the server stops reading that client's
@@ -60,6 +60,7 @@ from .errors import rpc_error
 from .methods import HANDLERS
 from .notify import Ask, EventTranslator, Output, Settled
 from .server_requests import AskedRequest, ServerRequests
+from .transport import MessageTransport, TooLong
 
 log = structlog.get_logger(__name__)
 
@@ -69,9 +70,9 @@ the server answers "overloaded"."""
 THREAD_QUEUE = 32
 """Requests waiting in one thread's lane before the server answers "overloaded"."""
 OUTGOING_QUEUE = 4096
-"""Lines queued for the writer before producers wait."""
-MAX_LINE_BYTES = 64 * 1024 * 1024
-"""Longest input line accepted; a longer one is refused (`-32600`) and skipped to its end."""
+"""Messages queued for the writer before producers wait (notifications past it are dropped)."""
+WRITE_BATCH = 256
+"""Most messages handed to the transport in one batch."""
 PUMP_BUFFER = 4096
 """Events buffered per (connection, thread) before that subscription lags."""
 CLOSE_DRAIN_S = 5.0
@@ -103,6 +104,8 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._lanes_nursery: trio.Nursery | None = None
         self._writer_done = trio.Event()
+        self.initialized = trio.Event()
+        """Set once the client's `initialize` has succeeded."""
 
     # --- output ---------------------------------------------------------
     def _emit_nowait(self, line: bytes) -> None:
@@ -136,10 +139,12 @@ class Connection:
             pass
 
     async def notify(self, method: str, params: object) -> None:
-        await self._emit(self.writer.notification(method, params))
+        if method not in self.handshake.opted_out:
+            await self._emit(self.writer.notification(method, params))
 
     def notify_nowait(self, method: str, params: object) -> None:
-        self._emit_nowait(self.writer.notification(method, params))
+        if method not in self.handshake.opted_out:
+            self._emit_nowait(self.writer.notification(method, params))
 
     # --- subscriptions ----------------------------------------------------
     def is_subscribed(self, thread_id: str) -> bool:
@@ -241,16 +246,21 @@ class Connection:
         await self.notify("warning", v2.WarningNotice(message=message, thread_id=thread_id))
 
     # --- reader, lanes, writer ---------------------------------------------
-    async def run(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream) -> None:
-        """Serve this connection until its input ends; then let go of its threads."""
+    async def run(self, transport: MessageTransport, *, initialize_within: float | None = None) -> None:
+        """Serve this connection until its input ends; then let go of its threads.
+
+        With `initialize_within`, a client that has not initialized by then is disconnected.
+        """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._write_loop, send)
+            nursery.start_soon(self._write_loop, transport)
+            if initialize_within is not None:
+                nursery.start_soon(self._initialize_deadline, transport, initialize_within)
             async with trio.open_nursery() as lanes:
                 self._lanes_nursery = lanes
                 lanes.start_soon(self._work_loop)
                 with self._req_send:
-                    await self._read_loop(receive)
+                    await self._read_loop(transport)
             # input ended and every request read is answered: let go of the threads
             for thread_id in list(self._pumps):
                 self.index.unsubscribe(self, thread_id)
@@ -258,41 +268,29 @@ class Connection:
             with trio.move_on_after(CLOSE_DRAIN_S):
                 await self._writer_done.wait()
             nursery.cancel_scope.cancel()
-        await trio.aclose_forcefully(send)
+        await transport.aclose()
 
-    async def _read_loop(self, receive: trio.abc.ReceiveStream) -> None:
-        buffer = bytearray()
-        searched = 0  # bytes of `buffer` known to hold no newline
-        skipping = False  # in the rest of a line too long to keep
-        try:
-            async for chunk in receive:
-                buffer += chunk
-                start = 0
-                while (end := buffer.find(b"\n", max(start, searched))) >= 0:
-                    if not skipping:
-                        await self._take(buffer[start:end])
-                    skipping = False
-                    start = end + 1
-                del buffer[:start]
-                searched = len(buffer)
-                if len(buffer) > MAX_LINE_BYTES:
-                    if not skipping:
-                        await self._refuse_long_line(buffer)
-                    skipping = True
-                    buffer.clear()
-                    searched = 0
-        except trio.BrokenResourceError:
-            pass
-        if not skipping:
-            await self._take(buffer)
+    async def _initialize_deadline(self, transport: MessageTransport, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await self.initialized.wait()
+            return
+        log.warning("client did not initialize in time; disconnected", connection=self.name, seconds=seconds)
+        await transport.aclose(f"no initialize request within {seconds:g} s")
 
-    async def _refuse_long_line(self, head: bytearray) -> None:
-        log.error("input line too long; skipped", connection=self.name, bytes=len(head))
-        error = invalid_request(f"Invalid request: line longer than {MAX_LINE_BYTES} bytes")
-        await self._refuse(recover_id(head), error)
+    async def _read_loop(self, transport: MessageTransport) -> None:
+        while (message := await transport.receive()) is not None:
+            if isinstance(message, TooLong):
+                await self._refuse_too_long(message)
+            else:
+                await self._take(message)
 
-    async def _take(self, line: bytearray) -> None:
-        """Handle one input line (a copy: decoded params may keep a reference to it).
+    async def _refuse_too_long(self, message: TooLong) -> None:
+        log.error("input line too long; skipped", connection=self.name, limit=message.limit)
+        error = invalid_request(f"Invalid request: line longer than {message.limit} bytes")
+        await self._refuse(recover_id(message.head), error)
+
+    async def _take(self, line: bytes | bytearray) -> None:
+        """Handle one input message (a copy: decoded params may keep a reference to it).
 
         Waits while the outgoing queue is full, so a client that does not read stops being read.
         """
@@ -381,6 +379,8 @@ class Connection:
             params = decode_params(request.method, request.params)
             result = await handler(ctx, params)
             answer = self.writer.response(request.id, result)
+            if self.handshake.initialized:
+                self.initialized.set()
         except RpcError as exc:
             await self._answer_error(request.id, exc)
             return
@@ -402,17 +402,17 @@ class Connection:
                 if other is not self:
                     other.notify_nowait(method, notice)
 
-    async def _write_loop(self, send: trio.abc.SendStream) -> None:
+    async def _write_loop(self, transport: MessageTransport) -> None:
         try:
             async with self._out_recv:
                 async for line in self._out_recv:
                     batch = [line]
-                    while len(batch) < 256:
+                    while len(batch) < WRITE_BATCH:
                         try:
                             batch.append(self._out_recv.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await send.send_all(b"".join(batch))
+                    await transport.send_batch(batch)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("client output closed", connection=self.name)
         finally:

@@ -35,7 +35,7 @@ Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 
 async def initialize(ctx: RequestContext, params: v2.InitializeParams) -> v2.InitializeResult:
     capabilities = params.capabilities or {}
-    ctx.peer.handshake.done(experimental_api=capabilities.get("experimentalApi") is True)
+    ctx.peer.handshake.done(experimental_api=capabilities.get("experimentalApi") is True, opted_out=_opted_out(capabilities))
     for warning in ctx.manager.config_warnings:  # what the config layers said at start-up, once per client
         ctx.after(configs.warning_notice(warning))
     client = params.client_info
@@ -47,6 +47,16 @@ async def initialize(ctx: RequestContext, params: v2.InitializeParams) -> v2.Ini
         user_agent=agent, codex_home=str(ctx.manager.home),
         platform_family="windows" if os.name == "nt" else "unix", platform_os=platform.system().lower(),
     )
+
+
+def _opted_out(capabilities: dict[str, Any]) -> frozenset[str]:
+    """`optOutNotificationMethods`: exact method names, or null."""
+    names = capabilities.get("optOutNotificationMethods")
+    if names is None:
+        return frozenset()
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise RpcError(INVALID_PARAMS, "Invalid params for initialize: `$.capabilities.optOutNotificationMethods` must be an array of strings or null")
+    return frozenset(names)
 
 
 _EFFORTS = [

@@ -16,6 +16,7 @@ from spindle.protocol.ops import DynamicToolResponseOp
 
 from .connection import Connection
 from .context import Peer
+from .transport import LineTransport, MessageTransport
 
 log = structlog.get_logger(__name__)
 
@@ -124,14 +125,30 @@ class AppServer:
         *,
         task_status: TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve one connection until its input closes."""
+        """Serve one connection of JSON lines until its input closes."""
+        await self.serve_transport(LineTransport(receive, send), task_status=task_status)
+
+    async def serve_transport(
+        self,
+        transport: MessageTransport,
+        *,
+        name: str | None = None,
+        initialize_within: float | None = None,
+        task_status: TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve one connection until its input closes (see `Connection.run`)."""
         self._connection_count += 1
-        conn = Connection(self.manager, self, f"conn-{self._connection_count}")
+        conn = Connection(self.manager, self, name or f"conn-{self._connection_count}")
         self._connections.add(conn)
         task_status.started(conn)
         try:
-            await conn.run(receive, send)
+            await conn.run(transport, initialize_within=initialize_within)
         finally:
             self._connections.discard(conn)
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served now."""
+        return len(self._connections)
 
 

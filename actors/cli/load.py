@@ -17,6 +17,7 @@ from spindle.actors.loadtest.stats import LoadStats
 from spindle.actors.runtime import load_config
 from spindle.protocol.config import Config
 
+from .main import leaves
 from .signals import on_signal
 
 
@@ -52,16 +53,19 @@ def main(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[rate]}"), console=Console(stderr=True), disable=not show, transient=True,
     ) as progress:
         bar = ui.ProgressBar(progress, spec.threads, spec.turns)
+        refused: list[Exception] = []
         try:
             stats: LoadStats = trio.run(_run, spec, config, bar)
-        except LoadError as exc:
-            sys.stderr.write(f"spindle load: {exc}\n")
-            return 2
+        except* LoadError as group:  # raised inside the run's nursery: one line, not a traceback
+            refused.extend(leaves(group))
+    if refused:
+        sys.stderr.write("".join(f"spindle load: {exc}\n" for exc in refused))
+        return 2
     summary = stats.summary()
     ui.render(summary, out)
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    if not args.provider:
+    if not args.provider and stats.home:
         ui.where(Path(stats.home), out)
     return 130 if stats.interrupted else 0
 

@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="two threads streaming one turn each against the built-in mock model")
     demo.add_argument("--threads", type=int, default=2)
-    server = sub.add_parser("app-server", help="serve the Codex app-server v2 protocol (JSON-RPC lines) over stdio")
-    server.add_argument("--listen", default="stdio://", help="transport; only stdio:// is supported")
+    add_app_server_parser(sub)
     add_load_parser(sub)
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
@@ -39,20 +38,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_app_server_parser(sub: Any) -> None:
+    server = sub.add_parser(
+        "app-server", help="serve the Codex app-server v2 protocol (JSON-RPC) over stdio, WebSocket or a Unix socket",
+    )
+    server.add_argument(
+        "--listen", action="append", default=None, metavar="URL",
+        help="stdio:// (the default), ws://IP:PORT, unix:// (the control socket under CODEX_HOME) or unix://PATH; "
+             "repeat to serve several at once",
+    )
+    server.add_argument("--ws-auth", metavar="MODE", help="capability-token: ws:// clients must send Authorization: Bearer <token>")
+    server.add_argument("--ws-token-file", type=Path, metavar="FILE", help="the token for --ws-auth capability-token")
+    server.add_argument("--analytics-default-enabled", action="store_true", help="accepted and ignored (the VS Code extension passes it)")
+
+
 def add_load_parser(sub: Any) -> None:
     load = sub.add_parser(
         "load",
         help="drive N threads x M turns and report latency, throughput, errors, memory and CPU",
         description=(
             "Start --threads threads and run --turns turns on each, at most --concurrency threads at a "
-            "time, in this process (--target inproc) or through a `spindle app-server` child over stdio "
-            "(--target app-server). The model is the built-in mock on loopback unless --provider configured."
+            "time, in this process (--target inproc), through a `spindle app-server` child over stdio "
+            "(--target app-server), or on a running app-server (--target ws://HOST:PORT or unix://PATH). "
+            "The model is the built-in mock on loopback unless --provider configured; a running server uses its own."
         ),
     )
     load.add_argument("--threads", type=int, default=100, help="threads to start (default 100)")
     load.add_argument("--turns", type=int, default=3, help="turns per thread (default 3)")
     load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
-    load.add_argument("--target", choices=["inproc", "app-server"], default="inproc", help="where the threads run (default inproc)")
+    load.add_argument(
+        "--target", default="inproc", metavar="TARGET",
+        help="inproc (the default), app-server, or a running server's ws://HOST:PORT or unix://PATH",
+    )
     load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
     load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
     load.add_argument("--provider", action="store_true", help="use the configured model provider ($CODEX_HOME/config.toml and -c) instead of the mock")
@@ -104,13 +121,18 @@ def _run(args: argparse.Namespace) -> int:
 
         return trio.run(run_demo, args.threads, args.config)
     if args.command == "app-server":
-        if args.listen != "stdio://":
-            raise SystemExit(f"spindle app-server: unsupported --listen {args.listen!r}; only stdio:// is supported")
-        from .serve import serve_stdio
+        from .serve import ServeError, check_listen, serve_app_server, ws_token
 
+        urls = args.listen or ["stdio://"]
+        try:
+            token = ws_token(args.ws_auth, args.ws_token_file)
+            check_listen(urls, token)
+        except ServeError as exc:
+            sys.stderr.write(f"spindle app-server: {exc}\n")
+            return 2
         source = LayeredConfig(overrides=tuple(args.config))
         source.load().config  # noqa: B018 - a config the user can fix fails here, before anything starts
-        return trio.run(serve_stdio, source)
+        return trio.run(serve_app_server, source, urls, token)
     if args.command == "load":
         from . import load
 

@@ -1,40 +1,97 @@
-"""`spindle app-server`: the app-server on stdin/stdout, stopped by EOF or a signal."""
+"""`spindle app-server`: the app-server on its listeners, stopped by a signal (or stdin's end)."""
 
 from __future__ import annotations
 
-import os
 import signal
-from functools import partial
+import sys
+from pathlib import Path
 
 import trio
+from trio_typing import TaskStatus
 
-from spindle.actors.appserver import AppServer
-from spindle.actors.runtime import open_runtime
+from spindle.actors.appserver.listeners import Bound, ListenError, serve
+from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime.config_layers import LayeredConfig
+from spindle.protocol.appserver.listen import ListenUrlError, check_exposure, parse_listen
 from spindle.protocol.config import Config
 
+from .main import leaves
 from .signals import EXIT_CODES, on_signal
 
+AUTH_MODES = ("capability-token",)
+"""`--ws-auth` modes Spindle serves (Codex also has `signed-bearer-token`)."""
 
-async def serve_stdio(config: Config | LayeredConfig) -> int:
-    """One connection on stdin/stdout until stdin closes or SIGTERM/SIGINT.
+
+class ServeError(Exception):
+    """Flags the app-server cannot start with; the message says which and why."""
+
+
+def ws_token(mode: str | None, token_file: Path | None) -> str | None:
+    """The bearer token `--ws-auth` and `--ws-token-file` ask for; None without them."""
+    if mode is None:
+        if token_file is not None:
+            raise ServeError("--ws-token-file needs --ws-auth capability-token")
+        return None
+    if mode not in AUTH_MODES:
+        raise ServeError(f"--ws-auth {mode}: Spindle serves only {', '.join(AUTH_MODES)}")
+    if token_file is None:
+        raise ServeError("--ws-auth capability-token needs --ws-token-file FILE")
+    try:
+        token = token_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServeError(f"cannot read --ws-token-file {token_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise ServeError(f"--ws-token-file {token_file} is empty")
+    return token
+
+
+def check_listen(urls: list[str], token: str | None) -> None:
+    """ServeError if a `--listen` URL is malformed or may not start (before anything starts)."""
+    try:
+        check_exposure([parse_listen(url) for url in urls], token=None if token is None else token.encode())
+    except ListenUrlError as exc:
+        raise ServeError(str(exc)) from None
+
+
+async def serve_app_server(config: Config | LayeredConfig, urls: list[str], token: str | None) -> int:
+    """Serve `urls` until SIGTERM/SIGINT, or until stdin closes when stdio is one of them.
 
     Either way every running turn is aborted and every rollout flushed before the process exits:
-    0 for EOF and SIGTERM, 130 for SIGINT.
+    0 for stdin's end and SIGTERM, 130 for SIGINT, 2 if a listener cannot start.
     """
-    stdin = trio.lowlevel.FdStream(os.dup(0))
-    stdout = trio.lowlevel.FdStream(os.dup(1))
-    async with open_runtime(config) as manager, trio.open_nursery() as nursery:
-        server = await nursery.start(AppServer(manager).run)
-        stopped_by: list[signal.Signals] = []
+    stopped_by: list[signal.Signals] = []
+    code = 0
+    try:
+        async with open_runtime(config) as manager, trio.open_nursery() as serving:
 
-        def stop(signum: signal.Signals) -> None:
-            stopped_by.append(signum)
-            serving.cancel_scope.cancel()
+            def stop(signum: signal.Signals) -> None:
+                stopped_by.append(signum)
+                serving.cancel_scope.cancel()
 
-        async with trio.open_nursery() as serving:
-            serving.start_soon(partial(on_signal, signal.SIGTERM, signal.SIGINT, then=stop))
-            await server.serve(stdin, stdout)
-            serving.cancel_scope.cancel()
-        server.stop()  # `run` ends once the threads this connection let go of are flushed
-    return EXIT_CODES[stopped_by[0]] if stopped_by else 0
+            serving.start_soon(lambda: on_signal(signal.SIGTERM, signal.SIGINT, then=stop))
+            bound = await serving.start(_serve_then_stop, manager, urls, token, serving.cancel_scope)
+            _announce(bound)
+    except* ListenError as group:
+        for exc in leaves(group):
+            sys.stderr.write(f"spindle app-server: {exc}\n")
+        code = 2
+    return EXIT_CODES[stopped_by[0]] if stopped_by else code
+
+
+async def _serve_then_stop(
+    manager: ThreadManager, urls: list[str], token: str | None, done: trio.CancelScope,
+    *, task_status: TaskStatus[tuple[Bound, ...]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(manager, *urls, token=token, task_status=task_status)
+    done.cancel()  # stdin ended
+
+
+def _announce(bound: tuple[Bound, ...]) -> None:
+    """Where the server listens, on stderr (stdout carries JSON-RPC only)."""
+    for each in bound:
+        if each.port is not None:
+            http = each.url.replace("ws://", "http://", 1)
+            sys.stderr.write(f"spindle app-server listening on {each.url} (readyz: {http}/readyz, healthz: {http}/healthz)\n")
+        elif each.path is not None:
+            sys.stderr.write(f"spindle app-server listening on {each.url}\n")
+    sys.stderr.flush()

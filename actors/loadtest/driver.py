@@ -1,9 +1,12 @@
-"""`spindle load`: many threads × many turns, in-process or through `spindle app-server`.
+"""`spindle load`: many threads × many turns, in-process, through a `spindle app-server` child, or
+against a running app-server over WebSocket.
 
 A run starts `threads` threads and runs `turns` turns on each, at most `concurrency` threads at a
 time, against the built-in mock model (shaped by `model_latency_ms` and `reply_tokens`) or the
-configured provider. It measures thread start and turn latency, throughput, errors by kind, peak
-RSS and CPU per turn, and stops cleanly on Ctrl-C with what it measured so far.
+configured provider; a running server (`ws://HOST:PORT` or `unix://PATH`) uses its own model. It
+measures thread start and turn latency, throughput, errors by kind, peak RSS and CPU per turn (of
+the process it runs or starts; not of a running server), and stops cleanly on Ctrl-C with what it
+measured so far.
 """
 
 from __future__ import annotations
@@ -31,10 +34,19 @@ from spindle.actors.runtime import (
 )
 from spindle.actors.testing.mock_model import NO_RETRIES, mock_config
 from spindle.actors.testing.rpc_client import (
+    RpcClient,
     RpcFailure,
     spindle_argv,
     subprocess_server,
+    websocket_client,
     write_config,
+)
+from spindle.protocol.appserver.listen import (
+    CONTROL_SOCKET,
+    ListenUrlError,
+    UnixListen,
+    WebSocketListen,
+    parse_listen,
 )
 from spindle.protocol.config import Config
 
@@ -42,7 +54,9 @@ from .stats import LoadStats, Progress, cpu_s, rss_kib
 
 log = structlog.get_logger(__name__)
 
-Target = Literal["inproc", "app-server"]
+Target = Literal["inproc", "app-server"] | str
+"""Where the threads run: in this process, in an app-server child, or at a running app-server's
+WebSocket listener (`ws://HOST:PORT`, `unix://PATH`, `unix://` for the control socket)."""
 
 
 class LoadError(ValueError):
@@ -72,7 +86,21 @@ class LoadSpec:
         if self.reply_tokens < 1:
             raise LoadError(f"--reply-tokens must be at least 1, got {self.reply_tokens}")
         if self.target not in ("inproc", "app-server"):
-            raise LoadError(f"--target must be inproc or app-server, got {self.target!r}")
+            try:
+                listen = parse_listen(self.target)
+            except ListenUrlError:
+                listen = None
+            if not isinstance(listen, WebSocketListen | UnixListen):
+                raise LoadError(f"--target must be inproc, app-server, or a running server's ws://HOST:PORT or unix://PATH; got {self.target!r}")
+
+    @property
+    def remote(self) -> str | None:
+        """The URL of the running app-server the run drives, if it drives one."""
+        if self.target in ("inproc", "app-server"):
+            return None
+        if self.target == "unix://":
+            return f"unix://{codex_home() / CONTROL_SOCKET}"
+        return self.target
 
 
 def check_provider(config: Config) -> None:
@@ -137,6 +165,15 @@ async def run_load(
     """Run one load test; setting `stop` ends it early, with the figures so far."""
     spec.validate()
     progress = progress or Progress()
+    if (url := spec.remote) is not None:  # a running server, with its own model and home
+        stats = LoadStats(target=spec.target, measured=False)
+        with trio.CancelScope() as run_scope:
+            async with trio.open_nursery() as nursery:
+                if stop is not None:
+                    nursery.start_soon(_stop_when, stop, run_scope, stats)
+                await _run_remote(spec, url, stats, progress)
+                nursery.cancel_scope.cancel()
+        return stats
     if spec.use_mock:
         home = spec.home or Path(tempfile.mkdtemp(prefix="spindle-load-"))
     else:  # the configured provider: its home holds the config the app-server child reads
@@ -216,21 +253,35 @@ async def _run_inproc(spec: LoadSpec, config: Config, stats: LoadStats, progress
 
 async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress: Progress) -> None:
     async with subprocess_server(home, log_level="warning") as (client, process):
-        client.keep = False
-        client.timeout = 300.0
-        await client.initialize()
-        async def one_thread() -> None:
-            t0 = time.perf_counter()
-            thread = (await client.call("thread/start", {}))["thread"]
-            stats.thread_started(t0, progress)
-            for n in range(spec.turns):
-                t0 = time.perf_counter()
-                params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"load turn {n}"}]}
-                turn = (await client.call("turn/start", params))["turn"]
-                done = await client.wait_turn(turn["id"])
-                if done["status"] == "completed":
-                    stats.turn_done(t0, progress)
-                else:
-                    stats.failed(f"turn {done['status']}", progress)
+        await _drive(spec, stats, progress, await _rpc_threads(spec, client, stats, progress), process.pid)
 
-        await _drive(spec, stats, progress, one_thread, process.pid)
+
+async def _run_remote(spec: LoadSpec, url: str, stats: LoadStats, progress: Progress) -> None:
+    try:
+        async with websocket_client(url, keep=False) as client:
+            await _workers(spec, stats, progress, await _rpc_threads(spec, client, stats, progress))
+    except OSError as exc:
+        raise LoadError(f"cannot connect to {url}: {exc.strerror or exc}") from None
+
+
+async def _rpc_threads(spec: LoadSpec, client: RpcClient, stats: LoadStats, progress: Progress) -> Callable[[], Any]:
+    """Initialize `client`; the function that drives one thread through it."""
+    client.keep = False
+    client.timeout = 300.0
+    await client.initialize()
+
+    async def one_thread() -> None:
+        t0 = time.perf_counter()
+        thread = (await client.call("thread/start", {}))["thread"]
+        stats.thread_started(t0, progress)
+        for n in range(spec.turns):
+            t0 = time.perf_counter()
+            params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"load turn {n}"}]}
+            turn = (await client.call("turn/start", params))["turn"]
+            done = await client.wait_turn(turn["id"])
+            if done["status"] == "completed":
+                stats.turn_done(t0, progress)
+            else:
+                stats.failed(f"turn {done['status']}", progress)
+
+    return one_thread

@@ -42,6 +42,8 @@ class LoadStats:
     cpu_s: float = 0.0
     interrupted: bool = False
     home: str = ""
+    measured: bool = True
+    """Whether memory and CPU are the server's (not for a running server driven over a socket)."""
 
     def thread_started(self, t0: float, progress: Progress) -> None:
         self.thread_start_ms.append(1000 * (time.perf_counter() - t0))
@@ -79,6 +81,7 @@ class LoadStats:
             "cpu_ms_per_turn": round(1000 * self.cpu_s / self.turns_done, 3) if self.turns_done else 0.0,
             "interrupted": self.interrupted,
             "home": self.home,
+            "measured": self.measured,
         }
 
 

@@ -57,9 +57,12 @@ def render(summary: dict[str, Any], console: Console) -> None:
     table.add_row("turns/s", f"{summary['turns_per_s']:,.1f}")
     errors = summary["errors"]
     table.add_row("errors", ", ".join(f"{kind}: {n}" for kind, n in sorted(errors.items())) or "none")
-    table.add_row("peak RSS (MiB)", f"{summary['peak_rss_mib']:,.1f}")
-    table.add_row("RSS per thread (KiB)", f"{summary['rss_per_thread_kib']:,.1f}")
-    table.add_row("CPU per turn (ms)", f"{summary['cpu_ms_per_turn']:.3f}")
+    if summary["measured"]:
+        table.add_row("peak RSS (MiB)", f"{summary['peak_rss_mib']:,.1f}")
+        table.add_row("RSS per thread (KiB)", f"{summary['rss_per_thread_kib']:,.1f}")
+        table.add_row("CPU per turn (ms)", f"{summary['cpu_ms_per_turn']:.3f}")
+    else:
+        table.add_row("memory and CPU", "not measured: the server runs elsewhere")
     table.add_row("elapsed (s)", f"{summary['elapsed_s']:.2f}")
     if summary["interrupted"]:
         table.add_row("stopped", "by Ctrl-C: figures so far")

@@ -1,7 +1,8 @@
-"""A JSON-RPC line client for `spindle app-server`: used by `spindle load`, the bench and the tests.
+"""A JSON-RPC client for `spindle app-server`: used by `spindle load`, the bench and the tests.
 
-It speaks to an `AppServer` over in-memory streams, or to a real `spindle app-server` child over
-its stdin/stdout.
+It speaks JSON lines to an `AppServer` over in-memory streams or to a real `spindle app-server`
+child over its stdin/stdout (`LineWire`), or WebSocket text frames to a `ws://` or `unix://`
+listener (`WebSocketWire`, through `websocket_client`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import h11
 import trio
+import trio_websocket
 
 from .mock_model import MockModel
 
@@ -30,12 +33,48 @@ class RpcFailure(Exception):
         self.error = error
 
 
+class Wire(Protocol):
+    """How the client's messages travel."""
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send `data`: JSON lines, each ending in `\\n`."""
+
+    def messages(self) -> AsyncGenerator[bytes, None]:
+        """Each message from the server, until the connection ends."""
+
+
+class LineWire:
+    """JSON lines on a pair of byte streams."""
+
+    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream) -> None:
+        self.send = send
+        self.receive = receive
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.send.send_all(data)
+
+    async def messages(self) -> AsyncGenerator[bytes, None]:
+        buffer = b""
+        try:
+            async for chunk in self.receive:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    yield line
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
 class RpcClient:
     """Sends requests, routes responses by id, keeps every notification in arrival order."""
 
-    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream, *, keep: bool = True) -> None:
-        self._send = send
-        self._receive = receive
+    def __init__(self, send: trio.abc.SendStream | None = None, receive: trio.abc.ReceiveStream | None = None, *,
+                 wire: Wire | None = None, keep: bool = True) -> None:
+        """Over `send` and `receive` (JSON lines), or over `wire`."""
+        if wire is None:
+            assert send is not None and receive is not None, "RpcClient needs streams or a wire"
+            wire = LineWire(send, receive)
+        self.wire = wire
         self._ids = itertools.count(1)
         self._waiting: dict[Any, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.notifications: list[dict[str, Any]] = []
@@ -53,15 +92,10 @@ class RpcClient:
         self._turn_waiters: dict[str, trio.Event] = {}
 
     async def read_loop(self) -> None:
-        buffer = b""
         try:
-            async for chunk in self._receive:
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    self._route(json.loads(line))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            async with aclosing(self.wire.messages()) as messages:
+                async for message in messages:
+                    self._route(json.loads(message))
         finally:
             self.closed.set()
             self._changed.set()
@@ -83,7 +117,7 @@ class RpcClient:
 
     async def send_raw(self, data: bytes) -> None:
         async with self._send_lock:
-            await self._send.send_all(data)
+            await self.wire.send_raw(data)
 
     async def send_message(self, message: dict[str, Any]) -> dict[str, Any]:
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
@@ -172,6 +206,105 @@ async def in_memory(server: Any) -> AsyncIterator[RpcClient]:
         await client_side.send_stream.aclose()
         with trio.fail_after(WAIT_S):
             await client.closed.wait()
+
+
+class WebSocketWire:
+    """One JSON-RPC message per text frame on a trio-websocket connection."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def send_raw(self, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            if line.strip():
+                await self.ws.send_message(line.decode())
+
+    async def messages(self) -> AsyncGenerator[bytes, None]:
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            yield message.encode() if isinstance(message, str) else message
+
+    @property
+    def closed(self) -> tuple[int, str | None] | None:
+        """(code, reason) of the close, once the connection is closed."""
+        reason = self.ws.closed
+        return None if reason is None else (reason.code, reason.reason)
+
+
+CLIENT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+"""What a Codex client accepts in one message; the test client takes as much."""
+
+
+async def open_socket(url: str) -> trio.SocketStream:
+    """A stream to the listener `url`: `ws://HOST:PORT` or `unix://PATH`."""
+    if url.startswith("unix://"):
+        return await trio.open_unix_socket(url.removeprefix("unix://"))
+    host, _, port = url.removeprefix("ws://").rstrip("/").rpartition(":")
+    return await trio.open_tcp_stream(host.strip("[]"), int(port))
+
+
+@asynccontextmanager
+async def websocket_client(
+    url: str, *, token: str | None = None, headers: Sequence[tuple[str, str]] = (), path: str = "/rpc", keep: bool = True
+) -> AsyncIterator[RpcClient]:
+    """A client on a WebSocket to the listener `url` (`ws://HOST:PORT` or `unix://PATH`), upgraded
+    on `GET path`; `token` goes in `Authorization: Bearer`, as Codex's clients send it.
+
+    For a refused upgrade use `http_request`: here a refusal surfaces inside an exception group.
+    """
+    extra = [(name.encode(), value.encode()) for name, value in headers]
+    if token is not None:
+        extra.append((b"authorization", f"Bearer {token}".encode()))
+    stream = await open_socket(url)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, "localhost", path, extra_headers=extra, max_message_size=CLIENT_MAX_MESSAGE_BYTES,
+            )
+            client = RpcClient(wire=WebSocketWire(ws), keep=keep)
+            nursery.start_soon(client.read_loop)
+            yield client
+            with trio.move_on_after(WAIT_S):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+UPGRADE_HEADERS = (
+    ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+)
+"""What a client sends to ask for a WebSocket (the key is RFC 6455's example)."""
+
+
+async def http_request(
+    url: str, target: str, *, headers: Sequence[tuple[str, str]] = (), method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one plain HTTP request to the listener `url`; a `101` comes back
+    with an empty body (the connection is then closed)."""
+    stream = await open_socket(url)
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method=method, target=target, headers=[("Host", "localhost"), *headers])
+    body = b""
+    async with stream:
+        await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+        with trio.fail_after(WAIT_S):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some())
+                elif isinstance(event, h11.InformationalResponse | h11.Response):
+                    status, response_headers = event.status_code, {k.decode(): v.decode() for k, v in event.headers}
+                    if status == 101:
+                        return status, response_headers, b""
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, response_headers, body
 
 
 def write_config(home: Path, mock: MockModel | str, **extra: str) -> None:

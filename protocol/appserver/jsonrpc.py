@@ -448,6 +448,9 @@ class Handshake:
         self.initialized = False
         self.experimental_api = False
         """The client opted into experimental methods and fields (`capabilities.experimentalApi`)."""
+        self.opted_out: frozenset[str] = frozenset()
+        """Notification methods this client is never sent (`capabilities.optOutNotificationMethods`,
+        exact names)."""
 
     def check(self, method: str) -> None:
         """RpcError unless `method` may run now."""
@@ -457,9 +460,10 @@ class Handshake:
         elif not self.initialized:
             raise invalid_request("Not initialized")
 
-    def done(self, *, experimental_api: bool = False) -> None:
+    def done(self, *, experimental_api: bool = False, opted_out: frozenset[str] = frozenset()) -> None:
         self.initialized = True
         self.experimental_api = experimental_api
+        self.opted_out = opted_out
 
     def require_experimental(self, what: str) -> None:
         """RpcError unless the client opted into experimental API (`what`: a method or `method.field`)."""
