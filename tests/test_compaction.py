@@ -231,17 +231,23 @@ async def test_a_model_failure_during_compaction_fails_the_turn_and_keeps_the_hi
         "first question", "echo: first question", "second question", "echo: second question"]
 
 
-async def test_an_interrupted_compaction_leaves_the_history_unchanged(runtime: ThreadManager, mock_model: MockModel) -> None:
-    thread = await runtime.start_thread()
-    await two_turns(thread)
-    before = list(thread.history)
+def stall_model(mock: MockModel) -> trio.Event:
+    """Make every reply of `mock` stall; the event is set once it is asked."""
     asked = trio.Event()
 
     def stall(_request: MockRequest) -> Stall:
         asked.set()
         return Stall()
 
-    mock_model.default = stall
+    mock.default = stall
+    return asked
+
+
+async def test_an_interrupted_compaction_leaves_the_history_unchanged(runtime: ThreadManager, mock_model: MockModel) -> None:
+    thread = await runtime.start_thread()
+    await two_turns(thread)
+    before = list(thread.history)
+    asked = stall_model(mock_model)
     with thread.events() as events:
         await thread.submit(CompactOp())
         await asked.wait()  # the summary is being written
@@ -256,13 +262,7 @@ async def test_an_interrupted_compaction_leaves_the_history_unchanged(runtime: T
 async def test_a_compact_during_a_turn_replaces_that_turn(runtime: ThreadManager, mock_model: MockModel) -> None:
     """As Codex: a new task aborts the running one (`replaced`) and takes its place."""
     thread = await runtime.start_thread()
-    asked = trio.Event()
-
-    def stall(_request: MockRequest) -> Stall:
-        asked.set()
-        return Stall()
-
-    mock_model.default = stall
+    asked = stall_model(mock_model)
     with thread.events() as events:
         await thread.submit(UserInputOp(items=[TextInput(text="long job")]))
         await asked.wait()

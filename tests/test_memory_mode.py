@@ -6,34 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
-from spindle.actors.appserver.server import AppServer
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime.config import load_config
 from spindle.actors.testing.mock_model import MockModel
-from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory, write_config
+from spindle.actors.testing.rpc_client import RpcFailure, write_config
 from spindle.protocol.ops import SetThreadMemoryModeOp
 
 from .helpers import app_client
 
 CODEX_FIXTURES = Path(__file__).parent / "fixtures" / "codex-0.171-rollouts"
-
-
-@asynccontextmanager
-async def experimental_client(manager: ThreadManager) -> AsyncIterator[RpcClient]:
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(AppServer(manager).run)
-        async with in_memory(server) as client:
-            await client.initialize(experimental=True)
-            yield client
-        nursery.cancel_scope.cancel()
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -93,7 +80,7 @@ async def test_the_method_is_experimental(runtime: ThreadManager) -> None:
 
 
 async def test_the_method_sets_the_mode_of_a_loaded_thread(runtime: ThreadManager) -> None:
-    async with experimental_client(runtime) as client:
+    async with app_client(runtime, experimental=True) as client:
         tid = (await client.call("thread/start", {}))["thread"]["id"]
         assert await client.call("thread/memoryMode/set", {"threadId": tid, "mode": "disabled"}) == {}
         handle = runtime.running(tid)
