@@ -205,3 +205,20 @@ async def test_resume_and_fork_honour_exclude_turns(client: RpcClient) -> None:
     forked = await client.call("thread/fork", {"threadId": tid, "excludeTurns": True})
     assert forked["thread"]["turns"] == []
     assert await all_turn_ids(client, forked["thread"]["id"], sortDirection="asc") == ids
+
+
+async def test_a_rollback_while_a_page_is_read_is_a_clear_error(
+    client: RpcClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spindle.actors.appserver.turns import IndexedTurns
+
+    tid, _ = await thread_with_turns(client, 4)
+    real = IndexedTurns.turns
+
+    async def rolled_back_meanwhile(self: IndexedTurns, positions: Any) -> Any:
+        self.index.roll_back(3)  # what a thread/rollback does to the index while the page waits on its read
+        return await real(self, positions)
+
+    monkeypatch.setattr(IndexedTurns, "turns", rolled_back_meanwhile)
+    message = await invalid_params(client, "thread/turns/list", {"threadId": tid, "limit": 4})
+    assert "changed while the page was read" in message

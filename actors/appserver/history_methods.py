@@ -50,6 +50,11 @@ async def history_of(ctx: RequestContext, thread_id: str, method: str) -> TurnSo
         raise invalid_request(f"cannot read rollout {path}: {exc}") from None
 
 
+def _changed() -> RpcError:
+    """A page whose turns a rollback dropped while it was being read (positions gone stale)."""
+    return RpcError(INVALID_PARAMS, "the thread's turns changed while the page was read (a rollback); ask again")
+
+
 async def thread_turns_list(ctx: RequestContext, params: ThreadTurnsListParams) -> ThreadTurnsListResult:
     tid = thread_id_param(params.thread_id)
     source = await history_of(ctx, tid, "thread/turns/list")
@@ -59,7 +64,10 @@ async def thread_turns_list(ctx: RequestContext, params: ThreadTurnsListParams) 
     except InvalidCursor as exc:
         raise _invalid(exc) from None
     view = params.items_view or "summary"
-    turns = [with_view(turn, view) for turn in await source.turns(page.positions)]
+    try:
+        turns = [with_view(turn, view) for turn in await source.turns(page.positions)]
+    except (IndexError, ValueError):
+        raise _changed() from None
     return ThreadTurnsListResult(data=turns, next_cursor=page.next_cursor, backwards_cursor=page.backwards_cursor)
 
 
@@ -71,6 +79,8 @@ async def thread_items_list(ctx: RequestContext, params: ThreadItemsListParams) 
                                ascending=params.sort_direction != "desc")
     except InvalidCursor as exc:
         raise _invalid(exc) from None
+    except (IndexError, ValueError):
+        raise _changed() from None
     data = []
     for entry in page.entries:
         item, deferred = defer_output(entry.item, params.defer_output)
