@@ -18,6 +18,7 @@ from spindle.actors.runtime.version import SPINDLE_VERSION
 from spindle.protocol.appserver import v2, v2models, v2modes, v2perm
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
+from . import account_methods as accounts
 from . import config_methods as configs
 from . import history_methods as history
 from . import mcp_methods as mcp
@@ -25,6 +26,7 @@ from . import review_methods as reviews
 from . import thread_commands as commands
 from . import thread_methods as threads
 from . import turn_methods as turns
+from . import workspace_methods as workspace
 from .context import RequestContext
 
 PROTOCOL_VERSION = "0.163.0"
@@ -134,4 +136,9 @@ HANDLERS: dict[str, Handler] = {
     "config/mcpServer/reload": mcp.config_mcp_server_reload,
     "collaborationMode/list": collaboration_mode_list,
     "review/start": reviews.review_start,
+    "account/read": accounts.account_read,
+    "account/bedrock/checkGovCloudRequirements": accounts.bedrock_check_gov_cloud,
+    "skills/list": workspace.skills_list,
+    "hooks/list": workspace.hooks_list,
+    "plugin/installed": workspace.plugin_installed,
 }
