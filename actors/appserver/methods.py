@@ -29,8 +29,11 @@ from . import turn_methods as turns
 from . import workspace_methods as workspace
 from .context import RequestContext
 
-PROTOCOL_VERSION = "0.163.0"
-"""The Codex app-server protocol version Spindle implements (the SDK gates fields on it)."""
+PROTOCOL_VERSION = "0.171.0"
+"""The Codex release whose app-server protocol Spindle speaks and is checked against (the 0.171
+schema, the 0.171 TUI's and `codex exec`'s start-up): clients read it from `userAgent` as the
+server's version. The TUI warns of a server older than itself, the SDK gates newer fields on it.
+It claims the wire, not Codex's every feature: a method Spindle lacks answers -32601."""
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 
