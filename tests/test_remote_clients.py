@@ -26,6 +26,7 @@ from spindle.actors.appserver.listeners import serve
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.testing.mock_model import MockModel, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, websocket_client
+from spindle.protocol.appserver.jsonrpc import KNOWN_UNSUPPORTED, SUPPORTED, method_error
 from spindle.protocol.config import Config
 
 SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "app-server-v2-0.171.schema.json").read_text())
@@ -353,6 +354,14 @@ async def test_exec_replayed(tui_config: Config, server_cwd: Path, mock_model: M
 
 
 # --- the methods, one by one ----------------------------------------------------------------------
+
+
+def test_every_method_of_the_schema_is_served_or_said_to_be_unsupported() -> None:
+    methods = {request["properties"]["method"]["enum"][0] for request in DEFINITIONS["ClientRequest"]["oneOf"]}
+    assert methods - set(SUPPORTED) == KNOWN_UNSUPPORTED
+    # what the TUI asks when it resumes a thread: refused plainly, not as an unknown name
+    for method in ("thread/goal/get", "thread/backgroundTerminals/list", "experimentalFeature/list"):
+        assert method_error(method).message == f"method `{method}` is not supported by Spindle"
 
 
 async def test_account_read_tells_whether_the_providers_key_is_set_never_its_value(

@@ -34,6 +34,7 @@ from . import (
     v2review,
     v2workspace,
 )
+from .unsupported import KNOWN_UNSUPPORTED
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -133,28 +134,6 @@ PARAMS_OPTIONAL = frozenset({
     "account/bedrock/checkGovCloudRequirements", "skills/list", "hooks/list", "plugin/installed",
 })
 """Methods whose `params` may be omitted (treated as `{}`)."""
-
-KNOWN_UNSUPPORTED = frozenset({
-    "thread/delete", "thread/goal/set", "thread/goal/get", "thread/goal/clear", "thread/metadata/update",
-    "thread/attachment/add", "thread/attachment/list", "thread/attachmentOwner/list", "thread/attachment/remove",
-    "thread/section/move", "thread/approveGuardianDeniedAction", "threadSection/list",
-    "threadSection/create", "threadSection/update", "threadSection/delete", "thread/inject_items",
-    "skills/extraRoots/set", "marketplace/add", "marketplace/remove", "marketplace/upgrade", "plugin/list",
-    "plugin/reconcile", "plugin/read", "plugin/skill/read", "plugin/share/save", "plugin/share/updateTargets",
-    "plugin/share/list", "plugin/share/checkout", "plugin/share/delete", "app/read", "app/list", "app/installed",
-    "fs/readFile", "fs/writeFile", "fs/createDirectory", "fs/getMetadata", "fs/readDirectory", "fs/remove",
-    "fs/copy", "fs/watch", "fs/unwatch", "skills/config/write", "plugin/install", "plugin/uninstall",
-    "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
-    "modelProvider/capabilities/read", "experimentalFeature/list",
-    "experimentalFeature/enablement/set", "mcpServer/oauth/login", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
-    "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",
-    "account/rateLimits/read", "account/rateLimitResetCredit/consume", "account/usage/read",
-    "account/workspaceMessages/read", "account/sendAddCreditsNudgeEmail", "feedback/upload", "command/exec",
-    "command/exec/write", "command/exec/terminate", "command/exec/resize",
-    "externalAgentConfig/detect", "externalAgentConfig/import", "externalAgentConfig/import/recordHistory",
-    "externalAgentConfig/import/readHistories", "fuzzyFileSearch",
-})
-"""The rest of the v2 schema's client methods: answered "not supported by Spindle", never ignored."""
 
 _decoders = {method: msgspec.json.Decoder(kind) for method, kind in SUPPORTED.items()}
 
