@@ -3,11 +3,17 @@
 The store, `StoredThreads.list_threads`, `ThreadManager.list_threads` and the app-server's
 `thread/list` all take a `ThreadQuery`; the filters live only here. Pure: no I/O, no trio.
 
-Sorting is by `created_at` (the Codex default) or `updated_at`, then by id, either direction. A
-cursor is an opaque string holding the sort key and the position (key value and id) of the last
-thread of a page; the next page starts strictly after it in the query's direction. The backwards
-cursor holds the position of the first thread of a page: used with the opposite direction it
-returns the threads before the page, nearest first.
+Sorting is by `created_at` (the Codex default), `updated_at` or `recency_at`, then by id, either
+direction. Codex's recency is a thread's update time unless its activity advanced it further;
+Spindle keeps no separate recency, so `recency_at` orders as `updated_at`. A cursor is an opaque
+string holding the sort key and the position (key value and id) of the last thread of a page; the
+next page starts strictly after it in the query's direction. The backwards cursor holds the
+position of the first thread of a page: used with the opposite direction it returns the threads
+before the page, nearest first.
+
+Sections: Codex files threads into sections (pinned, or a user's), ordered by position within
+one. Spindle has no sections: every thread is unsectioned, so a filter on a section matches no
+thread, and `section_position`, which Codex allows only with such a filter, lists nothing.
 
 Source kinds: a rollout's `session_meta.source` (a string such as "cli", "vscode", "exec", or an
 object such as `{"subagent": "review"}`) becomes one `ThreadSourceKind` of the v2 protocol, and a
@@ -33,7 +39,10 @@ from .paths import ThreadStoreError
 DEFAULT_LIMIT = 50
 MAX_ID_FILTER = 100
 """The most ids `included_ids` / `excluded_ids` may hold (Codex's bound)."""
-SORT_KEYS = ("created_at", "updated_at")
+SORT_KEYS = ("created_at", "updated_at", "recency_at", "section_position")
+_SORT_COLUMNS = {"created_at": "created_at", "updated_at": "updated_at", "recency_at": "updated_at",
+                 "section_position": "updated_at"}
+"""The index column each sort key orders by (see the module's doc for the last two)."""
 SORT_DIRECTIONS = ("asc", "desc")
 SUBAGENT_KINDS = ("subAgentReview", "subAgentCompact", "subAgentThreadSpawn", "subAgentOther")
 SOURCE_KINDS = ("cli", "vscode", "exec", "appServer", "subAgent", *SUBAGENT_KINDS, "unknown")
@@ -139,6 +148,7 @@ class ThreadQuery:
     `source_kinds`: ThreadSourceKind values, empty means the interactive sources (`subAgent`
     stands for every sub-agent kind). `included_ids`: None is unrestricted, empty matches nothing.
     `use_state_db_only`: answer from the index without reconciling it with the files first.
+    `section`: only threads in that section (so none); None: every thread, all unsectioned.
     """
 
     limit: int = DEFAULT_LIMIT
@@ -153,6 +163,7 @@ class ThreadQuery:
     included_ids: Sequence[str] | None = None
     excluded_ids: Sequence[str] = ()
     use_state_db_only: bool = False
+    section: str | None = None
     position: tuple[str, str] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -160,6 +171,8 @@ class ThreadQuery:
             raise InvalidThreadQuery(f"limit must be at least 1, got {self.limit}")
         if self.sort_key not in SORT_KEYS:
             raise InvalidThreadQuery(f"sort key {self.sort_key!r} is not supported; use one of {', '.join(SORT_KEYS)}")
+        if self.sort_key == "section_position" and self.section is None:
+            raise InvalidThreadQuery("section-position sorting requires a section filter")
         if self.sort_direction not in SORT_DIRECTIONS:
             raise InvalidThreadQuery(f"sort direction {self.sort_direction!r} is not one of {', '.join(SORT_DIRECTIONS)}")
         unknown = [kind for kind in _strings(self.source_kinds) if kind not in SOURCE_KINDS]
@@ -183,6 +196,8 @@ class ThreadQuery:
         """The SQL (one page plus one row, to know if there is more) and its arguments."""
         where: list[str] = ["archived = ?"]
         args: list[object] = [int(self.archived)]
+        if self.section is not None:
+            where.append("0")  # no thread is in a section
         if self.source_kinds:
             kinds = {k for s in self.source_kinds for k in ((s, *SUBAGENT_KINDS) if s == "subAgent" else (s,))}
             where.append(_in("source_kind", len(kinds)))
@@ -200,11 +215,12 @@ class ThreadQuery:
             where.append("instr(spindle_fold(CASE WHEN coalesce(name, '') <> '' THEN name ELSE preview END), ?) > 0")
             args.append(self.search_term.casefold())
         order = "DESC" if self.sort_direction == "desc" else "ASC"
+        column = _SORT_COLUMNS[self.sort_key]
         if self.position is not None:
-            where.append(f"({self.sort_key}, id) {'<' if order == 'DESC' else '>'} (?, ?)")
+            where.append(f"({column}, id) {'<' if order == 'DESC' else '>'} (?, ?)")
             args += self.position
         sql = (f"SELECT {ENTRY_COLUMNS} FROM threads WHERE {' AND '.join(where)}"
-               f" ORDER BY {self.sort_key} {order}, id {order} LIMIT ?")
+               f" ORDER BY {column} {order}, id {order} LIMIT ?")
         return sql, [*args, self.limit + 1]
 
     def page(self, rows: Sequence[Sequence[object]]) -> ThreadPage:

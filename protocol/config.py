@@ -151,7 +151,7 @@ CODEX_ONLY_KEYS: dict[type[msgspec.Struct], frozenset[str]] = {
         "model_catalog_json", "experimental_use_exec_command_tool", "experimental_use_unified_exec_tool",
         "experimental_use_freeform_apply_patch", "experimental_realtime_ws_base_url", "use_experimental_reasoning_summary",
         "responses_originator_header_internal_override", "include_apply_patch_tool", "include_plan_tool",
-        "marketplaces", "remote_control", "realtime", "audio",
+        "marketplaces", "remote_control", "realtime", "audio", "cloud",
     }),
     ModelProviderInfo: frozenset({
         "query_params", "env_key_instructions", "env_http_headers", "requires_openai_auth",

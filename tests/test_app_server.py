@@ -33,7 +33,7 @@ async def test_requests_before_initialize_are_refused(server: AppServer) -> None
             await client.call("thread/start", {})
         assert (err.value.code, err.value.message) == (-32600, "Not initialized")
         result = await client.initialize()
-        assert result["userAgent"].startswith("spindle/0.163.0 (")
+        assert result["userAgent"].startswith("spindle/0.171.0 (")
         with pytest.raises(RpcFailure, match="Already initialized"):
             await client.initialize()
 

@@ -351,7 +351,7 @@ async def test_search_cwd_provider_and_id_filters(store: LocalThreadStore) -> No
     assert await found(excluded_ids=[tid(1)]) == {2, 3}
 
 
-@pytest.mark.parametrize("sort_key", ["created_at", "updated_at"])
+@pytest.mark.parametrize("sort_key", ["created_at", "updated_at", "recency_at"])
 @pytest.mark.parametrize("direction", ["asc", "desc"])
 async def test_cursor_pages_are_stable_for_every_sort(store: LocalThreadStore, sort_key: str, direction: str) -> None:
     stamps = {1: ("10:00:01", "12:00:05"), 2: ("10:00:02", "12:00:01"), 3: ("10:00:02", "12:00:03"),
@@ -359,7 +359,7 @@ async def test_cursor_pages_are_stable_for_every_sort(store: LocalThreadStore, s
               7: ("10:00:07", "12:00:07")}  # ties in both keys, broken by id
     for n, (created, updated) in stamps.items():
         write_rollout(store.home, n, created=f"2026-11-20T{created}.000Z", updated=f"2026-11-20T{updated}.000Z")
-    column = 0 if sort_key == "created_at" else 1
+    column = 0 if sort_key == "created_at" else 1  # Spindle's recency is its update time
     expected = sorted(stamps, key=lambda n: (stamps[n][column], tid(n)), reverse=direction == "desc")
     query = ThreadQuery(limit=3, sort_key=sort_key, sort_direction=direction)
     pages = [await store.list_threads(query)]
@@ -369,13 +369,14 @@ async def test_cursor_pages_are_stable_for_every_sort(store: LocalThreadStore, s
     back = ThreadQuery(limit=10, sort_key=sort_key, sort_direction="asc" if direction == "desc" else "desc",
                        cursor=pages[1].backwards_cursor)
     assert [int(e.id[-12:]) for e in (await store.list_threads(back)).entries] == expected[:3][::-1]
-    other_key = "updated_at" if sort_key == "created_at" else "created_at"
+    other_key = "recency_at" if sort_key == "updated_at" else "updated_at"
     with pytest.raises(InvalidThreadQuery, match="made for sort key"):
         ThreadQuery(sort_key=other_key, cursor=pages[0].next_cursor)
 
 
 def test_bad_queries_are_refused() -> None:
-    for bad, match in (({"limit": 0}, "limit"), ({"sort_key": "recency_at"}, "created_at, updated_at"),
+    for bad, match in (({"limit": 0}, "limit"), ({"sort_key": "title"}, "created_at, updated_at, recency_at, section_position"),
+                       ({"sort_key": "section_position"}, "section-position sorting requires a section filter"),
                        ({"sort_direction": "up"}, "asc, desc"), ({"source_kinds": ["bogus"]}, "unknown source kind"),
                        ({"included_ids": ["nope"]}, "invalid thread id"), ({"excluded_ids": [tid(n) for n in range(101)]}, "at most 100"),
                        ({"cursor": "garbage!"}, "invalid cursor")):
@@ -396,12 +397,19 @@ async def test_thread_list_over_the_app_server(client: RpcClient, runtime_home: 
     rest = await client.call("thread/list", {"limit": 1, "sortKey": "updated_at", "sortDirection": "asc", "cursor": first["nextCursor"]})
     assert [t["id"] for t in rest["data"]] == [PROBE]
     assert (await client.call("thread/list", {"sourceKinds": ["exec"]}))["data"] == []
-    ignored = {"projectId": None, "sectionId": "s", "currentAccountOnly": True, "parentThreadId": LIVE, "originators": []}
+    ignored = {"projectId": None, "currentAccountOnly": True, "parentThreadId": LIVE, "originators": []}
     assert [t["id"] for t in (await client.call("thread/list", ignored))["data"]] == [PROBE, LIVE]
+    # Spindle has no sections: every thread is unsectioned, none is in a section
+    assert [t["id"] for t in (await client.call("thread/list", {"sectionId": None}))["data"]] == [PROBE, LIVE]
+    assert (await client.call("thread/list", {"sectionId": "pinned"}))["data"] == []
+    assert (await client.call("thread/list", {"sectionId": "pinned", "sortKey": "section_position"}))["data"] == []
+    recent = await client.call("thread/list", {"sortKey": "recency_at", "sortDirection": "asc"})
+    assert [t["id"] for t in recent["data"]] == [LIVE, PROBE]  # as updated_at
 
 
 @pytest.mark.parametrize("params", [
-    {"sortKey": "recency_at"}, {"sortDirection": "sideways"}, {"sourceKinds": ["bogus"]},
+    {"sortKey": "title"}, {"sortKey": "section_position"}, {"sortKey": "section_position", "sectionId": None},
+    {"sortDirection": "sideways"}, {"sourceKinds": ["bogus"]},
     {"includedThreadIds": ["not-a-uuid"]}, {"excludedThreadIds": [tid(n) for n in range(101)]},
     {"cursor": "garbage"}, {"originators": ["codex_vscode"]}, {"limit": 0}, {"cwd": 5},
 ])

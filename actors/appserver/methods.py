@@ -18,6 +18,7 @@ from spindle.actors.runtime.version import SPINDLE_VERSION
 from spindle.protocol.appserver import v2, v2models, v2modes, v2perm
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError
 
+from . import account_methods as accounts
 from . import config_methods as configs
 from . import history_methods as history
 from . import mcp_methods as mcp
@@ -25,10 +26,14 @@ from . import review_methods as reviews
 from . import thread_commands as commands
 from . import thread_methods as threads
 from . import turn_methods as turns
+from . import workspace_methods as workspace
 from .context import RequestContext
 
-PROTOCOL_VERSION = "0.163.0"
-"""The Codex app-server protocol version Spindle implements (the SDK gates fields on it)."""
+PROTOCOL_VERSION = "0.171.0"
+"""The Codex release whose app-server protocol Spindle speaks and is checked against (the 0.171
+schema, the 0.171 TUI's and `codex exec`'s start-up): clients read it from `userAgent` as the
+server's version. The TUI warns of a server older than itself, the SDK gates newer fields on it.
+It claims the wire, not Codex's every feature: a method Spindle lacks answers -32601."""
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 
@@ -134,4 +139,9 @@ HANDLERS: dict[str, Handler] = {
     "config/mcpServer/reload": mcp.config_mcp_server_reload,
     "collaborationMode/list": collaboration_mode_list,
     "review/start": reviews.review_start,
+    "account/read": accounts.account_read,
+    "account/bedrock/checkGovCloudRequirements": accounts.bedrock_check_gov_cloud,
+    "skills/list": workspace.skills_list,
+    "hooks/list": workspace.hooks_list,
+    "plugin/installed": workspace.plugin_installed,
 }

@@ -151,6 +151,7 @@ def _thread_query(params: v2.ThreadListParams) -> ThreadQuery:
             source_kinds=params.source_kinds or (), sort_key=params.sort_key or "created_at",
             sort_direction=params.sort_direction or "desc", included_ids=params.included_thread_ids,
             excluded_ids=params.excluded_thread_ids or (), use_state_db_only=bool(params.use_state_db_only),
+            section=params.section_id if isinstance(params.section_id, str) else None,
         )
     except InvalidThreadQuery as exc:
         raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None

@@ -22,7 +22,19 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp, v2models, v2modes, v2pages, v2perm, v2review
+from . import (
+    v2,
+    v2account,
+    v2config,
+    v2mcp,
+    v2models,
+    v2modes,
+    v2pages,
+    v2perm,
+    v2review,
+    v2workspace,
+)
+from .unsupported import KNOWN_UNSUPPORTED
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -108,37 +120,20 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "config/mcpServer/reload": v2mcp.NoParams,
     "collaborationMode/list": v2modes.CollaborationModeListParams,
     "review/start": v2review.ReviewStartParams,
+    "account/read": v2account.GetAccountParams,
+    "account/bedrock/checkGovCloudRequirements": v2account.BedrockCheckGovCloudParams,
+    "skills/list": v2workspace.SkillsListParams,
+    "hooks/list": v2workspace.HooksListParams,
+    "plugin/installed": v2workspace.PluginInstalledParams,
 }
 """Methods Spindle serves, each with its params type."""
 
 PARAMS_OPTIONAL = frozenset({
     "thread/start", "thread/list", "thread/loaded/list", "model/list", "config/read", "configRequirements/read", "mcpServerStatus/list",
-    "config/mcpServer/reload", "permissionProfile/list", "collaborationMode/list",
+    "config/mcpServer/reload", "permissionProfile/list", "collaborationMode/list", "account/read",
+    "account/bedrock/checkGovCloudRequirements", "skills/list", "hooks/list", "plugin/installed",
 })
 """Methods whose `params` may be omitted (treated as `{}`)."""
-
-KNOWN_UNSUPPORTED = frozenset({
-    "thread/delete", "thread/goal/set", "thread/goal/get", "thread/goal/clear", "thread/metadata/update",
-    "thread/attachment/add", "thread/attachment/list", "thread/attachmentOwner/list", "thread/attachment/remove",
-    "thread/section/move", "thread/approveGuardianDeniedAction", "threadSection/list",
-    "threadSection/create", "threadSection/update", "threadSection/delete", "thread/inject_items", "skills/list",
-    "skills/extraRoots/set", "hooks/list",
-    "marketplace/add", "marketplace/remove", "marketplace/upgrade", "plugin/list", "plugin/installed",
-    "plugin/reconcile", "plugin/read", "plugin/skill/read", "plugin/share/save", "plugin/share/updateTargets",
-    "plugin/share/list", "plugin/share/checkout", "plugin/share/delete", "app/read", "app/list", "app/installed",
-    "fs/readFile", "fs/writeFile", "fs/createDirectory", "fs/getMetadata", "fs/readDirectory", "fs/remove",
-    "fs/copy", "fs/watch", "fs/unwatch", "skills/config/write", "plugin/install", "plugin/uninstall",
-    "account/gatewayOAuth/read", "account/gatewayOAuth/login", "account/gatewayOAuth/cancel",
-    "modelProvider/capabilities/read", "experimentalFeature/list",
-    "experimentalFeature/enablement/set", "mcpServer/oauth/login", "mcpServer/resource/read", "mcpServer/tool/call", "windowsSandbox/setupStart",
-    "windowsSandbox/readiness", "account/login/start", "account/login/cancel", "account/logout",
-    "account/rateLimits/read", "account/rateLimitResetCredit/consume", "account/usage/read",
-    "account/workspaceMessages/read", "account/sendAddCreditsNudgeEmail", "feedback/upload", "command/exec",
-    "command/exec/write", "command/exec/terminate", "command/exec/resize",
-    "externalAgentConfig/detect", "externalAgentConfig/import", "externalAgentConfig/import/recordHistory",
-    "externalAgentConfig/import/readHistories", "account/read", "fuzzyFileSearch",
-})
-"""The rest of the v2 schema's client methods: answered "not supported by Spindle", never ignored."""
 
 _decoders = {method: msgspec.json.Decoder(kind) for method, kind in SUPPORTED.items()}
 

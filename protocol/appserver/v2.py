@@ -112,6 +112,12 @@ class Thread(Wire, kw_only=True):
     agent_role: str | None = None
     git_info: Any = None
     turns: list[Turn] = msgspec.field(default_factory=list)
+    recency_at: int | None = None
+    """What the `recency_at` sort orders by: Spindle keeps no separate recency, so its update time."""
+
+    def __post_init__(self) -> None:
+        if self.recency_at is None:
+            self.recency_at = self.updated_at
 
 
 # --- params -----------------------------------------------------------------
@@ -182,7 +188,7 @@ class ThreadReadParams(Inbound, kw_only=True, frozen=True):
 class ThreadListParams(Inbound, kw_only=True, frozen=True):
     """Codex 0.171's thread/list. Also accepted and ignored (undeclared, so any value passes):
     ancestorThreadId, parentThreadId, attachedToThreadId, includeAttachedThreads, projectId,
-    sectionId, currentAccountOnly. Sort keys and source kinds are checked by the store's query."""
+    currentAccountOnly. Sort keys and source kinds are checked by the store's query."""
 
     cursor: str | None = None
     limit: int | None = None
@@ -197,6 +203,8 @@ class ThreadListParams(Inbound, kw_only=True, frozen=True):
     excluded_thread_ids: list[str] | None = None
     use_state_db_only: bool | None = None
     originators: list[str] | None = None
+    section_id: str | None | UnsetType = UNSET
+    """A section's threads; null: the unsectioned ones; absent: all."""
 
 
 class ThreadLoadedListParams(Inbound, kw_only=True, frozen=True):
