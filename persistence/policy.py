@@ -11,6 +11,9 @@ process stopped mid-turn asks again what was still unanswered. Never written: de
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
 
 from spindle.protocol.events import (
@@ -71,3 +74,27 @@ def persisted_form(msg: EventMsg) -> EventMsg:
     if isinstance(msg, DynamicToolCallRequestEvent) and msg.arguments is not None:
         return msgspec.structs.replace(msg, arguments=None)
     return msg
+
+
+REDACTED = "<redacted: not written to the rollout>"
+_SECRET_WORDS = ("authorization", "token", "secret", "password", "api_key", "apikey", "cookie")
+_HEADER_MAPS = ("http_headers", "headers")
+
+
+def without_secrets(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A thread's own config layer as its rollout keeps it: every value under a key that names a
+    secret (an authorization, a token, a password, an API key, a cookie), and every HTTP header
+    value, replaced by `REDACTED`, at any depth. A client's config can carry its own loopback
+    credentials (the Codex TUI passes an MCP server with a bearer header); a rollout is no place
+    for them. A resumed thread has the key, not the value."""
+
+    def clean(key: str, value: Any, headers: bool) -> Any:
+        last = key.rsplit(".", 1)[-1].lower()
+        if headers or any(word in last for word in _SECRET_WORDS):
+            return REDACTED if not isinstance(value, Mapping) else {k: REDACTED for k in value}
+        if isinstance(value, Mapping):
+            inner = last in _HEADER_MAPS
+            return {str(k): clean(str(k), v, inner) for k, v in value.items()}
+        return value
+
+    return {key: clean(key, value, False) for key, value in config.items()}

@@ -356,3 +356,30 @@ def test_a_fork_of_a_turn_cut_short_leaves_no_call_without_an_output() -> None:
     history = rebuild_history(fork_items(body, ForkSnapshot.interrupted()))  # type: ignore[arg-type]
     outputs = [(item.call_id, item.output) for item in history if isinstance(item, FunctionCallOutput)]
     assert outputs == [("c1", "ok"), ("c2", "aborted")]
+
+
+def test_a_threads_config_layer_is_written_without_its_secrets() -> None:
+    from spindle.persistence.policy import REDACTED, without_secrets
+
+    layer = {
+        "mcp_servers.tui": {"url": "http://127.0.0.1:9/mcp", "http_headers": {"Authorization": "Bearer s3cret"},
+                            "env_http_headers": {"X-Key": "TUI_KEY_VAR"}},
+        "mcp_servers.other.http_headers.Cookie": "c00kie",
+        "model_providers.p.experimental_bearer_token": "t0ken",
+        "model": "gpt-5",
+    }
+    kept = without_secrets(layer)
+    assert kept["mcp_servers.tui"] == {"url": "http://127.0.0.1:9/mcp", "http_headers": {"Authorization": REDACTED},
+                                       "env_http_headers": {"X-Key": "TUI_KEY_VAR"}}
+    assert kept["mcp_servers.other.http_headers.Cookie"] == REDACTED
+    assert kept["model_providers.p.experimental_bearer_token"] == REDACTED
+    assert kept["model"] == "gpt-5"
+
+
+async def test_the_rollout_keeps_no_secret_of_a_threads_config(runtime: ThreadManager) -> None:
+    config = {"mcp_servers.tui": {"url": "http://127.0.0.1:9/mcp", "enabled": False,
+                                  "http_headers": {"Authorization": "Bearer s3cret"}}}
+    thread = await runtime.start_thread(config=config)
+    assert await thread.ask("hi") == "echo: hi"
+    await thread.rollout.flush()
+    assert "s3cret" not in Path(thread.rollout_path).read_text()

@@ -13,6 +13,7 @@ import structlog
 import trio
 
 from spindle.persistence.paths import now_utc, rollout_path, timestamp
+from spindle.persistence.policy import without_secrets
 from spindle.persistence.rollout import Leases, RolloutIndex, ThreadRollout
 from spindle.persistence.store import ThreadStoreError
 from spindle.protocol.config import Config
@@ -141,7 +142,7 @@ class ThreadRegistry:
             model_provider=settings.provider_id,
             base_instructions=BaseInstructions(text=settings.instructions),
             forked_from_id=forked_from,
-            session_config=dict(session_config) if session_config else msgspec.UNSET,
+            session_config=without_secrets(session_config) if session_config else msgspec.UNSET,
             runtime_workspace_roots=list(settings.workspace_roots()),
             permissions=settings.permissions if settings.permissions is not None else msgspec.UNSET,
             dynamic_tools=list(dynamic_tools) if dynamic_tools else msgspec.UNSET,
