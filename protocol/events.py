@@ -330,7 +330,7 @@ EventMsg = (
 )
 
 
-class Event(msgspec.Struct, kw_only=True, frozen=True):
+class Event(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One event, carrying the id of the submission that caused it."""
 
     id: str

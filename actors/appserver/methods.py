@@ -22,6 +22,7 @@ from . import config_methods as configs
 from . import history_methods as history
 from . import mcp_methods as mcp
 from . import review_methods as reviews
+from . import subscribe_methods as subscriptions
 from . import thread_commands as commands
 from . import thread_methods as threads
 from . import turn_methods as turns
@@ -134,4 +135,5 @@ HANDLERS: dict[str, Handler] = {
     "config/mcpServer/reload": mcp.config_mcp_server_reload,
     "collaborationMode/list": collaboration_mode_list,
     "review/start": reviews.review_start,
+    "thread/subscribe": subscriptions.thread_subscribe,
 }

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET
 
 from ..ids import parse_thread_id
-from . import v2, v2config, v2mcp, v2models, v2modes, v2pages, v2perm, v2review
+from . import v2, v2config, v2mcp, v2models, v2modes, v2pages, v2perm, v2review, v2subscribe
 
 RequestId = int | str
 AnswerId = RequestId | msgspec.Raw | None
@@ -108,6 +108,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "config/mcpServer/reload": v2mcp.NoParams,
     "collaborationMode/list": v2modes.CollaborationModeListParams,
     "review/start": v2review.ReviewStartParams,
+    "thread/subscribe": v2subscribe.ThreadSubscribeParams,
 }
 """Methods Spindle serves, each with its params type."""
 
@@ -402,10 +403,13 @@ class _ServerRequest(msgspec.Struct):
     params: Any
 
 
-class _Notification(msgspec.Struct, rename="camel"):
+class _Notification(msgspec.Struct, rename="camel", omit_defaults=True):
     method: str
     params: Any
     emitted_at_ms: int
+    thread_seq: int = 0
+    """The number of the thread event it comes from (a Spindle extension; Codex's clients ignore
+    members they do not know). 0, left out: it comes from no thread event."""
 
 
 class Writer:
@@ -430,8 +434,8 @@ class Writer:
         """A server request (no `emittedAtMs`: Codex's carry none)."""
         return self._line(_ServerRequest(request_id, method, params))
 
-    def notification(self, method: str, params: Any) -> bytes:
-        return self._line(_Notification(method, params, now_ms()))
+    def notification(self, method: str, params: Any, seq: int = 0) -> bytes:
+        return self._line(_Notification(method, params, now_ms(), seq))
 
 
 def now_ms() -> int:
