@@ -1,6 +1,7 @@
 """Reconnect without loss (a Spindle extension): every notification of a thread's events carries
 the event's `threadSeq`; a client that comes back resubscribes from the last one it saw and gets
-what it missed, in order, or is told that it is too far behind and must re-read the thread."""
+what it missed, in order, or is told that it is too far behind and must re-read the thread; a
+request may carry an `idempotencyKey`, so a retried `turn/start` answers the first turn."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime import replay as replay_module
 from spindle.actors.runtime.fanout import Broadcaster
 from spindle.actors.runtime.replay import EventLog, ReplayTooOld, SeqCounter
+from spindle.actors.testing.mock_model import MockModel, Stall, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.config import Config
 from spindle.protocol.events import AgentMessageDeltaEvent, Event, is_lifecycle
@@ -146,7 +148,76 @@ async def test_a_seq_from_before_the_thread_was_reloaded_is_too_old(make_config:
         assert answer["status"] == "tooOld" and answer["oldestSeq"] > last_seen
 
 
-async def test_resubscribing_needs_the_experimental_api(client: RpcClient) -> None:
+async def test_resubscribing_needs_the_experimental_api_and_a_whole_number(client: RpcClient) -> None:
     thread = (await client.call("thread/start", {}))["thread"]
     with pytest.raises(RpcFailure, match="thread/subscribe requires experimentalApi capability"):
         await client.call("thread/subscribe", {"threadId": thread["id"], "afterSeq": 1})
+    with pytest.raises(RpcFailure, match="idempotencyKey requires experimentalApi capability"):
+        await client.call("turn/start", {"threadId": thread["id"], "input": text("x"), "idempotencyKey": "k"})
+
+
+# --- idempotent retries --------------------------------------------------------------
+
+
+async def test_a_retried_turn_start_answers_the_first_turn_and_asks_the_model_once(
+    make_config: Callable[..., Config], mock_model: MockModel
+) -> None:
+    async with served(make_config(thread_unload_delay_secs=60)) as (manager, server):
+        async with client_of(server) as first:
+            thread = (await first.call("thread/start", {}))["thread"]
+            params = {"threadId": thread["id"], "input": text("only once"), "idempotencyKey": "retry-1"}
+            started = await first.call("turn/start", params)
+            await first.wait_turn(started["turn"]["id"])
+        async with client_of(server) as back:  # the answer was lost with the connection: ask again
+            await back.call("thread/subscribe", {"threadId": thread["id"]})
+            again = await back.call("turn/start", params)
+            assert again == started
+            read = await back.call("thread/read", {"threadId": thread["id"], "includeTurns": True})
+            assert [t["id"] for t in read["thread"]["turns"]] == [started["turn"]["id"]]
+            assert mock_model.request_count == 1
+            other = await back.call("turn/start", {**params, "idempotencyKey": "retry-2"})
+            assert other["turn"]["id"] != started["turn"]["id"]  # a new key is a new request
+
+
+async def test_retries_in_flight_wait_for_the_first_answer(
+    make_config: Callable[..., Config], mock_model: MockModel
+) -> None:
+    async with served(make_config(thread_unload_delay_secs=60)) as (manager, server), \
+            client_of(server) as one, client_of(server) as two:
+        thread = (await one.call("thread/start", {}))["thread"]
+        await two.call("thread/subscribe", {"threadId": thread["id"]})
+        mock_model.script(Stall(seconds=0.5, then=Text(text="done")), thread_id=thread["id"])
+        params = {"threadId": thread["id"], "input": text("at once"), "idempotencyKey": "together"}
+        answers: list[dict[str, Any]] = []
+
+        async def start(client: RpcClient) -> None:
+            answers.append(await client.call("turn/start", params))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start, one)
+            nursery.start_soon(start, two)
+        assert answers[0] == answers[1]
+        await one.wait_turn(answers[0]["turn"]["id"])
+        assert mock_model.request_count == 1
+
+
+async def test_an_idempotency_key_is_checked(make_config: Callable[..., Config]) -> None:
+    async with served(make_config(thread_unload_delay_secs=60)) as (manager, server), client_of(server) as client:
+        first = (await client.call("thread/start", {}))["thread"]
+        second = (await client.call("thread/start", {}))["thread"]
+        with pytest.raises(RpcFailure, match="thread not found") as failed:
+            await client.call("turn/start", {"threadId": "00000000-0000-7000-8000-000000000001",
+                                             "input": text("x"), "idempotencyKey": "k"})
+        assert failed.value.code == -32600
+        turn = await client.call("turn/start", {"threadId": first["id"], "input": text("x"), "idempotencyKey": "k"})
+        await client.wait_turn(turn["turn"]["id"])  # the error was not remembered: the key was free
+        with pytest.raises(RpcFailure, match="idempotencyKey .k. was used for turn/start on thread") as reused:
+            await client.call("turn/start", {"threadId": second["id"], "input": text("x"), "idempotencyKey": "k"})
+        assert reused.value.code == -32602
+        with pytest.raises(RpcFailure, match="idempotencyKey is not accepted by thread/read") as refused:
+            await client.call("thread/read", {"threadId": first["id"], "idempotencyKey": "r"})
+        assert refused.value.code == -32602
+        for bad in ("", 7, "x" * 300):
+            with pytest.raises(RpcFailure, match="idempotencyKey must be"):
+                await client.call("turn/start", {"threadId": first["id"], "input": text("x"), "idempotencyKey": bad})
+

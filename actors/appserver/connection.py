@@ -51,6 +51,7 @@ from spindle.protocol.ops import Op
 from .context import RequestContext, SubscriberIndex
 from .errors import rpc_error
 from .feeds import Feed
+from .idempotency import run_once
 from .methods import HANDLERS
 from .server_requests import AskedRequest, ServerRequests
 from .transport import MessageTransport, TooLong
@@ -383,7 +384,7 @@ class Connection:
             self.handshake.check(request.method)
             params = decode_params(request.method, request.params)
             async with self.index.claim(request.method, request.thread_id):
-                result = await handler(ctx, params)
+                result = await run_once(self.index.answers, request, self.handshake, lambda: handler(ctx, params))
             answer = self.writer.response(request.id, result)
             if self.handshake.initialized:
                 self.initialized.set()

@@ -13,6 +13,7 @@ from spindle.protocol.appserver.jsonrpc import Handshake, invalid_request
 from spindle.protocol.ids import parse_thread_id
 from spindle.protocol.ops import Op
 
+from .idempotency import Answers
 from .notify import Notice
 
 
@@ -42,6 +43,9 @@ class SubscriberIndex(Protocol):
     """Who is subscribed to which thread, across all clients of one server."""
 
     def subscribers(self, thread_id: str) -> Collection[Peer]: ...
+
+    answers: Answers
+    """The answers to requests with an idempotency key."""
 
     def unsubscribe(self, peer: Peer, thread_id: str) -> bool: ...
 

@@ -1,6 +1,6 @@
 """The app-server: one per runtime, it holds who is subscribed to which thread across its
-connections, and unloads a thread once no client retains it and it has been idle for the unload delay
-(`unload.py`)."""
+connections, unloads a thread once no client retains it and it has been idle for the unload delay
+(`unload.py`), and remembers the answers to requests with an idempotency key."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from spindle.protocol.ops import DynamicToolResponseOp
 
 from .connection import Connection
 from .context import Peer
+from .idempotency import Answers
 from .transport import LineTransport, MessageTransport
 from .unload import IdleUnloader
 
@@ -35,6 +36,7 @@ class AppServer:
         """`unload_delay`: seconds an idle thread no client retains stays loaded (default: the
         config's `thread_unload_delay_secs`)."""
         self.manager = manager
+        self.answers = Answers()
         self._connections: set[Connection] = set()
         self._connection_count = 0
         self._nursery: trio.Nursery | None = None

@@ -188,12 +188,13 @@ class _Envelope(msgspec.Struct, kw_only=True):
     error: msgspec.Raw = _ABSENT
 
 
-class _ThreadTarget(msgspec.Struct, rename="camel"):
+class _Targets(msgspec.Struct, rename="camel"):
     thread_id: Any = None
+    idempotency_key: Any = None
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
-_thread_target = msgspec.json.Decoder(_ThreadTarget)
+_targets = msgspec.json.Decoder(_Targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,8 @@ class Request:
     params: msgspec.Raw | None
     thread_id: str | None = None
     """The thread the request targets (its params' `threadId`), if it names one."""
+    idempotency_key: Any = None
+    """Its params' `idempotencyKey` (a Spindle extension), unchecked; None if absent or null."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,20 +262,23 @@ def parse_line(line: bytes | bytearray) -> Inbound:
     if request_id is None:
         return Invalid(invalid_request(f"request {env.method!r} has an unusable id {env.id!r:.40}"))
     params = None if env.params == _ABSENT or env.params == _NULL else env.params
-    return Request(request_id, env.method, params, thread_target(params))
+    targets = _read_targets(params)
+    return Request(request_id, env.method, params, _thread_target(targets), targets.idempotency_key)
 
 
-def thread_target(params: msgspec.Raw | None) -> str | None:
-    """The `threadId` `params` names, canonical when it is a UUID; None if it names none.
-
-    Reads only that one field; the params' own decoder checks everything later.
-    """
+def _read_targets(params: msgspec.Raw | None) -> _Targets:
+    """`params`' `threadId` and `idempotencyKey`, read alone (the method's decoder checks the rest)."""
     if params is None:
-        return None
+        return _Targets()
     try:
-        value = _thread_target.decode(params).thread_id
+        return _targets.decode(params)
     except msgspec.DecodeError:  # not an object: the method's decoder will say so
-        return None
+        return _Targets()
+
+
+def _thread_target(targets: _Targets) -> str | None:
+    """The `threadId` the params name, canonical when it is a UUID; None if they name none."""
+    value = targets.thread_id
     if not isinstance(value, str):
         return None
     try:
