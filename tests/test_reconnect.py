@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from spindle.actors.appserver import AppServer
+from spindle.actors.appserver import AppServer, idempotency
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime import replay as replay_module
 from spindle.actors.runtime.fanout import Broadcaster
@@ -221,3 +222,24 @@ async def test_an_idempotency_key_is_checked(make_config: Callable[..., Config])
             with pytest.raises(RpcFailure, match="idempotencyKey must be"):
                 await client.call("turn/start", {"threadId": first["id"], "input": text("x"), "idempotencyKey": bad})
 
+
+
+async def test_answers_are_kept_for_a_while_and_only_so_many(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(idempotency, "ANSWER_KEYS", 2)
+    answers = idempotency.Answers()
+    runs: list[str] = []
+
+    async def run(name: str) -> str:
+        runs.append(name)
+        return f"answer {len(runs)}"
+
+    assert await answers.once("a", "turn/start", "t", lambda: run("a")) == "answer 1"
+    assert await answers.once("a", "turn/start", "t", lambda: run("a")) == "answer 1"
+    await trio.sleep(idempotency.ANSWER_TTL_S + 1)
+    assert await answers.once("a", "turn/start", "t", lambda: run("a")) == "answer 2"  # forgotten: run again
+    await answers.once("b", "turn/start", "t", lambda: run("b"))
+    await answers.once("c", "turn/start", "t", lambda: run("c"))  # a third key: the oldest goes
+    assert await answers.once("a", "turn/start", "t", lambda: run("a")) == "answer 5"
+    assert runs == ["a", "a", "b", "c", "a"]
