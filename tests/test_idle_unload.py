@@ -17,10 +17,13 @@ from trio.testing import MockClock
 
 from spindle.actors.appserver import AppServer
 from spindle.actors.runtime import ThreadManager, open_runtime
-from spindle.actors.testing.mock_model import MockModel, Stall, Text
+from spindle.actors.runtime.tools import ToolRegistry
+from spindle.actors.testing.mock_model import Call, MockModel, Stall, Text
 from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.persistence.lease import WriterLeaseHeldError
 from spindle.protocol.config import Config
+
+from .test_approvals import COMMAND, AskingTool
 
 DELAY_S = 30.0
 AUTOJUMP_S = 0.05
@@ -34,8 +37,8 @@ def clock() -> MockClock:
 
 
 @asynccontextmanager
-async def served(config: Config) -> AsyncIterator[tuple[ThreadManager, AppServer]]:
-    async with open_runtime(config) as manager, trio.open_nursery() as nursery:
+async def served(config: Config, tools: ToolRegistry | None = None) -> AsyncIterator[tuple[ThreadManager, AppServer]]:
+    async with open_runtime(config, tools=tools) as manager, trio.open_nursery() as nursery:
         yield manager, await nursery.start(AppServer(manager).run)
         nursery.cancel_scope.cancel()
 
@@ -139,6 +142,25 @@ async def test_a_turn_its_client_left_runs_to_its_end_then_the_thread_unloads(
         assert completed["params"]["turn"]["status"] == "completed"  # not aborted by the unload
         await watcher.wait_for("thread/closed")
         assert trio.current_time() - ended_at >= DELAY_S
+
+
+async def test_an_approval_waiting_for_a_client_keeps_the_thread_loaded(
+    make_config: Callable[..., Config], mock_model: MockModel, clock: MockClock
+) -> None:
+    config = make_config(thread_unload_delay_secs=DELAY_S)
+    async with served(config, ToolRegistry([AskingTool()])) as (manager, server):
+        async with client_of(server) as first:
+            thread = (await first.call("thread/start", {}))["thread"]
+            mock_model.script(Call(name="ask", arguments="f"), Text(text="done"), thread_id=thread["id"])
+            turn = (await first.call("turn/start", {"threadId": thread["id"], "input": [{"type": "text", "text": "go"}]}))["turn"]
+            await first.wait_request(COMMAND)
+        await trio.sleep(DELAY_S * 5)  # no client: the request waits, and its turn keeps the thread
+        assert loaded(manager, thread["id"]) and manager.get_thread(thread["id"]).pending_requests()
+        async with client_of(server) as second:
+            await second.call("thread/resume", {"threadId": thread["id"]})
+            request = await second.wait_request(COMMAND)
+            await second.answer(request["id"], {"decision": "accept"})
+            assert (await second.wait_turn(turn["id"]))["status"] == "completed"
 
 
 async def test_an_observer_hears_the_thread_but_does_not_keep_it_loaded(
