@@ -74,10 +74,11 @@ class AppServer:
 
     def tool_owner(self, thread_id: str) -> Peer | None:
         """The client that runs the thread's dynamic tools: the one that registered them while it
-        is here, else the first subscribed client with `experimentalApi` (a resume, a fork), which
-        then keeps them (an observer never does); None if there is none (the call waits for one)."""
+        is here and retains the thread, else the first retaining client with `experimentalApi` (a
+        resume, a fork), which then keeps them (an observer never runs them); None if there is none
+        (the call waits for one)."""
         owner = self._tool_owners.get(thread_id)
-        if owner is not None and owner in self._connections and owner.is_subscribed(thread_id):
+        if owner is not None and owner in self._connections and owner.retains(thread_id):
             return owner
         able = sorted((c for c in self.retainers(thread_id) if c.handshake.experimental_api), key=lambda c: c.serial)
         if not able:
