@@ -14,12 +14,13 @@ import trio
 import trio.testing
 
 from spindle.actors.appserver import AppServer, idempotency
+from spindle.actors.appserver.listeners import serve
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime import replay as replay_module
 from spindle.actors.runtime.fanout import Broadcaster
 from spindle.actors.runtime.replay import EventLog, ReplayTooOld, SeqCounter
 from spindle.actors.testing.mock_model import MockModel, Stall, Text
-from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory, websocket_client
 from spindle.protocol.config import Config
 from spindle.protocol.events import AgentMessageDeltaEvent, Event, is_lifecycle
 
@@ -243,3 +244,28 @@ async def test_answers_are_kept_for_a_while_and_only_so_many(
     await answers.once("c", "turn/start", "t", lambda: run("c"))  # a third key: the oldest goes
     assert await answers.once("a", "turn/start", "t", lambda: run("a")) == "answer 5"
     assert runs == ["a", "a", "b", "c", "a"]
+
+
+async def test_over_websocket_a_client_comes_back_to_a_thread_that_went_on_without_it(
+    make_config: Callable[..., Config]
+) -> None:
+    """The thread runs a turn while no client is connected; the client that comes back gets that
+    turn's notifications, and its retried turn/start answers the turn it started before."""
+    async with open_runtime(make_config(thread_unload_delay_secs=60)) as manager, trio.open_nursery() as nursery:
+        (bound,) = await nursery.start(lambda task_status: serve(manager, "ws://127.0.0.1:0", task_status=task_status))
+        async with websocket_client(bound.url) as first:
+            await first.initialize(experimental=True)
+            thread = (await first.call("thread/start", {}))["thread"]
+            retried = {"threadId": thread["id"], "input": text("one"), "idempotencyKey": "ws-1"}
+            started = await first.call("turn/start", retried)
+            await first.wait_turn(started["turn"]["id"])
+            last_seen = sequenced(first)[-1][1]
+        assert await manager.get_thread(thread["id"]).ask("two") == "echo: two"  # nobody is connected
+        async with websocket_client(bound.url) as back:
+            await back.initialize(experimental=True)
+            answer = await back.call("thread/subscribe", {"threadId": thread["id"], "afterSeq": last_seen})
+            assert answer["status"] == "replayed"
+            completed = await back.wait_for("turn/completed")
+            assert [i["text"] for i in completed["params"]["turn"]["items"] if i["type"] == "agentMessage"] == ["echo: two"]
+            assert await back.call("turn/start", retried) == started
+        nursery.cancel_scope.cancel()
