@@ -80,6 +80,8 @@ class SandboxWorkspaceWrite(msgspec.Struct, kw_only=True, frozen=True):
 
 
 DEFAULT_SANDBOX_MODE: SandboxMode = "read-only"
+DEFAULT_UNLOAD_DELAY_S = 60.0
+"""Codex's default `thread_unload_delay_secs`."""
 """What commands may touch when the config selects neither a sandbox mode nor a profile."""
 
 
@@ -114,6 +116,9 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     codex_home: str = ""
     features: dict[str, Any] = msgspec.field(default_factory=dict)
     """`[features]` flags, as written (Spindle reads `request_permissions_tool`)."""
+    thread_unload_delay_secs: Seconds = DEFAULT_UNLOAD_DELAY_S
+    """How long the app-server keeps a thread loaded once no client retains it and no turn runs
+    (Codex's key; `inf`: for ever)."""
 
     def provider(self, provider_id: str | None = None) -> ModelProviderInfo:
         """The provider by id (default: `model_provider`); KeyError names the known ones."""

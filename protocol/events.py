@@ -330,11 +330,14 @@ EventMsg = (
 )
 
 
-class Event(msgspec.Struct, kw_only=True, frozen=True):
+class Event(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """One event, carrying the id of the submission that caused it."""
 
     id: str
     msg: EventMsg
+    seq: int = 0
+    """Its place in the thread's event stream, set when the thread publishes it: larger for each
+    later event of the thread, across reloads of the thread (0: not published, a replayed status)."""
 
 
 LOSSY_EVENTS = (AgentMessageDeltaEvent, ExecCommandOutputDeltaEvent, TokenCountEvent)

@@ -47,6 +47,7 @@ def make_config(tmp_path: Path, mock_model: MockModel) -> Callable[..., Config]:
             "approval_policy": "never",
             "sandbox_mode": "danger-full-access",
             "cwd": str(tmp_path),
+            "thread_unload_delay_secs": 0,  # a thread no client holds unloads once idle (tests of the delay set one)
             **extra,
         }
         return config_from_mapping(data, source="test config", home=tmp_path / "home")

@@ -134,7 +134,7 @@ async def test_spindle_reads_and_resumes_what_codex_wrote(tmp_path: Path, mock_m
 
     home = codex_home_with_fixtures(tmp_path, mock_model)
     async with open_runtime(load_config(home=home)) as manager:
-        server: AppServer = await nursery.start(AppServer(manager).run)
+        server: AppServer = await nursery.start(AppServer(manager, unload_delay=0).run)
         async with in_memory(server) as client:
             await client.initialize()
             paginated = await client.call("thread/read", {"threadId": "01a23027-be1a-77f3-8aab-1ee8d77cde0f", "includeTurns": True})

@@ -18,6 +18,8 @@ from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, in_memory
 from spindle.protocol.events import DynamicToolCallRequestEvent
 from spindle.protocol.items import DynamicToolSpec
 
+from .helpers import collect_until
+
 LOOKUP = {"type": "function", "name": "lookup_ticket", "description": "Look a ticket up.",
           "inputSchema": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}}
 TOOL_CALL = "item/tool/call"
@@ -220,3 +222,28 @@ async def test_too_many_tool_specs_are_refused(make_runtime: Callable[..., Any])
     async with make_runtime() as rt, clients(rt, 1) as (client,):
         with pytest.raises(RpcFailure, match="bytes of tool specs; at most"):
             await start(client, *({**LOOKUP, "name": f"t{i}", "inputSchema": big} for i in range(8)))
+
+
+
+async def test_an_observer_is_never_sent_a_tool_call(make_runtime: Callable[..., Any], mock_model: MockModel) -> None:
+    """Not the registering client once it steps back to observing, nor another observer: a tool
+    call waits for a client that retains the thread."""
+    async with make_runtime(thread_unload_delay_secs=60) as rt, trio.open_nursery() as nursery:
+        server = await nursery.start(AppServer(rt).run)
+        async with in_memory(server) as owner, in_memory(server) as watcher, in_memory(server) as driver:
+            for client, experimental in ((owner, True), (watcher, True), (driver, False)):
+                await client.initialize(experimental=experimental)
+            tid = await start(owner, LOOKUP)
+            await driver.call("thread/resume", {"threadId": tid})
+            await watcher.call("thread/subscribe", {"threadId": tid, "observe": True})
+            await owner.call("thread/subscribe", {"threadId": tid, "observe": True})
+            mock_model.script(Call(name="lookup_ticket", arguments={"id": "ABC-1"}, call_id="call_dyn"), Text(text="done"),
+                              thread_id=tid)
+            with rt.get_thread(tid).events() as events:
+                turn = (await driver.call("turn/start", {"threadId": tid, "input": [{"type": "text", "text": "look"}]}))["turn"]
+                await collect_until(events, DynamicToolCallRequestEvent)  # the call waits for a client
+            await driver.call("turn/interrupt", {"threadId": tid, "turnId": turn["id"]})
+            for client in (owner, watcher):
+                await client.wait_turn(turn["id"])  # had either been asked, the request would have come first
+                assert client.server_requests == []
+        nursery.cancel_scope.cancel()

@@ -51,7 +51,7 @@ async def free(home: Path, thread_id: str) -> bool:
 @pytest.fixture
 def home(tmp_path: Path, mock_model: MockModel) -> Path:
     home = tmp_path / "codex-home"
-    write_config(home, mock_model)
+    write_config(home, mock_model, thread_unload_delay_secs=0)  # a thread unsubscribed from lets go of its lease at once
     return home
 
 

@@ -57,7 +57,7 @@ async def manager(tmp_path: Path, mock_model: MockModel, dirs: dict[str, Path], 
     data = {
         "model": "mock-model", "model_provider": "mock", "approval_policy": "never", "cwd": str(dirs["work"]),
         "model_providers": {"mock": mock_model.provider_config(request_max_retries=0, stream_max_retries=0)},
-        "default_permissions": ":workspace",
+        "default_permissions": ":workspace", "thread_unload_delay_secs": 0,
         "permissions": {"dev": {"description": "dev profile", "extends": ":workspace",
                                 "workspace_roots": {str(dirs["profroot"]): True}}},
     }

@@ -10,7 +10,7 @@ Each transport connection (stdio lines, a WebSocket, or an in-memory stream in t
   requests name (their params' `threadId`), started on demand and ended once empty. A lane runs
   its requests one at a time in arrival order, and lanes run side by side, so a thread that is
   stuck holds up only its own requests;
-* one pump per subscribed thread turns its events into notifications;
+* one feed per subscribed thread, whose pump turns its events into notifications (`feeds.py`);
 * the writer hands the transport what one bounded outgoing channel holds, in batches.
 
 Every answer is awaited onto the outgoing channel, never dropped. A client that stops reading
@@ -26,13 +26,7 @@ import itertools
 import structlog
 import trio
 
-from spindle.actors.runtime import (
-    Lagged,
-    Subscription,
-    ThreadClosedError,
-    ThreadHandle,
-    ThreadManager,
-)
+from spindle.actors.runtime import ThreadClosedError, ThreadHandle, ThreadManager
 from spindle.protocol.appserver import v2, v2approvals
 from spindle.protocol.appserver.jsonrpc import (
     INTERNAL_ERROR,
@@ -52,13 +46,13 @@ from spindle.protocol.appserver.jsonrpc import (
     recover_id,
     thread_timeout,
 )
-from spindle.protocol.events import Event
 from spindle.protocol.ops import Op
 
 from .context import RequestContext, SubscriberIndex
 from .errors import rpc_error
+from .feeds import Feed
+from .idempotency import run_once
 from .methods import HANDLERS
-from .notify import Ask, EventTranslator, Output, Settled
 from .server_requests import AskedRequest, ServerRequests
 from .transport import MessageTransport, TooLong
 
@@ -97,7 +91,7 @@ class Connection:
         self._lanes: dict[str, trio.MemorySendChannel[Request]] = {}
         self._in_lanes = 0  # requests in thread lanes, waiting or running
         self._threads_apart = False  # whether requests naming a thread go to that thread's lane
-        self._pumps: dict[str, trio.CancelScope] = {}
+        self._feeds: dict[str, Feed] = {}
         self._asks = ServerRequests()
         self.serial = next(_serials)
         """The order the connection came in (the first able client runs a thread's orphaned tools)."""
@@ -138,9 +132,10 @@ class Connection:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
-    async def notify(self, method: str, params: object) -> None:
+    async def notify(self, method: str, params: object, seq: int = 0) -> None:
+        """Send a notification (`seq`: the number of the thread event it comes from, if one)."""
         if method not in self.handshake.opted_out:
-            await self._emit(self.writer.notification(method, params))
+            await self._emit(self.writer.notification(method, params, seq))
 
     def notify_nowait(self, method: str, params: object) -> None:
         if method not in self.handshake.opted_out:
@@ -148,59 +143,70 @@ class Connection:
 
     # --- subscriptions ----------------------------------------------------
     def is_subscribed(self, thread_id: str) -> bool:
-        """Whether this client is subscribed to `thread_id` (its pump runs until the thread ends)."""
-        return thread_id in self._pumps
+        """Whether this client is subscribed to `thread_id` (its feed runs until the thread ends)."""
+        return thread_id in self._feeds
 
-    def subscribe(self, handle: ThreadHandle) -> None:
-        """Start the pump that turns the thread's events into this client's notifications."""
-        if handle.thread_id in self._pumps or self._nursery is None:
-            return
-        scope = trio.CancelScope()
-        self._pumps[handle.thread_id] = scope
-        self._nursery.start_soon(self._pump, handle, scope, handle.events(PUMP_BUFFER))
+    def retains(self, thread_id: str) -> bool:
+        """Whether this client's subscription to `thread_id` keeps the thread loaded."""
+        feed = self._feeds.get(thread_id)
+        return feed is not None and feed.retaining
+
+    def subscribe(self, handle: ThreadHandle, *, observe: bool = False, after: int | None = None) -> int:
+        """Follow the thread: its events become this client's notifications from now on, or with
+        `after` from the event after that number on (`ReplayTooOld` if they are not all kept).
+        The subscription retains the thread, or with `observe` only observes it; subscribing again
+        changes only that, unless `after` asks for a replay. Returns how many events it replays."""
+        if self._nursery is None:
+            return 0
+        feed = self._feeds.get(handle.thread_id)
+        if feed is not None and after is None:
+            self._retain(feed, not observe)
+            return 0
+        if after is None:
+            missed, events = None, handle.events(PUMP_BUFFER)
+        else:
+            missed, events = handle.events_after(after, PUMP_BUFFER)
+        if feed is not None:
+            feed.end()  # its requests stay open here: the client has them
+        fresh = Feed(handle, events, retaining=False, missed=missed)
+        self._feeds[handle.thread_id] = fresh
+        self._nursery.start_soon(fresh.run, self)
+        self._retain(fresh, not observe, was=feed is not None and feed.retaining)
+        return len(missed or ())
+
+    def _retain(self, feed: Feed, retaining: bool, *, was: bool | None = None) -> None:
+        """Make `feed` retaining or observing, and tell the server when that changes who holds the thread."""
+        was = feed.retaining if was is None else was
+        feed.retaining = retaining
+        if retaining and not was:
+            self.index.hold(feed.thread_id)
+        elif was and not retaining:
+            self.index.let_go(self, feed.thread_id)
 
     def end_subscription(self, thread_id: str) -> None:
-        """Stop the thread's pump (the server decides whether the thread closes)."""
-        scope = self._pumps.pop(thread_id, None)
-        if scope is not None:
-            scope.cancel()
+        """Stop the thread's feed (the server decides whether the thread unloads)."""
+        feed = self._feeds.pop(thread_id, None)
+        if feed is not None:
+            feed.end()
 
-    async def _pump(self, handle: ThreadHandle, scope: trio.CancelScope, events: Subscription[Event]) -> None:
-        translator = EventTranslator(handle.thread_id, handle.active_turn_id)
-        with scope, events:
-            for sub_id, request in handle.pending_requests():  # asked before this client subscribed
-                await self._send_outputs(handle.thread_id, translator.translate(Event(id=sub_id, msg=request)))
-            while True:
-                try:
-                    event = await events.receive()
-                except Lagged as lag:
-                    await self.notify("warning", v2.WarningNotice(message=_lag_warning(handle.thread_id, lag), thread_id=handle.thread_id))
-                    continue
-                except (trio.EndOfChannel, trio.ClosedResourceError):  # the thread ended on its own
-                    await self.notify("thread/status/changed", v2.ThreadStatusChanged(thread_id=handle.thread_id, status=v2.NOT_LOADED))
-                    await self.notify("thread/closed", v2.ThreadIdNotice(thread_id=handle.thread_id))
-                    break
-                await self._send_outputs(handle.thread_id, translator.translate(event))
-        if self._pumps.get(handle.thread_id) is scope:
-            del self._pumps[handle.thread_id]
-        self._asks.forget_thread(handle.thread_id)
+    def feed_ended(self, feed: Feed) -> None:
+        if self._feeds.get(feed.thread_id) is feed:
+            del self._feeds[feed.thread_id]
+        if feed.thread_id not in self._feeds:
+            self._asks.forget_thread(feed.thread_id)
 
-    async def _send_outputs(self, thread_id: str, outputs: list[Output]) -> None:
-        for output in outputs:
-            match output:
-                case Ask(key=key, method=method, params=params):
-                    if method == v2approvals.TOOL_CALL and self.index.tool_owner(thread_id) is not self:
-                        continue  # a tool call goes to one client: the one that runs the thread's tools
-                    request_id = self._asks.open(thread_id, key, method)
-                    if request_id is not None:
-                        await self._emit(self.writer.request(request_id, method, params))
-                case Settled(key=key, announce=announce):
-                    request_id = self._asks.close(thread_id, key)
-                    if request_id is not None and announce:
-                        await self.notify(v2approvals.RESOLVED, v2approvals.ServerRequestResolved(
-                            thread_id=thread_id, request_id=request_id))
-                case (method, params):
-                    await self.notify(method, params)
+    async def ask(self, thread_id: str, key: str, method: str, params: object) -> None:
+        if method == v2approvals.TOOL_CALL and self.index.tool_owner(thread_id) is not self:
+            return  # a tool call goes to one client: the one that runs the thread's tools
+        request_id = self._asks.open(thread_id, key, method)
+        if request_id is not None:
+            await self._emit(self.writer.request(request_id, method, params))
+
+    async def settle(self, thread_id: str, key: str, *, announce: bool, seq: int) -> None:
+        request_id = self._asks.close(thread_id, key)
+        if request_id is not None and announce:
+            await self.notify(v2approvals.RESOLVED, v2approvals.ServerRequestResolved(
+                thread_id=thread_id, request_id=request_id), seq)
 
     # --- answers to server requests ------------------------------------------
     async def _take_reply(self, reply: Reply) -> None:
@@ -262,7 +268,7 @@ class Connection:
                 with self._req_send:
                     await self._read_loop(transport)
             # input ended and every request read is answered: let go of the threads
-            for thread_id in list(self._pumps):
+            for thread_id in list(self._feeds):
                 self.index.unsubscribe(self, thread_id)
             self._out_send.close()
             with trio.move_on_after(CLOSE_DRAIN_S):
@@ -377,7 +383,8 @@ class Connection:
                 raise method_error(request.method)
             self.handshake.check(request.method)
             params = decode_params(request.method, request.params)
-            result = await handler(ctx, params)
+            async with self.index.claim(request.method, request.thread_id):
+                result = await run_once(self.index.answers, request, self.handshake, lambda: handler(ctx, params))
             answer = self.writer.response(request.id, result)
             if self.handshake.initialized:
                 self.initialized.set()
@@ -417,16 +424,6 @@ class Connection:
             log.info("client output closed", connection=self.name)
         finally:
             self._writer_done.set()
-
-
-def _lag_warning(thread_id: str, lag: Lagged) -> str:
-    """What a lagging client is told: what it lost, and how to catch up when it matters."""
-    if lag.lifecycle_missed:
-        return (
-            f"{lag.missed} events of thread {thread_id} were dropped because this client read too slowly, "
-            f"{lag.lifecycle_missed} of them item, turn or status events; re-read the thread with thread/read"
-        )
-    return f"{lag.missed} streaming deltas or token counts of thread {thread_id} were dropped because this client read too slowly"
 
 
 def _offer(lane: trio.MemorySendChannel[Request], request: Request) -> bool:

@@ -4,6 +4,7 @@ and the notifications the method causes (sent after its answer, in order)."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,6 +13,7 @@ from spindle.protocol.appserver.jsonrpc import Handshake, invalid_request
 from spindle.protocol.ids import parse_thread_id
 from spindle.protocol.ops import Op
 
+from .idempotency import Answers
 from .notify import Notice
 
 
@@ -20,10 +22,14 @@ class Peer(Protocol):
 
     handshake: Handshake
 
-    def subscribe(self, handle: ThreadHandle) -> None:
-        """Send this client the thread's events from now until it ends or is unsubscribed."""
+    def subscribe(self, handle: ThreadHandle, *, observe: bool = False, after: int | None = None) -> int:
+        """Send this client the thread's events from now (or from the one after `after`) until it
+        ends or is unsubscribed; retaining the thread unless it only `observe`s (see `Connection`)."""
 
     def is_subscribed(self, thread_id: str) -> bool: ...
+
+    def retains(self, thread_id: str) -> bool:
+        """Whether its subscription to `thread_id` keeps the thread loaded."""
 
     def end_subscription(self, thread_id: str) -> None: ...
 
@@ -38,7 +44,19 @@ class SubscriberIndex(Protocol):
 
     def subscribers(self, thread_id: str) -> Collection[Peer]: ...
 
+    answers: Answers
+    """The answers to requests with an idempotency key."""
+
     def unsubscribe(self, peer: Peer, thread_id: str) -> bool: ...
+
+    def hold(self, thread_id: str) -> None:
+        """A client now retains `thread_id`: it is not unloaded."""
+
+    def let_go(self, peer: Peer, thread_id: str) -> None:
+        """`peer` no longer retains `thread_id`: it unloads once idle, if no one else retains it."""
+
+    def claim(self, method: str, thread_id: str | None) -> AbstractAsyncContextManager[None]:
+        """Hold off unloading the thread a request names while it runs (see `AppServer.claim`)."""
 
     def drop_subscribers(self, thread_id: str) -> None: ...
 

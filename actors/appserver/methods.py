@@ -23,6 +23,7 @@ from . import config_methods as configs
 from . import history_methods as history
 from . import mcp_methods as mcp
 from . import review_methods as reviews
+from . import subscribe_methods as subscriptions
 from . import thread_commands as commands
 from . import thread_methods as threads
 from . import turn_methods as turns
@@ -144,4 +145,5 @@ HANDLERS: dict[str, Handler] = {
     "skills/list": workspace.skills_list,
     "hooks/list": workspace.hooks_list,
     "plugin/installed": workspace.plugin_installed,
+    "thread/subscribe": subscriptions.thread_subscribe,
 }

@@ -12,6 +12,7 @@ from .manager import ThreadManager, open_runtime
 from .mcp_refresh import McpRefreshError
 from .outcomes import SubmissionOutcome
 from .registry import ThreadShutdownReport
+from .replay import ReplayTooOld
 from .tools import Tool, ToolContext, ToolRegistry
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Lagged",
     "LayeredConfig",
     "McpRefreshError",
+    "ReplayTooOld",
     "Subscription",
     "SubmissionOutcome",
     "ThreadClosedError",

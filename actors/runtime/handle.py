@@ -49,11 +49,12 @@ from spindle.protocol.settings import MemoryMode, ReviewDecision, ThreadSettings
 
 from .approvals import ToolResult
 from .errors import ThreadClosedError, TurnAbortedError, TurnError
-from .fanout import Broadcaster, Subscription
+from .fanout import Subscription
 from .journal import HistoryView
 from .mcp_manager import McpServer
 from .outcomes import SubmissionOutcome
 from .permission_profiles import PermissionProfiles
+from .replay import EventLog
 from .thread import ThreadActor
 
 DISPATCH_TIMEOUT_S = 30.0
@@ -82,7 +83,7 @@ class ThreadHandle:
         self,
         actor: ThreadActor,
         send: trio.MemorySendChannel[Submission],
-        events: Broadcaster[Event],
+        events: EventLog,
     ) -> None:
         self.thread_id = actor.thread_id
         self._actor = actor
@@ -183,6 +184,16 @@ class ThreadHandle:
         """A new subscription to this thread's events from now on, after the start-up statuses
         its MCP servers have reported so far (so a subscriber never misses `starting` or how it ended)."""
         return self._events.subscribe(capacity, replay=self._actor.mcp_replay())
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the thread's latest event (`Event.seq`)."""
+        return self._events.last_seq
+
+    def events_after(self, seq: int, capacity: int | None = None) -> tuple[list[Event], Subscription[Event]]:
+        """The thread's events numbered after `seq` that are still kept, and a subscription to the
+        events from now on (none falls between the two); `ReplayTooOld` if some are not kept."""
+        return self._events.subscribe_after(seq, capacity)
 
     @property
     def waiting_on_approval(self) -> bool:

@@ -17,7 +17,7 @@ from spindle.persistence.policy import without_secrets
 from spindle.persistence.rollout import Leases, RolloutIndex, ThreadRollout
 from spindle.persistence.store import ThreadStoreError
 from spindle.protocol.config import Config
-from spindle.protocol.events import Event, is_lifecycle
+from spindle.protocol.events import is_lifecycle
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.items import DynamicToolSpec, ResponseItem
 from spindle.protocol.ops import Submission
@@ -28,6 +28,7 @@ from .dynamic_tools import checked_specs
 from .errors import ThreadNotFoundError
 from .fanout import Broadcaster, Subscription
 from .handle import ThreadHandle
+from .replay import EventLog, SeqCounter
 from .resources import RuntimeResources
 from .settings import initial_settings, start_cwd
 from .thread import SUBMISSION_CAPACITY, ThreadActor
@@ -61,6 +62,8 @@ class ThreadRegistry:
         self._nursery = nursery
         self._threads: dict[str, ThreadHandle] = {}
         self._created: Broadcaster[str] = Broadcaster()
+        self._seqs = SeqCounter()
+        """Numbers every thread's events (`Event.seq`)."""
 
     async def start_thread(
         self,
@@ -162,7 +165,7 @@ class ThreadRegistry:
         """Start the actor of a thread whose settings, rollout and history are known (and its
         own config layer, and its effective config: default the runtime's)."""
         send, receive = trio.open_memory_channel[Submission](SUBMISSION_CAPACITY)
-        events: Broadcaster[Event] = Broadcaster(keep=is_lifecycle)
+        events = EventLog(self._seqs, keep=is_lifecycle)
         actor = ThreadActor(
             thread_id=thread_id,
             settings=settings,

@@ -307,8 +307,9 @@ async def http_request(
                     return status, response_headers, body
 
 
-def write_config(home: Path, mock: MockModel | str, **extra: str) -> None:
-    """A config.toml in `home` whose model is `mock` (a MockModel or its base URL)."""
+def write_config(home: Path, mock: MockModel | str, **extra: object) -> None:
+    """A config.toml in `home` whose model is `mock` (a MockModel or its base URL), with `extra`
+    top-level keys."""
     base_url = mock if isinstance(mock, str) else mock.base_url
     home.mkdir(parents=True, exist_ok=True)
     lines = [

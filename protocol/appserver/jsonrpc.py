@@ -32,6 +32,7 @@ from . import (
     v2pages,
     v2perm,
     v2review,
+    v2subscribe,
     v2workspace,
 )
 from .unsupported import KNOWN_UNSUPPORTED
@@ -125,6 +126,7 @@ SUPPORTED: dict[str, type[msgspec.Struct]] = {
     "skills/list": v2workspace.SkillsListParams,
     "hooks/list": v2workspace.HooksListParams,
     "plugin/installed": v2workspace.PluginInstalledParams,
+    "thread/subscribe": v2subscribe.ThreadSubscribeParams,
 }
 """Methods Spindle serves, each with its params type."""
 
@@ -182,12 +184,13 @@ class _Envelope(msgspec.Struct, kw_only=True):
     error: msgspec.Raw = _ABSENT
 
 
-class _ThreadTarget(msgspec.Struct, rename="camel"):
+class _Targets(msgspec.Struct, rename="camel"):
     thread_id: Any = None
+    idempotency_key: Any = None
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
-_thread_target = msgspec.json.Decoder(_ThreadTarget)
+_targets = msgspec.json.Decoder(_Targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,8 @@ class Request:
     params: msgspec.Raw | None
     thread_id: str | None = None
     """The thread the request targets (its params' `threadId`), if it names one."""
+    idempotency_key: Any = None
+    """Its params' `idempotencyKey` (a Spindle extension), unchecked; None if absent or null."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,20 +258,23 @@ def parse_line(line: bytes | bytearray) -> Inbound:
     if request_id is None:
         return Invalid(invalid_request(f"request {env.method!r} has an unusable id {env.id!r:.40}"))
     params = None if env.params == _ABSENT or env.params == _NULL else env.params
-    return Request(request_id, env.method, params, thread_target(params))
+    targets = _read_targets(params)
+    return Request(request_id, env.method, params, _thread_target(targets), targets.idempotency_key)
 
 
-def thread_target(params: msgspec.Raw | None) -> str | None:
-    """The `threadId` `params` names, canonical when it is a UUID; None if it names none.
-
-    Reads only that one field; the params' own decoder checks everything later.
-    """
+def _read_targets(params: msgspec.Raw | None) -> _Targets:
+    """`params`' `threadId` and `idempotencyKey`, read alone (the method's decoder checks the rest)."""
     if params is None:
-        return None
+        return _Targets()
     try:
-        value = _thread_target.decode(params).thread_id
+        return _targets.decode(params)
     except msgspec.DecodeError:  # not an object: the method's decoder will say so
-        return None
+        return _Targets()
+
+
+def _thread_target(targets: _Targets) -> str | None:
+    """The `threadId` the params name, canonical when it is a UUID; None if they name none."""
+    value = targets.thread_id
     if not isinstance(value, str):
         return None
     try:
@@ -397,10 +405,13 @@ class _ServerRequest(msgspec.Struct):
     params: Any
 
 
-class _Notification(msgspec.Struct, rename="camel"):
+class _Notification(msgspec.Struct, rename="camel", omit_defaults=True):
     method: str
     params: Any
     emitted_at_ms: int
+    thread_seq: int = 0
+    """The number of the thread event it comes from (a Spindle extension; Codex's clients ignore
+    members they do not know). 0, left out: it comes from no thread event."""
 
 
 class Writer:
@@ -425,8 +436,8 @@ class Writer:
         """A server request (no `emittedAtMs`: Codex's carry none)."""
         return self._line(_ServerRequest(request_id, method, params))
 
-    def notification(self, method: str, params: Any) -> bytes:
-        return self._line(_Notification(method, params, now_ms()))
+    def notification(self, method: str, params: Any, seq: int = 0) -> bytes:
+        return self._line(_Notification(method, params, now_ms(), seq))
 
 
 def now_ms() -> int:
