@@ -454,3 +454,19 @@ def test_load_names_a_server_it_cannot_reach(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"spindle load: cannot connect to ws://127.0.0.1:{port}: all attempts to connect to 127.0.0.1:{port} failed"]
+
+
+async def test_a_client_that_answers_no_ping_is_disconnected(runtime: ThreadManager) -> None:
+    from spindle.actors.testing.rpc_client import open_socket
+
+    limits = Limits(ping_interval_s=0.05, pong_timeout_s=0.05)
+    async with serving(runtime, "ws://127.0.0.1:0", limits=limits) as (bound,):
+        silent = await open_socket(bound.url)  # upgrades, then never reads again: no pong ever comes
+        request = "GET /rpc HTTP/1.1\r\nHost: localhost\r\n" + "".join(f"{k}: {v}\r\n" for k, v in UPGRADE_HEADERS)
+        await silent.send_all((request + "\r\n").encode())
+        assert b" 101 " in await silent.receive_some(4096)
+        with trio.fail_after(10):
+            while True:  # the server closes it: pings, then a close frame, then the end of the stream
+                if not await silent.receive_some(4096):
+                    break
+        await silent.aclose()

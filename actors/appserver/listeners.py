@@ -47,7 +47,7 @@ from spindle.protocol.appserver.listen import (
 )
 
 from .server import AppServer
-from .transport import WebSocketTransport
+from .transport import POLICY_VIOLATION, WebSocketTransport
 from .unix_socket import SocketPathError, UnixSocket, bind_unix
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,10 @@ WS_RECEIVE_QUEUE = 1
 RECEIVE_BYTES = 64 * 1024
 """Bytes asked of a socket per read."""
 ACCEPT_RETRY_S = 0.1
+PING_INTERVAL_S = 30.0
+"""How often the server pings each WebSocket client."""
+PONG_TIMEOUT_S = 30.0
+"""How long a ping may go unanswered before the client counts as gone."""
 """Pause of an accept loop after the process ran out of file descriptors (or memory)."""
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -81,6 +85,8 @@ class Limits:
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     initialize_timeout_s: float = INITIALIZE_TIMEOUT_S
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    ping_interval_s: float = PING_INTERVAL_S
+    pong_timeout_s: float = PONG_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +187,6 @@ class Gatekeeper:
         self.token = token
         self.open = 0
         """WebSocket connections past the gate, being served."""
-        self._handshakes = trio.Semaphore(limits.max_handshakes)
         self._serials = itertools.count(1)
 
     async def serve(
@@ -203,26 +208,30 @@ class Gatekeeper:
                 nursery.cancel_scope.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, tcp: bool, handlers: trio.Nursery) -> None:
+        """Accept on one listener. Its handshakes in progress have a budget of their own, so
+        clients that stall on one listener (a public TCP port) never lock out another (the
+        control socket, a loopback port)."""
+        handshakes = trio.Semaphore(self.limits.max_handshakes)
         while True:
-            await self._handshakes.acquire()
+            await handshakes.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                self._handshakes.release()
+                handshakes.release()
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
                 log.error("cannot accept a connection: out of file descriptors or memory", error=str(exc))
                 await trio.sleep(ACCEPT_RETRY_S)
                 continue
-            handlers.start_soon(self._handle, stream, tcp)
+            handlers.start_soon(self._handle, stream, tcp, handshakes)
 
-    async def _handle(self, stream: trio.SocketStream, tcp: bool) -> None:
+    async def _handle(self, stream: trio.SocketStream, tcp: bool, handshakes: trio.Semaphore) -> None:
         name = f"{'ws' if tcp else 'unix'}-{next(self._serials)}"
         try:
             try:
                 head = await self._read_head(stream, name)
             finally:
-                self._handshakes.release()
+                handshakes.release()
             if head is None:
                 return
             request, raw = head
@@ -286,11 +295,30 @@ class Gatekeeper:
                 log.info("WebSocket upgrade did not complete", connection=name)
             else:
                 log.info("client connected", connection=name)
+                nursery.start_soon(_heartbeat, ws, name, self.limits)
                 await self.server.serve_transport(
                     WebSocketTransport(ws, name), name=name, initialize_within=self.limits.initialize_timeout_s,
                 )
                 log.info("client disconnected", connection=name)
             nursery.cancel_scope.cancel()
+
+
+async def _heartbeat(ws: trio_websocket.WebSocketConnection, name: str, limits: Limits) -> None:
+    """Ping the client every `ping_interval_s`; one that has not answered within `pong_timeout_s`
+    is gone (a dead NAT, a suspended laptop): its connection is closed, so it stops holding a slot
+    and keeping its threads loaded."""
+    while not ws.closed:
+        await trio.sleep(limits.ping_interval_s)
+        with trio.move_on_after(limits.pong_timeout_s) as waited:
+            try:
+                await ws.ping()
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        if waited.cancelled_caught:
+            log.info("client did not answer a ping: connection closed", connection=name)
+            with trio.move_on_after(limits.pong_timeout_s):
+                await ws.aclose(POLICY_VIOLATION, "no answer to ping")
+            return
 
 
 async def _listen_tcp(listen: WebSocketListen) -> trio.SocketListener:

@@ -25,6 +25,8 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 CLOSE_S = 5.0
 """How long a WebSocket close handshake may take before the socket is dropped."""
 
+SEND_DEADLINE_S = 60.0
+"""How long one batch of messages may take to reach a WebSocket client before it counts as gone."""
 POLICY_VIOLATION = 1008
 """WebSocket close code for a client that broke the server's rules (no `initialize` in time)."""
 UNSUPPORTED_DATA = 1003
@@ -135,11 +137,16 @@ class WebSocketTransport:
         return None
 
     async def send_batch(self, messages: list[bytes]) -> None:
+        """Send `messages`; a client that takes no part of them within `SEND_DEADLINE_S` counts as
+        gone (BrokenResourceError), so a dead peer never holds the connection open."""
         try:
-            for message in messages:
-                await self.ws.send_message(message[:-1].decode())
+            with trio.fail_after(SEND_DEADLINE_S):
+                for message in messages:
+                    await self.ws.send_message(message[:-1].decode())
         except ConnectionClosed as exc:
             raise trio.BrokenResourceError(f"WebSocket closed: {exc.reason}") from None
+        except trio.TooSlowError:
+            raise trio.BrokenResourceError(f"the client took no message for {SEND_DEADLINE_S:.0f} s") from None
 
     async def aclose(self, reason: str | None = None) -> None:
         if reason is None:
