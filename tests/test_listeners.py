@@ -470,3 +470,12 @@ async def test_a_client_that_answers_no_ping_is_disconnected(runtime: ThreadMana
                 if not await silent.receive_some(4096):
                     break
         await silent.aclose()
+
+
+def test_a_stdio_server_never_imports_the_websocket_library() -> None:
+    """Start-up cost: trio-websocket is imported once a WebSocket connection exists, not before."""
+    import sys
+
+    code = ("import sys, spindle.actors.cli.serve, spindle.actors.appserver; "
+            "sys.exit('trio_websocket' in sys.modules or 'wsproto' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -22,11 +22,11 @@ import os
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h11
 import structlog
 import trio
-import trio_websocket
 from trio_typing import TaskStatus
 
 from spindle.actors.runtime import ThreadManager
@@ -49,6 +49,9 @@ from spindle.protocol.appserver.listen import (
 from .server import AppServer
 from .transport import POLICY_VIOLATION, WebSocketTransport
 from .unix_socket import SocketPathError, UnixSocket, bind_unix
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
 
 log = structlog.get_logger(__name__)
 
@@ -283,6 +286,8 @@ class Gatekeeper:
         return None
 
     async def _serve_websocket(self, stream: trio.SocketStream, raw: bytes, name: str) -> None:
+        import trio_websocket  # here, not at start-up: a stdio server never needs it
+
         limit = self.limits.max_message_bytes
         async with trio.open_nursery() as nursery:  # trio-websocket's reader task
             with trio.move_on_after(self.limits.handshake_timeout_s) as upgrade:
@@ -303,16 +308,18 @@ class Gatekeeper:
             nursery.cancel_scope.cancel()
 
 
-async def _heartbeat(ws: trio_websocket.WebSocketConnection, name: str, limits: Limits) -> None:
+async def _heartbeat(ws: WebSocketConnection, name: str, limits: Limits) -> None:
     """Ping the client every `ping_interval_s`; one that has not answered within `pong_timeout_s`
     is gone (a dead NAT, a suspended laptop): its connection is closed, so it stops holding a slot
     and keeping its threads loaded."""
+    from trio_websocket import ConnectionClosed
+
     while not ws.closed:
         await trio.sleep(limits.ping_interval_s)
         with trio.move_on_after(limits.pong_timeout_s) as waited:
             try:
                 await ws.ping()
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                 return
         if waited.cancelled_caught:
             log.info("client did not answer a ping: connection closed", connection=name)

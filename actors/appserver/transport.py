@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+
+if TYPE_CHECKING:  # trio-websocket is imported only once a WebSocket connection exists (start-up)
+    from trio_websocket import WebSocketConnection
 
 from spindle.protocol.appserver.jsonrpc import ID_SCAN_BYTES
 
@@ -126,6 +128,8 @@ class WebSocketTransport:
         self.name = name
 
     async def receive(self) -> Inbound | None:
+        from trio_websocket import ConnectionClosed
+
         try:
             message = await self.ws.get_message()
         except ConnectionClosed:
@@ -139,6 +143,8 @@ class WebSocketTransport:
     async def send_batch(self, messages: list[bytes]) -> None:
         """Send `messages`; a client that takes no part of them within `SEND_DEADLINE_S` counts as
         gone (BrokenResourceError), so a dead peer never holds the connection open."""
+        from trio_websocket import ConnectionClosed
+
         try:
             with trio.fail_after(SEND_DEADLINE_S):
                 for message in messages:
