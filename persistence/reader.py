@@ -17,7 +17,6 @@ among the first lines, defines the thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -32,7 +31,15 @@ from spindle.protocol.rollout import CompactedItem, RolloutItem, SessionMeta, Tu
 from .blobs import BLOB_MIN, BlobIndex
 from .heads import preview_of
 from .history import rebuild_history, unfinished_turn
-from .source import LoadFacts, RolloutSource, SpanRead, decode_items, read_items
+from .source import (
+    STREAM_CHUNK,
+    LoadFacts,
+    RolloutSource,
+    SpanRead,
+    decode_items,
+    iter_items,
+    read_items,
+)
 from .turn_index import TurnIndex
 
 T = TypeVar("T")
@@ -77,8 +84,6 @@ class _Head(msgspec.Struct):
 
 
 _heads = msgspec.json.Decoder(_Head)
-CHUNK = 1 << 22
-"""Bytes read at a time by the scan."""
 WRITTEN_HEAD = 120
 """How far into a line Spindle's and Codex's writers have put its kinds (`timestamp`, `ordinal`,
 `type`, then the payload's `type`)."""
@@ -232,16 +237,8 @@ def replay_history(path: Path, start: int, end: int, blobs: BlobIndex) -> list[R
     """The model's history rebuilt from the file's bytes `start` to `end`, decoded a chunk at a
     time (so only the history is held, not the items it is rebuilt from); a compaction gets back
     the big strings it refers to."""
-    def items() -> Iterator[RolloutItem]:
-        with open(path, "rb") as file:
-            file.seek(start)
-            left = end - start
-            while left > 0 and (lines := file.readlines(min(CHUNK, left))):
-                body = b"".join(lines)[:left]
-                left -= len(body)
-                for item in decode_items(body[: body.rfind(b"\n") + 1])[0]:
-                    yield blobs.resolve(path, item) if isinstance(item, CompactedItem) else item
-    return rebuild_history(items())
+    items = iter_items(SpanRead(path, start, end, []))
+    return rebuild_history(blobs.resolve(path, item) if isinstance(item, CompactedItem) else item for item in items)
 
 
 def _history_from(path: Path, scan: _Scan) -> tuple[int, bool]:
@@ -268,7 +265,7 @@ def read_rollout(path: Path, *, history: bool = True) -> RolloutRead:
     try:
         meta = read_session_meta(path)
         with open(path, "rb") as file:
-            while chunk := file.read(CHUNK):
+            while chunk := file.read(STREAM_CHUNK):
                 data = rest + chunk if rest else chunk
                 cut = data.rfind(b"\n") + 1
                 rest = data[cut:]

@@ -71,7 +71,7 @@ class SpanRead:
 
 
 STREAM_CHUNK = 1 << 22
-"""Bytes decoded at a time when a read is streamed (`iter_items`)."""
+"""Bytes read (and decoded) at a time when a rollout is streamed: the resume scan, `iter_items`."""
 
 
 def iter_items(read: SpanRead) -> Iterator[RolloutItem]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -51,6 +52,13 @@ async def client_of(server: AppServer, *, experimental: bool = False) -> AsyncIt
         yield client
 
 
+async def thread_with_a_turn(client: RpcClient, text: str = "hello") -> tuple[dict[str, Any], int]:
+    """A new thread that has run one turn, and where the client's notifications stand after it."""
+    thread = (await client.call("thread/start", {}))["thread"]
+    await client.run_turn(thread["id"], text)
+    return thread, len(client.notifications)
+
+
 def loaded(manager: ThreadManager, thread_id: str) -> bool:
     return manager.running(thread_id) is not None
 
@@ -59,9 +67,7 @@ async def test_an_unsubscribed_thread_unloads_after_the_delay_and_not_before(
     make_config: Callable[..., Config], clock: MockClock
 ) -> None:
     async with served(make_config(thread_unload_delay_secs=DELAY_S)) as (manager, server), client_of(server) as client:
-        thread = (await client.call("thread/start", {}))["thread"]
-        await client.run_turn(thread["id"], "hello")
-        mark = len(client.notifications)
+        thread, mark = await thread_with_a_turn(client)
         assert await client.call("thread/unsubscribe", {"threadId": thread["id"]}) == {"status": "unsubscribed"}
         left_at = trio.current_time()
         await trio.sleep(DELAY_S - 1)
@@ -81,9 +87,7 @@ async def test_a_client_that_subscribes_again_keeps_the_thread_loaded(
     make_config: Callable[..., Config], clock: MockClock
 ) -> None:
     async with served(make_config(thread_unload_delay_secs=DELAY_S)) as (manager, server), client_of(server) as client:
-        thread = (await client.call("thread/start", {}))["thread"]
-        await client.run_turn(thread["id"], "hello")
-        mark = len(client.notifications)
+        thread, mark = await thread_with_a_turn(client)
         await client.call("thread/unsubscribe", {"threadId": thread["id"]})
         await trio.sleep(DELAY_S / 2)
         resumed = await client.call("thread/resume", {"threadId": thread["id"]})
@@ -116,9 +120,7 @@ async def test_an_unloaded_thread_is_free_for_another_runtime(
     """The writer lease goes with the unload: another runtime on the same home resumes the thread."""
     config = make_config(thread_unload_delay_secs=DELAY_S)
     async with served(config) as (manager, server), client_of(server) as client, open_runtime(config) as other:
-        thread = (await client.call("thread/start", {}))["thread"]
-        await client.run_turn(thread["id"], "first")
-        mark = len(client.notifications)
+        thread, mark = await thread_with_a_turn(client, "first")
         await client.call("thread/unsubscribe", {"threadId": thread["id"]})
         with pytest.raises(WriterLeaseHeldError, match="is being written by spindle pid"):
             await other.resume_thread(thread["id"])
