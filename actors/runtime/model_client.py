@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -44,6 +44,9 @@ USER_AGENT = f"spindle/{SPINDLE_VERSION}"
 MAX_SSE_EVENT_BYTES = 16 * 1024 * 1024
 """The largest SSE event accepted; a whole model reply is far smaller, so a bigger one is a fault."""
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+DRAIN_S = 0.2
+"""How long the end of a stream is read after `response.completed`, so that its connection goes
+back to the pool: a response closed before its last chunk costs a new connection next turn."""
 
 _event_decoder = msgspec.json.Decoder(StreamEvent)
 _type_decoder = msgspec.json.Decoder(TypeOnly)
@@ -219,7 +222,11 @@ class ModelClient:
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" not in content_type:
                     raise _stream_error(f"not an event stream: content-type {content_type!r}")
-                yield _events(response)
+                events = _events(response)
+                yield events
+                with suppress(ModelError, httpx.HTTPError), trio.move_on_after(DRAIN_S):
+                    async for _ in events:
+                        pass  # the sample is complete: a failure now costs only the connection
         except httpx.ReadTimeout:
             raise _stream_error(f"stream idle for {idle_ms} ms (stream_idle_timeout_ms)") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
