@@ -24,7 +24,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h11
 import structlog
 import trio
 from trio_typing import TaskStatus
@@ -51,6 +50,7 @@ from .transport import POLICY_VIOLATION, WebSocketTransport
 from .unix_socket import SocketPathError, UnixSocket, bind_unix
 
 if TYPE_CHECKING:
+    import h11
     from trio_websocket import WebSocketConnection
 
 log = structlog.get_logger(__name__)
@@ -260,6 +260,8 @@ class Gatekeeper:
     async def _read_head(self, stream: trio.SocketStream, name: str) -> tuple[h11.Request, bytes] | None:
         """The socket's HTTP request and the bytes read so far; None, after answering if it can,
         when there is none in time or it is not HTTP."""
+        import h11  # with the first socket client: a stdio server never needs it
+
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         raw = bytearray()
         with trio.move_on_after(self.limits.handshake_timeout_s):

@@ -17,7 +17,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -103,6 +102,8 @@ def parse_retry_after(value: str, *, now: datetime | None = None) -> float | Non
     try:
         seconds = float(value)
     except ValueError:
+        from email.utils import parsedate_to_datetime  # only for a Retry-After that is a date
+
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
