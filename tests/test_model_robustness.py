@@ -406,6 +406,9 @@ class _HostWithoutProvider:
     async def commit(self, items: list[Any]) -> None:
         pass
 
+    def record(self, items: list[Any]) -> None:
+        pass
+
     def add_usage(self, usage: Any, window: int | None) -> Any:
         raise AssertionError("no usage without a model")
 
