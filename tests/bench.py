@@ -234,12 +234,7 @@ async def listing(config: Config) -> dict[str, float]:
         return statistics.median(lat)
 
     out = {
-        "long_resume_s": ("resume of 100,000 turns compacted every 1,000, fresh process (s)", "< 2"),
-    "long_resume_cpu_s": ("its CPU time (s; the scan runs in a worker thread)", ""),
-    "long_resume_peak_rss_mib": ("that process's peak RSS (MiB)", "< 150"),
-    "long_resume_rss_before_mib": ("its RSS before the resume: runtime loaded (MiB)", ""),
-    "long_rollout_mb": ("that rollout's size (MB)", ""),
-    "cold_reconcile_10k_ms": cold,
+        "cold_reconcile_10k_ms": cold,
         "warm_reconcile_10k_ms": await median_ms(store.reconcile, 50),
         "list_first_page_of_10k_ms": await median_ms(lambda: store.list_threads(ThreadQuery(limit=50)), 50),
         "full_stat_pass_10k_ms": await median_ms(lambda: store.reconcile(full=True), 5),
