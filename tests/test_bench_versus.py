@@ -22,7 +22,8 @@ async def test_every_phase_measures_a_spindle_app_server(tmp_path: Path, mock_mo
     assert set(figures) == set(FIGURES)
     assert all(len(values) == 1 for values in figures.values())
     assert figures["spawn_to_initialize_ms"][0] > 0 and figures["concurrent_turns_per_s"][0] > 0
-    assert figures["cpu_ms_per_turn"][0] > 0 and figures["cold_resume_ms"][0] > 0
+    assert figures["cold_resume_ms"][0] > 0
+    assert figures["cpu_ms_per_turn"][0] >= 0  # CPU time comes in 10 ms ticks: two turns may show none
     assert len(mock_model.requests) == (1 + TINY.turns) + (1 + TINY.threads * TINY.turns_each)  # with warm-ups
     assert "cold `thread/resume` of a 5-turn rollout (ms)" in markdown_table(samples, TINY)
 
