@@ -30,8 +30,8 @@ import trio
 from trio_typing import TaskStatus
 
 from spindle.actors.runtime import ThreadManager
+from spindle.protocol.appserver.control import CONTROL_SOCKET
 from spindle.protocol.appserver.listen import (
-    CONTROL_SOCKET,
     MAX_MESSAGE_BYTES,
     MAX_MESSAGE_HEADER,
     HttpReply,
