@@ -30,6 +30,8 @@ from spindle.actors.testing.rpc_client import (
 )
 from spindle.protocol.appserver.control import CONTROL_SOCKET, DAEMON_LOG
 
+from .helpers import websocket_through
+
 WAIT_S = 30.0
 """Generous: a daemon's start-up is Spindle's (~0.4 s) on a machine other tests keep busy."""
 
@@ -272,3 +274,13 @@ async def test_sigterm_ends_the_proxy_with_0(home: Path) -> None:
         with trio.fail_after(WAIT_S):
             await process.wait()
     assert process.returncode == 0 and await stderr_of(process) == ""
+
+
+async def test_a_websocket_client_gets_the_bytes_as_they_are(runtime: ThreadManager) -> None:
+    """As through `codex app-server proxy`: a client that upgrades by itself."""
+    with tempfile.TemporaryDirectory(prefix="px-", dir="/tmp") as folder:
+        sock = Path(folder) / "s.sock"
+        argv = [*spindle_argv(), "app-server", "proxy", "--sock", str(sock)]
+        async with serving_unix(runtime, sock), websocket_through(argv, env_for(Path(folder))) as (client, process):
+            await run_a_turn(client)
+        assert process.returncode == 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from spindle.protocol.appserver import wsframe as ws
 from spindle.protocol.appserver.control import CONTROL_SOCKET, DAEMON_LOG, STARTUP_LOCK
 
-from .proxy import ProxyError, connect
+from .proxy import ProxyError, connect, upgrade
 
 START_TIMEOUT_S = 30.0
 """How long `start` waits for the lock and then for the new daemon's socket to answer."""
@@ -190,11 +190,15 @@ def status(home: Path) -> dict[str, object]:
     """What the daemon on `home`'s control socket says of itself: pid, socket, version."""
     path = socket_path(home)
     try:
-        sock, reader = connect(str(path), timeout=PROBE_TIMEOUT_S * 10)
+        sock = connect(str(path), timeout=PROBE_TIMEOUT_S * 10)
     except ProxyError:
         return {"running": False, "socket": str(path)}
     with sock:
         pid = _peer_pid(sock)
+        try:
+            reader = upgrade(sock, str(path))
+        except ProxyError as exc:
+            raise DaemonError(str(exc)) from None
         result = _initialize(sock, reader)
     agent = str(result.get("userAgent", ""))
     protocol = agent.split("/", 1)[1].split()[0] if "/" in agent else None

@@ -7,6 +7,9 @@ When stdin ends the proxy waits for the answers to the requests it relayed (as `
 app-server` on stdio answers those before it exits), sends a close frame, waits for the server's
 and exits 0; when the server goes away first, or cannot be reached, it says so on stderr and
 exits non-zero.
+
+A client that speaks WebSocket itself (its first bytes are the upgrade request) gets the bytes
+relayed as they are, as `codex app-server proxy` relays them for every client.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from .early import early
 
 CONNECT_TIMEOUT_S = 10.0
 """Time for the connect and the WebSocket upgrade (Codex's clients give up after 10 s)."""
+SNIFF_S = 1.0
+"""How long the proxy waits for stdin's first bytes (an upgrade request, or JSON) before it
+upgrades the connection itself: well within the server's 10 s for a handshake."""
 CLOSE_TIMEOUT_S = 5.0
 """After stdin ends: how long the proxy waits for the server to answer its close frame."""
 READ_BYTES = 256 * 1024
@@ -61,36 +67,39 @@ class Stopped(BaseException):
         self.signum = signal.Signals(signum)
 
 
-def connect(path: str, *, timeout: float = CONNECT_TIMEOUT_S) -> tuple[socket.socket, ws.FrameReader]:
-    """A WebSocket on the Unix socket `path`, upgraded, and its reader (holding any frame that
-    came with the `101`). NothingListens if no server is there; ProxyError if it will not talk."""
+def connect(path: str, *, timeout: float = CONNECT_TIMEOUT_S) -> socket.socket:
+    """A connection to the Unix socket `path`, blocking with `timeout`. NothingListens if no
+    server is there; ProxyError if it cannot be reached."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            if exc.errno in _NOTHING_THERE:
-                raise NothingListens(f"no app-server listens on {path}", EXIT_UNREACHABLE) from None
-            raise ProxyError(f"cannot connect to {path}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
-        handshake = ws.Handshake()
-        try:
-            sock.sendall(handshake.request())
-            while not handshake.receive_data(sock.recv(READ_BYTES)):
-                pass
-        except TimeoutError:
-            raise ProxyError(f"the app-server on {path} did not answer the WebSocket upgrade within {timeout:g} s", EXIT_UNREACHABLE) from None
-        except OSError as exc:
-            raise ProxyError(f"the app-server on {path} dropped the connection: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
-        except ws.WebSocketError as exc:
-            raise ProxyError(f"{path}: {exc}", EXIT_UNREACHABLE) from None
-    except BaseException:
+        sock.connect(path)
+    except OSError as exc:
         sock.close()
-        raise
+        if exc.errno in _NOTHING_THERE:
+            raise NothingListens(f"no app-server listens on {path}", EXIT_UNREACHABLE) from None
+        raise ProxyError(f"cannot connect to {path}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
+    return sock
+
+
+def upgrade(sock: socket.socket, path: str) -> ws.FrameReader:
+    """Upgrade the connection `sock` to a WebSocket; its reader (holding any frame that came with
+    the `101`). ProxyError if the server will not talk; `sock` is non-blocking after."""
+    handshake = ws.Handshake()
+    try:
+        sock.sendall(handshake.request())
+        while not handshake.receive_data(sock.recv(READ_BYTES)):
+            pass
+    except TimeoutError:
+        raise ProxyError(f"the app-server on {path} did not answer the WebSocket upgrade in time", EXIT_UNREACHABLE) from None
+    except OSError as exc:
+        raise ProxyError(f"the app-server on {path} dropped the connection: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
+    except ws.WebSocketError as exc:
+        raise ProxyError(f"{path}: {exc}", EXIT_UNREACHABLE) from None
     sock.setblocking(False)
     reader = ws.FrameReader()
     reader.receive_data(handshake.rest)
-    return sock, reader
+    return reader
 
 
 class Relay:
@@ -148,8 +157,11 @@ class Relay:
                     self.closing_since = time.monotonic()
 
     def _read_stdin(self) -> None:
-        """Queue a frame per whole line read; at stdin's end, the last unfinished line."""
-        chunk = os.read(self.stdin, READ_BYTES)
+        self.take(os.read(self.stdin, READ_BYTES))
+
+    def take(self, chunk: bytes) -> None:
+        """Queue a frame per whole line of `chunk` read from stdin; at stdin's end (`b""`), the
+        last unfinished line."""
         if not chunk:
             self._queue(self.partial)
             self.partial = b""
@@ -227,12 +239,7 @@ class Relay:
             self.pending.discard(_key(message["id"]))
 
     def _write_stdout(self, data: bytes) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self.stdout, view):]
-        except BrokenPipeError:
-            raise ProxyError("stdout was closed: nothing reads the server's messages", EXIT_LOST) from None
+        _write_all(self.stdout, data)
 
     def _send_now(self, frame: bytes) -> None:
         """Best effort, before giving up on the connection."""
@@ -250,11 +257,76 @@ def _key(request_id: object) -> object:
     return (type(request_id).__name__, json.dumps(request_id))
 
 
-def relay(path: str) -> int:
-    """Connect to `path` and relay stdio until one side ends; the exit code."""
-    sock, reader = connect(path)
+class ByteRelay:
+    """Bytes as they are, both ways, for a client that speaks WebSocket itself (its first bytes
+    are the upgrade request), as through `codex app-server proxy`."""
+
+    def __init__(self, sock: socket.socket, first: bytes, *, stdin: int = 0, stdout: int = 1) -> None:
+        self.sock = sock
+        self.stdin = stdin
+        self.stdout = stdout
+        self.first = first
+
+    def run(self) -> int:
+        """Until the server ends the connection (0); stdin's end is passed on as a half-close."""
+        sock = self.sock
+        sock.setblocking(True)
+        sock.settimeout(None)
+        try:
+            sock.sendall(self.first)
+            with selectors.PollSelector() as selector:
+                selector.register(sock, selectors.EVENT_READ)
+                selector.register(self.stdin, selectors.EVENT_READ)
+                while True:
+                    for key, _ in selector.select():
+                        if key.fileobj is not sock:
+                            if chunk := os.read(self.stdin, READ_BYTES):
+                                sock.sendall(chunk)
+                            else:
+                                selector.unregister(self.stdin)
+                                sock.shutdown(socket.SHUT_WR)
+                        elif data := sock.recv(READ_BYTES):
+                            _write_all(self.stdout, data)
+                        else:
+                            return 0
+        except OSError as exc:
+            raise ProxyError(f"the app-server went away: {exc.strerror or exc}", EXIT_LOST) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        raise ProxyError("stdout was closed: nothing reads the server's messages", EXIT_LOST) from None
+
+
+def relay(path: str, *, stdin: int = 0, stdout: int = 1) -> int:
+    """Connect to `path` and relay stdio until one side ends; the exit code.
+
+    JSON-RPC lines are carried as WebSocket text frames; a client whose first bytes are a
+    WebSocket upgrade request (`GET `) speaks WebSocket itself, and gets the bytes as they are
+    (what `codex app-server proxy` does for every client)."""
+    sock = connect(path)
     with sock:
-        return Relay(sock, reader).run()
+        first = _first_bytes(stdin)
+        if first is not None and first.startswith(b"GET "):
+            return ByteRelay(sock, first, stdin=stdin, stdout=stdout).run()
+        lines = Relay(sock, upgrade(sock, path), stdin=stdin, stdout=stdout)
+        if first is not None:
+            lines.take(first)
+        return lines.run()
+
+
+def _first_bytes(stdin: int) -> bytes | None:
+    """What stdin has within `SNIFF_S` (`b""` if it ended), or None if nothing came: a client
+    writes its first request, or its upgrade, as soon as the proxy starts."""
+    with selectors.PollSelector() as selector:
+        selector.register(stdin, selectors.EVENT_READ)
+        if not selector.select(SNIFF_S):
+            return None
+    return os.read(stdin, READ_BYTES)
 
 
 def on_stop_signals() -> None:
