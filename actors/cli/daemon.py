@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from spindle.protocol.appserver import wsframe as ws
-from spindle.protocol.appserver.control import CONTROL_SOCKET, DAEMON_LOG, STARTUP_LOCK
+from spindle.protocol.appserver.control import CONTROL_SOCKET, DAEMON_LOG, IDLE_EXIT_S, STARTUP_LOCK
 
 from .proxy import ProxyError, connect, upgrade
 
@@ -34,8 +34,6 @@ STOP_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 1.0
 """How long a check that something answers on the socket waits for the connect."""
 POLL_S = 0.01
-IDLE_EXIT_S = 600.0
-"""A daemon with no client connected for this long exits (`--idle-exit`; 0: never)."""
 LOG_TAIL_BYTES = 2000
 """How much of the daemon's log a failed start quotes."""
 STATUS_REQUEST_ID = "spindle-daemon-status"

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from spindle.protocol.appserver.control import CONTROL_SOCKET, DAEMON_LOG, codex_home
+from spindle.protocol.appserver.control import CONTROL_SOCKET, DAEMON_LOG, IDLE_EXIT_S, codex_home
 
 from . import proxy
 
@@ -80,8 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_idle_exit(parser: argparse.ArgumentParser) -> None:
-    from .daemon import IDLE_EXIT_S
-
     parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S, metavar="SECS",
                         help=f"a daemon this starts exits after SECS with no client (default {IDLE_EXIT_S:g}; 0: never)")
 
@@ -98,8 +96,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    from .daemon import DaemonError
-
     path = args.sock or str(codex_home() / CONTROL_SOCKET)
     try:
         try:
@@ -107,9 +103,8 @@ def _proxy(args: argparse.Namespace) -> int:
         except proxy.NothingListens:
             if args.sock or args.no_start:
                 raise
-        from . import daemon
-
-        daemon.start(codex_home(), config=args.config, log_level=args.log_level, idle_exit_s=args.idle_exit)
+        if not _start_daemon(args):
+            return proxy.EXIT_UNREACHABLE
         return proxy.relay(path)
     except proxy.NothingListens as exc:
         hint = "start one with `spindle app-server daemon start`" if not args.sock else "start `spindle app-server --listen unix://PATH` there"
@@ -118,9 +113,18 @@ def _proxy(args: argparse.Namespace) -> int:
     except proxy.ProxyError as exc:
         sys.stderr.write(f"spindle app-server proxy: {exc}\n")
         return exc.code
-    except DaemonError as exc:
+
+
+def _start_daemon(args: argparse.Namespace) -> bool:
+    """Start the daemon for a proxy; False, said on stderr, if it cannot start."""
+    from . import daemon
+
+    try:
+        daemon.start(codex_home(), config=args.config, log_level=args.log_level, idle_exit_s=args.idle_exit)
+    except daemon.DaemonError as exc:
         sys.stderr.write(f"spindle app-server proxy: cannot start a daemon: {exc}\n")
-        return proxy.EXIT_UNREACHABLE
+        return False
+    return True
 
 
 def _daemon(args: argparse.Namespace) -> int:
