@@ -253,8 +253,7 @@ async def test_an_idle_server_exits_and_a_connected_client_keeps_it_up(
                 await trio.sleep(1000)  # longer than the idle time, but connected
                 assert not done.is_set()
             left = trio.current_time()
-            with trio.fail_after(700):
-                await done.wait()
+            await done.wait()  # no deadline: the autojump clock would reach it while the shutdown's threads work
             assert trio.current_time() - left >= 600 and left - started >= 1000
         assert not sock.exists()
 
