@@ -76,8 +76,9 @@ def test_the_app_server_answers_initialize_without_importing_what_it_does_not_ne
 
 
 def test_the_subcommand_is_found_past_global_options() -> None:
-    from spindle.actors.cli.entry import command_of
+    from spindle.actors.cli.light import command_index, is_light
 
-    assert command_of(["-c", "model=x", "--log-level", "info", "load", "--threads", "2"]) == "load"
-    assert command_of(["--config", "load", "app-server"]) == "app-server"
-    assert command_of(["--help"]) is None
+    assert command_index(["-c", "model=x", "--log-level", "info", "load", "--threads", "2"]) == 4
+    assert command_index(["--config", "load", "app-server"]) == 2
+    assert command_index(["--help"]) is None
+    assert is_light(["-c", "x=1", "app-server", "proxy"]) and not is_light(["app-server"])

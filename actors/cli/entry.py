@@ -1,4 +1,5 @@
-"""The `spindle` console script: stop signals are deferred before anything heavy is imported."""
+"""The `spindle` console script: stop signals are deferred before anything heavy is imported,
+and `spindle app-server proxy` / `daemon` run without the runtime (`light`)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,19 @@ RICH_COMMANDS = frozenset({"load"})
 """The commands that draw with `rich` (the `load` extra). Every other command marks it absent
 before structlog is imported, since structlog imports rich whenever it is installed (~20 ms of an
 app-server's start-up, for tracebacks nobody renders with it)."""
-OPTIONS_WITH_VALUES = frozenset({"-c", "--config", "--log-level"})
-
-
-def command_of(argv: list[str]) -> str | None:
-    """The subcommand in `argv` (the arguments after the program name), None without one."""
-    args = iter(argv)
-    for arg in args:
-        if arg in OPTIONS_WITH_VALUES:
-            next(args, None)
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def main() -> int:
     defer_stop_signals()
-    if command_of(sys.argv[1:]) not in RICH_COMMANDS:
+    from .light import command_index, is_light
+
+    argv = sys.argv[1:]
+    if is_light(argv):
+        from .light import main as run_light
+
+        return run_light(argv)
+    index = command_index(argv)
+    if index is None or argv[index] not in RICH_COMMANDS:
         sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from .main import main as run
 
