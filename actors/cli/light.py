@@ -61,7 +61,7 @@ def command_index(argv: Sequence[str]) -> int | None:
 def is_light(argv: Sequence[str]) -> bool:
     """Whether `argv` (without the program name) is `app-server proxy` or `app-server daemon`."""
     index = command_index(argv)
-    return index is not None and argv[index] == "app-server" and argv[index + 1: index + 2] in (["proxy"], ["daemon"])
+    return index is not None and argv[index] == "app-server" and index + 1 < len(argv) and argv[index + 1] in LIGHT_ACTIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
