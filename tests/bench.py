@@ -425,9 +425,10 @@ PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
 }
 
 
-EXTRA = ("scaling", "versus")
+EXTRA = ("scaling", "versus", "proxy")
 """Phases that run differently: `scaling` once (11,100 turns), `versus` (tests/bench_versus.py)
-the app-server phases against Spindle and, with CODEX_BIN, the real Codex."""
+the app-server phases against Spindle and, with CODEX_BIN, the real Codex, `proxy`
+(tests/bench_proxy.py) spawn to initialize through `spindle app-server proxy` and Codex's."""
 
 
 def main() -> int:
@@ -437,7 +438,7 @@ def main() -> int:
     if unknown:
         sys.stderr.write(f"unknown phase {unknown[0]!r}; phases: {', '.join([*PHASES, *EXTRA])}\n")
         return 2
-    inproc = [name for name in chosen if name != "versus"]
+    inproc = [name for name in chosen if name not in ("versus", "proxy")]
     proc, base_url = start_mock()
     try:
         if inproc:
@@ -447,6 +448,10 @@ def main() -> int:
             from .bench_versus import run as run_versus
 
             run_versus(list(VERSUS_PHASES), base_url)
+        if "proxy" in chosen:
+            from . import bench_proxy
+
+            bench_proxy.main_with(3 * RUNS)
     finally:
         proc.terminate()
         proc.wait()

@@ -3,6 +3,9 @@ warm), and, with CODEX_BIN, the real `codex app-server` against `codex app-serve
 client speaks WebSocket through it, as Codex's proxy relays bytes). Runs interleaved.
 
     python -m tests.bench_proxy [RUNS]        (CODEX_BIN=/path/to/codex for the Codex rows)
+
+`make bench` runs it too (`python -m tests.bench proxy`), 3 × SPINDLE_BENCH_RUNS runs. Writes
+bench-results/proxy.md and proxy.json.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def websocket_client(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def main() -> int:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+def measure(runs: int) -> dict[str, list[float]]:
+    """Every case `runs` times, interleaved, after one warm-up each."""
     codex = os.environ.get("CODEX_BIN")
     with tempfile.TemporaryDirectory(prefix="bp-", dir="/tmp") as folder:
         spindle_home, codex_home = Path(folder, "s"), Path(folder, "c")
@@ -99,11 +102,30 @@ def main() -> int:
             if daemon is not None:
                 daemon.terminate()
                 daemon.wait(30)
-    sys.stdout.write(f"spawn to initialize answer, ms, {runs} runs interleaved, {os.cpu_count()} CPUs\n")
-    sys.stdout.write(f"{'case':40} {'median':>8} {'min':>8} {'max':>8} {'p25':>8} {'p75':>8}\n")
+    return figures
+
+
+def render(figures: dict[str, list[float]], runs: int) -> str:
+    rows = [f"Spawn to `initialize` answer (ms), {runs} runs interleaved, {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.1f} at the end.", "", "| case | median | p25–p75 | min–max |", "|---|---|---|---|"]
     for name, values in figures.items():
         q = statistics.quantiles(values, n=4)
-        sys.stdout.write(f"{name:40} {statistics.median(values):8.1f} {min(values):8.1f} {max(values):8.1f} {q[0]:8.1f} {q[2]:8.1f}\n")
+        rows.append(f"| {name} | {statistics.median(values):.1f} | {q[0]:.1f}–{q[2]:.1f} | {min(values):.1f}–{max(values):.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    return main_with(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
+
+
+def main_with(runs: int) -> int:
+    figures = measure(runs)
+    table = render(figures, runs)
+    results = Path("bench-results")
+    results.mkdir(exist_ok=True)
+    (results / "proxy.md").write_text(table)
+    (results / "proxy.json").write_text(json.dumps(figures, indent=2))
+    sys.stdout.write(table)
     return 0
 
 
