@@ -1,4 +1,5 @@
-"""The Responses API client: one `httpx.AsyncClient` per provider, errors mapped to ModelError.
+"""The Responses API client: per provider, up to 128 single-connection httpx clients lent one per
+request (`_Lanes`), errors mapped to ModelError.
 
 `ModelClient.stream()` posts a request and yields decoded stream events; it makes no retry
 decisions (the turn loop does, because a retry must also reset the turn's partial output). It is
