@@ -120,7 +120,7 @@ class LocalStoreAdapter:
         try:
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
         except FileExistsError:
             raise ThreadExistsError(thread_id_of(path) or str(path)) from None
         except OSError as exc:
@@ -261,6 +261,13 @@ def _last_newline(fd: int, end: int) -> int:
 
 def _next_ordinal(path: Path) -> int:
     """One past the ordinal of the rollout's last whole line (past its line count if it has none)."""
+    try:
+        return _tail_ordinal(path)
+    except OSError as exc:
+        raise ThreadStoreUnavailableError(f"cannot read rollout {path}: {exc.strerror or exc}") from None
+
+
+def _tail_ordinal(path: Path) -> int:
     with open(path, "rb") as file:
         fd = file.fileno()
         size = os.fstat(fd).st_size

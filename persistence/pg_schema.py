@@ -48,6 +48,7 @@ CREATE TABLE items (
     ts text NOT NULL,
     type text NOT NULL,
     payload json NOT NULL,
+    metadata json,
     PRIMARY KEY (thread_id, ordinal)
 );
 CREATE TABLE leases (

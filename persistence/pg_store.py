@@ -83,6 +83,15 @@ class AppendNotice:
     next_ordinal: int
 
 
+_INSERT_ITEM = ("INSERT INTO items (thread_id, ordinal, ts, type, payload, metadata)"
+                " VALUES (%s, %s, %s, %s, %s::json, %s::json)")
+
+
+def _item_row(tid: str, record: RolloutRecord) -> tuple[object, ...]:
+    extra = bytes(record.metadata).decode() if record.metadata is not None else None
+    return (tid, record.ordinal, record.timestamp, record.type, bytes(record.payload).decode(), extra)
+
+
 def _meta_of(row: Sequence[Any]) -> ThreadMetadata:
     tid, path, created, updated, cwd, preview, provider, source, name, archived, forked = row
     return ThreadMetadata(id=tid, path=path, created_at=created, updated_at=updated, cwd=cwd, preview=preview,
@@ -183,8 +192,8 @@ class PostgresThreadStore:
                     self._notice(AppendNotice(None, 0))  # back after a gap: anything may have changed
 
             try:
-                await trio.to_thread.run_sync(partial(self._listen, stop, token, started), abandon_on_cancel=True,
-                                              limiter=trio.CapacityLimiter(1))
+                await trio.to_thread.run_sync(partial(self._listen, stop, token, started), limiter=trio.CapacityLimiter(1),
+                                              abandon_on_cancel=True)  # type: ignore[call-arg]  # trio-typing predates it
             except (psycopg.Error, OSError) as exc:
                 if not ready:
                     raise unavailable(self.dsn, exc) from None
@@ -229,8 +238,7 @@ class PostgresThreadStore:
             ).fetchone()
             if created is None:
                 raise ThreadExistsError(tid)
-            conn.execute("INSERT INTO items (thread_id, ordinal, ts, type, payload) VALUES (%s, %s, %s, %s, %s::json)",
-                         (tid, head.ordinal, head.timestamp, head.type, bytes(head.payload).decode()))
+            conn.execute(_INSERT_ITEM, _item_row(tid, head))
             return meta
 
         return await self._tx(work)
@@ -238,7 +246,7 @@ class PostgresThreadStore:
     async def append(self, lease: Lease, records: Sequence[RolloutRecord]) -> int:
         tid = parse_thread_id(lease.thread_id)
         facts = batch_facts(records) if records else None
-        rows = [(tid, r.ordinal, r.timestamp, r.type, bytes(r.payload).decode()) for r in records]
+        rows = [_item_row(tid, r) for r in records]
 
         def work(conn: psycopg.Connection) -> int:
             _fence(conn, lease)
@@ -249,7 +257,7 @@ class PostgresThreadStore:
                 return int(row[0])
             after = check_batch(tid, int(row[0]), records)
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO items (thread_id, ordinal, ts, type, payload) VALUES (%s, %s, %s, %s, %s::json)", rows)
+                cur.executemany(_INSERT_ITEM, rows)
             updated, preview = facts
             conn.execute(
                 "UPDATE threads SET next_ordinal = %s, updated_at = %s,"
@@ -266,12 +274,13 @@ class PostgresThreadStore:
 
         def work(conn: psycopg.Connection) -> list[RolloutRecord]:
             rows = conn.execute(
-                "SELECT ordinal, ts, type, payload::text FROM items WHERE thread_id = %s AND ordinal >= %s"
-                " ORDER BY ordinal LIMIT %s", (tid, from_ordinal, limit),
+                "SELECT ordinal, ts, type, payload::text, metadata::text FROM items WHERE thread_id = %s"
+                " AND ordinal >= %s ORDER BY ordinal LIMIT %s", (tid, from_ordinal, limit),
             ).fetchall()
             if not rows and conn.execute("SELECT 1 FROM threads WHERE id = %s", (tid,)).fetchone() is None:
                 raise ThreadNotFoundError(tid)
-            return [RolloutRecord(ordinal=o, timestamp=ts, type=t, payload=_raw(p)) for o, ts, t, p in rows]
+            return [RolloutRecord(ordinal=o, timestamp=ts, type=t, payload=_raw(p), metadata=_raw(m) if m is not None else None)
+                    for o, ts, t, p, m in rows]
 
         return await self._tx(work)
 

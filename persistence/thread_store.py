@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from spindle.protocol.rollout import RolloutItem, RolloutLineOut, SessionMeta, line_type
+from spindle.protocol.rollout import RolloutItem, SessionMeta, line_type
 
 from .heads import normalize_timestamp, preview_of
 from .paths import ThreadStoreError, timestamp
@@ -51,17 +51,20 @@ METADATA_FIELDS = frozenset({"name", "archived", "preview", "cwd", "model_provid
 
 
 class RolloutRecord(msgspec.Struct, kw_only=True, frozen=True):
-    """One rollout line: `{"timestamp", "ordinal", "type", "payload"}`, the payload kept as the
-    JSON it was written as (so lines Spindle does not know, or writes differently, round-trip)."""
+    """One rollout line: `{"timestamp", "ordinal", "type", "payload"}`, and the `metadata` Codex
+    adds to some lines (`history_sequence`...). Payload and metadata are kept as the JSON they were
+    written as, so lines Spindle does not know, or writes differently, round-trip."""
 
     ordinal: int
     timestamp: str
     type: str
     payload: msgspec.Raw
+    metadata: msgspec.Raw | None = None
 
     def line(self) -> bytes:
-        """The JSONL line (with its newline), as the file writer puts it down."""
-        out = RolloutLineOut(timestamp=self.timestamp, ordinal=self.ordinal, type=self.type, payload=self.payload)
+        """The JSONL line (with its newline), as the file writer (or Codex's) puts it down."""
+        out = _LineOut(timestamp=self.timestamp, ordinal=self.ordinal, type=self.type, payload=self.payload,
+                       metadata=self.metadata)
         return _encoder.encode(out) + b"\n"
 
     def item(self) -> RolloutItem | None:
@@ -75,6 +78,18 @@ class _RawLine(msgspec.Struct):
     payload: msgspec.Raw
     timestamp: str = ""
     ordinal: int | None = None
+    metadata: msgspec.Raw = msgspec.Raw(b"")
+    """Empty when the line has none (msgspec decodes `Raw` only on its own, not in a union)."""
+
+
+class _LineOut(msgspec.Struct, omit_defaults=True):
+    """A line as written: the keys in Codex's order, `metadata` only when there is some."""
+
+    timestamp: str
+    ordinal: int
+    type: str
+    payload: msgspec.Raw
+    metadata: msgspec.Raw | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -86,7 +101,7 @@ def record_of_line(raw: bytes, ordinal: int) -> RolloutRecord:
     msgspec.DecodeError if it is not a rollout line."""
     line = _raw_line.decode(raw)
     return RolloutRecord(ordinal=line.ordinal if line.ordinal is not None else ordinal, timestamp=line.timestamp,
-                         type=line.type, payload=line.payload)
+                         type=line.type, payload=line.payload, metadata=line.metadata or None)
 
 
 def records_of(items: Iterable[RolloutItem], first_ordinal: int, *, at: str | None = None) -> list[RolloutRecord]:
@@ -169,7 +184,7 @@ def batch_facts(records: Sequence[RolloutRecord]) -> tuple[str, str]:
     """(updated_at, preview) a batch gives its thread: its last record's time, and the first user
     message among its records ("" if none; a thread keeps the first preview it had)."""
     updated = normalize_timestamp(records[-1].timestamp) or timestamp()
-    candidates = [r for r in records if r.type == "response_item" and b'"user"' in r.payload]
+    candidates = [r for r in records if r.type == "response_item" and b"\"user\"" in bytes(r.payload)]
     preview = preview_of(item for r in candidates if (item := r.item()) is not None) if candidates else ""
     return updated, preview
 

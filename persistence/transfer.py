@@ -11,7 +11,7 @@ part-way leaves the thread with the batches appended so far.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from itertools import islice
 from pathlib import Path
@@ -75,7 +75,7 @@ class _Lines:
                 raise ThreadStoreError(f"{self.path} line {self.line} is not a rollout line ({exc})") from None
         return records
 
-    async def batches(self) -> AsyncIterator[list[RolloutRecord]]:
+    async def batches(self) -> AsyncGenerator[list[RolloutRecord], None]:
         try:
             file = await trio.to_thread.run_sync(open, self.path, "rb")
         except OSError as exc:
