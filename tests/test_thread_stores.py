@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import trio
 
+from spindle.actors.cli.main import main as cli_main
 from spindle.persistence import pg_store as pg_store_module
 from spindle.persistence.local_adapter import LocalStoreAdapter
 from spindle.persistence.memory_store import InMemoryThreadStore
@@ -400,6 +401,26 @@ async def test_import_refuses_what_is_not_a_rollout(store: ThreadStore, tmp_path
     bad.write_bytes(records_of([SessionMeta(id=new_id(), timestamp=stamp(1), cwd="/")], 0)[0].line() + b"not json\n")
     with pytest.raises(ThreadStoreError, match="line 2 is not a rollout line"):
         await import_thread(store, bad)
+
+
+@pytest.mark.parametrize("kind", ["local", "postgres"])
+def test_spindle_export_and_import(kind: str, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    source = sorted(CODEX_ROLLOUTS.rglob("*.jsonl"))[0]
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    where = ["--store", pg_or_skip(), "--schema", schema] if kind == "postgres" else ["--store", str(tmp_path / "home")]
+    try:
+        assert cli_main(["import", str(source), *where]) == 0
+        thread_id = source.stem[-36:]
+        assert thread_id in capfdbinary.readouterr().err.decode()
+        assert cli_main(["export", thread_id, *where]) == 0
+        assert capfdbinary.readouterr().out == source.read_bytes()
+        assert cli_main(["import", str(source), *where]) == 2
+        assert b"already exists" in capfdbinary.readouterr().err
+        assert cli_main(["export", "not-an-id", *where]) == 2
+        assert b"invalid thread id" in capfdbinary.readouterr().err
+    finally:
+        if kind == "postgres":
+            drop_schema(schema)
 
 
 # --- PostgreSQL only -----------------------------------------------------------

@@ -17,6 +17,7 @@ from spindle.persistence.store import ThreadStoreError
 
 from .early import restore_stop_signals
 from .logs import configure_logging
+from .transfer import add_transfer_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=2)
     add_app_server_parser(sub)
     add_load_parser(sub)
+    add_transfer_parsers(sub)
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
     mock.add_argument("--latency-ms", type=float, default=None, help="stream each reply over this many ms (default: echo at once)")
@@ -137,6 +139,10 @@ def _run(args: argparse.Namespace) -> int:
         from . import load
 
         return load.main(args)
+    if args.command in ("export", "import"):
+        from . import transfer
+
+        return transfer.main(args)
     if args.command == "mock-model":
         if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):
             raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
