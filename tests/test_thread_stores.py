@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import trio
 
+from spindle.actors.cli import main as cli_main_module
 from spindle.actors.cli.main import main as cli_main
 from spindle.persistence import pg_store as pg_store_module
 from spindle.persistence.local_adapter import LocalStoreAdapter
@@ -404,7 +405,10 @@ async def test_import_refuses_what_is_not_a_rollout(store: ThreadStore, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["local", "postgres"])
-def test_spindle_export_and_import(kind: str, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_spindle_export_and_import(kind: str, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # In process: the logging set-up stays the test run's (the CLI's would write to this test's captured stderr).
+    monkeypatch.setattr(cli_main_module, "configure_logging", lambda level: None)
     source = sorted(CODEX_ROLLOUTS.rglob("*.jsonl"))[0]
     schema = f"t_{uuid.uuid4().hex[:16]}"
     where = ["--store", pg_or_skip(), "--schema", schema] if kind == "postgres" else ["--store", str(tmp_path / "home")]
