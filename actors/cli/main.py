@@ -17,7 +17,6 @@ from spindle.persistence.store import ThreadStoreError
 
 from .early import restore_stop_signals
 from .logs import configure_logging
-from .transfer import add_transfer_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +51,17 @@ def add_app_server_parser(sub: Any) -> None:
     server.add_argument("--ws-auth", metavar="MODE", help="capability-token: ws:// clients must send Authorization: Bearer <token>")
     server.add_argument("--ws-token-file", type=Path, metavar="FILE", help="the token for --ws-auth capability-token")
     server.add_argument("--analytics-default-enabled", action="store_true", help="accepted and ignored (the VS Code extension passes it)")
+
+
+def add_transfer_parsers(sub: Any) -> None:
+    export = sub.add_parser("export", help="write a thread's rollout as Codex JSONL to stdout")
+    export.add_argument("thread_id", metavar="THREAD_ID")
+    imported = sub.add_parser("import", help="add a Codex JSONL rollout to a store as a thread")
+    imported.add_argument("file", type=Path, metavar="FILE")
+    for parser in (export, imported):
+        parser.add_argument("--store", metavar="DSN", default=None,
+                            help="postgresql://... or a CODEX_HOME directory (default: $CODEX_HOME)")
+        parser.add_argument("--schema", default="spindle", help="the PostgreSQL schema (default spindle)")
 
 
 def add_load_parser(sub: Any) -> None:

@@ -1,7 +1,8 @@
 """`spindle export` and `spindle import`: a thread between a store and a Codex JSONL rollout.
 
 The store is CODEX_HOME's files by default (`--store DIR` for another home), or PostgreSQL
-(`--store postgresql://...`, in `--schema`). The work is `persistence.transfer`'s.
+(`--store postgresql://...`, in `--schema`). The work is `persistence.transfer`'s; the flags are
+in `main.py`.
 """
 
 from __future__ import annotations
@@ -11,30 +12,17 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from spindle.actors.runtime.config import codex_home
 from spindle.persistence.local_adapter import LocalStoreAdapter
-from spindle.persistence.pg_schema import DEFAULT_SCHEMA
 from spindle.persistence.store import LocalThreadStore
 from spindle.persistence.thread_store import ThreadStore
 from spindle.persistence.transfer import export_thread, import_thread
 from spindle.protocol.ids import parse_thread_id
 
 PG_SCHEMES = ("postgresql://", "postgres://")
-
-
-def add_transfer_parsers(sub: Any) -> None:
-    export = sub.add_parser("export", help="write a thread's rollout as Codex JSONL to stdout")
-    export.add_argument("thread_id", metavar="THREAD_ID")
-    imported = sub.add_parser("import", help="add a Codex JSONL rollout to a store as a thread")
-    imported.add_argument("file", type=Path, metavar="FILE")
-    for parser in (export, imported):
-        parser.add_argument("--store", metavar="DSN", default=None,
-                            help="postgresql://... or a CODEX_HOME directory (default: $CODEX_HOME)")
-        parser.add_argument("--schema", default=DEFAULT_SCHEMA, help=f"the PostgreSQL schema (default {DEFAULT_SCHEMA})")
 
 
 @asynccontextmanager
