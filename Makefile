@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed
 SDK_VERSION := 0.163.0
 CODEX_VERSION := 0.171.0
 CODEX_DIR := .cache/codex-$(CODEX_VERSION)
-CODEX_BIN := $(CODEX_DIR)/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
+CODEX_BIN ?= $(CODEX_DIR)/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex
+# Given on the command line or in the environment (`make bench CODEX_BIN=PATH`), the bench runs its
+# app-server phases against that Codex too; left to its default above, against Spindle alone.
+BENCH_CODEX_BIN := $(if $(filter file,$(origin CODEX_BIN)),,$(CODEX_BIN))
 
-.PHONY: setup test lint unit run bench clean interop check-bwrap
+.PHONY: setup test lint unit run bench bench-versus clean interop check-bwrap
 
 setup: $(STAMP) check-bwrap
 
@@ -52,7 +55,11 @@ run: setup
 	$(BIN)/spindle load --threads 300 --turns 3
 
 bench: setup
-	$(BIN)/python -m tests.bench
+	CODEX_BIN="$(BENCH_CODEX_BIN)" $(BIN)/python -m tests.bench
+
+# Only the app-server phases, against Spindle and the Codex this Makefile installs (needs npm).
+bench-versus: setup $(CODEX_BIN)
+	CODEX_BIN="$(abspath $(CODEX_BIN))" $(BIN)/python -m tests.bench versus
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

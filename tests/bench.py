@@ -22,7 +22,6 @@ from typing import Any
 
 import trio
 
-from spindle.actors.loadtest.driver import LoadSpec, run_load
 from spindle.actors.loadtest.stats import percentile, rss_kib
 from spindle.actors.runtime import open_runtime
 from spindle.actors.runtime.execution import run_process
@@ -37,7 +36,6 @@ from spindle.actors.testing.mock_model import (
     Text,
     mock_config,
 )
-from spindle.actors.testing.rpc_client import subprocess_server, write_config
 from spindle.protocol.config import Config
 from spindle.protocol.events import ExecApprovalRequestEvent
 from spindle.protocol.ids import new_id
@@ -234,12 +232,7 @@ async def listing(config: Config) -> dict[str, float]:
         return statistics.median(lat)
 
     out = {
-        "long_resume_s": ("resume of 100,000 turns compacted every 1,000, fresh process (s)", "< 2"),
-    "long_resume_cpu_s": ("its CPU time (s; the scan runs in a worker thread)", ""),
-    "long_resume_peak_rss_mib": ("that process's peak RSS (MiB)", "< 150"),
-    "long_resume_rss_before_mib": ("its RSS before the resume: runtime loaded (MiB)", ""),
-    "long_rollout_mb": ("that rollout's size (MB)", ""),
-    "cold_reconcile_10k_ms": cold,
+        "cold_reconcile_10k_ms": cold,
         "warm_reconcile_10k_ms": await median_ms(store.reconcile, 50),
         "list_first_page_of_10k_ms": await median_ms(lambda: store.list_threads(ThreadQuery(limit=50)), 50),
         "full_stat_pass_10k_ms": await median_ms(lambda: store.reconcile(full=True), 5),
@@ -308,45 +301,6 @@ async def approvals(config: Config, n: int = 50) -> dict[str, float]:
 async def idle_memory_10k(config: Config) -> dict[str, float]:
     out = await idle_memory(config, n=10_000)
     return {"idle_10k_kib_per_thread_py": out["idle_kib_per_thread_py"], "idle_10k_kib_per_thread_rss": out["idle_kib_per_thread_rss"]}
-
-
-async def app_server(config: Config) -> dict[str, float]:
-    """The app-server over stdio: spawn to initialize, thread/start, turn round trip, idle memory."""
-    base_url = config.provider().base_url
-    home = Path(tempfile.mkdtemp(prefix="spindle-bench-app-"))
-    write_config(home, base_url)
-    t0 = time.perf_counter()
-    async with subprocess_server(home, log_level="warning") as (client, process):
-        client.keep = False
-        client.timeout = 120
-        await client.initialize()
-        spawn_ms = (time.perf_counter() - t0) * 1000
-        starts = []
-        for _ in range(200):
-            t0 = time.perf_counter()
-            thread = (await client.call("thread/start", {}))["thread"]
-            starts.append((time.perf_counter() - t0) * 1000)
-        trips = []
-        for n in range(50):
-            t0 = time.perf_counter()
-            await client.run_turn(thread["id"], f"turn {n}")
-            trips.append((time.perf_counter() - t0) * 1000)
-        rss0 = rss_kib(process.pid)[0]
-        for _ in range(1000):
-            await client.call("thread/start", {})
-        rss1 = rss_kib(process.pid)[0]
-    return {
-        "app_spawn_to_initialize_ms": spawn_ms,
-        "app_thread_start_p50_ms": statistics.median(starts),
-        "app_turn_round_trip_p50_ms": statistics.median(trips),
-        "app_idle_kib_per_thread_rss": (rss1 - rss0) / 1000,
-    }
-
-
-async def app_server_pipelined(config: Config) -> dict[str, float]:
-    stats = await run_load(LoadSpec(threads=100, turns=5, target="app-server"), None)
-    summary = stats.summary()
-    return {"app_100x5_turns_per_s": summary["turns_per_s"], "app_100x5_cpu_ms_per_turn": summary["cpu_ms_per_turn"]}
 
 
 async def scaling(config: Config) -> dict[str, float]:
@@ -445,12 +399,6 @@ TARGETS = {
     "full_stat_pass_10k_ms": ("full stat pass over 10,000 rollouts (ms)", ""),
     "idle_10k_kib_per_thread_py": ("idle thread at 10,000 threads, Python heap (KiB)", "≤ 50 (Rust ~950)"),
     "idle_10k_kib_per_thread_rss": ("idle thread at 10,000 threads, RSS (KiB)", "≤ 50 (Rust ~950)"),
-    "app_spawn_to_initialize_ms": ("app-server: spawn to initialize response (ms)", "≤ 150 (Rust 52)"),
-    "app_thread_start_p50_ms": ("app-server: thread/start p50 (ms)", "≤ 1 (Rust 7)"),
-    "app_turn_round_trip_p50_ms": ("app-server: turn round trip p50 (ms)", "≤ 5 (Rust 38)"),
-    "app_idle_kib_per_thread_rss": ("app-server: idle loaded thread, RSS (KiB)", "≤ 50 (Rust ~950)"),
-    "app_100x5_turns_per_s": ("app-server: 100 threads × 5 turns pipelined, turns/s", "≥ 300 (Rust 40)"),
-    "app_100x5_cpu_ms_per_turn": ("app-server: 100 × 5, server CPU per turn (ms)", ""),
     "command_bare_ms": ("command `true`, no sandbox: wall time (ms)", ""),
     "command_sandboxed_ms": ("command `true` under bubblewrap + seccomp: wall time (ms)", ""),
     "sandbox_overhead_ms": ("sandbox cost per command (ms)", ""),
@@ -473,29 +421,54 @@ TARGETS = {
 PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
     fn.__name__: fn
     for fn in (thread_start, idle_memory, idle_memory_10k, single_turn, turns, persistence, long_resume, listing,
-               app_server, app_server_pipelined, sandbox_cost, approvals)
+               sandbox_cost, approvals)
 }
+
+
+EXTRA = ("scaling", "versus", "proxy")
+"""Phases that run differently: `scaling` once (11,100 turns), `versus` (tests/bench_versus.py)
+the app-server phases against Spindle and, with CODEX_BIN, the real Codex, `proxy`
+(tests/bench_proxy.py) spawn to initialize through `spindle app-server proxy` and Codex's."""
 
 
 def main() -> int:
     """Every phase, or those named on the command line (`python -m tests.bench listing`)."""
-    chosen = sys.argv[1:] or [*PHASES, "scaling"]
-    unknown = [name for name in chosen if name not in PHASES and name != "scaling"]
+    chosen = sys.argv[1:] or [*PHASES, *EXTRA]
+    unknown = [name for name in chosen if name not in PHASES and name not in EXTRA]
     if unknown:
-        sys.stderr.write(f"unknown phase {unknown[0]!r}; phases: {', '.join([*PHASES, 'scaling'])}\n")
+        sys.stderr.write(f"unknown phase {unknown[0]!r}; phases: {', '.join([*PHASES, *EXTRA])}\n")
         return 2
+    inproc = [name for name in chosen if name not in ("versus", "proxy")]
     proc, base_url = start_mock()
     try:
-        config = bench_config(base_url)
-        results: dict[str, list[float]] = {}
-        for name in chosen:
-            if name == "scaling":
-                results.update(repeat(scaling, config, runs=1))  # 11,100 turns: one run
-            else:
-                results.update(repeat(PHASES[name], config))
+        if inproc:
+            report(run_inproc(inproc, bench_config(base_url)))
+        if "versus" in chosen:
+            from .bench_versus import PHASES as VERSUS_PHASES
+            from .bench_versus import run as run_versus
+
+            run_versus(list(VERSUS_PHASES), base_url)
+        if "proxy" in chosen:
+            from . import bench_proxy
+
+            bench_proxy.main_with(3 * RUNS)
     finally:
         proc.terminate()
         proc.wait()
+    return 0
+
+
+def run_inproc(chosen: list[str], config: Config) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {}
+    for name in chosen:
+        if name == "scaling":
+            results.update(repeat(scaling, config, runs=1))  # 11,100 turns: one run
+        else:
+            results.update(repeat(PHASES[name], config))
+    return results
+
+
+def report(results: dict[str, list[float]]) -> None:
     rows = ["| figure | median | spread (min–max) | target |", "|---|---|---|---|"]
     for key, values in results.items():
         label, target = TARGETS.get(key, (key, ""))
@@ -506,7 +479,6 @@ def main() -> int:
     (RESULTS / "latest.md").write_text(header + table + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({k: {"median": statistics.median(v), "samples": v} for k, v in results.items()}, indent=2))
     sys.stdout.write(header + table + "\n")
-    return 0
 
 
 if __name__ == "__main__":

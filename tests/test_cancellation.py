@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,8 +98,13 @@ def test_sigint_at_a_random_moment_of_spindle_load(tmp_path: Path, run: int) -> 
     argv = [*spindle_argv(), "load", "--threads", "300", "--turns", "3", "--no-progress", "--home", str(home),
             "--json", str(tmp_path / "out.json")]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # From the moment Spindle's own code runs (it makes the home first): before that, a SIGINT
+    # meets the interpreter's own start-up, which no Python program can guard.
+    deadline = time.monotonic() + 60
+    while not home.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
-        out, err = process.communicate(timeout=random.Random(run).uniform(0.3, 3.0))
+        out, err = process.communicate(timeout=random.Random(run).uniform(0.0, 2.7))
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)

@@ -336,3 +336,28 @@ async def test_real_codex_reads_and_resumes_a_compacted_spindle_thread_with_a_sh
         assert ["first"] in [_user_texts(t) for t in read["thread"]["turns"]]
         assert ["second"] in [_user_texts(t) for t in read["thread"]["turns"]]
         await codex.call("thread/resume", {"threadId": tid})
+
+
+@needs_codex
+async def test_real_codex_proxy_relays_a_turn_to_a_spindle_daemon(mock_model: MockModel) -> None:
+    """`codex app-server proxy` (0.171) relays bytes to the control socket; its client speaks
+    WebSocket through it. A Spindle server on that socket answers it as it answers Codex's own."""
+    import tempfile
+
+    from spindle.actors.appserver.listeners import serve
+    from spindle.actors.runtime.config import load_config
+
+    from .helpers import websocket_through
+
+    assert CODEX_BIN is not None
+    with tempfile.TemporaryDirectory(prefix="cxp-", dir="/tmp") as folder:  # short enough for the socket path
+        home = Path(folder)
+        write_config(home, mock_model)
+        async with open_runtime(load_config(home=home)) as rt, trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: serve(rt, "unix://", task_status=task_status))
+            env = {**os.environ, "CODEX_HOME": str(home), "RUST_LOG": "warn"}
+            async with websocket_through([CODEX_BIN, "app-server", "proxy"], env) as (client, _):
+                assert (await client.initialize())["userAgent"].startswith("spindle/0.171.0 ")
+                thread = (await client.call("thread/start", {}))["thread"]
+                assert (await client.run_turn(thread["id"], "through codex's proxy"))["status"] == "completed"
+            nursery.cancel_scope.cancel()

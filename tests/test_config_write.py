@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import spindle.actors.runtime.config_toml as ct
 import spindle.actors.runtime.config_write as cw
 from spindle.actors.runtime.config_layers import LayeredConfig, version_of
 from spindle.actors.runtime.config_write import (
@@ -66,7 +67,7 @@ def test_replacing_a_dotted_table_keeps_the_keys_after_it_where_they_were(tmp_pa
 
 
 def test_an_edit_no_placement_can_make_is_refused_and_nothing_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cw, "PLACEMENTS", (cw.PLACEMENTS[0],))  # tomlkit's own placement only
+    monkeypatch.setattr(ct, "PLACEMENTS", (ct.PLACEMENTS[0],))  # tomlkit's own placement only
     home = _home(tmp_path, DOTTED)
     with pytest.raises(ConfigWriteError) as err:
         _write(home, ("mcp_servers.web.url", "http://u", "replace"))

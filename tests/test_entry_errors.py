@@ -59,3 +59,26 @@ def test_the_app_server_blames_a_bad_c_flag_not_the_file(tmp_path: Path) -> None
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("spindle: -c 'approval_policy=sometimes': key 'approval_policy': Invalid enum value 'sometimes'"), result.stderr
     assert "config.toml" not in result.stderr
+
+
+def test_the_app_server_answers_initialize_without_importing_what_it_does_not_need(tmp_path: Path) -> None:
+    """Start-up cost: no rich (structlog would import it), no HTTP or WebSocket library, no TOML
+    writer before the first answer on stdio."""
+    initialize = b'{"id":1,"method":"initialize","params":{"clientInfo":{"name":"t","version":"1"}}}\n'
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "spindle.actors.cli", "app-server"], input=initialize,
+        capture_output=True, env={**os.environ, "CODEX_HOME": str(tmp_path)}, timeout=60, check=True,
+    )
+    assert b'"id":1' in done.stdout and b'"error"' not in done.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.decode().splitlines() if line.startswith("import time:")}
+    heavy = {"rich.console", "pygments", "httpx", "httpcore", "h11", "trio_websocket", "wsproto", "tomlkit", "mcp", "anyio"}
+    assert imported & heavy == set()
+
+
+def test_the_subcommand_is_found_past_global_options() -> None:
+    from spindle.actors.cli.light import command_index, is_light
+
+    assert command_index(["-c", "model=x", "--log-level", "info", "load", "--threads", "2"]) == 4
+    assert command_index(["--config", "load", "app-server"]) == 2
+    assert command_index(["--help"]) is None
+    assert is_light(["-c", "x=1", "app-server", "proxy"]) and not is_light(["app-server"])

@@ -174,6 +174,16 @@ async def test_a_null_usage_is_no_usage(make_config: Callable[..., Config], mock
     assert errors(seen) == [] and seen[-1].msg.last_agent_message == "ok"
 
 
+async def test_sequential_turns_reuse_one_connection(make_config: Callable[..., Config], mock_model: MockModel) -> None:
+    """The stream is read to its end after `response.completed`, so its connection goes back to the
+    pool: a connection per turn would cost a TCP (or TLS) handshake every turn."""
+    async with open_runtime(make_config()) as rt:
+        thread = await rt.start_thread()
+        for n in range(3):
+            await thread.ask(f"turn {n}")
+    assert mock_model.request_count == 3 and mock_model.connection_count == 1
+
+
 async def test_a_50_mb_delta_fails_the_turn_clearly(make_config: Callable[..., Config], mock_model: MockModel) -> None:
     with trio.fail_after(10):
         seen = await run_turn(make_config(), mock_model, Text(text="x" * 50_000_000, chunks=1), Text(text="unused"))
@@ -394,6 +404,9 @@ class _HostWithoutProvider:
         pass
 
     async def commit(self, items: list[Any]) -> None:
+        pass
+
+    def record(self, items: list[Any]) -> None:
         pass
 
     def add_usage(self, usage: Any, window: int | None) -> Any:

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import errno
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h11
 import structlog
 import trio
 from trio_typing import TaskStatus
 
 from spindle.actors.runtime import ThreadManager
+from spindle.protocol.appserver.control import CONTROL_SOCKET
 from spindle.protocol.appserver.listen import (
-    CONTROL_SOCKET,
     MAX_MESSAGE_BYTES,
     MAX_MESSAGE_HEADER,
     HttpReply,
@@ -51,6 +51,7 @@ from .transport import POLICY_VIOLATION, WebSocketTransport
 from .unix_socket import SocketPathError, UnixSocket, bind_unix
 
 if TYPE_CHECKING:
+    import h11
     from trio_websocket import WebSocketConnection
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,9 @@ class Limits:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     ping_interval_s: float = PING_INTERVAL_S
     pong_timeout_s: float = PONG_TIMEOUT_S
+    idle_exit_s: float | None = None
+    """With no socket client connected for this long, `serve` returns (a daemon's end); None:
+    never. Not with `stdio://`, whose client is there until stdin ends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +119,8 @@ async def serve(
 ) -> None:
     """Serve the app-server on `manager` at every listener `urls` names (default `stdio://`).
 
-    Starts once all are listening, with a `Bound` for each; runs until cancelled, or until stdin
-    ends when `stdio://` is one of them. `token`: the bearer token `ws://` clients must present
+    Starts once all are listening, with a `Bound` for each; runs until cancelled, until stdin
+    ends when `stdio://` is one of them, or else after `limits.idle_exit_s` with no client. `token`: the bearer token `ws://` clients must present
     (required for a non-loopback address). ListenError if a listener cannot start. On the way out
     the threads its clients left are closed and their rollouts flushed.
     """
@@ -190,13 +194,17 @@ class Gatekeeper:
         self.token = token
         self.open = 0
         """WebSocket connections past the gate, being served."""
+        self.connected = 0
+        """Sockets accepted and not yet closed, at any step (what keeps an idle server up)."""
+        self._connections_changed = trio.Event()
         self._serials = itertools.count(1)
 
     async def serve(
         self, listening: Listening, stdio: tuple[trio.abc.ReceiveStream, trio.abc.SendStream] | None,
         *, task_status: TaskStatus[tuple[Bound, ...]],
     ) -> None:
-        """Accept on every listener until cancelled, or until stdin ends if stdio is one of them."""
+        """Accept on every listener until cancelled, until stdin ends if stdio is one of them, or
+        else until no client has come for `idle_exit_s`."""
         async with trio.open_nursery() as nursery:
             for listener in listening.tcp:
                 nursery.start_soon(self._accept_loop, listener, True, nursery)
@@ -205,10 +213,28 @@ class Gatekeeper:
             for each in listening.bound:
                 log.info("listening", url=each.url)
             task_status.started(listening.bound)
+            if self.limits.idle_exit_s is not None and not listening.stdio:
+                await self._wait_idle(self.limits.idle_exit_s)
+                log.info("no client for a while: stopping", idle_exit_s=self.limits.idle_exit_s)
+                nursery.cancel_scope.cancel()
             if listening.stdio:
                 receive, send = stdio or (trio.lowlevel.FdStream(os.dup(0)), trio.lowlevel.FdStream(os.dup(1)))
                 await self.server.serve(receive, send)  # stdin's end is the server's end
                 nursery.cancel_scope.cancel()
+
+    async def _wait_idle(self, idle_s: float) -> None:
+        """Return once no socket has been connected for `idle_s` seconds on end."""
+        while True:
+            changed = self._connections_changed
+            with trio.move_on_after(idle_s if self.connected == 0 else math.inf) as idle:
+                await changed.wait()
+            if idle.cancelled_caught:
+                return
+
+    def _count(self, change: int) -> None:
+        self.connected += change
+        self._connections_changed.set()
+        self._connections_changed = trio.Event()
 
     async def _accept_loop(self, listener: trio.SocketListener, tcp: bool, handlers: trio.Nursery) -> None:
         """Accept on one listener. Its handshakes in progress have a budget of their own, so
@@ -230,6 +256,7 @@ class Gatekeeper:
 
     async def _handle(self, stream: trio.SocketStream, tcp: bool, handshakes: trio.Semaphore) -> None:
         name = f"{'ws' if tcp else 'unix'}-{next(self._serials)}"
+        self._count(+1)
         try:
             try:
                 head = await self._read_head(stream, name)
@@ -255,11 +282,14 @@ class Gatekeeper:
         except Exception:  # a fault with one client must not end the listener
             log.exception("connection failed", connection=name)
         finally:
+            self._count(-1)
             await trio.aclose_forcefully(stream)
 
     async def _read_head(self, stream: trio.SocketStream, name: str) -> tuple[h11.Request, bytes] | None:
         """The socket's HTTP request and the bytes read so far; None, after answering if it can,
         when there is none in time or it is not HTTP."""
+        import h11  # with the first socket client: a stdio server never needs it
+
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         raw = bytearray()
         with trio.move_on_after(self.limits.handshake_timeout_s):

@@ -13,9 +13,13 @@ from spindle.protocol.appserver import v2
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
 from spindle.protocol.appserver.v2map import turn_settings_update, user_inputs
 from spindle.protocol.ops import InterruptOp, UserInputOp, UserTurnOp
+from spindle.protocol.settings import SettingsUpdate
 
 from .context import RequestContext, dispatch, loaded, thread_id_param
 from .thread_methods import require_experimental_fields
+
+NO_CHANGE = SettingsUpdate()
+"""A turn that changes no setting has nothing to check before it reaches the actor."""
 
 
 async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.TurnResult:
@@ -26,10 +30,11 @@ async def turn_start(ctx: RequestContext, params: v2.TurnStartParams) -> v2.Turn
     update = turn_settings_update(params)
     if params.sandbox_policy is not None:
         check_legacy_options(params.sandbox_policy, handle.permission_profiles)
-    try:  # the actor checks again; this answers bad params as thread/start does (-32602)
-        await trio.to_thread.run_sync(apply_update, handle.config, handle.settings, update)
-    except ConfigError as exc:
-        raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+    if update != NO_CHANGE:
+        try:  # the actor checks again; this answers bad params as thread/start does (-32602)
+            await trio.to_thread.run_sync(apply_update, handle.config, handle.settings, update)
+        except ConfigError as exc:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
     op = UserTurnOp(items=user_inputs(params.input), settings=update)
     ctx.peer.subscribe(handle)
     outcome = await dispatch(handle, op)

@@ -32,8 +32,19 @@ async def _run(spec: LoadSpec, config: Config | None, progress: ui.ProgressBar) 
 
 def main(args: argparse.Namespace) -> int:
     """`spindle load`: run, draw the progress bar, print the table; Ctrl-C stops with the figures so far."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    try:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        sys.stderr.write("spindle load: needs the `load` extra (rich, for its progress bar and table): "
+                         "pip install 'spindle[load]'\n")
+        return 2
 
     spec = LoadSpec(
         threads=args.threads, turns=args.turns, concurrency=args.concurrency, target=args.target,

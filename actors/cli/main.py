@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_app_server_parser(sub: Any) -> None:
     server = sub.add_parser(
         "app-server", help="serve the Codex app-server v2 protocol (JSON-RPC) over stdio, WebSocket or a Unix socket",
+        epilog="Also: `spindle app-server proxy` (stdio relayed to a shared daemon, which it starts if none runs: "
+               "a fast start) and `spindle app-server daemon start|stop|status`; see their --help.",
     )
     server.add_argument(
         "--listen", action="append", default=None, metavar="URL",
@@ -51,6 +53,10 @@ def add_app_server_parser(sub: Any) -> None:
     server.add_argument("--ws-auth", metavar="MODE", help="capability-token: ws:// clients must send Authorization: Bearer <token>")
     server.add_argument("--ws-token-file", type=Path, metavar="FILE", help="the token for --ws-auth capability-token")
     server.add_argument("--analytics-default-enabled", action="store_true", help="accepted and ignored (the VS Code extension passes it)")
+    server.add_argument(
+        "--idle-exit", type=float, default=0.0, metavar="SECS",
+        help="with socket listeners only: exit after SECS with no client connected (default 0: never)",
+    )
 
 
 def add_transfer_parsers(sub: Any) -> None:
@@ -144,7 +150,10 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         source = LayeredConfig(overrides=tuple(args.config))
         source.load().config  # noqa: B018 - a config the user can fix fails here, before anything starts
-        return trio.run(serve_app_server, source, urls, token)
+        if args.idle_exit < 0:
+            sys.stderr.write("spindle app-server: --idle-exit must be >= 0\n")
+            return 2
+        return trio.run(serve_app_server, source, urls, token, args.idle_exit or None)
     if args.command == "load":
         from . import load
 

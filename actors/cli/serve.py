@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
 from trio_typing import TaskStatus
 
-from spindle.actors.appserver.listeners import Bound, ListenError, serve
+from spindle.actors.appserver.listeners import Bound, Limits, ListenError, serve
 from spindle.actors.runtime import ThreadManager, open_runtime
 from spindle.actors.runtime.config_layers import LayeredConfig
 from spindle.protocol.appserver.listen import ListenUrlError, check_exposure, parse_listen
@@ -53,8 +54,11 @@ def check_listen(urls: list[str], token: str | None) -> None:
         raise ServeError(str(exc)) from None
 
 
-async def serve_app_server(config: Config | LayeredConfig, urls: list[str], token: str | None) -> int:
-    """Serve `urls` until SIGTERM/SIGINT, or until stdin closes when stdio is one of them.
+async def serve_app_server(
+    config: Config | LayeredConfig, urls: list[str], token: str | None, idle_exit_s: float | None = None,
+) -> int:
+    """Serve `urls` until SIGTERM/SIGINT, until stdin closes when stdio is one of them, or else
+    after `idle_exit_s` with no client connected.
 
     Either way every running turn is aborted and every rollout flushed before the process exits:
     0 for stdin's end and SIGTERM, 130 for SIGINT, 2 if a listener cannot start.
@@ -69,7 +73,9 @@ async def serve_app_server(config: Config | LayeredConfig, urls: list[str], toke
                 serving.cancel_scope.cancel()
 
             serving.start_soon(lambda: on_signal(signal.SIGTERM, signal.SIGINT, then=stop))
-            bound = await serving.start(_serve_then_stop, manager, urls, token, serving.cancel_scope)
+            limits = Limits(idle_exit_s=idle_exit_s)
+            serving_all = partial(_serve_then_stop, manager, urls, token=token, limits=limits)
+            bound = await serving.start(serving_all, serving.cancel_scope)
             _announce(bound)
     except* ListenError as group:
         for exc in leaves(group):
@@ -79,11 +85,11 @@ async def serve_app_server(config: Config | LayeredConfig, urls: list[str], toke
 
 
 async def _serve_then_stop(
-    manager: ThreadManager, urls: list[str], token: str | None, done: trio.CancelScope,
-    *, task_status: TaskStatus[tuple[Bound, ...]] = trio.TASK_STATUS_IGNORED,
+    manager: ThreadManager, urls: list[str], done: trio.CancelScope, *, token: str | None, limits: Limits,
+    task_status: TaskStatus[tuple[Bound, ...]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve(manager, *urls, token=token, task_status=task_status)
-    done.cancel()  # stdin ended
+    await serve(manager, *urls, token=token, limits=limits, task_status=task_status)
+    done.cancel()  # stdin ended, or no client came for `idle_exit_s`
 
 
 def _announce(bound: tuple[Bound, ...]) -> None:

@@ -41,8 +41,8 @@ from spindle.actors.testing.rpc_client import (
     websocket_client,
     write_config,
 )
+from spindle.protocol.appserver.control import CONTROL_SOCKET
 from spindle.protocol.appserver.listen import (
-    CONTROL_SOCKET,
     ListenUrlError,
     UnixListen,
     WebSocketListen,

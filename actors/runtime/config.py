@@ -6,13 +6,13 @@ The layers themselves (system, user, profile, project, session flags) are `confi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from spindle.protocol.appserver.control import codex_home
 from spindle.protocol.config import Config
 
 from .config_keys import error_pattern, failing_path, problem_of
@@ -20,12 +20,6 @@ from .config_layers import LayeredConfig, parse_override, set_path
 from .errors import ConfigError
 
 __all__ = ["ConfigError", "apply_overrides", "codex_home", "config_from_mapping", "load_config", "parse_override"]
-
-
-def codex_home() -> Path:
-    """`$CODEX_HOME`, default `~/.codex`."""
-    env = os.environ.get("CODEX_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".codex"
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ files: `config_layers` and `config_write` use it on data already read.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import types
 import typing
@@ -76,7 +77,9 @@ def dotted(path: list[str]) -> str:
     return ".".join(f'"{p}"' if "." in p or not p else p for p in path)
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    """A Struct's field types, resolved once per class (resolving compiles every annotation)."""
     return typing.get_type_hints(cls)
 
 

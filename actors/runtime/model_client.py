@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -31,12 +30,15 @@ from spindle.protocol.responses import SSEDecoder, SSEEventTooLarge, StreamEvent
 from .version import SPINDLE_VERSION
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
 MAX_CONNECTIONS_PER_PROVIDER = 128
-"""Concurrent requests to one provider. Further turns wait on a trio limiter in front of httpx:
-httpcore's pool rescans every queued request on each release, so letting thousands queue there
-costs CPU quadratic in the number of waiting turns."""
+"""Concurrent requests (and connections) to one provider. Each request borrows one of up to this
+many single-connection httpx clients (`_Lanes`); further turns wait on a trio limiter. One shared
+httpcore pool would do worse: it rescans every connection, polling each idle socket, several
+times per request, and every queued request on each release."""
 CONNECT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 POOL_TIMEOUT_S = 60.0
@@ -44,6 +46,9 @@ USER_AGENT = f"spindle/{SPINDLE_VERSION}"
 MAX_SSE_EVENT_BYTES = 16 * 1024 * 1024
 """The largest SSE event accepted; a whole model reply is far smaller, so a bigger one is a fault."""
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+DRAIN_S = 0.2
+"""How long the end of a stream is read after `response.completed`, so that its connection goes
+back to the pool: a response closed before its last chunk costs a new connection next turn."""
 
 _event_decoder = msgspec.json.Decoder(StreamEvent)
 _type_decoder = msgspec.json.Decoder(TypeOnly)
@@ -100,6 +105,8 @@ def parse_retry_after(value: str, *, now: datetime | None = None) -> float | Non
     try:
         seconds = float(value)
     except ValueError:
+        from email.utils import parsedate_to_datetime  # only for a Retry-After that is a date
+
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
@@ -147,6 +154,43 @@ _KNOWN_TAGS = frozenset(
 )
 
 
+class _Lanes:
+    """Up to MAX_CONNECTIONS_PER_PROVIDER httpx clients of one connection each, made as needed and
+    lent one per request, the most recently used first (its connection is the warmest; one left
+    idle past httpx's keep-alive expiry is closed by its client). They share one TLS context."""
+
+    def __init__(self, timeout: httpx.Timeout) -> None:
+        self._timeout = timeout
+        self._free: list[httpx.AsyncClient] = []
+        self._all: list[httpx.AsyncClient] = []
+        self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS_PER_PROVIDER)
+        self._tls: ssl.SSLContext | None = None
+
+    def _make(self) -> httpx.AsyncClient:
+        import httpx
+
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context(trust_env=True)  # SSL_CERT_FILE / SSL_CERT_DIR, as httpx's own
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        client = httpx.AsyncClient(timeout=self._timeout, verify=self._tls, limits=one)
+        self._all.append(client)
+        return client
+
+    @asynccontextmanager
+    async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
+        async with self._limiter:
+            client = self._free.pop() if self._free else self._make()
+            try:
+                yield client
+            finally:
+                self._free.append(client)
+
+    async def aclose(self) -> None:
+        clients, self._all, self._free = self._all, [], []
+        for client in clients:
+            await client.aclose()
+
+
 class ModelClient:
     """Streams Responses API requests to one provider."""
 
@@ -161,12 +205,7 @@ class ModelClient:
             write=WRITE_TIMEOUT_S,
             pool=POOL_TIMEOUT_S,
         )
-        limits = httpx.Limits(
-            max_connections=MAX_CONNECTIONS_PER_PROVIDER,
-            max_keepalive_connections=MAX_CONNECTIONS_PER_PROVIDER,
-        )
-        self._http = httpx.AsyncClient(timeout=timeout, limits=limits)
-        self._slots = trio.CapacityLimiter(MAX_CONNECTIONS_PER_PROVIDER)
+        self._lanes = _Lanes(timeout)
         self._url = provider.base_url.rstrip("/") + "/responses"
 
     def _request_error(self, cause: str) -> ModelError:
@@ -179,7 +218,7 @@ class ModelClient:
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._lanes.aclose()
 
     def _headers(self, thread_id: str) -> dict[str, str]:
         headers = {
@@ -213,13 +252,17 @@ class ModelClient:
         headers = self._headers(thread_id)
         idle_ms = self.provider.stream_idle_timeout_ms
         try:
-            async with self._slots, self._http.stream("POST", self._url, content=body, headers=headers) as response:
+            async with self._lanes.borrow() as http, http.stream("POST", self._url, content=body, headers=headers) as response:
                 if response.status_code != 200:
                     await _raise_for_status(response)
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" not in content_type:
                     raise _stream_error(f"not an event stream: content-type {content_type!r}")
-                yield _events(response)
+                events = _events(response)
+                yield events
+                with suppress(ModelError, httpx.HTTPError), trio.move_on_after(DRAIN_S):
+                    async for _ in events:
+                        pass  # the sample is complete: a failure now costs only the connection
         except httpx.ReadTimeout:
             raise _stream_error(f"stream idle for {idle_ms} ms (stream_idle_timeout_ms)") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

@@ -179,6 +179,9 @@ class ReviewerHost:
     async def commit(self, items: list[ResponseItem]) -> None:
         self._history.extend(items)
 
+    def record(self, items: list[ResponseItem]) -> None:
+        self._history.extend(items)
+
     def add_usage(self, usage: TokenUsage, window: int | None, *, in_context: bool = True) -> TokenUsageInfo:
         """Counted in the thread's totals, but not as the size of its context: the reviewer's
         request is not the thread's history (it must not set off a compaction of it)."""

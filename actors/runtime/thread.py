@@ -193,6 +193,9 @@ class ThreadActor(ThreadConfigMixin):
     async def commit(self, items: list[ResponseItem]) -> None:
         await self.journal.commit(items)
 
+    def record(self, items: list[ResponseItem]) -> None:
+        self.journal.append(items)
+
     def add_usage(self, usage: TokenUsage, window: int | None, *, in_context: bool = True) -> TokenUsageInfo:
         return self.usage.add(usage, window, in_context=in_context)
 

@@ -37,26 +37,19 @@ from spindle.protocol.events import (
     TokenUsageInfo,
     TurnDiffEvent,
 )
-from spindle.protocol.ids import new_id
 from spindle.protocol.items import (
-    AgentMessageContent,
     AgentMessageItem,
     CustomToolCall,
     CustomToolCallOutput,
     FunctionCall,
     FunctionCallOutput,
     Message,
-    OutputText,
-    Reasoning,
-    ReasoningItem,
     ResponseItem,
     ToolCall,
-    TurnItem,
     UserInput,
     call_output,
 )
 from spindle.protocol.responses import (
-    KNOWN_ITEM_TYPES,
     OutputItemAdded,
     OutputItemDone,
     OutputTextDelta,
@@ -64,8 +57,6 @@ from spindle.protocol.responses import (
     ResponseFailed,
     ResponseIncomplete,
     ResponsesRequest,
-    TypeOnly,
-    Usage,
 )
 from spindle.protocol.sandbox import PermissionGrant, SandboxSpec
 from spindle.protocol.settings import ReviewDecision, ThreadSettings
@@ -78,6 +69,8 @@ from .grants import Grants, granted
 from .model_client import ModelClient, ModelError, decode_usage
 from .permission_profiles import PermissionProfiles
 from .permissions import realise
+from .stream_items import decode_item, failure, token_usage, with_id
+from .stream_items import turn_item as as_turn_item
 from .tools import ToolContext, ToolRegistry
 from .turn_diff import TurnDiff
 
@@ -88,8 +81,6 @@ RETRY_MAX_DELAY_S = 10.0
 RETRY_AFTER_CAP_S = 30.0
 """The longest wait a provider's `Retry-After` gets; a longer ask waits this long, then retries."""
 
-_item_decoder = msgspec.json.Decoder(ResponseItem)
-_type_decoder = msgspec.json.Decoder(TypeOnly)
 _request_encoder = msgspec.json.Encoder()
 
 
@@ -188,7 +179,12 @@ class TurnHost(Protocol):
 
     async def commit_input(self, turn: Turn, sub_id: str, items: list[UserInput]) -> None: ...
 
-    async def commit(self, items: list[ResponseItem]) -> None: ...
+    async def commit(self, items: list[ResponseItem]) -> None:
+        """Add `items` to the history and hand them to the rollout writer."""
+
+    def record(self, items: list[ResponseItem]) -> None:
+        """Add `items` to the history; the rollout writer has them with the next `commit` or the
+        turn's end, whichever comes first."""
 
     def add_usage(self, usage: TokenUsage, window: int | None, *, in_context: bool = True) -> TokenUsageInfo: ...
 
@@ -215,8 +211,11 @@ async def run_turn(turn: Turn, host: TurnHost) -> str | None:
         if turn.injected:
             await host.commit(turn.take_injected())
         sample = await sample_with_retries(turn, host)
-        await host.commit(sample.items)
         calls = [item for item in sample.items if isinstance(item, FunctionCall | CustomToolCall)]
+        if calls:  # written before any tool runs
+            await host.commit(sample.items)
+        else:  # the turn ends, or new input is committed first: one write either way
+            host.record(sample.items)
         for item in sample.items:
             if isinstance(item, Message) and item.role == "assistant":
                 last_message = item.text()
@@ -387,15 +386,15 @@ async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: by
         async for event in events:
             match event:
                 case OutputItemAdded(item=raw) if not quiet:
-                    item = _decode_item(raw, "response.output_item.added")
+                    item = decode_item(raw, "response.output_item.added")
                     if item is not None:
                         _item_started(turn, host, item, started)
                 case OutputTextDelta(item_id=item_id, delta=delta) if not quiet:
                     host.emit(turn.sub_id, AgentMessageDeltaEvent(delta=delta, item_id=item_id))
                 case OutputItemDone(item=raw):
-                    item = _decode_item(raw, "response.output_item.done")
+                    item = decode_item(raw, "response.output_item.done")
                     if item is not None:
-                        item = _with_id(item)
+                        item = with_id(item)
                         items.append(item)
                         if not quiet:
                             _item_started(turn, host, item, started)
@@ -403,11 +402,11 @@ async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: by
                 case ResponseCompleted(response=response):
                     usage = decode_usage(response.usage)
                     if usage is not None:
-                        info = host.add_usage(_token_usage(usage), turn.settings.model_context_window)
+                        info = host.add_usage(token_usage(usage), turn.settings.model_context_window)
                         host.emit(turn.sub_id, TokenCountEvent(info=info))
                     return _Sample(items)
                 case ResponseFailed(response=response) | ResponseIncomplete(response=response):
-                    raise _failure(response.error.code if response.error else None,
+                    raise failure(response.error.code if response.error else None,
                                    response.error.message if response.error else "response failed")
     raise ModelError(
         "stream disconnected before completion: stream closed before response.completed",
@@ -417,58 +416,8 @@ async def _sample_once(turn: Turn, host: TurnHost, client: ModelClient, body: by
     )
 
 
-def _failure(code: str | None, message: str) -> ModelError:
-    if code == "context_length_exceeded":
-        return ModelError(
-            "Codex ran out of room in the model's context window. Start a new thread or clear "
-            "earlier history before retrying.",
-            phase="stream",
-            retryable=False,
-            info="context_window_exceeded",
-        )
-    return ModelError(
-        f"stream disconnected before completion: {message}",
-        phase="stream",
-        retryable=True,
-        info="other",
-    )
-
-
-def _decode_item(raw: msgspec.Raw, stream_event: str) -> ResponseItem | None:
-    """The item of an `output_item` event; None, with a log line, for one of an unknown type or
-    one that does not decode (a type that is not a string, a non-object, wrong field types)."""
-    try:
-        return _item_decoder.decode(raw)  # type: ignore[no-any-return]
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        try:
-            kind: str | None = _type_decoder.decode(raw).type
-        except (msgspec.MsgspecError, RecursionError):
-            kind = None
-        if kind and kind not in KNOWN_ITEM_TYPES:
-            log.debug("ignoring output item of unknown type", type=kind, stream_event=stream_event)
-        else:
-            log.warning("skipping malformed output item", type=kind, stream_event=stream_event, error=str(exc))
-        return None
-
-
-def _with_id(item: ResponseItem) -> ResponseItem:
-    if isinstance(item, Message | FunctionCall | CustomToolCall | Reasoning) and item.id is msgspec.UNSET:
-        return msgspec.structs.replace(item, id=f"item_{new_id()}")
-    return item
-
-
-def _turn_item(item: ResponseItem) -> TurnItem | None:
-    match item:
-        case Message(role="assistant", id=str(item_id)):
-            texts = [AgentMessageContent(text=p.text) for p in item.content if isinstance(p, OutputText)]
-            return AgentMessageItem(id=item_id, content=texts)
-        case Reasoning(id=str(item_id), summary=summary):
-            return ReasoningItem(id=item_id, summary_text=[s.text for s in summary])
-    return None
-
-
 def _item_started(turn: Turn, host: TurnHost, item: ResponseItem, started: set[str]) -> None:
-    turn_item = _turn_item(item)
+    turn_item = as_turn_item(item)
     if turn_item is None or turn_item.id in started:
         return
     started.add(turn_item.id)
@@ -478,21 +427,9 @@ def _item_started(turn: Turn, host: TurnHost, item: ResponseItem, started: set[s
 
 
 def _item_completed(turn: Turn, host: TurnHost, item: ResponseItem) -> None:
-    turn_item = _turn_item(item)
+    turn_item = as_turn_item(item)
     if turn_item is None:
         return
     host.emit(turn.sub_id, ItemCompletedEvent(thread_id=host.thread_id, turn_id=turn.turn_id, item=turn_item))
     if isinstance(turn_item, AgentMessageItem):
         host.emit(turn.sub_id, AgentMessageEvent(message=turn_item.text()))
-
-
-def _token_usage(usage: Usage) -> TokenUsage:
-    return TokenUsage(
-        input_tokens=usage.input_tokens,
-        cached_input_tokens=usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0,
-        output_tokens=usage.output_tokens,
-        reasoning_output_tokens=(
-            usage.output_tokens_details.reasoning_tokens if usage.output_tokens_details else 0
-        ),
-        total_tokens=usage.total_tokens,
-    )

@@ -105,12 +105,14 @@ def _items(meta: SessionMeta, turn_ids: list[str], compact_every: int) -> Iterat
             yield compaction(n)
 
 
-def write_long_rollout(home: Path, *, turns: int, compact_every: int = 0, cwd: str = "/tmp") -> LongRollout:
-    """Write a rollout of `turns` turns under `home/sessions/`, compacted every `compact_every` turns."""
+def write_long_rollout(home: Path, *, turns: int, compact_every: int = 0, cwd: str = "/tmp",
+                       model_provider: str = "mock") -> LongRollout:
+    """Write a rollout of `turns` turns under `home/sessions/`, compacted every `compact_every` turns,
+    made with `model_provider` (Codex resumes a thread only with its provider configured)."""
     created = now_utc()
     thread_id = new_id()
     meta = SessionMeta(id=thread_id, session_id=thread_id, timestamp=timestamp(created), cwd=cwd,
-                       cli_version="0.1.0", model_provider="mock")
+                       cli_version="0.1.0", model_provider=model_provider)
     path = rollout_path(home, thread_id, created)
     path.parent.mkdir(parents=True, exist_ok=True)
     turn_ids = [new_id() for _ in range(turns)]

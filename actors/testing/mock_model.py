@@ -166,6 +166,8 @@ class MockModel:
     port: int = 0
     requests: list[MockRequest] = field(default_factory=list)
     request_count: int = 0
+    connection_count: int = 0
+    """TCP connections accepted: a client that reuses its connections opens one per concurrent request."""
     _global: deque[Reply] = field(default_factory=deque)
     _per_thread: dict[str, deque[Reply]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -202,6 +204,7 @@ class MockModel:
         return self.default(request)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
+        self.connection_count += 1
         conn = h11.Connection(h11.SERVER)
         try:
             while True:

@@ -307,6 +307,10 @@ async def http_request(
                     return status, response_headers, body
 
 
+MOCK_PROVIDER = "mock_provider"
+"""The model provider `write_config` names: a rollout made for such a home carries it."""
+
+
 def write_config(home: Path, mock: MockModel | str, **extra: object) -> None:
     """A config.toml in `home` whose model is `mock` (a MockModel or its base URL), with `extra`
     top-level keys."""
@@ -316,10 +320,10 @@ def write_config(home: Path, mock: MockModel | str, **extra: object) -> None:
         'model = "mock-model"',
         'approval_policy = "never"',
         'sandbox_mode = "read-only"',
-        'model_provider = "mock_provider"',
+        f'model_provider = "{MOCK_PROVIDER}"',
         *(f"{key} = {json.dumps(value)}" for key, value in extra.items()),
         "",
-        "[model_providers.mock_provider]",
+        f"[model_providers.{MOCK_PROVIDER}]",
         'name = "Mock provider for test"',
         f'base_url = "{base_url}"',
         'wire_api = "responses"',

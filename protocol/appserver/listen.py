@@ -15,11 +15,8 @@ import hmac
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
 from urllib.parse import urlsplit
 
-CONTROL_SOCKET = PurePath("app-server-control", "app-server-control.sock")
-"""Where, under CODEX_HOME, `unix://` listens (and where a plain `codex` looks for a server)."""
 HEALTH_PATHS = frozenset({b"/readyz", b"/healthz"})
 """Plain `GET`s a listener answers `200` with an empty body while it is up."""
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
