@@ -5,7 +5,6 @@ unless `SPINDLE_REQUIRE_PG` is set (CI sets it), and then they fail."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,48 +43,9 @@ from spindle.protocol.ids import new_id
 from spindle.protocol.items import InputText, Message
 from spindle.protocol.rollout import SessionMeta
 
-PG_DSN = os.environ.get("SPINDLE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+from .pg_helpers import PG_DSN, drop_schema, pg_or_skip
+
 CODEX_ROLLOUTS = Path(__file__).parent / "fixtures" / "codex-0.171-rollouts" / "sessions"
-_pg_error: list[str] = []
-
-
-def pg_or_skip() -> str:
-    """The test DSN; a skip (or, with SPINDLE_REQUIRE_PG, a failure) if no server answers there."""
-    if not _pg_error:
-        try:
-            with psycopg.connect(PG_DSN, connect_timeout=3):
-                _pg_error.append("")
-        except psycopg.Error as exc:
-            _pg_error.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    if _pg_error[0]:
-        message = f"no PostgreSQL at SPINDLE_TEST_PG_DSN={PG_DSN}: {_pg_error[0]}"
-        if os.environ.get("SPINDLE_REQUIRE_PG"):
-            pytest.fail(f"{message} (SPINDLE_REQUIRE_PG is set)")
-        pytest.skip(f"{message}; start one, or set SPINDLE_TEST_PG_DSN (SPINDLE_REQUIRE_PG=1 makes this a failure)")
-    return PG_DSN
-
-
-def drop_schema(schema: str) -> None:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-async def pg_schema() -> AsyncIterator[str]:
-    pg_or_skip()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    try:
-        yield schema
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(drop_schema, schema)
-
-
-@pytest.fixture
-async def pg_store(pg_schema: str) -> AsyncIterator[PostgresThreadStore]:
-    async with open_postgres_store(PG_DSN, schema=pg_schema, max_connections=4) as store:
-        yield store
-
 
 @asynccontextmanager
 async def made_store(kind: str, home: Path) -> AsyncIterator[ThreadStore]:

@@ -63,6 +63,8 @@ class StoredThreads:
         if thread_id is None:
             raise ValueError("give a thread id or a rollout path")
         found = await self.store.find_path(thread_id)
+        if found is None and self.registry.cluster is not None:  # another node's: materialized when loaded
+            found = await self.registry.cluster.local_path(self.home, parse_thread_id(thread_id))
         if found is None:
             raise ThreadStoreError(f"no rollout found for thread id {parse_thread_id(thread_id)}")
         return found
@@ -130,7 +132,11 @@ class StoredThreads:
         if running is not None:
             return await _updated_running(running, settings)
         lease = await self._take_lease(tid, handoff=handoff)  # before reading: the file is final then
+        replica = self.registry.replica(tid)
         try:
+            if replica is not None and self.registry.cluster is not None:  # the store's history, under its lease
+                await replica.acquire()
+                await self.registry.cluster.materialize(tid, located)
             read = await trio.to_thread.run_sync(read_rollout, located)
             if read.meta.id != tid:
                 raise ThreadStoreError(f"rollout {located} belongs to thread {read.meta.id}, not {tid}")
@@ -139,7 +145,7 @@ class StoredThreads:
             rollout = ThreadRollout(
                 path=located, meta=read.meta, source=read.source, materialized=True,
                 good_size=read.good_size, next_ordinal=read.next_ordinal,
-                index=self.store, leases=self.store, lease=lease,
+                index=self.store, leases=self.store, lease=lease, replica=replica,
             )
             history = read.history
             session = {**recorded_session(read), **(config or {})}
@@ -149,6 +155,8 @@ class StoredThreads:
             return handle
         except BaseException:  # the actor did not start (it lets go of the lease itself once it has)
             with trio.CancelScope(shield=True):
+                if replica is not None:
+                    await replica.release()
                 await trio.to_thread.run_sync(lease.release)
             raise
 
@@ -192,6 +200,8 @@ class StoredThreads:
             resolved = apply_update(effective, running.settings, update)
         else:
             located = await self._locate(thread_id, path)
+            if self.registry.cluster is not None and thread_id is not None:  # the store's history as it stands
+                await self.registry.cluster.materialize(parse_thread_id(thread_id), located)
             read = await trio.to_thread.run_sync(functools.partial(read_rollout, located, history=False))
             source, source_meta, next_ordinal = read.source, read.meta, read.next_ordinal
             active_id = read.source.facts.unfinished.turn_id if read.source.facts.unfinished else None
@@ -215,6 +225,7 @@ class StoredThreads:
         rollout = ThreadRollout(
             path=fresh.path, meta=fresh.meta, source=read.source, materialized=True, good_size=read.good_size,
             next_ordinal=read.next_ordinal, index=self.store, leases=self.store, lease=lease,
+            replica=self.registry.replica(fresh.meta.id),
         )
         handle = await self.registry.spawn_holding(fresh.meta.id, resolved, rollout, read.history,
                                                    session_config=session, config=effective)
@@ -261,7 +272,10 @@ class StoredThreads:
         return await self.store.unarchive(thread_id)
 
     async def list_threads(self, query: ThreadQuery) -> ThreadPage:
-        """One page of stored threads (the store reconciles its index with the files first)."""
+        """One page of stored threads: the shared store's, on a node of several; else this home's
+        (the store reconciles its index with the files first)."""
+        if self.registry.cluster is not None:
+            return await self.registry.cluster.store.list_threads(query)
         return await self.store.list_threads(query)
 
 
