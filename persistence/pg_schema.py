@@ -58,6 +58,14 @@ CREATE TABLE leases (
     expires_at timestamptz NOT NULL
 );
 """),
+    (2, "nodes", """
+CREATE TABLE nodes (
+    node_id text COLLATE "C" PRIMARY KEY,
+    url text NOT NULL DEFAULT '',
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+"""),
 )
 """(version, what it does, its SQL). Append only: a released migration is never edited."""
 

@@ -115,6 +115,16 @@ def _fence(conn: psycopg.Connection, lease: Lease, action: str = "write") -> Non
         raise FencedError(lease, _lease_state(conn, lease.thread_id), action=action)
 
 
+@dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    """A node of the cluster as the `nodes` table has it (times in Unix seconds)."""
+
+    node_id: str
+    url: str
+    started_at: float
+    heartbeat_at: float
+
+
 class PostgresThreadStore:
     """Threads, their records and leases in one PostgreSQL schema. Start it with `run`."""
 
@@ -381,6 +391,35 @@ class PostgresThreadStore:
             "UPDATE leases SET node_id = NULL, expires_at = clock_timestamp()"
             " WHERE thread_id = %s AND node_id = %s AND epoch = %s", (lease.thread_id, lease.node_id, lease.epoch),
         ))
+
+
+    # --- nodes ---------------------------------------------------------------
+    async def heartbeat(self, node_id: str, url: str) -> None:
+        """Say that `node_id` (reachable at `url`) is alive now."""
+        await self._tx(lambda conn: conn.execute(
+            "INSERT INTO nodes (node_id, url) VALUES (%s, %s) ON CONFLICT (node_id) DO UPDATE"
+            " SET url = EXCLUDED.url, heartbeat_at = clock_timestamp()", (node_id, url)))
+
+    async def nodes(self, *, max_age_s: float) -> list[NodeInfo]:
+        """The nodes heard from within `max_age_s`, oldest first."""
+
+        def work(conn: psycopg.Connection) -> list[NodeInfo]:
+            rows = conn.execute(
+                "SELECT node_id, url, extract(epoch FROM started_at), extract(epoch FROM heartbeat_at) FROM nodes"
+                " WHERE heartbeat_at > clock_timestamp() - make_interval(secs => %s) ORDER BY started_at, node_id",
+                (max_age_s,)).fetchall()
+            return [NodeInfo(node_id=r[0], url=r[1], started_at=float(r[2]), heartbeat_at=float(r[3])) for r in rows]
+
+        return await self._tx(work)
+
+    async def reap_nodes(self, *, max_age_s: float) -> int:
+        """Forget nodes not heard from within `max_age_s`; how many."""
+        return await self._tx(lambda conn: conn.execute(
+            "DELETE FROM nodes WHERE heartbeat_at < clock_timestamp() - make_interval(secs => %s)",
+            (max_age_s,)).rowcount)
+
+    async def leave(self, node_id: str) -> None:
+        await self._tx(lambda conn: conn.execute("DELETE FROM nodes WHERE node_id = %s", (node_id,)))
 
 
 def _raw(text: str) -> msgspec.Raw:

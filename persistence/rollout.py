@@ -258,6 +258,14 @@ class ThreadRollout:
             raise
         self._batches_sent += 1
 
+    async def settle(self) -> None:
+        """`drain`, then wait until the writer has handled that batch: written (to the shared
+        store first, on a node) or failed and reported. No sync: a crash of the process does not
+        lose it; only power loss could."""
+        await self.drain()
+        if self._writer is not None:
+            await self._writer.wait_handled(self._batches_sent)
+
     async def _call(self, make: Callable[[Reply], Command]) -> None:
         if self._send is None:
             return

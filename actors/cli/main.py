@@ -57,6 +57,14 @@ def add_app_server_parser(sub: Any) -> None:
         "--idle-exit", type=float, default=0.0, metavar="SECS",
         help="with socket listeners only: exit after SECS with no client connected (default 0: never)",
     )
+    node = server.add_argument_group(
+        "node", "run as one node of several sharing threads through a PostgreSQL store (--store)")
+    node.add_argument("--store", metavar="DSN", help="postgresql://... : the shared thread store (PostgreSQL 13 or later)")
+    node.add_argument("--store-schema", default="spindle", metavar="NAME", help="its schema (default spindle)")
+    node.add_argument("--node-id", metavar="ID", help="this node's name in the store (default HOST-PID)")
+    node.add_argument("--advertise", default="", metavar="URL", help="the ws:// address other nodes and clients reach this node at")
+    node.add_argument("--lease-ttl", type=float, default=15.0, metavar="SECS",
+                      help="a thread's lease lasts this long unrenewed: how soon another node takes over a dead one's threads")
 
 
 def add_transfer_parsers(sub: Any) -> None:
@@ -153,7 +161,19 @@ def _run(args: argparse.Namespace) -> int:
         if args.idle_exit < 0:
             sys.stderr.write("spindle app-server: --idle-exit must be >= 0\n")
             return 2
-        return trio.run(serve_app_server, source, urls, token, args.idle_exit or None)
+        node = None
+        if args.store is not None:
+            if args.lease_ttl <= 0:
+                sys.stderr.write("spindle app-server: --lease-ttl must be > 0\n")
+                return 2
+            from .serve import NodeOptions
+
+            node = NodeOptions(dsn=args.store, schema=args.store_schema, node_id=args.node_id or default_node_id(),
+                               url=args.advertise, ttl_s=args.lease_ttl)
+        elif args.node_id or args.advertise:
+            sys.stderr.write("spindle app-server: --node-id and --advertise need --store\n")
+            return 2
+        return trio.run(serve_app_server, source, urls, token, args.idle_exit or None, node)
     if args.command == "load":
         from . import load
 
@@ -175,3 +195,9 @@ def leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     for exc in group.exceptions:
         found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
+
+
+def default_node_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -22,24 +22,73 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 import trio
+from trio_typing import TaskStatus
 
-from spindle.persistence.paths import rollout_path
+from spindle.persistence.paths import ThreadStoreError, rollout_path
 from spindle.persistence.replica import DEFAULT_TTL_S, StoreReplica
 from spindle.persistence.thread_store import ThreadNotFoundError, ThreadStore, iter_records
 
 log = structlog.get_logger(__name__)
 
 
-class Cluster:
-    """The shared store and this node's name in it (see the module doc)."""
+NODE_MAX_AGE_TTLS = 3
+"""A node not heard from for this many lease TTLs is taken off the `nodes` table."""
+LEAVE_DEADLINE_S = 5.0
 
-    def __init__(self, store: ThreadStore, node_id: str, *, ttl_s: float = DEFAULT_TTL_S) -> None:
+
+class NodeDirectory(Protocol):
+    """Where nodes say they are alive (the PostgreSQL store's `nodes` table)."""
+
+    async def heartbeat(self, node_id: str, url: str) -> None: ...
+
+    async def reap_nodes(self, *, max_age_s: float) -> int: ...
+
+    async def leave(self, node_id: str) -> None: ...
+
+
+class Cluster:
+    """The shared store and this node's name in it (see the module doc). With a `directory`, the
+    node says it is alive there every third of a lease TTL while it runs (`run`), at `url` (the
+    address it advertises to clients and other nodes), and reaps nodes long silent."""
+
+    def __init__(self, store: ThreadStore, node_id: str, *, ttl_s: float = DEFAULT_TTL_S,
+                 directory: NodeDirectory | None = None, url: str = "") -> None:
         self.store = store
         self.node_id = node_id
         self.ttl_s = ttl_s
+        self.directory = directory
+        self.url = url
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeat until cancelled, then leave the directory (ThreadStoreError if the first
+        heartbeat fails: a node that cannot reach the store does not start)."""
+        directory = self.directory
+        if directory is None:
+            task_status.started()
+            return
+        await directory.heartbeat(self.node_id, self.url)
+        log.info("node joined", node_id=self.node_id, url=self.url)
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.ttl_s / 3)
+                try:
+                    await directory.heartbeat(self.node_id, self.url)
+                    if reaped := await directory.reap_nodes(max_age_s=NODE_MAX_AGE_TTLS * self.ttl_s):
+                        log.info("reaped silent nodes", count=reaped)
+                except ThreadStoreError as exc:
+                    log.warning("node heartbeat failed; trying again", error=str(exc))
+        finally:
+            with trio.move_on_after(LEAVE_DEADLINE_S) as leaving:
+                leaving.shield = True
+                try:
+                    await directory.leave(self.node_id)
+                except ThreadStoreError as exc:
+                    log.warning("could not leave the node directory; the node is reaped later", error=str(exc))
 
     def replica(self, thread_id: str, on_lost: Callable[[str], None]) -> StoreReplica:
         return StoreReplica(self.store, thread_id, self.node_id, ttl_s=self.ttl_s, on_lost=on_lost)

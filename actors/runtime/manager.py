@@ -297,6 +297,8 @@ async def open_runtime(
             with trio.CancelScope(shield=True):  # once started, only the `finally` below ends it
                 actors: trio.Nursery = await host.start(_host_actors)
             await host.start(store.run)  # the background full stat pass of the rollouts
+            if cluster is not None:
+                await host.start(cluster.run)  # the node's heartbeat
             manager = ThreadManager(resources, actors, store, cluster)
             try:
                 store.handoff_address = await actors.start(serve_handoffs, manager.release_thread)

@@ -188,7 +188,7 @@ class ThreadActor(ThreadConfigMixin):
         self.emit(sub_id, ItemStartedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
         self.emit(sub_id, ItemCompletedEvent(thread_id=self.thread_id, turn_id=turn.turn_id, item=item))
         self.journal.record_event(user_message_event(items))  # for Codex's readers; subscribers have the item
-        await self.rollout.drain()
+        await self.rollout.settle()  # the input is stored before the model hears it
 
     async def commit(self, items: list[ResponseItem]) -> None:
         await self.journal.commit(items)

@@ -1,0 +1,58 @@
+"""`spindle app-server --store`: real node processes on one PostgreSQL. A node killed mid-turn
+loses nothing it acknowledged, and another node takes its thread once the lease runs out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from spindle.actors.testing.mock_model import MockModel, Stall, Text
+from spindle.actors.testing.rpc_client import RpcClient, RpcFailure, subprocess_server, write_config
+
+from .pg_helpers import PG_DSN
+
+TTL_S = 1.0
+
+
+def node_args(schema: str, node_id: str) -> list[str]:
+    return ["--store", PG_DSN, "--store-schema", schema, "--node-id", node_id, "--lease-ttl", str(TTL_S)]
+
+
+async def resume_once_free(client: RpcClient, thread_id: str) -> dict[str, Any]:
+    """`thread/resume`, again while another node's lease on the thread has not run out."""
+    with trio.fail_after(TTL_S * 10):
+        while True:
+            try:
+                return await client.call("thread/resume", {"threadId": thread_id})
+            except RpcFailure as refused:
+                assert "is leased to node 'node-a'" in str(refused), refused
+            await trio.sleep(TTL_S / 5)
+
+
+async def test_a_node_killed_mid_turn_loses_nothing_it_acknowledged(tmp_path: Path, mock_model: MockModel,
+                                                                     pg_schema: str) -> None:
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    write_config(home_a, mock_model)
+    write_config(home_b, mock_model)
+    mock_model.script(Text(text="first answer"), Stall())
+    async with subprocess_server(home_a, args=node_args(pg_schema, "node-a")) as (client, process):
+        await client.initialize()
+        thread_id = (await client.call("thread/start", {}))["thread"]["id"]
+        await client.run_turn(thread_id, "first")
+        await client.call("turn/start", {"threadId": thread_id, "input": [{"type": "text", "text": "in flight"}]})
+        with trio.fail_after(10):
+            await mock_model.wait_requests(2)  # the model is asked only once the input is stored
+        process.kill()
+        await process.wait()
+    mock_model.script(Text(text="second answer"))
+    async with subprocess_server(home_b, args=node_args(pg_schema, "node-b")) as (client, _process):
+        await client.initialize()
+        resumed = await resume_once_free(client, thread_id)
+        turns = resumed["thread"]["turns"]
+        said = [[item["content"][0]["text"] for item in turn["items"] if item["type"] == "userMessage"] for turn in turns]
+        assert said == [["first"], ["in flight"]]
+        assert [turn["status"] for turn in turns] == ["completed", "interrupted"]
+        done = await client.run_turn(thread_id, "after the move")
+        assert done["status"] == "completed"
