@@ -135,6 +135,10 @@ class LocalThreadStore:
         self._names_lock = trio.Lock()
         self.handoff_address: str | None = None
         """Where this process takes handoff requests for the leases it holds (set by the runtime)."""
+        self._lease_line = trio.Lock()
+        """This process's lease takers, one at a time and first come first served: the folder's
+        coordination lock is then contended only by other processes (10,000 threads starting at
+        once used to race for it, and the unluckiest waited past COORDINATION_WAIT_S)."""
 
     def _make_home(self) -> None:
         try:
@@ -274,16 +278,17 @@ class LocalThreadStore:
     # --- Leases ---------------------------------------------------------
     async def acquire_lease(self, thread_id: str) -> WriterLease:
         """Take `thread_id`'s writer lease (WriterLeaseHeldError names the holder if taken)."""
-        deadline = trio.current_time() + COORDINATION_WAIT_S
-        while True:
-            try:
-                return await trio.to_thread.run_sync(
-                    lambda: acquire_lease(self.home, thread_id, handoff=self.handoff_address)
-                )
-            except CoordinationBusy:
-                if trio.current_time() > deadline:
-                    raise coordination_stuck(self.home) from None
-            await trio.sleep(COORDINATION_POLL_S)
+        async with self._lease_line:
+            deadline = trio.current_time() + COORDINATION_WAIT_S
+            while True:
+                try:
+                    return await trio.to_thread.run_sync(
+                        lambda: acquire_lease(self.home, thread_id, handoff=self.handoff_address)
+                    )
+                except CoordinationBusy:
+                    if trio.current_time() > deadline:
+                        raise coordination_stuck(self.home) from None
+                await trio.sleep(COORDINATION_POLL_S)
 
     # --- lookups --------------------------------------------------------
     async def entry(self, thread_id: str) -> ThreadEntry | None:

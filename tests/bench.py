@@ -328,19 +328,26 @@ LONG_COMPACT_EVERY = 1_000
 LONG_ROLLOUT: dict[str, Any] = {}
 
 _RESUME_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import trio
 from spindle.actors.runtime import open_runtime
 from spindle.actors.testing.mock_model import mock_config
 
+def hwm_kib() -> int:
+    # VmHWM is this process's own peak; ru_maxrss keeps the parent's across fork and exec
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1])
+    return 0
+
 async def main() -> None:
     async with open_runtime(mock_config("http://127.0.0.1:9/v1", Path(sys.argv[1]))) as rt:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = hwm_kib()
         t0, c0 = time.perf_counter(), time.process_time()
         thread = await rt.resume_thread(sys.argv[2])
         took, cpu = time.perf_counter() - t0, time.process_time() - c0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = hwm_kib()
         print(json.dumps({"s": took, "cpu": cpu, "peak_kib": peak, "before_kib": before, "turns": len(thread.rollout.source.index),
                           "history": len(thread.history)}))
 
@@ -350,7 +357,7 @@ trio.run(main)
 
 async def long_resume(config: Config) -> dict[str, float]:
     """Resume of a generated rollout of 100,000 turns compacted every 1,000, in a fresh process:
-    its wall time and the process's peak RSS (`ru_maxrss`)."""
+    its wall time and the process's peak RSS (`VmHWM`)."""
     from spindle.actors.testing.long_rollout import write_long_rollout
 
     if not LONG_ROLLOUT:

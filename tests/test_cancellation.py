@@ -108,7 +108,9 @@ def test_sigint_at_a_random_moment_of_spindle_load(tmp_path: Path, run: int) -> 
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
-    assert process.returncode in (0, 130), err
+    # -SIGINT: it came as the interpreter was exiting (Python's finalization restores the default
+    # handler), after the run had finished and reported
+    assert process.returncode in (0, 130, -signal.SIGINT), err
     assert "Traceback" not in err and "ExceptionGroup" not in err, err
     assert "turns done" in out
     summary = json.loads((tmp_path / "out.json").read_text())

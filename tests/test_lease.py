@@ -397,3 +397,34 @@ def test_a_lock_file_replaced_behind_the_coordination_lock_is_not_trusted(tmp_pa
     finally:
         second.release()
         first.release()
+
+
+async def test_many_threads_taking_leases_at_once_are_served_in_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lease takers of one process queue for the coordination lock instead of racing for it: with
+    the wait cut to 0.3 s and 1 ms spent under the lock each, 400 at once all get their lease (racing
+    for it, the unluckiest waited past the deadline)."""
+    from spindle.persistence import lease as lease_module
+    from spindle.persistence import store as store_module
+    from spindle.persistence.store import LocalThreadStore
+    from spindle.protocol.ids import new_id
+
+    lock_file = lease_module._lock_file
+
+    def slow_lock_file(*args: Any) -> int:  # 1 ms under the coordination lock, as on a busy disk
+        time.sleep(0.001)
+        return lock_file(*args)
+
+    monkeypatch.setattr(lease_module, "_lock_file", slow_lock_file)
+    monkeypatch.setattr(store_module, "COORDINATION_WAIT_S", 0.3)
+    store = LocalThreadStore(tmp_path / "home")
+    leases = []
+
+    async def take() -> None:
+        leases.append(await store.acquire_lease(new_id()))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(400):
+            nursery.start_soon(take)
+    assert len(leases) == 400
+    for lease in leases:
+        lease.release()

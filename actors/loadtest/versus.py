@@ -126,10 +126,13 @@ async def fresh_home(bench: Bench, *, sessions_from: Path | None = None) -> Asyn
 
 @asynccontextmanager
 async def serving(server: Server, home: Path, *, settle_s: float = 0.0) -> AsyncIterator[Running]:
-    """`server` on `home`, initialized (with `experimentalApi`), then `settle_s` later; on exit its
+    """`server` on `home` (its CODEX_HOME and HOME), initialized (with `experimentalApi`), then
+    `settle_s` later; on exit its
     stdin is closed and it has EXIT_WAIT_S to end. A failure carries the tail of its stderr."""
     stderr_path = home / "server-stderr.log"
-    env = {**os.environ, **server.env, "CODEX_HOME": str(home)}
+    # HOME too: Codex runs the user's login shell at start-up (its shell snapshot), and a shell
+    # profile's background jobs (pyenv's rehash, say) would load the machine during the phases
+    env = {**os.environ, **server.env, "CODEX_HOME": str(home), "HOME": str(home)}
     with await trio.to_thread.run_sync(stderr_path.open, "wb") as stderr:
         t0 = time.perf_counter()
         process = await trio.lowlevel.open_process(list(server.argv), stdin=-1, stdout=-1, stderr=stderr, env=env,
