@@ -20,6 +20,7 @@ from spindle.actors.cli.main import main as cli_main
 from spindle.persistence import pg_store as pg_store_module
 from spindle.persistence.local_adapter import LocalStoreAdapter
 from spindle.persistence.memory_store import InMemoryThreadStore
+from spindle.persistence.pg_schema import MIGRATIONS
 from spindle.persistence.pg_store import AppendNotice, PostgresThreadStore, open_postgres_store
 from spindle.persistence.query import ThreadQuery
 from spindle.persistence.store import LocalThreadStore
@@ -405,7 +406,7 @@ async def test_migrations_apply_once_under_concurrent_starts(pg_schema: str) -> 
         with psycopg.connect(PG_DSN) as conn:
             return conn.execute(f'SELECT version, name FROM "{pg_schema}".schema_migrations ORDER BY version').fetchall()
 
-    assert [v for v, _ in await trio.to_thread.run_sync(versions)] == [1]
+    assert [v for v, _ in await trio.to_thread.run_sync(versions)] == [v for v, _, _ in MIGRATIONS]
     async with open_postgres_store(PG_DSN, schema=pg_schema, max_connections=1) as again:  # a restart: nothing to do
         assert (await again.list_threads()).entries == []
 
