@@ -319,7 +319,7 @@ async def open_runtime(
             await resources.aclose()
             await store.aclose()
             with trio.move_on_after(SYNC_DEADLINE_S):  # every rollout the threads closed, in one call
-                await trio.to_thread.run_sync(os.sync, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(os.sync, abandon_on_cancel=True)  # type: ignore[call-arg]  # trio-typing predates it
 
 
 async def _host_actors(*, task_status: TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
