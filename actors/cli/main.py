@@ -94,7 +94,8 @@ def add_load_parser(sub: Any) -> None:
     load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
     load.add_argument(
         "--target", default="inproc", metavar="TARGET",
-        help="inproc (the default), app-server, or a running server's ws://HOST:PORT or unix://PATH",
+        help="inproc (the default), app-server, or a running server's ws://HOST:PORT or unix://PATH; "
+             "several, comma-separated (ws://A,ws://B), spread the threads over those nodes in turn",
     )
     load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
     load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
