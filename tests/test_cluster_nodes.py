@@ -20,6 +20,10 @@ def node_args(schema: str, node_id: str) -> list[str]:
     return ["--store", PG_DSN, "--store-schema", schema, "--node-id", node_id, "--lease-ttl", str(TTL_S)]
 
 
+def user_texts(turns: list[dict[str, Any]]) -> list[list[str]]:
+    return [[item["content"][0]["text"] for item in turn["items"] if item["type"] == "userMessage"] for turn in turns]
+
+
 async def resume_once_free(client: RpcClient, thread_id: str) -> dict[str, Any]:
     """`thread/resume`, again while another node's lease on the thread has not run out."""
     with trio.fail_after(TTL_S * 10):
@@ -49,10 +53,13 @@ async def test_a_node_killed_mid_turn_loses_nothing_it_acknowledged(tmp_path: Pa
     mock_model.script(Text(text="second answer"))
     async with subprocess_server(home_b, args=node_args(pg_schema, "node-b")) as (client, _process):
         await client.initialize()
+        listed = (await client.call("thread/list", {}))["data"]
+        assert [thread["id"] for thread in listed] == [thread_id]
+        read = (await client.call("thread/read", {"threadId": thread_id, "includeTurns": True}))["thread"]
+        assert user_texts(read["turns"]) == [["first"], ["in flight"]]  # from the store, before any lease
         resumed = await resume_once_free(client, thread_id)
         turns = resumed["thread"]["turns"]
-        said = [[item["content"][0]["text"] for item in turn["items"] if item["type"] == "userMessage"] for turn in turns]
-        assert said == [["first"], ["in flight"]]
+        assert user_texts(turns) == [["first"], ["in flight"]]
         assert [turn["status"] for turn in turns] == ["completed", "interrupted"]
         done = await client.run_turn(thread_id, "after the move")
         assert done["status"] == "completed"

@@ -8,6 +8,7 @@ the last compaction, the turn index and the facts the thread needs are all that 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -23,10 +24,11 @@ from spindle.persistence.fork import ActiveTurn, plan_fork, write_fork
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.lease import WriterLease, WriterLeaseHeldError
 from spindle.persistence.paths import is_within, thread_id_of
-from spindle.persistence.query import ThreadQuery
+from spindle.persistence.query import ThreadEntry, ThreadQuery
 from spindle.persistence.reader import RolloutRead, read_rollout, read_session_meta
 from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
+from spindle.persistence.thread_store import ThreadNotFoundError
 from spindle.protocol.config import Config
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.ops import OverrideTurnContextOp
@@ -270,6 +272,24 @@ class StoredThreads:
     async def unarchive_thread(self, thread_id: str) -> Path:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
         return await self.store.unarchive(thread_id)
+
+    async def entry(self, thread_id: str) -> ThreadEntry | None:
+        """A stored thread's entry, its `path` a readable copy of its rollout; None if unknown. On
+        a node, the shared store's, its history materialised in this node's home first (a
+        snapshot: another node may be running the thread)."""
+        cluster = self.registry.cluster
+        if cluster is None:
+            return await self.store.entry(thread_id)
+        tid = parse_thread_id(thread_id)
+        try:
+            meta = await cluster.store.metadata(tid)
+        except ThreadNotFoundError:
+            return None
+        path = await cluster.local_path(self.home, tid)
+        assert path is not None
+        if self.registry.running(tid) is None:
+            await cluster.materialize(tid, path)
+        return dataclasses.replace(meta.entry(), path=str(path))
 
     async def list_threads(self, query: ThreadQuery) -> ThreadPage:
         """One page of stored threads: the shared store's, on a node of several; else this home's
