@@ -155,7 +155,7 @@ class Upstream:
                             nursery, stream, host, RPC_PATH, max_message_size=MAX_MESSAGE_BYTES)
                         await self._initialize(ws)
                 except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, trio.TooSlowError,
-                        trio.BrokenResourceError, OSError, UpstreamError) as exc:
+                        trio.BrokenResourceError, OSError, msgspec.DecodeError, UpstreamError) as exc:
                     failure = exc if isinstance(exc, UpstreamError) else UpstreamError(
                         f"cannot open an app-server connection to {self.describe()}: {exc or 'timed out'}")
                 else:
@@ -241,7 +241,10 @@ class Upstream:
         """The notification as the client gets it: as sent, except that a settled server request
         is named by the client's id for it."""
         if message.method == v2approvals.RESOLVED and message.params != _ABSENT:
-            resolved = _resolved.decode(message.params)
+            try:
+                resolved = _resolved.decode(message.params)
+            except msgspec.DecodeError:
+                return data + b"\n"
             client_id = self.downstream.relay_resolved(self, resolved.request_id)
             if client_id is not None:
                 note = _ResolvedNote(method=message.method, params=_Resolved(thread_id=resolved.thread_id, request_id=client_id))
