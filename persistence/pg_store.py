@@ -412,6 +412,20 @@ class PostgresThreadStore:
 
         return await self._tx(work)
 
+    async def lease_holder(self, thread_id: str, *, max_age_s: float) -> tuple[str, str] | None:
+        """(node id, advertised URL) of the node whose unexpired lease holds `thread_id`, if that
+        node was heard from within `max_age_s`; None when no live node holds it."""
+        tid = parse_thread_id(thread_id)
+
+        def work(conn: psycopg.Connection) -> tuple[str, str] | None:
+            row = conn.execute(
+                "SELECT l.node_id, n.url FROM leases l JOIN nodes n ON n.node_id = l.node_id WHERE l.thread_id = %s"
+                " AND l.expires_at > clock_timestamp()"
+                " AND n.heartbeat_at > clock_timestamp() - make_interval(secs => %s)", (tid, max_age_s)).fetchone()
+            return None if row is None else (str(row[0]), str(row[1]))
+
+        return await self._tx(work)
+
     async def reap_nodes(self, *, max_age_s: float) -> int:
         """Forget nodes not heard from within `max_age_s`; how many."""
         return await self._tx(lambda conn: conn.execute(

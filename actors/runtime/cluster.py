@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -40,12 +41,23 @@ NODE_MAX_AGE_TTLS = 3
 LEAVE_DEADLINE_S = 5.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class Owner:
+    """Another node, running a thread: requests for it are forwarded to `url`."""
+
+    node_id: str
+    url: str
+
+
 class NodeDirectory(Protocol):
     """Where nodes say they are alive (the PostgreSQL store's `nodes` table)."""
 
     async def heartbeat(self, node_id: str, url: str) -> None: ...
 
     async def reap_nodes(self, *, max_age_s: float) -> int: ...
+
+    async def lease_holder(self, thread_id: str, *, max_age_s: float) -> tuple[str, str] | None:
+        """(node id, URL) of the live node whose unexpired lease holds the thread, if one does."""
 
     async def leave(self, node_id: str) -> None: ...
 
@@ -89,6 +101,20 @@ class Cluster:
                     await directory.leave(self.node_id)
                 except ThreadStoreError as exc:
                     log.warning("could not leave the node directory; the node is reaped later", error=str(exc))
+
+    async def owner(self, thread_id: str) -> Owner | None:
+        """The other live node that runs `thread_id` now (it holds the thread's lease), where
+        clients reach it; None when no other node does, or it advertises no address (the thread
+        is this node's to load, or the store says why not)."""
+        if self.directory is None:
+            return None
+        try:
+            held = await self.directory.lease_holder(thread_id, max_age_s=NODE_MAX_AGE_TTLS * self.ttl_s)
+        except ValueError:  # not a thread id: the request's own handler says so
+            return None
+        if held is None or held[0] == self.node_id or not held[1]:
+            return None
+        return Owner(node_id=held[0], url=held[1])
 
     def replica(self, thread_id: str, on_lost: Callable[[str], None]) -> StoreReplica:
         return StoreReplica(self.store, thread_id, self.node_id, ttl_s=self.ttl_s, on_lost=on_lost)
