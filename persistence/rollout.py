@@ -297,6 +297,9 @@ class ThreadRollout:
         finally:
             if not keep_lease:
                 await self._release_after(writer)
+            elif self._renewing is not None:  # the lease is handed on; its new holder renews it
+                self._renewing.cancel()
+                self._renewing = None
 
     async def _release_after(self, writer: RolloutWriter | None) -> None:
         holds = self.lease is not None or self.replica is not None

@@ -101,3 +101,15 @@ async def test_a_node_that_lost_the_lease_is_fenced_off_and_drops_the_thread(
     records = await stored(pg_store, thread.thread_id)
     assert user_texts(records) == ["from a", "from b"]
     assert [record.ordinal for record in records] == list(range(len(records)))
+
+
+async def test_a_thread_persisted_at_start_is_in_the_store_and_keeps_its_lease(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    async with open_runtime(node_config(make_config, tmp_path / "a"), cluster=Cluster(pg_store, "node-a")) as a:
+        with trio.fail_after(10):
+            thread = await a.start_thread(persist_now=True)
+        [head] = await stored(pg_store, thread.thread_id)
+        assert head.type == "session_meta"
+        await thread.ask("after")
+    assert user_texts(await stored(pg_store, thread.thread_id)) == ["after"]
