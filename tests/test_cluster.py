@@ -113,3 +113,17 @@ async def test_a_thread_persisted_at_start_is_in_the_store_and_keeps_its_lease(
         assert head.type == "session_meta"
         await thread.ask("after")
     assert user_texts(await stored(pg_store, thread.thread_id)) == ["after"]
+
+
+async def test_a_thread_archived_on_one_node_is_archived_for_all(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    async with open_runtime(node_config(make_config, tmp_path / "a"), cluster=Cluster(pg_store, "node-a")) as a:
+        thread = await a.start_thread()
+        await thread.ask("one")
+        async with open_runtime(node_config(make_config, tmp_path / "b"), cluster=Cluster(pg_store, "node-b")) as b:
+            await a.archive_thread(thread.thread_id)  # unloads it on a, archives it in the store
+            assert [e.id for e in (await b.list_threads(archived=True)).entries] == [thread.thread_id]
+            assert (await b.list_threads()).entries == []
+            await b.unarchive_thread(thread.thread_id)
+            assert [e.id for e in (await a.list_threads()).entries] == [thread.thread_id]

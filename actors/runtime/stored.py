@@ -243,6 +243,8 @@ class StoredThreads:
             return await self._archive_claimed(tid)
 
     async def _archive_claimed(self, tid: str) -> Path:
+        if self.registry.cluster is not None:
+            return await self._archive_shared(tid, archived=True)
         if await self.store.find_path(tid) is None:
             raise ThreadStoreError(f"no rollout found for thread id {tid}")
         await self.registry.wait_released(tid)
@@ -271,7 +273,33 @@ class StoredThreads:
 
     async def unarchive_thread(self, thread_id: str) -> Path:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
+        if self.registry.cluster is not None:
+            tid = parse_thread_id(thread_id)
+            async with self._claim(tid):
+                return await self._archive_shared(tid, archived=False)
         return await self.store.unarchive(thread_id)
+
+    async def _archive_shared(self, tid: str, *, archived: bool) -> Path:
+        """On a node: (un)archive the thread in the shared store, unloading it here first and
+        holding its lease meanwhile (LeaseHeldError names the node running it). The node's path
+        for its copy."""
+        cluster = self.registry.cluster
+        assert cluster is not None
+        await self.registry.wait_released(tid)
+        running = self.registry.running(tid)
+        if running is not None:
+            await running.shutdown_and_wait()
+            self.registry.forget(running)
+        replica = cluster.replica(tid, lambda reason: None)
+        await replica.acquire()
+        try:
+            await (cluster.store.archive(tid) if archived else cluster.store.unarchive(tid))
+        finally:
+            with trio.CancelScope(shield=True):
+                await replica.release()
+        path = await cluster.local_path(self.home, tid)
+        assert path is not None
+        return path
 
     async def entry(self, thread_id: str) -> ThreadEntry | None:
         """A stored thread's entry, its `path` a readable copy of its rollout; None if unknown. On
