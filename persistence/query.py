@@ -106,6 +106,21 @@ class ThreadPage:
     backwards_cursor: str | None = None
 
 
+@dataclass(frozen=True)
+class SqlDialect:
+    """How `ThreadQuery.select` spells its SQL for one database: the parameter mark, a false
+    condition, a case-insensitive substring test of `title` (`param` is the folded term), the table."""
+
+    param: str = "?"
+    false: str = "0"
+    contains: str = "instr(spindle_fold({title}), {param}) > 0"
+    table: str = "threads"
+
+
+SQLITE = SqlDialect()
+POSTGRES = SqlDialect(param="%s", false="false", contains="strpos(lower({title}), {param}) > 0")
+
+
 ENTRY_COLUMNS = "id, path, created_at, updated_at, cwd, preview, model_provider, archived, forked_from_id, name, source_kind"
 
 
@@ -192,36 +207,68 @@ class ThreadQuery:
         """Whether the index is reconciled with the files first (Codex answers id filters from its index)."""
         return not self.use_state_db_only and self.included_ids is None
 
-    def select(self) -> tuple[str, list[object]]:
-        """The SQL (one page plus one row, to know if there is more) and its arguments."""
-        where: list[str] = ["archived = ?"]
+    def kinds(self) -> frozenset[str] | None:
+        """The source kinds listed (`subAgent` stands for every sub-agent kind); None: the interactive sources."""
+        if not self.source_kinds:
+            return None
+        return frozenset(k for s in self.source_kinds for k in ((s, *SUBAGENT_KINDS) if s == "subAgent" else (s,)))
+
+    def select(self, dialect: SqlDialect | None = None) -> tuple[str, list[object]]:
+        """The SQL (one page plus one row, to know if there is more) and its arguments, for the
+        SQLite index (or another `dialect`: PostgreSQL's for the PostgreSQL store)."""
+        d = dialect or SQLITE
+        where: list[str] = [f"archived = {d.param}"]
         args: list[object] = [int(self.archived)]
         if self.section is not None:
-            where.append("0")  # no thread is in a section
-        if self.source_kinds:
-            kinds = {k for s in self.source_kinds for k in ((s, *SUBAGENT_KINDS) if s == "subAgent" else (s,))}
-            where.append(_in("source_kind", len(kinds)))
+            where.append(d.false)  # no thread is in a section
+        kinds = self.kinds()
+        if kinds is not None:
+            where.append(_in("source_kind", len(kinds), d))
             args += sorted(kinds)
         else:
             where.append("interactive = 1")
         for column, values in (("model_provider", self.model_providers), ("cwd", self.cwd), ("id", self.included_ids)):
             if values is not None and (values or column == "id"):
-                where.append(_in(column, len(values)))
+                where.append(_in(column, len(values), d))
                 args += values
         if self.excluded_ids:
-            where.append("NOT " + _in("id", len(self.excluded_ids)))
+            where.append("NOT " + _in("id", len(self.excluded_ids), d))
             args += self.excluded_ids
         if self.search_term:
-            where.append("instr(spindle_fold(CASE WHEN coalesce(name, '') <> '' THEN name ELSE preview END), ?) > 0")
+            where.append(d.contains.format(title="CASE WHEN coalesce(name, '') <> '' THEN name ELSE preview END",
+                                           param=d.param))
             args.append(self.search_term.casefold())
         order = "DESC" if self.sort_direction == "desc" else "ASC"
         column = _SORT_COLUMNS[self.sort_key]
         if self.position is not None:
-            where.append(f"({column}, id) {'<' if order == 'DESC' else '>'} (?, ?)")
+            where.append(f"({column}, id) {'<' if order == 'DESC' else '>'} ({d.param}, {d.param})")
             args += self.position
-        sql = (f"SELECT {ENTRY_COLUMNS} FROM threads WHERE {' AND '.join(where)}"
-               f" ORDER BY {column} {order}, id {order} LIMIT ?")
+        sql = (f"SELECT {ENTRY_COLUMNS} FROM {d.table} WHERE {' AND '.join(where)}"
+               f" ORDER BY {column} {order}, id {order} LIMIT {d.param}")
         return sql, [*args, self.limit + 1]
+
+    def accepts(self, entry: ThreadEntry, *, interactive: bool) -> bool:
+        """Whether `entry` passes the filters (what `select`'s WHERE says, for a store in memory)."""
+        kinds = self.kinds()
+        title = entry.name or entry.preview
+        return (
+            entry.archived == self.archived and self.section is None
+            and (entry.source_kind in kinds if kinds is not None else interactive)
+            and (not self.model_providers or entry.model_provider in self.model_providers)
+            and (not self.cwd or entry.cwd in self.cwd)
+            and (self.included_ids is None or entry.id in self.included_ids)
+            and entry.id not in self.excluded_ids
+            and (not self.search_term or self.search_term.casefold() in title.casefold())
+            and (self.position is None or self._after(entry))
+        )
+
+    def sort_value(self, entry: ThreadEntry) -> tuple[str, str]:
+        return (entry.created_at if _SORT_COLUMNS[self.sort_key] == "created_at" else entry.updated_at, entry.id)
+
+    def _after(self, entry: ThreadEntry) -> bool:
+        assert self.position is not None
+        value = self.sort_value(entry)
+        return value < self.position if self.sort_direction == "desc" else value > self.position
 
     def page(self, rows: Sequence[Sequence[object]]) -> ThreadPage:
         """The page of `rows` (the result of `select`), with its cursors."""
@@ -236,8 +283,8 @@ class ThreadQuery:
         )
 
 
-def _in(column: str, n: int) -> str:
-    return f"{column} IN ({', '.join('?' * n)})" if n else "0"
+def _in(column: str, n: int, d: SqlDialect) -> str:
+    return f"{column} IN ({', '.join([d.param] * n)})" if n else d.false
 
 
 def encode_thread_cursor(sort_key: str, entry: ThreadEntry) -> str:

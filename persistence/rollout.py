@@ -19,11 +19,13 @@ from typing import Protocol
 
 import structlog
 import trio
+from trio_typing import TaskStatus
 
 from spindle.protocol.rollout import RolloutItem, SessionMeta
 
 from .lease import WriterLease
 from .paths import ThreadStoreError, timestamp
+from .replica import StoreReplica
 from .source import RolloutSource
 from .writer import (
     WRITER_CHANNEL_CAPACITY,
@@ -70,6 +72,7 @@ class ThreadRollout:
         index: RolloutIndex | None = None,
         leases: Leases | None = None,
         lease: WriterLease | None = None,
+        replica: StoreReplica | None = None,
     ) -> None:
         self.path = path
         self.meta = meta
@@ -79,6 +82,9 @@ class ThreadRollout:
         self.index = index
         self.leases = leases
         self.lease = lease
+        self.replica = replica
+        """The thread's copy in a shared store, written first, under that store's lease."""
+        self._renewing: trio.CancelScope | None = None
         self._good_size = good_size
         self._next_ordinal = next_ordinal
         self._outbox: list[RolloutItem] = []
@@ -108,11 +114,37 @@ class ThreadRollout:
         if self.lease is None and self.leases is not None:
             self.lease = await self.leases.acquire_lease(self.meta.id)
         try:
+            if self.replica is not None:
+                await self._start_replica(nursery, create=create)
             await self._start_writer(nursery, create=create)
         except BaseException:
             await self.release_lease()
             raise
         self._writer_nursery = nursery
+
+    async def _start_replica(self, nursery: trio.Nursery, *, create: bool) -> None:
+        """Take the shared store's lease (unless held), seed the store with a file it lacks, and
+        renew the lease while the rollout is open."""
+        assert self.replica is not None
+        then = self.replica.on_lost
+
+        def lost(reason: str) -> None:
+            self.on_error(f"this node lost thread {self.meta.id} to another and unloads it: {reason}")
+            then(reason)
+
+        self.replica.on_lost = lost
+        if self.replica.lease is None:
+            await self.replica.acquire()
+        if not create:
+            await self.replica.seed(self.path)
+        scope = self._renewing = trio.CancelScope()
+
+        async def renew(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            assert self.replica is not None
+            with scope:
+                await self.replica.run(task_status=task_status)
+
+        await nursery.start(renew)
 
     async def _start_writer(self, nursery: trio.Nursery, *, create: bool) -> None:
         send, receive = trio.open_memory_channel[Command](WRITER_CHANNEL_CAPACITY)
@@ -123,6 +155,7 @@ class ThreadRollout:
             truncate_to=self._good_size,
             on_error=self.on_error,
             on_written=self.source.wrote,
+            replica=self.replica,
         )
         try:
             await nursery.start(writer.run, receive)
@@ -226,8 +259,9 @@ class ThreadRollout:
         self._batches_sent += 1
 
     async def settle(self) -> None:
-        """`drain`, then wait until the writer has handled that batch: written, or failed and
-        reported. No sync: a crash of the process does not lose it; only power loss could."""
+        """`drain`, then wait until the writer has handled that batch: written (to the shared
+        store first, on a node) or failed and reported. No sync: a crash of the process does not
+        lose it; only power loss could."""
         await self.drain()
         if self._writer is not None:
             await self._writer.wait_handled(self._batches_sent)
@@ -263,34 +297,41 @@ class ThreadRollout:
         finally:
             if not keep_lease:
                 await self._release_after(writer)
+            elif self._renewing is not None:  # the lease is handed on; its new holder renews it
+                self._renewing.cancel()
+                self._renewing = None
 
     async def _release_after(self, writer: RolloutWriter | None) -> None:
-        if writer is not None and self.lease is not None:
+        holds = self.lease is not None or self.replica is not None
+        if writer is not None and holds:
             with trio.move_on_after(WRITER_END_WAIT_S) as wait:  # it is closing its file after its answer
                 wait.shield = True
                 await writer.done.wait()
-        if writer is None or writer.done.is_set() or self._writer_nursery is None or self.lease is None:
+        if writer is None or writer.done.is_set() or self._writer_nursery is None or not holds:
             await self.release_lease()
             return
-        lease, self.lease = self.lease, None  # a writer still busy keeps it until it ends
-        log.warning("the rollout writer is still busy; its lease is let go when it ends", path=str(self.path))
+        log.warning("the rollout writer is still busy; its leases are let go when it ends", path=str(self.path))
 
-        async def release_when_done() -> None:
+        async def release_when_done() -> None:  # a writer still busy keeps them until it ends
             try:
                 await writer.done.wait()
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(lease.release)
+                await self.release_lease()
 
         self._writer_nursery.start_soon(release_when_done)
 
     async def release_lease(self) -> None:
-        """Let go of the writer lease, if held (shielded: a cancelled caller still lets go)."""
+        """Let go of the writer lease and the shared store's, if held (shielded: a cancelled
+        caller still lets go)."""
         lease, self.lease = self.lease, None
-        if lease is None:
-            return
+        renewing, self._renewing = self._renewing, None
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(lease.release)
+            if renewing is not None:
+                renewing.cancel()
+            if self.replica is not None:
+                await self.replica.release()
+            if lease is not None:
+                await trio.to_thread.run_sync(lease.release)
 
 
 class Leases(Protocol):

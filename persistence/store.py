@@ -263,6 +263,18 @@ class LocalThreadStore:
         if self._known is not None:
             self._known.note(path, known)
 
+    async def index_file(self, path: Path, *, archived: bool = False) -> None:
+        """(Re)index one rollout from what its head and tail say: for writers other than a
+        `ThreadRollout` (the `ThreadStore` adapter). ThreadStoreError if it cannot be read."""
+        names = dict(await self._loaded_names())
+        try:
+            facts = await trio.to_thread.run_sync(_read_facts, str(path))
+        except OSError as exc:
+            raise store_error("read rollout", path, exc, home=self.home) from None
+        except NotRollout as exc:
+            raise ThreadStoreError(f"{path} is not a rollout: {exc}") from None
+        await self._record(str(path), facts, names, archived=archived)
+
     # --- Leases ---------------------------------------------------------
     async def acquire_lease(self, thread_id: str) -> WriterLease:
         """Take `thread_id`'s writer lease (WriterLeaseHeldError names the holder if taken)."""

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -27,7 +28,10 @@ from trio_typing import TaskStatus
 
 from spindle.protocol.rollout import RolloutItem, RolloutLineOut, line_type
 
-from .paths import home_advice, home_of_rollout, timestamp
+if TYPE_CHECKING:
+    from .replica import StoreReplica
+
+from .paths import ThreadStoreError, home_advice, home_of_rollout, timestamp
 
 log = structlog.get_logger(__name__)
 
@@ -83,8 +87,10 @@ class RolloutWriter:
         truncate_to: int | None = None,
         on_error: Callable[[str], None] = lambda message: None,
         on_written: Callable[[list[RolloutItem], list[int], int], None] = lambda items, offsets, size: None,
+        replica: StoreReplica | None = None,
     ) -> None:
         self.path = path
+        self._replica = replica
         self._create = create
         self._truncate_to = truncate_to
         self._ordinal = next_ordinal
@@ -263,6 +269,17 @@ class RolloutWriter:
         if items:
             self._on_written(items, [base + offset for offset in at], self._size)
 
+    async def _replicate(self) -> str | None:
+        """The shared store's copy first (a node may write only what the store took); the
+        error that kept the batch out of it, if one did: the batch stays queued."""
+        if self._replica is None or not self._pending:
+            return None
+        try:
+            await self._replica.append_lines(bytes(self._pending))
+        except ThreadStoreError as exc:
+            return f"the thread store did not take rollout lines of {self.path.name}: {exc}"
+        return None
+
     async def _handle(self, batch: list[Command]) -> bool:
         """Process one drained batch; True after a Shutdown."""
         for command in batch:
@@ -270,7 +287,10 @@ class RolloutWriter:
                 self._encode(command.items)
         sync = any(isinstance(c, Flush) and c.fsync for c in batch)  # a shutdown is synced with the runtime's end
         base = self._size
-        write_error, sync_error = await trio.to_thread.run_sync(self._write_and_sync, sync)
+        write_error = await self._replicate()
+        sync_error = None
+        if write_error is None:
+            write_error, sync_error = await trio.to_thread.run_sync(self._write_and_sync, sync)
         if write_error is None:
             self._failing = False
             self._report_written(base)

@@ -432,10 +432,11 @@ PHASES: dict[str, Callable[[Config], Awaitable[dict[str, float]]]] = {
 }
 
 
-EXTRA = ("scaling", "versus", "proxy")
+EXTRA = ("scaling", "versus", "proxy", "scaleout")
 """Phases that run differently: `scaling` once (11,100 turns), `versus` (tests/bench_versus.py)
 the app-server phases against Spindle and, with CODEX_BIN, the real Codex, `proxy`
-(tests/bench_proxy.py) spawn to initialize through `spindle app-server proxy` and Codex's."""
+(tests/bench_proxy.py) spawn to initialize through `spindle app-server proxy` and Codex's,
+`scaleout` (tests/bench_scaleout.py) 1, 2 and 3 nodes on one PostgreSQL."""
 
 
 def main() -> int:
@@ -445,7 +446,7 @@ def main() -> int:
     if unknown:
         sys.stderr.write(f"unknown phase {unknown[0]!r}; phases: {', '.join([*PHASES, *EXTRA])}\n")
         return 2
-    inproc = [name for name in chosen if name not in ("versus", "proxy")]
+    inproc = [name for name in chosen if name not in ("versus", "proxy", "scaleout")]
     proc, base_url = start_mock()
     try:
         if inproc:
@@ -459,6 +460,10 @@ def main() -> int:
             from . import bench_proxy
 
             bench_proxy.main_with(3 * RUNS)
+        if "scaleout" in chosen:
+            from . import bench_scaleout
+
+            bench_scaleout.main_with(max(1, RUNS // 2))
     finally:
         proc.terminate()
         proc.wait()

@@ -15,6 +15,8 @@ from spindle.actors.testing.mock_model import MockModel
 from spindle.actors.testing.rpc_client import RpcClient, in_memory
 from spindle.protocol.config import Config
 
+pytest_plugins = ["tests.pg_helpers"]  # the PostgreSQL fixtures: pg_schema, pg_store
+
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:

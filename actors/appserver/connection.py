@@ -51,10 +51,12 @@ from spindle.protocol.ops import Op
 from .context import RequestContext, SubscriberIndex
 from .errors import rpc_error
 from .feeds import Feed
+from .forward import Forwarder
 from .idempotency import run_once
 from .methods import HANDLERS
 from .server_requests import AskedRequest, ServerRequests
 from .transport import MessageTransport, TooLong
+from .upstream import Upstream, UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +95,9 @@ class Connection:
         self._threads_apart = False  # whether requests naming a thread go to that thread's lane
         self._feeds: dict[str, Feed] = {}
         self._asks = ServerRequests()
+        cluster = manager.cluster
+        self._forwarder = Forwarder(cluster, self) if cluster is not None and cluster.directory is not None else None
+        """Requests for threads another node runs go there (`forward.py`); None unless a node."""
         self.serial = next(_serials)
         """The order the connection came in (the first able client runs a thread's orphaned tools)."""
         self._nursery: trio.Nursery | None = None
@@ -208,12 +213,39 @@ class Connection:
             await self.notify(v2approvals.RESOLVED, v2approvals.ServerRequestResolved(
                 thread_id=thread_id, request_id=request_id), seq)
 
+    # --- what another node sends this client (`upstream.py`) --------------------
+    async def relay(self, line: bytes) -> None:
+        await self._emit(line)
+
+    def relay_ask(self, source: object, source_id: object) -> int:
+        return self._asks.open_relay(source, source_id)
+
+    def relay_resolved(self, source: object, source_id: object) -> int | None:
+        return self._asks.close_relay(source, source_id)
+
+    async def upstream_ended(self, source: object, reason: str) -> None:
+        """An owner node this client followed threads on went away: its requests are void, and
+        the client is told that those threads send nothing more until it resumes them."""
+        self._asks.forget_source(source)
+        if isinstance(source, Upstream) and self._forwarder is not None:
+            self._forwarder.ended(source)
+            log.warning("an owner node went away", connection=self.name, node=source.owner.node_id, reason=reason)
+            await self.notify("warning", v2.WarningNotice(message=(
+                f"{source.describe()}, which ran threads this client follows, went away ({reason}): they send"
+                " nothing more until resumed, which another node does once that node's leases run out")))
+
     # --- answers to server requests ------------------------------------------
     async def _take_reply(self, reply: Reply) -> None:
         """A client's answer to a server request: checked here, then handed to the thread (which
         settles the request for every client). An error answer declines an approval, fails a tool
         call and tells the model its questions went unanswered; a bad decision, malformed answers
-        or an unexpected answer change nothing and the client is told so in a `warning`."""
+        or an unexpected answer change nothing and the client is told so in a `warning`. The
+        answer to another node's request goes back to that node."""
+        relayed = self._asks.relayed(reply.id)
+        if relayed is not None and isinstance(relayed[0], Upstream):
+            assert self._nursery is not None, "Connection.run is not running"
+            self._nursery.start_soon(self._answer_upstream, reply, relayed[0], relayed[1])
+            return
         asked = self._asks.get(reply.id)
         if asked is None:
             await self._warn_reply(reply.id, None, "no such request is pending on this connection "
@@ -243,6 +275,12 @@ class Connection:
                     return
                 problem = outcome.error.message
         await self._warn_reply(reply_id, asked.thread_id, problem)
+
+    async def _answer_upstream(self, reply: Reply, upstream: Upstream, upstream_id: object) -> None:
+        try:
+            await upstream.answer(upstream_id, reply.result, reply.error)
+        except UpstreamError as exc:
+            await self._warn_reply(reply.id, None, str(exc))
 
     async def _warn_reply(self, reply_id: object, thread_id: str | None, problem: str) -> None:
         """Tell the client its answer was not taken. A `warning`, not an error response: the id
@@ -382,10 +420,14 @@ class Connection:
             if handler is None:
                 raise method_error(request.method)
             self.handshake.check(request.method)
+            if await self._forwarded(request):
+                return
             params = decode_params(request.method, request.params)
             async with self.index.claim(request.method, request.thread_id):
                 result = await run_once(self.index.answers, request, self.handshake, lambda: handler(ctx, params))
             answer = self.writer.response(request.id, result)
+            if request.method == "initialize" and self._forwarder is not None:
+                self._forwarder.hello = request.params
             if self.handshake.initialized:
                 self.initialized.set()
         except RpcError as exc:
@@ -408,6 +450,14 @@ class Connection:
             for other in others:
                 if other is not self:
                     other.notify_nowait(method, notice)
+
+    async def _forwarded(self, request: Request) -> bool:
+        """Whether another node ran `request` (it names a thread that node runs; its answer has
+        gone to the client)."""
+        if self._forwarder is None or request.thread_id is None or self.manager.running(request.thread_id) is not None:
+            return False
+        assert self._nursery is not None, "Connection.run is not running"
+        return await self._forwarder.forward(self._nursery, request)
 
     async def _write_loop(self, transport: MessageTransport) -> None:
         try:

@@ -8,6 +8,8 @@ page: Codex's own error says so.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from spindle.persistence.cursors import InvalidCursor
 from spindle.persistence.reader import RolloutReadError
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
@@ -41,7 +43,8 @@ async def history_of(ctx: RequestContext, thread_id: str, method: str) -> TurnSo
         if not rollout.materialized and not rollout.ephemeral:
             raise invalid_request(f"thread {thread_id} is not materialized yet; {method} is unavailable before first user message")
         return IndexedTurns(rollout.source, running.active_turn_id)
-    path = await ctx.manager.store.find_path(thread_id)
+    stored = await ctx.manager.stored.entry(thread_id)
+    path = Path(stored.path) if stored is not None else None
     if path is None:
         raise invalid_request(f"no rollout found for thread id {thread_id}")
     try:

@@ -26,6 +26,35 @@ class ServerRequests:
         self._ids = itertools.count()
         self._by_id: dict[int, AskedRequest] = {}
         self._by_key: dict[tuple[str, str], int] = {}
+        self._relayed: dict[int, tuple[object, Any]] = {}
+        self._relay_ids: dict[tuple[int, Any], int] = {}
+
+    # --- requests of another node, relayed (`upstream.py`) ----------------------
+    def open_relay(self, source: object, source_id: Any) -> int:
+        """An id, from the same count as this connection's own, for `source`'s request `source_id`."""
+        request_id = next(self._ids)
+        self._relayed[request_id] = (source, source_id)
+        self._relay_ids[(id(source), source_id)] = request_id
+        return request_id
+
+    def relayed(self, request_id: Any) -> tuple[object, Any] | None:
+        """(source, its id) of the relayed request `request_id`, while it is outstanding."""
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            return None
+        return self._relayed.get(request_id)
+
+    def close_relay(self, source: object, source_id: Any) -> int | None:
+        """Forget `source`'s request `source_id` (settled); the id it had here, if it had one."""
+        request_id = self._relay_ids.pop((id(source), source_id), None)
+        if request_id is not None:
+            del self._relayed[request_id]
+        return request_id
+
+    def forget_source(self, source: object) -> None:
+        """Forget every request of `source` (it went away)."""
+        for owner, source_id in list(self._relayed.values()):
+            if owner is source:
+                self.close_relay(source, source_id)
 
     def open(self, thread_id: str, key: str, method: str) -> int | None:
         """A new request id for the thread's request `key`; None if it is asked already."""

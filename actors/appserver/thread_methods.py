@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from spindle.actors.runtime import ThreadHandle
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
@@ -114,7 +116,8 @@ async def _turn_index(ctx: RequestContext, thread_id: str) -> TurnIndex:
     if running is not None:
         await running.rollout.flush()
         return running.rollout.source.index
-    path = await ctx.manager.store.find_path(thread_id)
+    stored = await ctx.manager.stored.entry(thread_id)
+    path = Path(stored.path) if stored is not None else None
     if path is None:
         raise invalid_request(f"no rollout found for thread id {thread_id}")
     return (await stored_turns(path)).index
@@ -125,7 +128,7 @@ async def thread_read(ctx: RequestContext, params: v2.ThreadReadParams) -> v2.Th
     running = ctx.manager.running(tid)
     if running is not None:
         return v2.ThreadResult(thread=await live_thread(ctx.manager, running, include_turns=params.include_turns))
-    entry = await ctx.manager.store.entry(tid)
+    entry = await ctx.manager.stored.entry(tid)
     if entry is None:
         raise invalid_request(f"thread not loaded: {tid}")
     thread = await stored_thread(ctx.manager, entry, include_turns=params.include_turns)

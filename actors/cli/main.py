@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=2)
     add_app_server_parser(sub)
     add_load_parser(sub)
+    add_transfer_parsers(sub)
     mock = sub.add_parser("mock-model", help="serve the scripted Responses API mock on loopback")
     mock.add_argument("--port", type=int, default=0)
     mock.add_argument("--latency-ms", type=float, default=None, help="stream each reply over this many ms (default: echo at once)")
@@ -56,6 +57,25 @@ def add_app_server_parser(sub: Any) -> None:
         "--idle-exit", type=float, default=0.0, metavar="SECS",
         help="with socket listeners only: exit after SECS with no client connected (default 0: never)",
     )
+    node = server.add_argument_group(
+        "node", "run as one node of several sharing threads through a PostgreSQL store (--store)")
+    node.add_argument("--store", metavar="DSN", help="postgresql://... : the shared thread store (PostgreSQL 13 or later)")
+    node.add_argument("--store-schema", default="spindle", metavar="NAME", help="its schema (default spindle)")
+    node.add_argument("--node-id", metavar="ID", help="this node's name in the store (default HOST-PID)")
+    node.add_argument("--advertise", default="", metavar="URL", help="the ws:// address other nodes and clients reach this node at")
+    node.add_argument("--lease-ttl", type=float, default=15.0, metavar="SECS",
+                      help="a thread's lease lasts this long unrenewed: how soon another node takes over a dead one's threads")
+
+
+def add_transfer_parsers(sub: Any) -> None:
+    export = sub.add_parser("export", help="write a thread's rollout as Codex JSONL to stdout")
+    export.add_argument("thread_id", metavar="THREAD_ID")
+    imported = sub.add_parser("import", help="add a Codex JSONL rollout to a store as a thread")
+    imported.add_argument("file", type=Path, metavar="FILE")
+    for parser in (export, imported):
+        parser.add_argument("--store", metavar="DSN", default=None,
+                            help="postgresql://... or a CODEX_HOME directory (default: $CODEX_HOME)")
+        parser.add_argument("--schema", default="spindle", help="the PostgreSQL schema (default spindle)")
 
 
 def add_load_parser(sub: Any) -> None:
@@ -74,7 +94,8 @@ def add_load_parser(sub: Any) -> None:
     load.add_argument("--concurrency", type=int, default=None, help="threads driven at once (default: all)")
     load.add_argument(
         "--target", default="inproc", metavar="TARGET",
-        help="inproc (the default), app-server, or a running server's ws://HOST:PORT or unix://PATH",
+        help="inproc (the default), app-server, or a running server's ws://HOST:PORT or unix://PATH; "
+             "several, comma-separated (ws://A,ws://B), spread the threads over those nodes in turn",
     )
     load.add_argument("--model-latency-ms", type=float, default=0.0, help="mock model: time to stream one reply, in ms (default 0)")
     load.add_argument("--reply-tokens", type=int, default=16, help="mock model: deltas per reply (default 16)")
@@ -141,11 +162,27 @@ def _run(args: argparse.Namespace) -> int:
         if args.idle_exit < 0:
             sys.stderr.write("spindle app-server: --idle-exit must be >= 0\n")
             return 2
-        return trio.run(serve_app_server, source, urls, token, args.idle_exit or None)
+        node = None
+        if args.store is not None:
+            if args.lease_ttl <= 0:
+                sys.stderr.write("spindle app-server: --lease-ttl must be > 0\n")
+                return 2
+            from .serve import NodeOptions
+
+            node = NodeOptions(dsn=args.store, schema=args.store_schema, node_id=args.node_id or default_node_id(),
+                               url=args.advertise, ttl_s=args.lease_ttl)
+        elif args.node_id or args.advertise:
+            sys.stderr.write("spindle app-server: --node-id and --advertise need --store\n")
+            return 2
+        return trio.run(serve_app_server, source, urls, token, args.idle_exit or None, node)
     if args.command == "load":
         from . import load
 
         return load.main(args)
+    if args.command in ("export", "import"):
+        from . import transfer
+
+        return transfer.main(args)
     if args.command == "mock-model":
         if args.reply_tokens < 1 or (args.latency_ms is not None and args.latency_ms < 0):
             raise SystemExit("spindle mock-model: --reply-tokens must be >= 1 and --latency-ms >= 0")
@@ -159,3 +196,9 @@ def leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
     for exc in group.exceptions:
         found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
+
+
+def default_node_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"

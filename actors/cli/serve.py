@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -54,8 +57,39 @@ def check_listen(urls: list[str], token: str | None) -> None:
         raise ServeError(str(exc)) from None
 
 
+@dataclass(frozen=True, kw_only=True)
+class NodeOptions:
+    """`--store` and its flags: this server is one node of several sharing a PostgreSQL store."""
+
+    dsn: str
+    schema: str
+    node_id: str
+    url: str
+    ttl_s: float
+
+
+@asynccontextmanager
+async def _runtime(config: Config | LayeredConfig, node: NodeOptions | None) -> AsyncIterator[ThreadManager]:
+    """The runtime, as a node of the store's cluster when `node` says so."""
+    if node is None:
+        async with open_runtime(config) as manager:
+            yield manager
+        return
+    from spindle.actors.runtime.cluster import Cluster
+    from spindle.persistence.pg_schema import safe_dsn
+    from spindle.persistence.pg_store import open_postgres_store
+
+    async with open_postgres_store(node.dsn, schema=node.schema) as store:
+        cluster = Cluster(store, node.node_id, ttl_s=node.ttl_s, directory=store, url=node.url)
+        async with open_runtime(config, cluster=cluster) as manager:
+            sys.stderr.write(f"spindle node {node.node_id} joined the store {safe_dsn(node.dsn)} (schema {node.schema}),"
+                             f" lease TTL {node.ttl_s:g} s, advertising {node.url or 'no address'}\n")
+            yield manager
+
+
 async def serve_app_server(
     config: Config | LayeredConfig, urls: list[str], token: str | None, idle_exit_s: float | None = None,
+    node: NodeOptions | None = None,
 ) -> int:
     """Serve `urls` until SIGTERM/SIGINT, until stdin closes when stdio is one of them, or else
     after `idle_exit_s` with no client connected.
@@ -66,7 +100,7 @@ async def serve_app_server(
     stopped_by: list[signal.Signals] = []
     code = 0
     try:
-        async with open_runtime(config) as manager, trio.open_nursery() as serving:
+        async with _runtime(config, node) as manager, trio.open_nursery() as serving:
 
             def stop(signum: signal.Signals) -> None:
                 stopped_by.append(signum)

@@ -11,6 +11,7 @@ measured so far.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import tempfile
@@ -85,22 +86,22 @@ class LoadSpec:
             raise LoadError(f"--model-latency-ms must not be negative, got {self.model_latency_ms:g}")
         if self.reply_tokens < 1:
             raise LoadError(f"--reply-tokens must be at least 1, got {self.reply_tokens}")
-        if self.target not in ("inproc", "app-server"):
+        for target in self.remotes:
             try:
-                listen = parse_listen(self.target)
+                listen = parse_listen(target)
             except ListenUrlError:
                 listen = None
             if not isinstance(listen, WebSocketListen | UnixListen):
-                raise LoadError(f"--target must be inproc, app-server, or a running server's ws://HOST:PORT or unix://PATH; got {self.target!r}")
+                raise LoadError("--target must be inproc, app-server, or running servers' ws://HOST:PORT or unix://PATH"
+                                f" (comma-separated to spread threads over nodes); got {target!r}")
 
     @property
-    def remote(self) -> str | None:
-        """The URL of the running app-server the run drives, if it drives one."""
+    def remotes(self) -> list[str]:
+        """The URLs of the running app-servers the run drives (threads spread over them in turn)."""
         if self.target in ("inproc", "app-server"):
-            return None
-        if self.target == "unix://":
-            return f"unix://{codex_home() / CONTROL_SOCKET}"
-        return self.target
+            return []
+        return [f"unix://{codex_home() / CONTROL_SOCKET}" if url == "unix://" else url
+                for url in (part.strip() for part in self.target.split(",")) if url]
 
 
 def check_provider(config: Config) -> None:
@@ -165,13 +166,13 @@ async def run_load(
     """Run one load test; setting `stop` ends it early, with the figures so far."""
     spec.validate()
     progress = progress or Progress()
-    if (url := spec.remote) is not None:  # a running server, with its own model and home
+    if urls := spec.remotes:  # running servers, with their own model and home
         stats = LoadStats(target=spec.target, measured=False)
         with trio.CancelScope() as run_scope:
             async with trio.open_nursery() as nursery:
                 if stop is not None:
                     nursery.start_soon(_stop_when, stop, run_scope, stats)
-                await _run_remote(spec, url, stats, progress)
+                await _run_remote(spec, urls, stats, progress)
                 nursery.cancel_scope.cancel()
         return stats
     if spec.use_mock:
@@ -256,16 +257,30 @@ async def _run_app_server(spec: LoadSpec, home: Path, stats: LoadStats, progress
         await _drive(spec, stats, progress, await _rpc_threads(spec, client, stats, progress), process.pid)
 
 
-async def _run_remote(spec: LoadSpec, url: str, stats: LoadStats, progress: Progress) -> None:
-    try:
-        async with websocket_client(url, keep=False) as client:
-            await _workers(spec, stats, progress, await _rpc_threads(spec, client, stats, progress))
-    except OSError as exc:
-        raise LoadError(f"cannot connect to {url}: {exc.strerror or exc}") from None
+async def _run_remote(spec: LoadSpec, urls: list[str], stats: LoadStats, progress: Progress) -> None:
+    """Drive the servers at `urls`, one connection each, their threads started in turn; with
+    more than one, each server's figures are kept too (`stats.nodes`)."""
+    async with AsyncExitStack() as stack:
+        drivers = []
+        for url in urls:
+            try:
+                client = await stack.enter_async_context(websocket_client(url, keep=False))
+            except OSError as exc:
+                raise LoadError(f"cannot connect to {url}: {exc.strerror or exc}") from None
+            node = stats.nodes.setdefault(url, LoadStats(target=url, measured=False)) if len(urls) > 1 else None
+            drivers.append(await _rpc_threads(spec, client, stats, progress, node))
+        turn = itertools.cycle(drivers)
+        try:
+            await _workers(spec, stats, progress, lambda: next(turn)())
+        finally:
+            for node in stats.nodes.values():
+                node.elapsed_s = stats.elapsed_s
 
 
-async def _rpc_threads(spec: LoadSpec, client: RpcClient, stats: LoadStats, progress: Progress) -> Callable[[], Any]:
-    """Initialize `client`; the function that drives one thread through it."""
+async def _rpc_threads(spec: LoadSpec, client: RpcClient, stats: LoadStats, progress: Progress,
+                       node: LoadStats | None = None) -> Callable[[], Any]:
+    """Initialize `client`; the function that drives one thread through it (counted in `node` too)."""
+    quiet = Progress()
     client.keep = False
     client.timeout = 300.0
     await client.initialize()
@@ -274,6 +289,8 @@ async def _rpc_threads(spec: LoadSpec, client: RpcClient, stats: LoadStats, prog
         t0 = time.perf_counter()
         thread = (await client.call("thread/start", {}))["thread"]
         stats.thread_started(t0, progress)
+        if node is not None:
+            node.thread_started(t0, quiet)
         for n in range(spec.turns):
             t0 = time.perf_counter()
             params = {"threadId": thread["id"], "input": [{"type": "text", "text": f"load turn {n}"}]}
@@ -281,7 +298,11 @@ async def _rpc_threads(spec: LoadSpec, client: RpcClient, stats: LoadStats, prog
             done = await client.wait_turn(turn["id"])
             if done["status"] == "completed":
                 stats.turn_done(t0, progress)
+                if node is not None:
+                    node.turn_done(t0, quiet)
             else:
                 stats.failed(f"turn {done['status']}", progress)
+                if node is not None:
+                    node.failed(f"turn {done['status']}", quiet)
 
     return one_thread

@@ -44,6 +44,8 @@ class LoadStats:
     home: str = ""
     measured: bool = True
     """Whether memory and CPU are the server's (not for a running server driven over a socket)."""
+    nodes: dict[str, LoadStats] = field(default_factory=dict)
+    """Each server's own figures, when threads were spread over several."""
 
     def thread_started(self, t0: float, progress: Progress) -> None:
         self.thread_start_ms.append(1000 * (time.perf_counter() - t0))
@@ -82,6 +84,7 @@ class LoadStats:
             "interrupted": self.interrupted,
             "home": self.home,
             "measured": self.measured,
+            **({"nodes": {url: node.summary() for url, node in self.nodes.items()}} if self.nodes else {}),
         }
 
 

@@ -63,6 +63,10 @@ def render(summary: dict[str, Any], console: Console) -> None:
         table.add_row("CPU per turn (ms)", f"{summary['cpu_ms_per_turn']:.3f}")
     else:
         table.add_row("memory and CPU", "not measured: the server runs elsewhere")
+    for url, node in summary.get("nodes", {}).items():
+        turn = node["turn_ms"]
+        table.add_row(f"  {url}", f"{node['turns_done']:,} turns, {node['turns_per_s']:,.1f}/s, "
+                                  f"p50 {turn['p50']:.1f} p99 {turn['p99']:.1f} ms, errors {sum(node['errors'].values())}")
     table.add_row("elapsed (s)", f"{summary['elapsed_s']:.2f}")
     if summary["interrupted"]:
         table.add_row("stopped", "by Ctrl-C: figures so far")

@@ -21,6 +21,7 @@ from spindle.protocol.items import DynamicToolSpec
 from spindle.protocol.ops import ReloadUserConfigOp
 from spindle.protocol.settings import SettingsUpdate
 
+from .cluster import Cluster
 from .config import codex_home
 from .config_layers import FixedConfig, LayeredConfig, config_source
 from .errors import ConfigError, ThreadClosedError
@@ -50,11 +51,13 @@ class ThreadManager:
     a `ThreadQuery` or its fields as keyword arguments).
     """
 
-    def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, store: LocalThreadStore) -> None:
+    def __init__(self, resources: RuntimeResources, nursery: trio.Nursery, store: LocalThreadStore,
+                 cluster: Cluster | None = None) -> None:
         self.resources = resources
         self.store = store
         self.home = store.home
-        self.registry = ThreadRegistry(resources, nursery, store.home, index=store, leases=store)
+        self.cluster = cluster
+        self.registry = ThreadRegistry(resources, nursery, store.home, index=store, leases=store, cluster=cluster)
         self.stored = StoredThreads(self.registry, store)
         self._reloading = trio.Lock()
         """One config reload at a time: a slower, older one never applies its stale reading last."""
@@ -271,6 +274,7 @@ async def open_runtime(
     *,
     tools: ToolRegistry | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    cluster: Cluster | None = None,
 ) -> AsyncIterator[ThreadManager]:
     """Run a Spindle runtime; yields its ThreadManager.
 
@@ -281,7 +285,8 @@ async def open_runtime(
 
     `config`: a `Config` (the base of every thread's config; no file is read), or a
     `LayeredConfig` (a home, `-c` overrides: the layers are read from disk, and again for each
-    thread's cwd); None reads `$CODEX_HOME`'s layers.
+    thread's cwd); None reads `$CODEX_HOME`'s layers. `cluster`: run as one node of several
+    sharing threads through a store (`cluster.py`); its CODEX_HOME holds this node's copies.
     """
     source = config_source(config)
     if isinstance(source, FixedConfig):
@@ -296,7 +301,9 @@ async def open_runtime(
             with trio.CancelScope(shield=True):  # once started, only the `finally` below ends it
                 actors: trio.Nursery = await host.start(_host_actors)
             await host.start(store.run)  # the background full stat pass of the rollouts
-            manager = ThreadManager(resources, actors, store)
+            if cluster is not None:
+                await host.start(cluster.run)  # the node's heartbeat
+            manager = ThreadManager(resources, actors, store, cluster)
             try:
                 store.handoff_address = await actors.start(serve_handoffs, manager.release_thread)
                 yield manager

@@ -14,6 +14,7 @@ import trio
 
 from spindle.persistence.paths import now_utc, rollout_path, timestamp
 from spindle.persistence.policy import without_secrets
+from spindle.persistence.replica import StoreReplica
 from spindle.persistence.rollout import Leases, RolloutIndex, ThreadRollout
 from spindle.persistence.store import ThreadStoreError
 from spindle.protocol.config import Config
@@ -24,6 +25,7 @@ from spindle.protocol.ops import Submission
 from spindle.protocol.rollout import BaseInstructions, SessionMeta
 from spindle.protocol.settings import SettingsUpdate, ThreadSettings
 
+from .cluster import Cluster
 from .dynamic_tools import checked_specs
 from .errors import ThreadNotFoundError
 from .fanout import Broadcaster, Subscription
@@ -53,9 +55,11 @@ class ThreadRegistry:
     """Every running thread of one runtime, by id."""
 
     def __init__(
-        self, resources: RuntimeResources, nursery: trio.Nursery, home: Path, index: RolloutIndex, leases: Leases
+        self, resources: RuntimeResources, nursery: trio.Nursery, home: Path, index: RolloutIndex, leases: Leases,
+        cluster: Cluster | None = None,
     ) -> None:
         self.resources = resources
+        self.cluster = cluster
         self.home = home
         self._index = index
         self._leases = leases
@@ -151,7 +155,24 @@ class ThreadRegistry:
             dynamic_tools=list(dynamic_tools) if dynamic_tools else msgspec.UNSET,
         )
         path = rollout_path(self.home, thread_id, created)
-        return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index, leases=self._leases)
+        return ThreadRollout(path=path, meta=meta, ephemeral=ephemeral, index=self._index, leases=self._leases,
+                             replica=None if ephemeral else self.replica(thread_id))
+
+    def replica(self, thread_id: str) -> StoreReplica | None:
+        """The thread's copy in the shared store, when this runtime is a node of several."""
+        if self.cluster is None:
+            return None
+        return self.cluster.replica(thread_id, lambda reason: self._nursery.start_soon(self._drop_lost, thread_id, reason))
+
+    async def _drop_lost(self, thread_id: str, reason: str) -> None:
+        """Unload a thread whose lease this node lost: another node may be running it now."""
+        handle = self._threads.get(thread_id)
+        if handle is None:
+            return
+        log.warning("unloading a thread this node lost", thread_id=thread_id, reason=reason)
+        with trio.CancelScope(shield=True):
+            await handle.shutdown_and_wait()
+        self.forget(handle)
 
     async def spawn(
         self,

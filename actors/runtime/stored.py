@@ -8,6 +8,7 @@ the last compaction, the turn index and the facts the thread needs are all that 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -23,10 +24,11 @@ from spindle.persistence.fork import ActiveTurn, plan_fork, write_fork
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.lease import WriterLease, WriterLeaseHeldError
 from spindle.persistence.paths import is_within, thread_id_of
-from spindle.persistence.query import ThreadQuery
+from spindle.persistence.query import ThreadEntry, ThreadQuery
 from spindle.persistence.reader import RolloutRead, read_rollout, read_session_meta
 from spindle.persistence.rollout import ThreadRollout
 from spindle.persistence.store import LocalThreadStore, ThreadPage, ThreadStoreError
+from spindle.persistence.thread_store import ThreadNotFoundError
 from spindle.protocol.config import Config
 from spindle.protocol.ids import new_id, parse_thread_id
 from spindle.protocol.ops import OverrideTurnContextOp
@@ -63,6 +65,8 @@ class StoredThreads:
         if thread_id is None:
             raise ValueError("give a thread id or a rollout path")
         found = await self.store.find_path(thread_id)
+        if found is None and self.registry.cluster is not None:  # another node's: materialized when loaded
+            found = await self.registry.cluster.local_path(self.home, parse_thread_id(thread_id))
         if found is None:
             raise ThreadStoreError(f"no rollout found for thread id {parse_thread_id(thread_id)}")
         return found
@@ -130,7 +134,11 @@ class StoredThreads:
         if running is not None:
             return await _updated_running(running, settings)
         lease = await self._take_lease(tid, handoff=handoff)  # before reading: the file is final then
+        replica = self.registry.replica(tid)
         try:
+            if replica is not None and self.registry.cluster is not None:  # the store's history, under its lease
+                await replica.acquire()
+                await self.registry.cluster.materialize(tid, located)
             read = await trio.to_thread.run_sync(read_rollout, located)
             if read.meta.id != tid:
                 raise ThreadStoreError(f"rollout {located} belongs to thread {read.meta.id}, not {tid}")
@@ -139,7 +147,7 @@ class StoredThreads:
             rollout = ThreadRollout(
                 path=located, meta=read.meta, source=read.source, materialized=True,
                 good_size=read.good_size, next_ordinal=read.next_ordinal,
-                index=self.store, leases=self.store, lease=lease,
+                index=self.store, leases=self.store, lease=lease, replica=replica,
             )
             history = read.history
             session = {**recorded_session(read), **(config or {})}
@@ -149,6 +157,8 @@ class StoredThreads:
             return handle
         except BaseException:  # the actor did not start (it lets go of the lease itself once it has)
             with trio.CancelScope(shield=True):
+                if replica is not None:
+                    await replica.release()
                 await trio.to_thread.run_sync(lease.release)
             raise
 
@@ -192,6 +202,8 @@ class StoredThreads:
             resolved = apply_update(effective, running.settings, update)
         else:
             located = await self._locate(thread_id, path)
+            if self.registry.cluster is not None and thread_id is not None:  # the store's history as it stands
+                await self.registry.cluster.materialize(parse_thread_id(thread_id), located)
             read = await trio.to_thread.run_sync(functools.partial(read_rollout, located, history=False))
             source, source_meta, next_ordinal = read.source, read.meta, read.next_ordinal
             active_id = read.source.facts.unfinished.turn_id if read.source.facts.unfinished else None
@@ -215,6 +227,7 @@ class StoredThreads:
         rollout = ThreadRollout(
             path=fresh.path, meta=fresh.meta, source=read.source, materialized=True, good_size=read.good_size,
             next_ordinal=read.next_ordinal, index=self.store, leases=self.store, lease=lease,
+            replica=self.registry.replica(fresh.meta.id),
         )
         handle = await self.registry.spawn_holding(fresh.meta.id, resolved, rollout, read.history,
                                                    session_config=session, config=effective)
@@ -230,6 +243,8 @@ class StoredThreads:
             return await self._archive_claimed(tid)
 
     async def _archive_claimed(self, tid: str) -> Path:
+        if self.registry.cluster is not None:
+            return await self._archive_shared(tid, archived=True)
         if await self.store.find_path(tid) is None:
             raise ThreadStoreError(f"no rollout found for thread id {tid}")
         await self.registry.wait_released(tid)
@@ -258,10 +273,57 @@ class StoredThreads:
 
     async def unarchive_thread(self, thread_id: str) -> Path:
         """Move an archived rollout back under `sessions/YYYY/MM/DD/`, marked updated."""
+        if self.registry.cluster is not None:
+            tid = parse_thread_id(thread_id)
+            async with self._claim(tid):
+                return await self._archive_shared(tid, archived=False)
         return await self.store.unarchive(thread_id)
 
+    async def _archive_shared(self, tid: str, *, archived: bool) -> Path:
+        """On a node: (un)archive the thread in the shared store, unloading it here first and
+        holding its lease meanwhile (LeaseHeldError names the node running it). The node's path
+        for its copy."""
+        cluster = self.registry.cluster
+        assert cluster is not None
+        await self.registry.wait_released(tid)
+        running = self.registry.running(tid)
+        if running is not None:
+            await running.shutdown_and_wait()
+            self.registry.forget(running)
+        replica = cluster.replica(tid, lambda reason: None)
+        await replica.acquire()
+        try:
+            await (cluster.store.archive(tid) if archived else cluster.store.unarchive(tid))
+        finally:
+            with trio.CancelScope(shield=True):
+                await replica.release()
+        path = await cluster.local_path(self.home, tid)
+        assert path is not None
+        return path
+
+    async def entry(self, thread_id: str) -> ThreadEntry | None:
+        """A stored thread's entry, its `path` a readable copy of its rollout; None if unknown. On
+        a node, the shared store's, its history materialised in this node's home first (a
+        snapshot: another node may be running the thread)."""
+        cluster = self.registry.cluster
+        if cluster is None:
+            return await self.store.entry(thread_id)
+        tid = parse_thread_id(thread_id)
+        try:
+            meta = await cluster.store.metadata(tid)
+        except ThreadNotFoundError:
+            return None
+        path = await cluster.local_path(self.home, tid)
+        assert path is not None
+        if self.registry.running(tid) is None:
+            await cluster.materialize(tid, path)
+        return dataclasses.replace(meta.entry(), path=str(path))
+
     async def list_threads(self, query: ThreadQuery) -> ThreadPage:
-        """One page of stored threads (the store reconciles its index with the files first)."""
+        """One page of stored threads: the shared store's, on a node of several; else this home's
+        (the store reconciles its index with the files first)."""
+        if self.registry.cluster is not None:
+            return await self.registry.cluster.store.list_threads(query)
         return await self.store.list_threads(query)
 
 

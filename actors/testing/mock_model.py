@@ -171,10 +171,16 @@ class MockModel:
     _global: deque[Reply] = field(default_factory=deque)
     _per_thread: dict[str, deque[Reply]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _arrived: trio.Event = field(default_factory=trio.Event)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
+
+    async def wait_requests(self, count: int) -> None:
+        """Until `count` requests have arrived in all."""
+        while self.request_count < count:
+            await self._arrived.wait()
 
     def script(self, *replies: Reply, thread_id: str | None = None) -> None:
         """Queue replies, for one thread or for whoever asks next."""
@@ -212,6 +218,8 @@ class MockModel:
                 if request is None:
                     return
                 self.request_count += 1
+                self._arrived.set()
+                self._arrived = trio.Event()
                 if self.record:
                     self.requests.append(request)
                 keep_open = await self._respond(conn, stream, self._choose(request))

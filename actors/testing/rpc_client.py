@@ -339,11 +339,12 @@ def spindle_argv() -> list[str]:
 
 
 @asynccontextmanager
-async def subprocess_server(home: Path, cwd: Path | None = None, *, log_level: str = "info") -> AsyncIterator[tuple[RpcClient, trio.Process]]:
-    """A `spindle app-server` child with CODEX_HOME=`home`; stdin is closed on exit."""
+async def subprocess_server(home: Path, cwd: Path | None = None, *, log_level: str = "info",
+                            args: Sequence[str] = ()) -> AsyncIterator[tuple[RpcClient, trio.Process]]:
+    """A `spindle app-server` child with CODEX_HOME=`home` (and `args`); stdin is closed on exit."""
     env = {**os.environ, "CODEX_HOME": str(home), "SPINDLE_LOG": log_level}
     process = await trio.lowlevel.open_process(
-        [*spindle_argv(), "app-server", "--listen", "stdio://"],
+        [*spindle_argv(), "app-server", "--listen", "stdio://", *args],
         stdin=-1, stdout=-1, stderr=None, env=env, cwd=str(cwd or home),
     )
     assert process.stdin is not None and process.stdout is not None

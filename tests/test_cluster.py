@@ -1,0 +1,129 @@
+"""Runtimes as nodes sharing threads through one PostgreSQL store: a thread moves between nodes
+with its one history, and a node that lost a thread's lease writes nothing more of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from spindle.actors.runtime import open_runtime
+from spindle.actors.runtime.cluster import Cluster
+from spindle.persistence.pg_store import PostgresThreadStore
+from spindle.persistence.thread_store import Lease, RolloutRecord, ThreadStore, iter_records
+from spindle.protocol.config import Config
+from spindle.protocol.events import ErrorEvent
+from spindle.protocol.items import Message, TextInput
+from spindle.protocol.ops import UserInputOp
+
+
+def node_config(make_config: Callable[..., Config], home: Path) -> Config:
+    return msgspec.structs.replace(make_config(), codex_home=str(home))
+
+
+async def stored(store: ThreadStore, thread_id: str) -> list[RolloutRecord]:
+    return [record async for record in iter_records(store, thread_id)]
+
+
+def user_texts(records: list[RolloutRecord]) -> list[str]:
+    texts = []
+    for record in records:
+        item = record.item()
+        if isinstance(item, Message) and item.role == "user" and not item.text().startswith("<"):
+            texts.append(item.text())
+    return texts
+
+
+async def test_a_thread_moves_to_another_node_with_its_one_history(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    async with open_runtime(node_config(make_config, tmp_path / "a"), cluster=Cluster(pg_store, "node-a")) as a:
+        thread = await a.start_thread()
+        await thread.ask("one")
+        await thread.ask("two")
+        thread_id = thread.thread_id
+    async with open_runtime(node_config(make_config, tmp_path / "b"), cluster=Cluster(pg_store, "node-b")) as b:
+        moved = await b.resume_thread(thread_id)
+        assert [m.text() for m in moved.history if isinstance(m, Message) and m.role == "user"][-2:] == ["one", "two"]
+        await moved.ask("three")
+        listed = await b.list_threads()
+        assert [entry.id for entry in listed.entries] == [thread_id]
+    records = await stored(pg_store, thread_id)
+    assert [record.ordinal for record in records] == list(range(len(records)))
+    assert user_texts(records) == ["one", "two", "three"]
+    local_b = (tmp_path / "b" / "sessions").rglob("rollout-*.jsonl")
+    assert [path.read_bytes() for path in local_b] == [b"".join(record.line() for record in records)]
+
+
+class Paused:
+    """A node's view of the store while its process is paused: its renewals never arrive."""
+
+    def __init__(self, store: ThreadStore) -> None:
+        self._store = store
+
+    async def renew(self, lease: Lease, ttl_s: float = 0.0) -> Lease:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_node_that_lost_the_lease_is_fenced_off_and_drops_the_thread(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    ttl = 1.0
+    paused = Cluster(Paused(pg_store), "node-a", ttl_s=ttl)  # type: ignore[arg-type]
+    async with open_runtime(node_config(make_config, tmp_path / "a"), cluster=paused) as a, \
+            open_runtime(node_config(make_config, tmp_path / "b"), cluster=Cluster(pg_store, "node-b", ttl_s=ttl)) as b:
+        thread = await a.start_thread()
+        await thread.ask("from a")
+        await trio.sleep(ttl * 1.5)  # real time: the store's clock decides when a lease expires
+        taken = await b.resume_thread(thread.thread_id)
+        await taken.ask("from b")
+        events = thread.events()
+        with trio.fail_after(10):
+            await thread.submit(UserInputOp(items=[TextInput(text="late from a")]))
+            await thread.wait_closed()
+        errors = []
+        while True:
+            try:
+                event = events.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(event.msg, ErrorEvent):
+                errors.append(event.msg.message)
+        assert any(f"this node lost thread {thread.thread_id}" in message for message in errors), errors
+        assert a.running(thread.thread_id) is None
+    records = await stored(pg_store, thread.thread_id)
+    assert user_texts(records) == ["from a", "from b"]
+    assert [record.ordinal for record in records] == list(range(len(records)))
+
+
+async def test_a_thread_persisted_at_start_is_in_the_store_and_keeps_its_lease(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    async with open_runtime(node_config(make_config, tmp_path / "a"), cluster=Cluster(pg_store, "node-a")) as a:
+        with trio.fail_after(10):
+            thread = await a.start_thread(persist_now=True)
+        [head] = await stored(pg_store, thread.thread_id)
+        assert head.type == "session_meta"
+        await thread.ask("after")
+    assert user_texts(await stored(pg_store, thread.thread_id)) == ["after"]
+
+
+async def test_a_thread_archived_on_one_node_is_archived_for_all(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    async with open_runtime(node_config(make_config, tmp_path / "a"), cluster=Cluster(pg_store, "node-a")) as a:
+        thread = await a.start_thread()
+        await thread.ask("one")
+        async with open_runtime(node_config(make_config, tmp_path / "b"), cluster=Cluster(pg_store, "node-b")) as b:
+            await a.archive_thread(thread.thread_id)  # unloads it on a, archives it in the store
+            assert [e.id for e in (await b.list_threads(archived=True)).entries] == [thread.thread_id]
+            assert (await b.list_threads()).entries == []
+            await b.unarchive_thread(thread.thread_id)
+            assert [e.id for e in (await a.list_threads()).entries] == [thread.thread_id]
