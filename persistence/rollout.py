@@ -310,13 +310,18 @@ class ThreadRollout:
         if writer is None or writer.done.is_set() or self._writer_nursery is None or not holds:
             await self.release_lease()
             return
+        # a writer still busy keeps the leases until it ends; nothing lets go of them before
+        lease, self.lease = self.lease, None
+        replica, self.replica = self.replica, None
+        renewing, self._renewing = self._renewing, None
         log.warning("the rollout writer is still busy; its leases are let go when it ends", path=str(self.path))
 
-        async def release_when_done() -> None:  # a writer still busy keeps them until it ends
+        async def release_when_done() -> None:
             try:
                 await writer.done.wait()
             finally:
-                await self.release_lease()
+                with trio.CancelScope(shield=True):
+                    await _let_go(lease, replica, renewing)
 
         self._writer_nursery.start_soon(release_when_done)
 
@@ -326,12 +331,17 @@ class ThreadRollout:
         lease, self.lease = self.lease, None
         renewing, self._renewing = self._renewing, None
         with trio.CancelScope(shield=True):
-            if renewing is not None:
-                renewing.cancel()
-            if self.replica is not None:
-                await self.replica.release()
-            if lease is not None:
-                await trio.to_thread.run_sync(lease.release)
+            await _let_go(lease, self.replica, renewing)
+
+
+async def _let_go(lease: WriterLease | None, replica: StoreReplica | None, renewing: trio.CancelScope | None) -> None:
+    """Stop renewing, let go of the shared store's lease, then of the writer lease."""
+    if renewing is not None:
+        renewing.cancel()
+    if replica is not None:
+        await replica.release()
+    if lease is not None:
+        await trio.to_thread.run_sync(lease.release)
 
 
 class Leases(Protocol):

@@ -120,13 +120,17 @@ def main() -> int:
 
 def main_with(runs: int) -> int:
     figures = measure(runs)
-    table = render(figures, runs)
+    publish("proxy", render(figures, runs), figures)
+    return 0
+
+
+def publish(name: str, table: str, figures: object) -> None:
+    """A bench phase's table on stdout and in bench-results/NAME.md, its samples in NAME.json."""
     results = Path("bench-results")
     results.mkdir(exist_ok=True)
-    (results / "proxy.md").write_text(table)
-    (results / "proxy.json").write_text(json.dumps(figures, indent=2))
+    (results / f"{name}.md").write_text(table)
+    (results / f"{name}.json").write_text(json.dumps(figures, indent=2))
     sys.stdout.write(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import psycopg
 
 from spindle.actors.testing.rpc_client import spindle_argv, write_config
 
+from .bench_proxy import publish
+
 PG_DSN = os.environ.get("SPINDLE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 THREADS, TURNS, CONCURRENCY, LATENCY_MS, REPLY_TOKENS = 600, 3, 200, 100, 16
 """At most CONCURRENCY threads in flight: one connection queues at most 256 requests (then -32001)."""
@@ -114,12 +116,7 @@ def render(figures: dict[int, dict[str, list[float]]], runs: int) -> str:
 
 def main_with(runs: int) -> int:
     figures = measure(runs)
-    table = render(figures, runs)
-    results = Path("bench-results")
-    results.mkdir(exist_ok=True)
-    (results / "scaleout.md").write_text(table)
-    (results / "scaleout.json").write_text(json.dumps(figures, indent=2))
-    sys.stdout.write(table)
+    publish("scaleout", render(figures, runs), figures)
     return 0
 
 

@@ -25,6 +25,7 @@ from spindle.actors.testing.mock_model import MockModel
 from spindle.actors.testing.rpc_client import (
     RpcClient,
     spindle_argv,
+    stdio_child,
     websocket_client,
     write_config,
 )
@@ -74,21 +75,8 @@ async def proxy(home: Path, *flags: str, python: tuple[str, ...] = ()) -> AsyncI
     (and its exit awaited) when the block ends."""
     argv = [*spindle_argv(), "app-server", "proxy", *flags]
     argv[1:1] = python
-    process = await trio.lowlevel.open_process(argv, stdin=-1, stdout=-1, stderr=-1, env=env_for(home), cwd=str(home))
-    assert process.stdin is not None and process.stdout is not None
-    client = RpcClient(process.stdin, process.stdout)
-    client.timeout = WAIT_S
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.read_loop)
-            yield client, process
-            await process.stdin.aclose()
-            with trio.fail_after(WAIT_S):
-                await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with stdio_child(argv, env=env_for(home), cwd=home, stderr=-1, call_timeout_s=WAIT_S) as running:
+        yield running
 
 
 async def stderr_of(process: trio.Process) -> str:

@@ -8,8 +8,6 @@ page: Codex's own error says so.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from spindle.persistence.cursors import InvalidCursor
 from spindle.persistence.reader import RolloutReadError
 from spindle.protocol.appserver.jsonrpc import INVALID_PARAMS, RpcError, invalid_request
@@ -43,8 +41,7 @@ async def history_of(ctx: RequestContext, thread_id: str, method: str) -> TurnSo
         if not rollout.materialized and not rollout.ephemeral:
             raise invalid_request(f"thread {thread_id} is not materialized yet; {method} is unavailable before first user message")
         return IndexedTurns(rollout.source, running.active_turn_id)
-    stored = await ctx.manager.stored.entry(thread_id)
-    path = Path(stored.path) if stored is not None else None
+    path = await ctx.manager.stored.path(thread_id)
     if path is None:
         raise invalid_request(f"no rollout found for thread id {thread_id}")
     try:

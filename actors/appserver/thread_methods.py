@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from spindle.actors.runtime import ThreadHandle
 from spindle.persistence.history import ForkSnapshot
 from spindle.persistence.query import InvalidThreadQuery, ThreadQuery
@@ -116,8 +114,7 @@ async def _turn_index(ctx: RequestContext, thread_id: str) -> TurnIndex:
     if running is not None:
         await running.rollout.flush()
         return running.rollout.source.index
-    stored = await ctx.manager.stored.entry(thread_id)
-    path = Path(stored.path) if stored is not None else None
+    path = await ctx.manager.stored.path(thread_id)
     if path is None:
         raise invalid_request(f"no rollout found for thread id {thread_id}")
     return (await stored_turns(path)).index

@@ -319,6 +319,13 @@ class StoredThreads:
             await cluster.materialize(tid, path)
         return dataclasses.replace(meta.entry(), path=str(path))
 
+    async def path(self, thread_id: str) -> Path | None:
+        """A readable copy of a stored thread's rollout (see `entry`); None if unknown."""
+        if self.registry.cluster is None:
+            return await self.store.find_path(thread_id)
+        entry = await self.entry(thread_id)
+        return Path(entry.path) if entry is not None else None
+
     async def list_threads(self, query: ThreadQuery) -> ThreadPage:
         """One page of stored threads: the shared store's, on a node of several; else this home's
         (the store reconciles its index with the files first)."""

@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -343,12 +343,21 @@ async def subprocess_server(home: Path, cwd: Path | None = None, *, log_level: s
                             args: Sequence[str] = ()) -> AsyncIterator[tuple[RpcClient, trio.Process]]:
     """A `spindle app-server` child with CODEX_HOME=`home` (and `args`); stdin is closed on exit."""
     env = {**os.environ, "CODEX_HOME": str(home), "SPINDLE_LOG": log_level}
-    process = await trio.lowlevel.open_process(
-        [*spindle_argv(), "app-server", "--listen", "stdio://", *args],
-        stdin=-1, stdout=-1, stderr=None, env=env, cwd=str(cwd or home),
-    )
+    argv = [*spindle_argv(), "app-server", "--listen", "stdio://", *args]
+    async with stdio_child(argv, env=env, cwd=cwd or home) as running:
+        yield running
+
+
+@asynccontextmanager
+async def stdio_child(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, stderr: int | None = None,
+                      call_timeout_s: float | None = None) -> AsyncIterator[tuple[RpcClient, trio.Process]]:
+    """An RPC client on a child's stdio (JSON lines); on exit its stdin is closed and its end awaited
+    (killed if it does not end within WAIT_S, or if the block failed)."""
+    process = await trio.lowlevel.open_process(list(argv), stdin=-1, stdout=-1, stderr=stderr, env=dict(env), cwd=str(cwd))
     assert process.stdin is not None and process.stdout is not None
     client = RpcClient(process.stdin, process.stdout)
+    if call_timeout_s is not None:
+        client.timeout = call_timeout_s
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.read_loop)
