@@ -338,6 +338,9 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     seq: int = 0
     """Its place in the thread's event stream, set when the thread publishes it: larger for each
     later event of the thread, across reloads of the thread (0: not published, a replayed status)."""
+    at_ms: int = 0
+    """When the thread published it, in Unix milliseconds (0: not published): every subscriber,
+    and a replay later, tells the same time."""
 
 
 LOSSY_EVENTS = (AgentMessageDeltaEvent, ExecCommandOutputDeltaEvent, TokenCountEvent)

@@ -108,3 +108,25 @@ def drain(sub: Subscription[int]) -> tuple[list[int], list[Lagged]]:
             lags.append(lag)
         except trio.WouldBlock:
             return got, lags
+
+
+def test_every_subscriber_tells_an_event_by_the_time_the_thread_published_it() -> None:
+    """Times on the wire are the event's (`Event.at_ms`), not each connection's clock when it got
+    round to it: two subscribers (or a node relaying for one) send identical notifications."""
+    from spindle.actors.appserver.notify import EventTranslator
+    from spindle.protocol.events import Event, ItemCompletedEvent, TaskStartedEvent
+    from spindle.protocol.ids import new_id
+    from spindle.protocol.items import AgentMessageContent, AgentMessageItem
+
+    tid, turn = new_id(), new_id()
+    item = AgentMessageItem(id="msg", content=[AgentMessageContent(text="hi")])
+    events = [Event(id="s", msg=TaskStartedEvent(turn_id=turn), seq=1, at_ms=1_000_000),
+              Event(id="s", msg=ItemCompletedEvent(thread_id=tid, turn_id=turn, item=item), seq=2, at_ms=1_000_250),
+              Event(id="s", msg=TaskCompleteEvent(turn_id=turn), seq=3, at_ms=1_000_400)]
+    first, second = EventTranslator(tid), EventTranslator(tid)
+    said = [first.translate(event) for event in events]
+    assert said == [second.translate(event) for event in events]
+    completed = [params for out in said for method, params in out if method == "item/completed"]
+    assert [notice.completed_at_ms for notice in completed] == [1_000_250]
+    [turn_done] = [params.turn for out in said for method, params in out if method == "turn/completed"]
+    assert (turn_done.started_at, turn_done.completed_at, turn_done.duration_ms) == (1000, 1000, 400)

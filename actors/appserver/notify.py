@@ -73,7 +73,9 @@ class EventTranslator:
         token counts and `turn/completed` then name it, though its `task_started` came before)."""
         self.thread_id = thread_id
         self._turn: v2.Turn | None = v2.Turn(id=active_turn_id, started_at=int(time.time())) if active_turn_id else None
-        self._started_ns = time.monotonic_ns()
+        self._started_ms = now_ms()
+        self._at_ms = self._started_ms
+        """The time of the event being translated (`Event.at_ms`)."""
         self._waiting: set[str] = set()
         """The approval requests waiting for an answer (the `waitingOnApproval` flag)."""
         self._questions: set[str] = set()
@@ -83,31 +85,32 @@ class EventTranslator:
 
     def translate(self, event: Event) -> list[Output]:
         tid = self.thread_id
+        at = self._at_ms = event.at_ms or now_ms()  # the thread's time: the same for every subscriber
         match event.msg:
             case TaskStartedEvent(turn_id=turn_id):
-                self._turn = v2.Turn(id=turn_id, started_at=int(time.time()))
-                self._started_ns = time.monotonic_ns()
+                self._turn = v2.Turn(id=turn_id, started_at=at // 1000)
+                self._started_ms = at
                 started = v2.Turn(id=turn_id, items_view="notLoaded", started_at=self._turn.started_at)
                 return [
                     ("thread/status/changed", v2.ThreadStatusChanged(thread_id=tid, status=v2.active_status())),
                     ("turn/started", v2.TurnNotice(thread_id=tid, turn=started)),
                 ]
             case ItemStartedEvent(turn_id=turn_id, item=item):
-                return [("item/started", v2.ItemStarted(thread_id=tid, turn_id=turn_id, item=thread_item(item), started_at_ms=now_ms()))]
+                return [("item/started", v2.ItemStarted(thread_id=tid, turn_id=turn_id, item=thread_item(item), started_at_ms=at))]
             case ItemCompletedEvent(turn_id=turn_id, item=item):
                 wire = thread_item(item)
                 if self._turn is not None and self._turn.id == turn_id:
                     self._turn.items.append(wire)
                 return [("item/completed", v2.ItemCompleted(
-                    thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=now_ms()))]
+                    thread_id=tid, turn_id=turn_id, item=wire, completed_at_ms=at))]
             case ContextCompactedEvent() if self._turn is not None:
                 return [("thread/compacted", v2.ContextCompacted(thread_id=tid, turn_id=self._turn.id))]
             case EnteredReviewModeEvent() | ExitedReviewModeEvent() if self._turn is not None:
                 review = review_item(event.msg, self._turn.id)
                 self._turn.items.append(review)
                 return [
-                    ("item/started", v2.ItemStarted(thread_id=tid, turn_id=self._turn.id, item=review, started_at_ms=now_ms())),
-                    ("item/completed", v2.ItemCompleted(thread_id=tid, turn_id=self._turn.id, item=review, completed_at_ms=now_ms())),
+                    ("item/started", v2.ItemStarted(thread_id=tid, turn_id=self._turn.id, item=review, started_at_ms=at)),
+                    ("item/completed", v2.ItemCompleted(thread_id=tid, turn_id=self._turn.id, item=review, completed_at_ms=at)),
                 ]
             case TurnDiffEvent(turn_id=turn_id, unified_diff=diff):
                 return [("turn/diff/updated", v2.TurnDiffUpdated(thread_id=tid, turn_id=turn_id, diff=diff))]
@@ -136,16 +139,16 @@ class EventTranslator:
                 return [("warning", v2.WarningNotice(message=message, thread_id=tid))]
             case ExecApprovalRequestEvent(call_id=key, turn_id=turn_id, command=command, cwd=cwd, reason=reason):
                 params: object = v2approvals.CommandApprovalParams(
-                    thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=now_ms(), command=shlex.join(command),
+                    thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=at, command=shlex.join(command),
                     cwd=cwd, reason=reason, command_actions=[{"type": "unknown", "command": shlex.join(command)}])
                 return self._ask(key, v2approvals.COMMAND_APPROVAL, params)
             case ApplyPatchApprovalRequestEvent(call_id=key, turn_id=turn_id, reason=reason, grant_root=root):
                 params = v2approvals.PatchApprovalParams(
-                    thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=now_ms(), reason=reason, grant_root=root)
+                    thread_id=tid, turn_id=turn_id, item_id=key, started_at_ms=at, reason=reason, grant_root=root)
                 return self._ask(key, v2approvals.PATCH_APPROVAL, params)
             case PermissionsRequestEvent(call_id=key, turn_id=turn_id, cwd=cwd, permissions=asked, reason=reason):
                 params = v2approvals.PermissionsApprovalParams(
-                    thread_id=tid, turn_id=turn_id, item_id=key, cwd=cwd, started_at_ms=now_ms(),
+                    thread_id=tid, turn_id=turn_id, item_id=key, cwd=cwd, started_at_ms=at,
                     permissions=v2approvals.permissions_wire(asked), reason=reason)
                 return self._ask(key, v2approvals.PERMISSIONS_APPROVAL, params)
             case DynamicToolCallRequestEvent(call_id=key, turn_id=turn_id, tool=tool, namespace=namespace, arguments=args):
@@ -196,8 +199,8 @@ class EventTranslator:
             turn = v2.Turn(id=turn_id or "")
         self._turn = None
         turn.status = status or ("failed" if turn.error is not None else "completed")
-        turn.completed_at = int(time.time())
-        turn.duration_ms = (time.monotonic_ns() - self._started_ns) // 1_000_000
+        turn.completed_at = self._at_ms // 1000
+        turn.duration_ms = max(0, self._at_ms - self._started_ms)
         return [
             ("thread/status/changed", v2.ThreadStatusChanged(thread_id=self.thread_id, status=v2.IDLE)),
             ("turn/completed", v2.TurnNotice(thread_id=self.thread_id, turn=turn)),

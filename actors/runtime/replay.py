@@ -77,7 +77,7 @@ class EventLog(Broadcaster[Event]):
         self._encoder = msgspec.json.Encoder()
 
     def publish(self, item: Event) -> None:
-        event = msgspec.structs.replace(item, seq=self._seqs.next())
+        event = msgspec.structs.replace(item, seq=self._seqs.next(), at_ms=time.time_ns() // 1_000_000)
         size = len(self._encoder.encode(event.msg))
         self._window.append((event, size))
         self._bytes += size
