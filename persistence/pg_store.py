@@ -62,6 +62,8 @@ log = structlog.get_logger(__name__)
 MAX_CONNECTIONS = 8
 """Pooled connections, and so worker threads in PostgreSQL calls at once."""
 CONNECT_TIMEOUT_S = 10.0
+STATEMENT_TIMEOUT_MS = 10_000
+"""How long one statement may take, and a silent server may stay silent, before it fails."""
 """How long opening the pool (or waiting for a free connection) may take."""
 NOTICE_CAPACITY = 256
 """Append notices queued for the store's reader before new ones are dropped."""
@@ -125,6 +127,16 @@ class NodeInfo:
     heartbeat_at: float
 
 
+BOUNDED: dict[str, object] = {
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": STATEMENT_TIMEOUT_MS,
+}
+"""Every pooled connection's bounds: a statement, or a server that stops answering (partitioned,
+paused), fails within seconds instead of holding a worker thread, the writer and the lease
+renewal forever."""
+
+
 class PostgresThreadStore:
     """Threads, their records and leases in one PostgreSQL schema. Start it with `run`."""
 
@@ -137,7 +149,7 @@ class PostgresThreadStore:
         self._limiter = trio.CapacityLimiter(max_connections)
         self._pool = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=max_connections, open=False, timeout=CONNECT_TIMEOUT_S,
-            configure=self._configure, name=f"spindle-{self.schema}",
+            configure=self._configure, name=f"spindle-{self.schema}", kwargs=BOUNDED,
         )
         self._send_notice, self.notifications = trio.open_memory_channel[AppendNotice](NOTICE_CAPACITY)
         """Wake-ups for appends (by any node): one reader, which fans them out."""

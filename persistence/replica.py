@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import structlog
 import trio
 from trio_typing import TaskStatus
@@ -63,6 +64,7 @@ class StoreReplica:
         self._valid_until = 0.0
         self._next = 0
         """The ordinal the store expects next: lines before it are in the store already."""
+        self._releasing = False
 
     async def acquire(self) -> Lease:
         """Take the thread's lease (LeaseHeldError naming the holder while another node has it)."""
@@ -71,11 +73,14 @@ class StoreReplica:
         await self._catch_up()
         return self.lease
 
+    @property
+    def next_ordinal(self) -> int:
+        """The ordinal the store expects next for this thread (as of the last call)."""
+        return self._next
+
     async def seed(self, path: Path) -> None:
-        """A thread the store does not have yet (one this node had before it shared its threads,
-        or a fork copied here): its rollout file's lines go in first."""
-        if self._next > 0:
-            return
+        """A thread the store does not have whole (one this node had before it shared its threads,
+        a fork copied here, or a seed cut short): the rollout file's lines it lacks go in first."""
         data = await trio.to_thread.run_sync(path.read_bytes)
         whole = data[: data.rfind(b"\n") + 1]  # a torn last line is the writer's to cut
         if whole:
@@ -88,7 +93,7 @@ class StoreReplica:
             self._next = 0
 
     def _lose(self, reason: str) -> None:
-        if self.lost is None:
+        if self.lost is None and not self._releasing:  # a renewal that lands after our release is no loss
             self.lost = reason
             log.warning("this node lost the thread", thread_id=self.thread_id, reason=reason)
             self.on_lost(reason)
@@ -106,7 +111,11 @@ class StoreReplica:
         thread (ordinal 0, its session_meta) creates it."""
         lease = self._held()
         lines = [line for line in data.splitlines() if line]
-        records = [record_of_line(line, first_ordinal + n if first_ordinal >= 0 else -1) for n, line in enumerate(lines)]
+        try:
+            records = [record_of_line(line, first_ordinal + n if first_ordinal >= 0 else -1) for n, line in enumerate(lines)]
+        except msgspec.DecodeError as exc:
+            raise ThreadStoreError(f"thread {self.thread_id}: a line of its rollout is not a rollout line, so it cannot"
+                                   f" be copied to the thread store ({exc}); mend or remove the line, then resume it") from None
         try:
             for attempt in range(2):
                 fresh = [record for record in records if record.ordinal >= self._next]
@@ -146,6 +155,9 @@ class StoreReplica:
     async def _renew(self) -> None:
         assert self.lease is not None
         while True:
+            if time.monotonic() >= self._valid_until:
+                self._lose("the lease ran out before it could be renewed")
+                return
             try:
                 self.lease = await self.store.renew(self.lease, self.ttl_s)
                 self._valid_until = time.monotonic() + self.ttl_s
@@ -162,6 +174,7 @@ class StoreReplica:
 
     async def release(self) -> None:
         """Let go of the lease (best effort: an unreachable store lets it expire instead)."""
+        self._releasing = True
         lease, self.lease = self.lease, None
         if lease is None or self.lost is not None:
             return

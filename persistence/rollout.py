@@ -85,6 +85,7 @@ class ThreadRollout:
         self.replica = replica
         """The thread's copy in a shared store, written first, under that store's lease."""
         self._renewing: trio.CancelScope | None = None
+        self._told_loss = False
         self._good_size = good_size
         self._next_ordinal = next_ordinal
         self._outbox: list[RolloutItem] = []
@@ -126,16 +127,18 @@ class ThreadRollout:
         """Take the shared store's lease (unless held), seed the store with a file it lacks, and
         renew the lease while the rollout is open."""
         assert self.replica is not None
-        then = self.replica.on_lost
+        if not self._told_loss:  # once: a rollout started again (after `write_now`) keeps it
+            self._told_loss = True
+            then = self.replica.on_lost
 
-        def lost(reason: str) -> None:
-            self.on_error(f"this node lost thread {self.meta.id} to another and unloads it: {reason}")
-            then(reason)
+            def lost(reason: str) -> None:
+                self.on_error(f"this node lost thread {self.meta.id} to another and unloads it: {reason}")
+                then(reason)
 
-        self.replica.on_lost = lost
+            self.replica.on_lost = lost
         if self.replica.lease is None:
             await self.replica.acquire()
-        if not create:
+        if not create and self.replica.next_ordinal < self._appended_from():  # the store lacks lines the file has
             await self.replica.seed(self.path)
         scope = self._renewing = trio.CancelScope()
 

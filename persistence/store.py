@@ -135,6 +135,8 @@ class LocalThreadStore:
         self._names_lock = trio.Lock()
         self.handoff_address: str | None = None
         """Where this process takes handoff requests for the leases it holds (set by the runtime)."""
+        self._coordination_stuck = False
+        """Another process held the coordination lock past COORDINATION_WAIT_S (until a taker gets it)."""
         self._lease_line = trio.Lock()
         """This process's lease takers, one at a time and first come first served: the folder's
         coordination lock is then contended only by other processes (10,000 threads starting at
@@ -282,11 +284,15 @@ class LocalThreadStore:
             deadline = trio.current_time() + COORDINATION_WAIT_S
             while True:
                 try:
-                    return await trio.to_thread.run_sync(
+                    lease = await trio.to_thread.run_sync(
                         lambda: acquire_lease(self.home, thread_id, handoff=self.handoff_address)
                     )
+                    self._coordination_stuck = False
+                    return lease
                 except CoordinationBusy:
-                    if trio.current_time() > deadline:
+                    # once one taker has waited it out, those queued behind it fail at once
+                    if self._coordination_stuck or trio.current_time() > deadline:
+                        self._coordination_stuck = True
                         raise coordination_stuck(self.home) from None
                 await trio.sleep(COORDINATION_POLL_S)
 

@@ -191,7 +191,8 @@ def batch_facts(records: Sequence[RolloutRecord]) -> tuple[str, str]:
 
 def check_batch(thread_id: str, next_ordinal: int, records: Sequence[RolloutRecord]) -> int:
     """The thread's next ordinal after `records`; OrdinalConflictError unless they come after
-    `next_ordinal` in increasing order."""
+    `next_ordinal` in increasing order (a gap is allowed: files Codex and Spindle both appended
+    to may have them; a node seeds a thread whole before its writer appends)."""
     expected = next_ordinal
     for record in records:
         if record.ordinal < expected:

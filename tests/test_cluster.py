@@ -127,3 +127,30 @@ async def test_a_thread_archived_on_one_node_is_archived_for_all(
             assert (await b.list_threads()).entries == []
             await b.unarchive_thread(thread.thread_id)
             assert [e.id for e in (await a.list_threads()).entries] == [thread.thread_id]
+
+
+async def test_a_seed_cut_short_is_finished_not_written_over(
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+) -> None:
+    """A thread this node had before it joined, whose seeding stopped after its first line: the
+    next resume keeps the node's whole copy and sends the store the lines it lacks."""
+    from spindle.persistence.thread_store import record_of_line
+
+    config = node_config(make_config, tmp_path / "a")
+    async with open_runtime(config) as alone:  # not a node yet
+        thread = await alone.start_thread()
+        await thread.ask("one")
+        await thread.ask("two")
+        path = thread.rollout_path
+    head = path.read_bytes().splitlines()[0]
+    lease = await pg_store.acquire(thread.thread_id, "node-a")
+    await pg_store.create(lease, record_of_line(head, 0))  # ... and then the node stopped
+    await pg_store.release(lease)
+    whole = path.read_bytes()
+    async with open_runtime(config, cluster=Cluster(pg_store, "node-a")) as a:
+        resumed = await a.resume_thread(thread.thread_id)
+        assert [m.text() for m in resumed.history if isinstance(m, Message) and m.role == "user"][-2:] == ["one", "two"]
+    assert path.read_bytes().startswith(whole)
+    records = await stored(pg_store, thread.thread_id)
+    assert b"".join(record.line() for record in records) == path.read_bytes()
+    assert user_texts(records) == ["one", "two"]

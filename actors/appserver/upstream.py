@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+FORWARD_WAIT_S = 120.0
+"""How long a forwarded request waits for the owner's answer (a host that vanished sends no FIN)."""
+
 CONNECT_S = 10.0
 """How long connecting to an owner node, and its `initialize`, may take."""
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
@@ -221,6 +224,10 @@ class Upstream:
         elif message.id is msgspec.UNSET:
             await self.downstream.relay(self._notification(message, data))
         else:
+            if not isinstance(message.id, int | str):  # ids are keys here: refuse what cannot be one
+                log.warning("an owner node sent a request with an unusable id", node=self.owner.node_id,
+                            id=repr(message.id)[:40])
+                return
             client_id = self.downstream.relay_ask(self, message.id)
             line = _encoder.encode(_Call(id=client_id, method=message.method, params=_present(message.params))) + b"\n"
             await self.downstream.relay(line)
@@ -233,9 +240,11 @@ class Upstream:
         error = _present(message.error)
         result = _present(message.result) or (msgspec.Raw(b"null") if error is None else None)
         answer = _Answer(id=pending.client_id, result=result, error=error)
-        await self.downstream.relay(_encoder.encode(answer) + b"\n")
-        pending.answered = True
-        pending.done.set()
+        try:
+            await self.downstream.relay(_encoder.encode(answer) + b"\n")
+            pending.answered = True
+        finally:  # the forwarding request ends either way
+            pending.done.set()
 
     def _notification(self, message: _Inbound, data: bytes) -> bytes:
         """The notification as the client gets it: as sent, except that a settled server request
@@ -264,7 +273,11 @@ class Upstream:
         except UpstreamError:
             self._pending.pop(upstream_id, None)
             raise
-        await pending.done.wait()
+        with trio.move_on_after(FORWARD_WAIT_S) as waiting:
+            await pending.done.wait()
+        if waiting.cancelled_caught:
+            self._pending.pop(upstream_id, None)
+            raise UpstreamError(f"{self.describe()} did not answer {method} within {FORWARD_WAIT_S:g} s")
         if not pending.answered:
             raise UpstreamError(f"{self.describe()} went away before it answered: {self.gone}")
 

@@ -129,13 +129,24 @@ class Cluster:
 
     async def materialize(self, thread_id: str, path: Path) -> bool:
         """Write the store's records of the thread over the node's copy at `path` (atomically);
-        False, leaving the copy as it is, when the store has none (the copy seeds it later).
+        False, leaving the copy as it is, when the store holds no more lines than it (every line
+        reaches the store before the copy, so the copy is then whole, or ahead: a seed that was
+        cut short, which the copy finishes).
         Call it holding the thread's lease, so the records are final."""
         lines = [record.line() async for record in iter_records(self.store, thread_id)]
-        if not lines:
-            return False
+        if len(lines) <= await trio.to_thread.run_sync(_line_count, path):
+            return False  # the copy is as long (the store is written first) or the store lacks lines: seed it
         await trio.to_thread.run_sync(_replace, path, b"".join(lines))
         return True
+
+
+def _line_count(path: Path) -> int:
+    """Whole lines in the node's copy (0 if it has none)."""
+    try:
+        with path.open("rb") as file:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def _replace(path: Path, data: bytes) -> None:

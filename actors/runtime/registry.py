@@ -38,6 +38,8 @@ from .version import SPINDLE_VERSION
 
 log = structlog.get_logger(__name__)
 
+DROP_DEADLINE_S = 30.0
+"""How long unloading a thread this node lost may take before the registry lets go of it."""
 RELEASE_TIMEOUT_S = 15.0
 """How long a resume waits for a closing actor of the same thread to release its rollout."""
 
@@ -162,15 +164,17 @@ class ThreadRegistry:
         """The thread's copy in the shared store, when this runtime is a node of several."""
         if self.cluster is None:
             return None
-        return self.cluster.replica(thread_id, lambda reason: self._nursery.start_soon(self._drop_lost, thread_id, reason))
+        replica = self.cluster.replica(thread_id, lambda reason: self._nursery.start_soon(self._drop_lost, replica, reason))
+        return replica
 
-    async def _drop_lost(self, thread_id: str, reason: str) -> None:
-        """Unload a thread whose lease this node lost: another node may be running it now."""
-        handle = self._threads.get(thread_id)
-        if handle is None:
+    async def _drop_lost(self, replica: StoreReplica, reason: str) -> None:
+        """Unload the thread whose lease `replica` lost: another node may be running it now."""
+        handle = self._threads.get(replica.thread_id)
+        if handle is None or handle.rollout.replica is not replica:  # a later load of it is not concerned
             return
-        log.warning("unloading a thread this node lost", thread_id=thread_id, reason=reason)
-        with trio.CancelScope(shield=True):
+        log.warning("unloading a thread this node lost", thread_id=replica.thread_id, reason=reason)
+        with trio.move_on_after(DROP_DEADLINE_S) as dropping:
+            dropping.shield = True
             await handle.shutdown_and_wait()
         self.forget(handle)
 
@@ -227,6 +231,10 @@ class ThreadRegistry:
             self.forget(handle)
             return
         raise ThreadStoreError(f"thread {thread_id} is still closing; try again")
+
+    def holds(self, thread_id: str) -> bool:
+        """Whether an actor of `thread_id` is tracked here (running, or still closing)."""
+        return thread_id in self._threads
 
     def forget(self, handle: ThreadHandle) -> None:
         """Stop tracking `handle` (an actor that has ended), unless its id now names another one."""

@@ -202,8 +202,9 @@ class StoredThreads:
             resolved = apply_update(effective, running.settings, update)
         else:
             located = await self._locate(thread_id, path)
-            if self.registry.cluster is not None and thread_id is not None:  # the store's history as it stands
-                await self.registry.cluster.materialize(parse_thread_id(thread_id), located)
+            tid = parse_thread_id(thread_id) if thread_id is not None else None
+            if self.registry.cluster is not None and tid is not None and not self.registry.holds(tid):
+                await self.registry.cluster.materialize(tid, located)  # the store's history as it stands
             read = await trio.to_thread.run_sync(functools.partial(read_rollout, located, history=False))
             source, source_meta, next_ordinal = read.source, read.meta, read.next_ordinal
             active_id = read.source.facts.unfinished.turn_id if read.source.facts.unfinished else None
@@ -315,7 +316,7 @@ class StoredThreads:
             return None
         path = await cluster.local_path(self.home, tid)
         assert path is not None
-        if self.registry.running(tid) is None:
+        if not self.registry.holds(tid):  # never under a writer of this node, running or closing
             await cluster.materialize(tid, path)
         return dataclasses.replace(meta.entry(), path=str(path))
 
