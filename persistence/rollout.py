@@ -25,7 +25,7 @@ from spindle.protocol.rollout import RolloutItem, SessionMeta
 
 from .lease import WriterLease
 from .paths import ThreadStoreError, timestamp
-from .replica import StoreReplica
+from .replica import LeaseLostError, StoreReplica
 from .source import RolloutSource
 from .writer import (
     WRITER_CHANNEL_CAPACITY,
@@ -264,10 +264,13 @@ class ThreadRollout:
     async def settle(self) -> None:
         """`drain`, then wait until the writer has handled that batch: written (to the shared
         store first, on a node) or failed and reported. No sync: a crash of the process does not
-        lose it; only power loss could."""
+        lose it; only power loss could. LeaseLostError once this node has lost the thread: what
+        comes next (asking the model, running a tool) must not happen here any more."""
         await self.drain()
         if self._writer is not None:
             await self._writer.wait_handled(self._batches_sent)
+        if self.replica is not None and self.replica.lost is not None:
+            raise LeaseLostError(f"this node lost thread {self.meta.id} to another: {self.replica.lost}")
 
     async def _call(self, make: Callable[[Reply], Command]) -> None:
         if self._send is None:

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 
 from spindle.actors.runtime import open_runtime
 from spindle.actors.runtime.cluster import Cluster
+from spindle.actors.testing.mock_model import MockModel
 from spindle.persistence.pg_store import PostgresThreadStore
 from spindle.persistence.thread_store import Lease, RolloutRecord, ThreadStore, iter_records
 from spindle.protocol.config import Config
@@ -73,7 +75,7 @@ class Paused:
 
 
 async def test_a_node_that_lost_the_lease_is_fenced_off_and_drops_the_thread(
-    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path
+    make_config: Callable[..., Config], pg_store: PostgresThreadStore, tmp_path: Path, mock_model: MockModel
 ) -> None:
     ttl = 1.0
     paused = Cluster(Paused(pg_store), "node-a", ttl_s=ttl)  # type: ignore[arg-type]
@@ -85,6 +87,7 @@ async def test_a_node_that_lost_the_lease_is_fenced_off_and_drops_the_thread(
         taken = await b.resume_thread(thread.thread_id)
         await taken.ask("from b")
         events = thread.events()
+        asked = mock_model.request_count
         with trio.fail_after(10):
             await thread.submit(UserInputOp(items=[TextInput(text="late from a")]))
             await thread.wait_closed()
@@ -98,6 +101,7 @@ async def test_a_node_that_lost_the_lease_is_fenced_off_and_drops_the_thread(
                 errors.append(event.msg.message)
         assert any(f"this node lost thread {thread.thread_id}" in message for message in errors), errors
         assert a.running(thread.thread_id) is None
+        assert mock_model.request_count == asked  # the model never heard the input the store refused
     records = await stored(pg_store, thread.thread_id)
     assert user_texts(records) == ["from a", "from b"]
     assert [record.ordinal for record in records] == list(range(len(records)))
@@ -154,3 +158,37 @@ async def test_a_seed_cut_short_is_finished_not_written_over(
     records = await stored(pg_store, thread.thread_id)
     assert b"".join(record.line() for record in records) == path.read_bytes()
     assert user_texts(records) == ["one", "two"]
+
+
+async def test_once_the_thread_is_lost_nothing_more_of_a_turn_runs_here(tmp_path: Path) -> None:
+    """`settle` (before the model is asked, and before a tool runs) refuses once the node has lost
+    the thread, and the turn ends as a failed sample, not a call to the model."""
+    from spindle.actors.runtime import turn as turn_module
+    from spindle.persistence.memory_store import InMemoryThreadStore
+    from spindle.persistence.replica import LeaseLostError, StoreReplica
+    from spindle.persistence.rollout import ThreadRollout
+    from spindle.protocol.ids import new_id
+    from spindle.protocol.rollout import SessionMeta
+
+    tid = new_id()
+    replica = StoreReplica(InMemoryThreadStore(), tid, "node-a")
+    rollout = ThreadRollout(path=tmp_path / "r.jsonl", meta=SessionMeta(id=tid, timestamp="2026-12-01T00:00:00.000Z", cwd=str(tmp_path)),
+                            replica=replica)
+    await rollout.settle()  # owned: nothing to say
+    replica.lost = "the current lease is node 'node-b''s, epoch 2"
+    with pytest.raises(LeaseLostError, match=f"this node lost thread {tid} to another"):
+        await rollout.settle()
+
+    class Lost:
+        async def commit_input(self, *args: object) -> None:
+            raise LeaseLostError("lost")
+
+    fake_turn = type("T", (), {"resumed_calls": None, "pending": [("s", [])], "injected": []})()
+
+    async def no_compaction(*args: object) -> None:
+        pass
+
+    host = Lost()
+    host.compact = no_compaction  # type: ignore[attr-defined]
+    with pytest.raises(turn_module.SamplingFailed, match="lost"):
+        await turn_module.run_turn(fake_turn, host)  # type: ignore[arg-type]

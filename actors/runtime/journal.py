@@ -154,9 +154,10 @@ class ThreadJournal:
         self.rollout.record(items)
 
     async def commit(self, items: Sequence[ResponseItem]) -> None:
-        """`append`, then hand the rollout's outbox to the writer."""
+        """`append`, then have the writer write the rollout's outbox (`settle`: a tool runs only
+        once the call that asks for it is written, and only while this node owns the thread)."""
         self.append(items)
-        await self.rollout.drain()
+        await self.rollout.settle()
 
     def begin_turn(self, turn_id: str, settings: ThreadSettings, *, seed: bool = True) -> None:
         """A turn starts: its context (`seed_context`, unless `seed` is False), then its

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 import trio
 
+from spindle.persistence.replica import LeaseLostError
 from spindle.protocol.events import (
     AgentMessageDeltaEvent,
     AgentMessageEvent,
@@ -198,7 +199,15 @@ class _Sample:
 
 
 async def run_turn(turn: Turn, host: TurnHost) -> str | None:
-    """Run `turn` to its final answer; returns the last agent message. Raises SamplingFailed."""
+    """Run `turn` to its final answer; returns the last agent message. Raises SamplingFailed,
+    also when this node has lost the thread to another (nothing more of it runs here)."""
+    try:
+        return await _run_turn(turn, host)
+    except LeaseLostError as exc:
+        raise SamplingFailed(str(exc), "other") from None
+
+
+async def _run_turn(turn: Turn, host: TurnHost) -> str | None:
     last_message: str | None = None
     if turn.resumed_calls is not None:
         await _finish_calls(turn, host, turn.resumed_calls)
