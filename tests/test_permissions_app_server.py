@@ -168,6 +168,7 @@ async def test_rule3_a_turn_root_update_persists_and_resume_returns_it(
     work, extra = str(dirs["work"]), str(dirs["extra"])
     thread = (await client.call("thread/start", {"cwd": work}))["thread"]
     await _turn(client, mock_model, thread["id"], runtimeWorkspaceRoots=[work, extra])
+    await manager.get_thread(thread["id"]).rollout.flush()  # the turn's last lines are written after turn/completed
     contexts = [json.loads(line)["payload"] for line in Path(thread["path"]).read_text().splitlines()
                 if json.loads(line)["type"] == "turn_context"]
     assert [(c["runtime_workspace_roots"], c["permissions"]) for c in contexts] == [([work, extra], ":workspace")]
